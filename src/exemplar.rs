@@ -1,0 +1,335 @@
+//! Graded exemplars: prompts whose right model is known, the router's memory.
+//!
+//! Each line of an exemplar file (JSONL) is one [`Exemplar`]. Its [`Grade`] is one of two honest
+//! kinds:
+//! - **measured**: `"results": {"<model>": {"quality": 0.9, "output_tokens": 312}, ...}` from real
+//!   responses (the shared datasets, or the grading tool);
+//! - **labelled**: `"label": {"tier": "cheap", "reason": "...", "output_tokens": 150}`, the weakest
+//!   model tier that answers it well, assigned by hand (output tokens are then a hand estimate).
+//!
+//! ```
+//! use semroute::exemplar::{ExemplarSet, Grade};
+//!
+//! let jsonl = r#"{"id":"fmt-1","prompt":"Indent this JSON: {\"a\":1}","category":"formatting","language":"en","label":{"tier":"cheap","reason":"mechanical","output_tokens":40}}
+//! {"id":"gsm-7","prompt":"Tom has 3 apples...","category":"math-word-problem","language":"en","results":{"gpt-4o":{"quality":1.0,"output_tokens":120},"mixtral":{"quality":0.0,"output_tokens":95}}}"#;
+//! let set = ExemplarSet::from_jsonl_str(jsonl, "inline.jsonl")?;
+//! assert_eq!(set.len(), 2);
+//! assert!(matches!(set.get(1).grade, Grade::Measured { .. }));
+//! # Ok::<(), semroute::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Location, Result};
+use crate::pricing::{PriceTable, Tier};
+
+/// One model's measured result on an exemplar.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelResult {
+    /// Quality in `[0, 1]` (1 = as good as it gets).
+    pub quality: f64,
+    /// Length of the model's answer in tokens.
+    pub output_tokens: u32,
+}
+
+/// A hand-assigned label: the weakest tier that answers the prompt well.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLabel {
+    /// The weakest tier whose models answer well.
+    pub tier: Tier,
+    /// One line on why.
+    pub reason: String,
+    /// A hand estimate of a good answer's length in tokens.
+    pub output_tokens: u32,
+}
+
+/// How an exemplar's right model is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grade {
+    /// Per-model results from real responses.
+    Measured {
+        /// Model name to result.
+        results: BTreeMap<String, ModelResult>,
+    },
+    /// Labelled by hand.
+    Labelled(TierLabel),
+}
+
+/// A graded prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// Unique id within its set.
+    pub id: String,
+    /// The prompt text.
+    pub prompt: String,
+    /// The kind of work (`formatting`, `proof`, ...).
+    pub category: String,
+    /// Language of the prompt (`en`, `zh`, `mixed`, ...).
+    pub language: String,
+    /// Free-text note on where it came from.
+    pub source: Option<String>,
+    /// What is known about which model answers it well.
+    pub grade: Grade,
+}
+
+/// The on-disk shape of one JSONL line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExemplarLine {
+    id: String,
+    prompt: String,
+    category: String,
+    language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    results: Option<BTreeMap<String, ModelResult>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<TierLabel>,
+}
+
+impl Exemplar {
+    /// The exemplar as one JSONL line (the format [`ExemplarSet::from_jsonl_str`] reads).
+    pub fn to_json_line(&self) -> String {
+        let (results, label) = match &self.grade {
+            Grade::Measured { results } => (Some(results.clone()), None),
+            Grade::Labelled(l) => (None, Some(l.clone())),
+        };
+        let line = ExemplarLine {
+            id: self.id.clone(),
+            prompt: self.prompt.clone(),
+            category: self.category.clone(),
+            language: self.language.clone(),
+            source: self.source.clone(),
+            results,
+            label,
+        };
+        serde_json::to_string(&line).expect("an exemplar always serialises")
+    }
+
+    fn from_line(text: &str, at: &Location) -> Result<Self> {
+        let err = |field: Option<&str>, message: String| Error::Exemplar {
+            at: at.clone(),
+            field: field.map(str::to_string),
+            message,
+        };
+        let raw: ExemplarLine = serde_json::from_str(text).map_err(|e| {
+            // serde names the field in its message ("missing field `prompt`"); pull it out too.
+            let msg = e.to_string();
+            let names_field = ["missing field", "unknown field", "duplicate field"].iter().any(|p| msg.starts_with(p));
+            let field = names_field.then(|| msg.split('`').nth(1).map(str::to_string)).flatten();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            Error::Exemplar { at: at.clone(), field, message: msg }
+        })?;
+        for (field, value) in [("id", &raw.id), ("prompt", &raw.prompt), ("category", &raw.category), ("language", &raw.language)] {
+            if value.trim().is_empty() {
+                return Err(err(Some(field), "must not be empty".into()));
+            }
+        }
+        let grade = match (raw.results, raw.label) {
+            (Some(_), Some(_)) => {
+                return Err(err(None, "has both `results` (measured) and `label` (hand-labelled); keep one".into()))
+            }
+            (None, None) => {
+                return Err(err(None, "has neither `results` (measured) nor `label` (hand-labelled)".into()))
+            }
+            (Some(results), None) => {
+                if results.is_empty() {
+                    return Err(err(Some("results"), "lists no model".into()));
+                }
+                for (model, r) in &results {
+                    if !(r.quality.is_finite() && (0.0..=1.0).contains(&r.quality)) {
+                        return Err(err(
+                            Some(&format!("results.{model}.quality")),
+                            format!("must be within [0, 1], got {}", r.quality),
+                        ));
+                    }
+                }
+                Grade::Measured { results }
+            }
+            (None, Some(label)) => {
+                if label.reason.trim().is_empty() {
+                    return Err(err(Some("label.reason"), "must say why the tier was chosen".into()));
+                }
+                Grade::Labelled(label)
+            }
+        };
+        Ok(Exemplar {
+            id: raw.id,
+            prompt: raw.prompt,
+            category: raw.category,
+            language: raw.language,
+            source: raw.source,
+            grade,
+        })
+    }
+}
+
+/// A validated collection of exemplars with unique ids. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct ExemplarSet {
+    items: Arc<Vec<Exemplar>>,
+    origins: Arc<Vec<Location>>,
+}
+
+/// The starter exemplar files compiled into the crate.
+const BUILTIN: &[(&str, &str)] = &[("starter.jsonl", include_str!("../exemplars/starter.jsonl"))];
+
+impl ExemplarSet {
+    /// The default exemplars compiled into the crate (the files under `exemplars/`).
+    pub fn builtin() -> Result<Self> {
+        let mut parts = Vec::new();
+        for (name, text) in BUILTIN {
+            parts.push(parse_jsonl(text, Path::new(&format!("<builtin:exemplars/{name}>")))?);
+        }
+        Self::merge(parts)
+    }
+
+    /// Loads every `*.jsonl` file directly inside `dir` (sorted by name).
+    ///
+    /// Fails with [`Error::NoExemplars`] when there is none, and with [`Error::Exemplar`] naming the
+    /// file, line and field of the first bad line: nothing is skipped silently.
+    pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            if path.is_file() && path.extension().is_some_and(|x| x == "jsonl") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let mut parts = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+            parts.push(parse_jsonl(&text, file)?);
+        }
+        let set = Self::merge(parts)?;
+        if set.is_empty() {
+            return Err(Error::NoExemplars(dir.to_path_buf()));
+        }
+        Ok(set)
+    }
+
+    /// Loads one JSONL file.
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let set = Self::merge(vec![parse_jsonl(&text, path)?])?;
+        if set.is_empty() {
+            return Err(Error::NoExemplars(path.to_path_buf()));
+        }
+        Ok(set)
+    }
+
+    /// Parses JSONL text; `origin` names it in errors. Blank lines are allowed.
+    pub fn from_jsonl_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
+        Self::merge(vec![parse_jsonl(text, origin.as_ref())?])
+    }
+
+    /// Builds a set from exemplars made in code (ids must be unique).
+    pub fn from_exemplars(items: Vec<Exemplar>) -> Result<Self> {
+        let origins = (0..items.len()).map(|i| Location::line("<memory>", i + 1)).collect();
+        Self::merge(vec![(items, origins)])
+    }
+
+    fn merge(parts: Vec<(Vec<Exemplar>, Vec<Location>)>) -> Result<Self> {
+        let mut items = Vec::new();
+        let mut origins = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (exemplars, locations) in parts {
+            for (ex, at) in exemplars.into_iter().zip(locations) {
+                if let Some(&first) = seen.get(&ex.id) {
+                    return Err(Error::Exemplar {
+                        at,
+                        field: Some("id".into()),
+                        message: format!("duplicate id {:?} (first at {})", ex.id, origins[first]),
+                    });
+                }
+                seen.insert(ex.id.clone(), items.len());
+                items.push(ex);
+                origins.push(at);
+            }
+        }
+        Ok(ExemplarSet { items: Arc::new(items), origins: Arc::new(origins) })
+    }
+
+    /// Checks that every measured result names a model the price table lists.
+    pub fn check_models(&self, prices: &PriceTable) -> Result<()> {
+        for (ex, at) in self.items.iter().zip(self.origins.iter()) {
+            if let Grade::Measured { results } = &ex.grade {
+                if let Some(model) = results.keys().find(|m| prices.get(m).is_none()) {
+                    return Err(Error::Exemplar {
+                        at: at.clone(),
+                        field: Some(format!("results.{model}")),
+                        message: format!(
+                            "model `{model}` is not in the price table (it lists: {})",
+                            prices.names().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of exemplars.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The exemplar at position `i` (positions are what the index returns).
+    pub fn get(&self, i: usize) -> &Exemplar {
+        &self.items[i]
+    }
+
+    /// Where exemplar `i` was read from.
+    pub fn origin(&self, i: usize) -> &Location {
+        &self.origins[i]
+    }
+
+    /// All exemplars in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Exemplar> {
+        self.items.iter()
+    }
+
+    /// A SHA-256 over ids and prompts: the key of cached embeddings (grades do not affect them).
+    pub fn content_hash(&self) -> String {
+        let mut h = Sha256::new();
+        for ex in self.items.iter() {
+            h.update((ex.id.len() as u64).to_le_bytes());
+            h.update(ex.id.as_bytes());
+            h.update((ex.prompt.len() as u64).to_le_bytes());
+            h.update(ex.prompt.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn parse_jsonl(text: &str, origin: &Path) -> Result<(Vec<Exemplar>, Vec<Location>)> {
+    let mut items = Vec::new();
+    let mut origins = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = Location::line(origin, i + 1);
+        items.push(Exemplar::from_line(line, &at)?);
+        origins.push(at);
+    }
+    Ok((items, origins))
+}

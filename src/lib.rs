@@ -1,0 +1,121 @@
+//! # semroute
+//!
+//! Sends each LLM prompt to the cheapest model that will answer it well enough, and says why.
+//!
+//! ## The flow of one prompt
+//! ```text
+//! prompt ──► tokens (pricing::TokenCounter, tiktoken cl100k)
+//!        └─► vector (embed::Embedder: all-MiniLM-L6-v2 on ONNX Runtime, local)
+//!               └─► neighbours (index: k nearest graded exemplars, HNSW)
+//!                      └─► predictions (predict: per-model quality and answer length)
+//!                             └─► priced candidates (pricing::PriceTable: expected USD)
+//!                                    └─► choice (policy: quality bar, constraints, fallback)
+//!                                           └─► decision::RouteDecision (model + the whole why)
+//! ```
+//! One module per concept; [`Router`] only composes them.
+//!
+//! ## Routing
+//! The model files are installed once with `bash examples/setup/setup-model.sh` (the `route`
+//! example runs it for you on first use). Then:
+//! ```no_run
+//! use semroute::Router;
+//!
+//! let router = Router::builder().build()?; // built-in exemplars and prices
+//! let decision = router.route("Reformat this JSON so it is indented: {\"a\":1}")?;
+//! println!("{} via {}: {}", decision.model, decision.provider, decision.reason);
+//! println!("expected ${:.6}, saving {:.0}% against {}", decision.expected_cost_usd,
+//!          100.0 * decision.saving_fraction, decision.strongest_model);
+//! # Ok::<(), semroute::Error>(())
+//! ```
+//!
+//! ## Your own exemplars and prices
+//! Exemplars are JSONL (see [`exemplar`]), prices are TOML (see [`pricing`]); both are validated
+//! on load and errors name the file, line and field.
+//! ```no_run
+//! use semroute::{ExemplarSet, PriceTable, Router};
+//!
+//! let router = Router::builder()
+//!     .exemplars(ExemplarSet::load_dir("my-exemplars/")?)
+//!     .prices(PriceTable::from_file("my-prices.toml")?)
+//!     .k(12)
+//!     .quality_bar(0.8)
+//!     .build()?;
+//! # Ok::<(), semroute::Error>(())
+//! ```
+//!
+//! ## Without the model
+//! Everything past the embedding is plain data and functions, usable with any [`Embedder`]:
+//! ```
+//! use std::sync::Arc;
+//! use semroute::{Embedder, ExemplarSet, PriceTable, Result, Router};
+//!
+//! /// A toy embedder: two letters' frequencies (a real one is `embed::FastEmbedder`).
+//! struct Letters;
+//! impl Embedder for Letters {
+//!     fn model_id(&self) -> &str { "letters-v1" }
+//!     fn dim(&self) -> usize { 2 }
+//!     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+//!         Ok(texts.iter().map(|t| {
+//!             let a = t.matches('a').count() as f32 + 0.1;
+//!             let b = t.matches('b').count() as f32 + 0.1;
+//!             let n = (a * a + b * b).sqrt();
+//!             vec![a / n, b / n]
+//!         }).collect())
+//!     }
+//! }
+//!
+//! let exemplars = ExemplarSet::from_jsonl_str(concat!(
+//!     r#"{"id":"easy","prompt":"aaaa","category":"c","language":"en","label":{"tier":"cheap","reason":"easy","output_tokens":50}}"#, "\n",
+//!     r#"{"id":"hard","prompt":"bbbb","category":"c","language":"en","label":{"tier":"strong","reason":"hard","output_tokens":900}}"#,
+//! ), "toy.jsonl")?;
+//! let prices = PriceTable::from_toml_str(r#"
+//! [models.small]
+//! provider = "p1"
+//! input_per_mtok = 0.3
+//! output_per_mtok = 1.2
+//! cached_input_per_mtok = 0.03
+//! context_window = 128000
+//! tier = "cheap"
+//! source = "example"
+//! as_of = "2025-01-01"
+//! [models.big]
+//! provider = "p2"
+//! input_per_mtok = 3.0
+//! output_per_mtok = 15.0
+//! cached_input_per_mtok = 0.3
+//! context_window = 200000
+//! tier = "strong"
+//! source = "example"
+//! as_of = "2025-01-01"
+//! "#, "prices.toml")?;
+//! let router = Router::builder()
+//!     .embedder(Arc::new(Letters))
+//!     .exemplars(exemplars)
+//!     .prices(prices)
+//!     .k(1)
+//!     .no_cache()
+//!     .build()?;
+//! assert_eq!(router.route("aaa a")?.model, "small");
+//! assert_eq!(router.route("bb bbb")?.model, "big");
+//! # Ok::<(), semroute::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod decision;
+pub mod embed;
+pub mod error;
+pub mod exemplar;
+pub mod index;
+pub mod policy;
+pub mod predict;
+pub mod pricing;
+pub mod router;
+
+pub use decision::{Candidate, Neighbour, RouteDecision};
+pub use embed::{Embedder, FastEmbedder};
+pub use error::{Error, Result};
+pub use exemplar::{Exemplar, ExemplarSet};
+pub use policy::Constraints;
+pub use pricing::{PriceTable, Tier};
+pub use router::{Router, RouterBuilder};

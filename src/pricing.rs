@@ -1,0 +1,279 @@
+//! Prices per model, and the token counts they multiply.
+//!
+//! A [`PriceTable`] is loaded from TOML: one `[models."<name>"]` table per model with its provider,
+//! USD per million input / output / cached-input tokens, context window, [`Tier`], jurisdiction,
+//! and the dated source of the price.
+//!
+//! ```
+//! use semroute::pricing::{PriceTable, Tier};
+//!
+//! let table = PriceTable::from_toml_str(r#"
+//! [models."deepseek-chat"]
+//! provider = "deepseek"
+//! input_per_mtok = 0.28
+//! output_per_mtok = 0.42
+//! cached_input_per_mtok = 0.028
+//! context_window = 128000
+//! tier = "cheap"
+//! jurisdiction = "CN"
+//! source = "https://api-docs.deepseek.com/quick_start/pricing"
+//! as_of = "2025-09-29"
+//! "#, "prices.toml")?;
+//! let price = table.get("deepseek-chat").unwrap();
+//! assert_eq!(price.tier, Tier::Cheap);
+//! // 1,000 input tokens and 500 output tokens:
+//! assert!((price.cost_usd(1_000, 500) - 0.00049).abs() < 1e-12);
+//! # Ok::<(), semroute::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Location, Result};
+
+/// How capable a model is, coarsely: hand-labelled exemplars name the weakest tier that answers
+/// them well, and every model in a [`PriceTable`] has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Low-cost models for routine work (Kimi, DeepSeek, Qwen, MiniMax, GLM, Flash, mini, Haiku).
+    Cheap,
+    /// Mid-priced models for solid but not frontier-hard work.
+    Mid,
+    /// Frontier models for proofs, hard design and high-stakes reasoning.
+    Strong,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Cheap => "cheap",
+            Tier::Mid => "mid",
+            Tier::Strong => "strong",
+        })
+    }
+}
+
+/// One model's prices and facts, as written in the price table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Who serves the model (`anthropic`, `openai`, `deepseek`, ...).
+    pub provider: String,
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+    /// USD per million cached input tokens (a prompt-cache hit).
+    pub cached_input_per_mtok: f64,
+    /// Largest prompt + answer the model accepts, in tokens.
+    pub context_window: u64,
+    /// Capability tier.
+    pub tier: Tier,
+    /// The provider's legal home (ISO code such as `US`, `CN`, `FR`), for data-residency rules.
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
+    /// Where the price was read.
+    pub source: String,
+    /// When the price was read or published (`YYYY-MM-DD`).
+    pub as_of: String,
+    /// Whether the price was checked against a page; `false` marks an unconfirmed figure.
+    #[serde(default = "yes")]
+    pub confirmed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ModelPrice {
+    /// Expected USD for `input_tokens` in and `output_tokens` out, at list (uncached) prices.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    models: BTreeMap<String, toml::Value>,
+}
+
+/// Per-model prices, keyed by model name. Cheap to clone (shared).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceTable {
+    models: Arc<BTreeMap<String, ModelPrice>>,
+}
+
+impl PriceTable {
+    /// The default price table compiled into the crate (`exemplars/prices.toml`).
+    pub fn builtin() -> Result<Self> {
+        Self::from_toml_str(include_str!("../exemplars/prices.toml"), "<builtin:exemplars/prices.toml>")
+    }
+
+    /// Loads and validates a price table from a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates a price table; `origin` names the source in errors.
+    pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
+        let origin = origin.as_ref();
+        let file: PriceFile = toml::from_str(text).map_err(|e| Error::Pricing {
+            at: Location { file: origin.into(), line: e.span().map(|s| line_of(text, s.start)) },
+            model: None,
+            message: e.message().to_string(),
+        })?;
+        let mut models = BTreeMap::new();
+        for (name, value) in file.models {
+            let at = Location { file: origin.into(), line: header_line(text, &name) };
+            let bad = |message: String| Error::Pricing { at: at.clone(), model: Some(name.clone()), message };
+            let price: ModelPrice = value.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+            for (field, v) in [
+                ("input_per_mtok", price.input_per_mtok),
+                ("output_per_mtok", price.output_per_mtok),
+                ("cached_input_per_mtok", price.cached_input_per_mtok),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(bad(format!("field `{field}` must be a finite, non-negative USD amount, got {v}")));
+                }
+            }
+            if price.context_window == 0 {
+                return Err(bad("field `context_window` must be positive".into()));
+            }
+            if price.provider.trim().is_empty() {
+                return Err(bad("field `provider` is empty".into()));
+            }
+            if price.source.trim().is_empty() {
+                return Err(bad("field `source` is empty: say where the price came from".into()));
+            }
+            if !is_date(&price.as_of) {
+                return Err(bad(format!("field `as_of` must be a date YYYY-MM-DD, got {:?}", price.as_of)));
+            }
+            models.insert(name, price);
+        }
+        if models.is_empty() {
+            return Err(Error::Pricing {
+                at: Location::file(origin),
+                model: None,
+                message: "no [models.\"<name>\"] tables".into(),
+            });
+        }
+        Ok(PriceTable { models: Arc::new(models) })
+    }
+
+    /// Builds a table from already-validated entries (for tests and programmatic use).
+    pub fn from_models(models: impl IntoIterator<Item = (String, ModelPrice)>) -> Result<Self> {
+        let models: BTreeMap<_, _> = models.into_iter().collect();
+        if models.is_empty() {
+            return Err(Error::Config("a price table needs at least one model".into()));
+        }
+        Ok(PriceTable { models: Arc::new(models) })
+    }
+
+    /// The entry for `model`, if the table lists it.
+    pub fn get(&self, model: &str) -> Option<&ModelPrice> {
+        self.models.get(model)
+    }
+
+    /// The entry for `model`, or an [`Error::UnknownModel`] that says where the name came from.
+    pub fn require(&self, model: &str, context: &str) -> Result<&ModelPrice> {
+        self.get(model).ok_or_else(|| Error::UnknownModel {
+            model: model.to_string(),
+            context: context.to_string(),
+            known: self.names().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Model names, in sorted order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
+    /// `(name, price)` pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ModelPrice)> {
+        self.models.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of models.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Whether the table is empty (never true for a loaded table).
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// The model an "always use the strongest" user would pick: highest tier, then highest output
+    /// price, then name. Savings are reported against it.
+    pub fn strongest(&self) -> &str {
+        self.iter()
+            .max_by(|a, b| {
+                (a.1.tier, a.1.output_per_mtok)
+                    .partial_cmp(&(b.1.tier, b.1.output_per_mtok))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then_with(|| b.0.cmp(a.0))
+            })
+            .map(|(name, _)| name)
+            .expect("a PriceTable is never empty")
+    }
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line of `[models."name"]` (or `[models.name]`), so errors point at the entry.
+fn header_line(text: &str, name: &str) -> Option<usize> {
+    let quoted = format!("[models.\"{name}\"]");
+    let bare = format!("[models.{name}]");
+    text.lines().position(|l| {
+        let l = l.trim();
+        l.starts_with(&quoted) || l.starts_with(&bare)
+    })
+    .map(|i| i + 1)
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// Counts prompt tokens with OpenAI's `cl100k_base` BPE (via `tiktoken-rs`).
+///
+/// Other providers tokenise differently; cl100k is a consistent yardstick, within roughly ±20% of
+/// most modern tokenizers on English, and the counts the shared datasets were measured with.
+#[derive(Clone)]
+pub struct TokenCounter {
+    bpe: Arc<tiktoken_rs::CoreBPE>,
+}
+
+impl fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenCounter(cl100k_base)")
+    }
+}
+
+impl TokenCounter {
+    /// Builds the cl100k_base counter (tens of milliseconds; build once and share).
+    pub fn cl100k() -> Result<Self> {
+        let bpe = tiktoken_rs::cl100k_base().map_err(|e| Error::Config(format!("tiktoken: {e}")))?;
+        Ok(TokenCounter { bpe: Arc::new(bpe) })
+    }
+
+    /// Number of tokens in `text`.
+    pub fn count(&self, text: &str) -> u64 {
+        self.bpe.encode_ordinary(text).len() as u64
+    }
+}

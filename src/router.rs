@@ -1,0 +1,416 @@
+//! [`Router`]: composes embedder, index, predictions, prices and policy into one decision.
+//!
+//! ```no_run
+//! use semroute::{Constraints, Router};
+//!
+//! // Default model, built-in exemplars and price table.
+//! let router = Router::builder().quality_bar(0.8).build()?;
+//! let d = router.route("Reformat this JSON so it is indented: {\"a\":1}")?;
+//! println!("{} (${:.6}): {}", d.model, d.expected_cost_usd, d.reason);
+//!
+//! // Per-request limits.
+//! let d = router.route_with("证明存在无穷多个素数", &Constraints::default().block_jurisdictions(["CN"]))?;
+//! assert_ne!(d.provider, "deepseek");
+//! # Ok::<(), semroute::Error>(())
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::decision::{Neighbour, RouteDecision};
+use crate::embed::{Embedder, FastEmbedder, Home};
+use crate::error::{Error, Result};
+use crate::exemplar::{ExemplarSet, Grade};
+use crate::index::{HnswIndex, NeighbourIndex, VectorCache};
+use crate::policy::{choose, ChoiceInput, Constraints};
+use crate::predict::predict;
+use crate::pricing::{PriceTable, TokenCounter};
+
+/// Routes prompts. Cheap to clone and share across threads and tokio tasks (`Send + Sync`; the
+/// state is behind an `Arc`).
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    embedder: Arc<dyn Embedder>,
+    exemplars: ExemplarSet,
+    index: Box<dyn NeighbourIndex>,
+    prices: PriceTable,
+    tokens: TokenCounter,
+    settings: Settings,
+}
+
+/// The router's tunable settings (see [`RouterBuilder`] for what each means and its default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Number of neighbours consulted.
+    pub k: usize,
+    /// Default quality bar.
+    pub quality_bar: f64,
+    /// Below this top similarity, use the fallback model.
+    pub min_similarity: f32,
+    /// The safe model.
+    pub fallback_model: String,
+    /// Softmax temperature of neighbour weights.
+    pub temperature: f64,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("embedder", &self.inner.embedder.model_id())
+            .field("exemplars", &self.inner.exemplars.len())
+            .field("models", &self.inner.prices.len())
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+impl Router {
+    /// A builder with the defaults: the installed MiniLM model, the built-in exemplars and
+    /// price table, k = 8, quality bar 0.7.
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// Routes one prompt under the router's default settings.
+    pub fn route(&self, prompt: &str) -> Result<RouteDecision> {
+        self.route_with(prompt, &Constraints::default())
+    }
+
+    /// Routes one prompt under per-request `constraints`.
+    pub fn route_with(&self, prompt: &str, constraints: &Constraints) -> Result<RouteDecision> {
+        check_prompt(prompt)?;
+        check_constraints(constraints)?;
+        let vector = self.inner.embedder.embed(prompt)?;
+        self.decide(prompt, &vector, constraints)
+    }
+
+    /// Routes many prompts with one batched embedding call; one result per prompt, in order, so
+    /// one bad prompt does not fail the others.
+    pub fn route_batch(&self, prompts: &[&str], constraints: &Constraints) -> Vec<Result<RouteDecision>> {
+        if let Err(e) = check_constraints(constraints) {
+            let msg = e.to_string();
+            return prompts.iter().map(|_| Err(Error::Config(msg.clone()))).collect();
+        }
+        let texts: Vec<&str> = prompts.iter().copied().filter(|p| check_prompt(p).is_ok()).collect();
+        let vectors = match self.inner.embedder.embed_batch(&texts) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = e.to_string();
+                return prompts.iter().map(|p| check_prompt(p).and(Err(Error::Embedding(msg.clone())))).collect();
+            }
+        };
+        // Valid prompts were embedded in order, so their vectors come out in the same order.
+        let mut vectors = vectors.into_iter();
+        prompts
+            .iter()
+            .map(|prompt| {
+                check_prompt(prompt)?;
+                let vector = vectors.next().ok_or_else(|| Error::Embedding("the embedder returned too few vectors".into()))?;
+                self.decide(prompt, &vector, constraints)
+            })
+            .collect()
+    }
+
+    /// Routes one prompt on tokio's blocking pool, so the async caller's runtime keeps running
+    /// while the model embeds. Needs a tokio runtime.
+    pub async fn route_async(&self, prompt: impl Into<String>, constraints: Constraints) -> Result<RouteDecision> {
+        let router = self.clone();
+        let prompt = prompt.into();
+        tokio::task::spawn_blocking(move || router.route_with(&prompt, &constraints))
+            .await
+            .map_err(|e| Error::Embedding(format!("the routing task did not finish: {e}")))?
+    }
+
+    /// The exemplars the router consults.
+    pub fn exemplars(&self) -> &ExemplarSet {
+        &self.inner.exemplars
+    }
+
+    /// The price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.inner.prices
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The embedder.
+    pub fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.inner.embedder
+    }
+
+    fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints) -> Result<RouteDecision> {
+        let inner = &*self.inner;
+        let s = &inner.settings;
+        let quality_bar = constraints.quality_bar.unwrap_or(s.quality_bar);
+        let hits = inner.index.search(vector, s.k);
+        let predictions = predict(&inner.exemplars, &hits, &inner.prices, s.temperature);
+        let input_tokens = inner.tokens.count(prompt);
+        let choice = choose(
+            ChoiceInput {
+                predictions: &predictions,
+                prices: &inner.prices,
+                input_tokens,
+                top_similarity: hits.first().map(|h| h.similarity),
+                min_similarity: s.min_similarity,
+                quality_bar,
+                fallback_model: &s.fallback_model,
+                default_output_tokens: DEFAULT_OUTPUT_TOKENS,
+            },
+            constraints,
+        );
+        let Some(chosen) = choice.chosen else {
+            let why: Vec<String> = choice
+                .candidates
+                .iter()
+                .map(|c| format!("{}: {}", c.model, c.excluded.as_deref().unwrap_or("eligible")))
+                .collect();
+            return Err(Error::NoEligibleModel(why.join("; ")));
+        };
+        let c = &choice.candidates[chosen];
+        let strongest = inner.prices.strongest();
+        let strongest_cost = choice
+            .candidates
+            .iter()
+            .find(|c| c.model == strongest)
+            .map_or(0.0, |c| c.expected_cost_usd);
+        let saving = strongest_cost - c.expected_cost_usd;
+        let neighbours = hits
+            .iter()
+            .zip(&predictions.weights)
+            .map(|(h, &weight)| {
+                let ex = inner.exemplars.get(h.position);
+                Neighbour {
+                    id: ex.id.clone(),
+                    similarity: h.similarity,
+                    weight,
+                    category: ex.category.clone(),
+                    language: ex.language.clone(),
+                    grade: match &ex.grade {
+                        Grade::Labelled(l) => format!("labelled:{}", l.tier),
+                        Grade::Measured { results } => format!("measured:{} models", results.len()),
+                    },
+                    prompt_preview: ex.prompt.chars().take(80).collect(),
+                }
+            })
+            .collect();
+        Ok(RouteDecision {
+            model: c.model.clone(),
+            provider: c.provider.clone(),
+            tier: c.tier,
+            expected_cost_usd: c.expected_cost_usd,
+            predicted_quality: c.predicted_quality.unwrap_or(0.0),
+            predicted_output_tokens: c.predicted_output_tokens,
+            input_tokens,
+            quality_bar,
+            fallback: choice.fallback,
+            reason: choice.reason.clone(),
+            neighbours,
+            strongest_model: strongest.to_string(),
+            strongest_cost_usd: strongest_cost,
+            saving_usd: saving,
+            saving_fraction: if strongest_cost > 0.0 { saving / strongest_cost } else { 0.0 },
+            candidates: choice.candidates,
+        })
+    }
+}
+
+/// Answer length assumed for a model no neighbour speaks about (only used for its cost).
+const DEFAULT_OUTPUT_TOKENS: u64 = 500;
+
+fn check_prompt(prompt: &str) -> Result<()> {
+    if prompt.trim().is_empty() {
+        return Err(Error::InvalidPrompt(if prompt.is_empty() {
+            "the prompt is empty".into()
+        } else {
+            "the prompt is only whitespace".into()
+        }));
+    }
+    Ok(())
+}
+
+fn check_constraints(c: &Constraints) -> Result<()> {
+    if let Some(bar) = c.quality_bar.filter(|b| !(0.0..=1.0).contains(b)) {
+        return Err(Error::Config(format!("quality_bar must be within [0, 1], got {bar}")));
+    }
+    if let Some(max) = c.max_cost_usd.filter(|m| !m.is_finite() || *m < 0.0) {
+        return Err(Error::Config(format!("max_cost_usd must be a non-negative amount, got {max}")));
+    }
+    Ok(())
+}
+
+/// Builds a [`Router`], validating everything at [`build`](RouterBuilder::build).
+#[derive(Default)]
+pub struct RouterBuilder {
+    embedder: Option<Arc<dyn Embedder>>,
+    exemplars: Option<ExemplarSet>,
+    prices: Option<PriceTable>,
+    k: Option<usize>,
+    quality_bar: Option<f64>,
+    min_similarity: Option<f32>,
+    fallback_model: Option<String>,
+    temperature: Option<f64>,
+    cache: Option<Option<PathBuf>>,
+}
+
+impl RouterBuilder {
+    /// The embedder (default: [`FastEmbedder::load_default`]).
+    pub fn embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+
+    /// The exemplars (default: [`ExemplarSet::builtin`]).
+    pub fn exemplars(mut self, exemplars: ExemplarSet) -> Self {
+        self.exemplars = Some(exemplars);
+        self
+    }
+
+    /// The price table (default: [`PriceTable::builtin`]).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = Some(prices);
+        self
+    }
+
+    /// Number of neighbours to consult (default 8; at least 1).
+    pub fn k(mut self, k: usize) -> Self {
+        self.k = Some(k);
+        self
+    }
+
+    /// The predicted quality a model must reach to be chosen, in `[0, 1]` (default 0.7).
+    pub fn quality_bar(mut self, bar: f64) -> Self {
+        self.quality_bar = Some(bar);
+        self
+    }
+
+    /// Below this cosine similarity of the nearest exemplar, the fallback model is used
+    /// (default 0.3).
+    pub fn min_similarity(mut self, s: f32) -> Self {
+        self.min_similarity = Some(s);
+        self
+    }
+
+    /// The safe model used when no exemplar is close enough (default: the cheapest model of the
+    /// price table's highest tier).
+    pub fn fallback_model(mut self, model: impl Into<String>) -> Self {
+        self.fallback_model = Some(model.into());
+        self
+    }
+
+    /// Softmax temperature of neighbour weights (default 0.05; smaller trusts the nearest more).
+    pub fn temperature(mut self, t: f64) -> Self {
+        self.temperature = Some(t);
+        self
+    }
+
+    /// Folder for cached exemplar vectors (default: `<Home>/embeddings`).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache = Some(Some(dir.into()));
+        self
+    }
+
+    /// Do not read or write cached exemplar vectors.
+    pub fn no_cache(mut self) -> Self {
+        self.cache = Some(None);
+        self
+    }
+
+    /// Validates the settings and data, embeds the exemplars (or reads their cached vectors), and
+    /// builds the index.
+    pub fn build(self) -> Result<Router> {
+        let k = self.k.unwrap_or(8);
+        if k == 0 {
+            return Err(Error::Config("k must be at least 1".into()));
+        }
+        let quality_bar = self.quality_bar.unwrap_or(0.7);
+        if !(0.0..=1.0).contains(&quality_bar) {
+            return Err(Error::Config(format!("quality_bar must be within [0, 1], got {quality_bar}")));
+        }
+        let min_similarity = self.min_similarity.unwrap_or(0.3);
+        if !(-1.0..=1.0).contains(&min_similarity) {
+            return Err(Error::Config(format!("min_similarity must be within [-1, 1], got {min_similarity}")));
+        }
+        let temperature = self.temperature.unwrap_or(0.05);
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Config(format!("temperature must be positive, got {temperature}")));
+        }
+        let prices = match self.prices {
+            Some(p) => p,
+            None => PriceTable::builtin()?,
+        };
+        let exemplars = match self.exemplars {
+            Some(e) => e,
+            None => ExemplarSet::builtin()?,
+        };
+        if exemplars.is_empty() {
+            return Err(Error::Config("the exemplar set is empty".into()));
+        }
+        exemplars.check_models(&prices)?;
+        let fallback_model = match self.fallback_model {
+            Some(m) => {
+                prices.require(&m, "the router's fallback model")?;
+                m
+            }
+            None => default_fallback(&prices),
+        };
+        let embedder = match self.embedder {
+            Some(e) => e,
+            None => Arc::new(FastEmbedder::load_default()?),
+        };
+        let cache = match self.cache {
+            Some(dir) => dir.map(VectorCache::new),
+            None => Some(VectorCache::new(Home::from_env().cache_dir())),
+        };
+        let vectors = exemplar_vectors(embedder.as_ref(), &exemplars, cache.as_ref())?;
+        let index: Box<dyn NeighbourIndex> = Box::new(HnswIndex::build(&vectors)?);
+        Ok(Router {
+            inner: Arc::new(Inner {
+                embedder,
+                exemplars,
+                index,
+                prices,
+                tokens: TokenCounter::cl100k()?,
+                settings: Settings { k, quality_bar, min_similarity, fallback_model, temperature },
+            }),
+        })
+    }
+}
+
+/// The cheapest model (by output price) of the table's highest tier.
+fn default_fallback(prices: &PriceTable) -> String {
+    let top = prices.iter().map(|(_, p)| p.tier).max().expect("a PriceTable is never empty");
+    prices
+        .iter()
+        .filter(|(_, p)| p.tier == top)
+        .min_by(|a, b| a.1.output_per_mtok.total_cmp(&b.1.output_per_mtok).then_with(|| a.0.cmp(b.0)))
+        .map(|(name, _)| name.to_string())
+        .expect("the top tier has a model")
+}
+
+/// The exemplars' vectors, from the cache when it holds them, else embedded (and cached).
+fn exemplar_vectors(embedder: &dyn Embedder, set: &ExemplarSet, cache: Option<&VectorCache>) -> Result<Vec<Vec<f32>>> {
+    let hash = set.content_hash();
+    if let Some(v) = cache.and_then(|c| c.load(embedder.model_id(), &hash, set.len(), embedder.dim())) {
+        return Ok(v);
+    }
+    let prompts: Vec<&str> = set.iter().map(|e| e.prompt.as_str()).collect();
+    let mut vectors = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(256) {
+        vectors.extend(embedder.embed_batch(chunk)?);
+    }
+    if let Some(c) = cache {
+        // A cache that cannot be written only costs the next start its speed.
+        if let Err(e) = c.store(embedder.model_id(), &hash, &vectors) {
+            tracing::warn!("could not cache exemplar vectors: {e}");
+        }
+    }
+    Ok(vectors)
+}
