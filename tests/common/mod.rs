@@ -1,0 +1,35 @@
+//! Shared by the integration tests that use the real embedding model.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use semroute::embed::FastEmbedder;
+use semroute::Router;
+
+/// The real model, loaded once per test binary. When it is not installed yet, the project's
+/// set-up script installs it first (as the `route` example does), so `cargo test` works on a
+/// fresh clone; a failed set-up fails the test with the script's message.
+pub fn embedder() -> Arc<FastEmbedder> {
+    static E: OnceLock<Arc<FastEmbedder>> = OnceLock::new();
+    E.get_or_init(|| {
+        let model = match FastEmbedder::load_default() {
+            Err(semroute::Error::ModelMissing { .. }) => {
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/setup/setup-model.sh");
+                let status = std::process::Command::new("bash").arg(script).status().expect("run bash");
+                assert!(status.success(), "{script} failed");
+                FastEmbedder::load_default()
+            }
+            other => other,
+        };
+        Arc::new(model.unwrap_or_else(|e| panic!("{e}")))
+    })
+    .clone()
+}
+
+/// A router on the built-in exemplars and prices with the real model (its vectors are not
+/// cached, so every test binary really embeds the exemplars).
+pub fn router() -> Router {
+    static R: OnceLock<Router> = OnceLock::new();
+    R.get_or_init(|| Router::builder().embedder(embedder()).no_cache().build().unwrap_or_else(|e| panic!("{e}")))
+        .clone()
+}

@@ -1,0 +1,147 @@
+//! Bad exemplar files and price tables give errors that name file, line and field.
+
+use semroute::exemplar::ExemplarSet;
+use semroute::pricing::PriceTable;
+use semroute::Error;
+
+const GOOD: &str = r#"{"id":"a","prompt":"Indent this","category":"formatting","language":"en","label":{"tier":"cheap","reason":"mechanical","output_tokens":40}}"#;
+
+fn price(name: &str, body: &str) -> String {
+    format!("[models.\"{name}\"]\n{body}\n")
+}
+
+const BODY: &str = r#"provider = "p"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+cached_input_per_mtok = 0.1
+context_window = 1000
+tier = "cheap"
+source = "example"
+as_of = "2025-01-01""#;
+
+#[test]
+fn builtin_data_loads_and_is_consistent() {
+    let prices = PriceTable::builtin().unwrap();
+    let set = ExemplarSet::builtin().unwrap();
+    assert!(set.len() >= 60, "{}", set.len());
+    assert!(prices.len() >= 8, "{}", prices.len());
+    set.check_models(&prices).unwrap();
+    let zh = set.iter().filter(|e| e.language == "zh").count();
+    let en = set.iter().filter(|e| e.language == "en").count();
+    assert!(zh >= 20 && en >= 20, "zh {zh}, en {en}");
+    for (name, p) in prices.iter() {
+        assert!(!p.source.is_empty() && p.as_of.len() == 10, "{name}");
+    }
+    let benchmark = PriceTable::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/exemplars/benchmarks/prices-routellm.toml")).unwrap();
+    assert_eq!(benchmark.names().collect::<Vec<_>>(), ["gpt-4-1106-preview", "mixtral-8x7b-instruct"]);
+}
+
+#[test]
+fn malformed_exemplar_line_names_file_line_and_field() {
+    let text = format!("{GOOD}\n\n{}\n", r#"{"id":"b","category":"formatting","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1}}"#);
+    let err = ExemplarSet::from_jsonl_str(&text, "ex/starter.jsonl").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("ex/starter.jsonl:3:"), "{msg}");
+    assert!(msg.contains("`prompt`"), "{msg}");
+    match err {
+        Error::Exemplar { field, at, .. } => {
+            assert_eq!(field.as_deref(), Some("prompt"));
+            assert_eq!(at.line, Some(3));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn broken_json_unknown_tier_and_bad_quality_are_errors() {
+    let cases = [
+        (r#"{"id":"x","prompt":"p""#, "x.jsonl:1"),
+        (r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"medium","reason":"r","output_tokens":1}}"#, "medium"),
+        (r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1.5,"output_tokens":3}}}"#, "results.m.quality"),
+        (r#"{"id":"x","prompt":"p","category":"c","language":"en"}"#, "neither"),
+        (r#"{"id":"x","prompt":"  ","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1}}"#, "`prompt`"),
+        (r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1},"extra":1}"#, "extra"),
+    ];
+    for (line, needle) in cases {
+        let err = ExemplarSet::from_jsonl_str(line, "x.jsonl").unwrap_err();
+        assert!(err.to_string().contains(needle), "{line}: {err}");
+        assert!(err.to_string().contains("x.jsonl:1"), "{err}");
+    }
+}
+
+#[test]
+fn duplicate_ids_name_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.jsonl"), format!("{GOOD}\n")).unwrap();
+    std::fs::write(dir.path().join("b.jsonl"), format!("\n{GOOD}\n")).unwrap();
+    let msg = ExemplarSet::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("b.jsonl:2") && msg.contains("a.jsonl:1") && msg.contains("duplicate id"), "{msg}");
+}
+
+#[test]
+fn exemplar_dir_without_files_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not exemplars").unwrap();
+    let err = ExemplarSet::load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::NoExemplars(_)), "{err:?}");
+    std::fs::write(dir.path().join("empty.jsonl"), "\n\n").unwrap();
+    assert!(matches!(ExemplarSet::load_dir(dir.path()).unwrap_err(), Error::NoExemplars(_)));
+    let missing = dir.path().join("nope");
+    assert!(matches!(ExemplarSet::load_dir(&missing).unwrap_err(), Error::Io { .. }));
+}
+
+#[test]
+fn exemplar_naming_an_unpriced_model_is_an_error() {
+    let set = ExemplarSet::from_jsonl_str(
+        r#"{"id":"m","prompt":"p","category":"c","language":"en","results":{"known":{"quality":1,"output_tokens":3},"ghost-model":{"quality":0,"output_tokens":3}}}"#,
+        "m.jsonl",
+    )
+    .unwrap();
+    let prices = PriceTable::from_toml_str(&price("known", BODY), "p.toml").unwrap();
+    let msg = set.check_models(&prices).unwrap_err().to_string();
+    assert!(msg.contains("m.jsonl:1") && msg.contains("ghost-model") && msg.contains("results.ghost-model"), "{msg}");
+}
+
+#[test]
+fn bad_price_tables_name_line_model_and_field() {
+    let negative = format!("# header\n{}{}", price("ok", BODY), price("bad", &BODY.replace("output_per_mtok = 2.0", "output_per_mtok = -2.0")));
+    let msg = PriceTable::from_toml_str(&negative, "prices.toml").unwrap_err().to_string();
+    assert!(msg.contains("prices.toml:11") && msg.contains("`bad`") && msg.contains("output_per_mtok"), "{msg}");
+
+    let missing = price("m", &BODY.replace("context_window = 1000\n", ""));
+    let msg = PriceTable::from_toml_str(&missing, "prices.toml").unwrap_err().to_string();
+    assert!(msg.contains("prices.toml:1") && msg.contains("context_window") && msg.contains("`m`"), "{msg}");
+
+    let tier = price("t", &BODY.replace("\"cheap\"", "\"premium\""));
+    let msg = PriceTable::from_toml_str(&tier, "prices.toml").unwrap_err().to_string();
+    assert!(msg.contains("premium"), "{msg}");
+
+    let date = price("d", &BODY.replace("2025-01-01", "last week"));
+    assert!(PriceTable::from_toml_str(&date, "p.toml").unwrap_err().to_string().contains("as_of"));
+
+    let syntax = "[models.\"x\"\nprovider = 1";
+    let msg = PriceTable::from_toml_str(syntax, "p.toml").unwrap_err().to_string();
+    assert!(msg.contains("p.toml:1"), "{msg}");
+
+    assert!(PriceTable::from_toml_str("", "p.toml").is_err());
+    assert!(matches!(PriceTable::from_file("/no/such/prices.toml").unwrap_err(), Error::Io { .. }));
+}
+
+#[test]
+fn unknown_fallback_model_is_refused_at_build() {
+    let prices = PriceTable::from_toml_str(&price("only", BODY), "p.toml").unwrap();
+    let set = ExemplarSet::from_jsonl_str(GOOD, "x.jsonl").unwrap();
+    // No embedder is loaded: validation fails before it would be needed.
+    let err = semroute::Router::builder().prices(prices).exemplars(set).fallback_model("gpt-99").build().unwrap_err();
+    assert!(matches!(err, Error::UnknownModel { .. }), "{err:?}");
+    assert!(err.to_string().contains("gpt-99") && err.to_string().contains("only"), "{err}");
+}
+
+#[test]
+fn exemplar_round_trips_through_its_json_line() {
+    let set = ExemplarSet::builtin().unwrap();
+    for ex in set.iter() {
+        let again = ExemplarSet::from_jsonl_str(&ex.to_json_line(), "rt.jsonl").unwrap();
+        assert_eq!(again.get(0), ex);
+    }
+}

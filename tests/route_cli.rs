@@ -1,0 +1,93 @@
+//! The `route` example's interface, which other tooling relies on: run as a real process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// The example binary cargo built next to this test (`target/<profile>/examples/route`).
+fn route_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("examples").join(format!("route{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run through `cargo test`, which builds the examples", bin.display());
+    bin
+}
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(route_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line: {e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn json_mode_prints_one_object_per_prompt() {
+    let out = run(&["--json", "Reformat this JSON so it is indented: {\"a\":1}", "证明根号2是无理数。"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    for d in &lines {
+        for key in ["model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback"] {
+            assert!(d.get(key).is_some(), "missing {key} in {d}");
+        }
+    }
+    assert_eq!(lines[0]["tier"], "cheap");
+}
+
+#[test]
+fn stdin_mode_routes_each_line_and_reports_bad_ones_in_place() {
+    let mut input = b"Reformat this JSON so it is indented: {\"a\":1}\n\n".to_vec();
+    input.extend_from_slice(b"bad \xff\xfe bytes\n");
+    input.extend_from_slice("把这句话翻译成英文：我爱你。\r\n".as_bytes());
+    let out = run(&["--json"], &input);
+    assert_eq!(out.status.code(), Some(1), "a bad line makes the exit status 1");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3, "blank lines are skipped; the bad line gets an error object");
+    assert_eq!(lines[0]["tier"], "cheap");
+    assert_eq!(lines[1]["line"], 3);
+    assert!(lines[1]["error"].as_str().unwrap().contains("not valid UTF-8"), "{}", lines[1]);
+    assert_eq!(lines[2]["tier"], "cheap");
+}
+
+#[test]
+fn human_output_explains_and_options_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::copy(format!("{root}/exemplars/starter.jsonl"), dir.path().join("mine.jsonl")).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let prices = format!("{root}/exemplars/prices.toml");
+    let out = run(&["--exemplars", dir_arg, "--prices", &prices, "-k", "3", "--quality-bar", "0.9", "Reformat this JSON so it is indented: {\"a\":1}"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["why:", "nearest exemplars:", "candidates (cheapest first):", "← chosen", "saving against", "bar 0.90"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with("0.") && l.contains("w=")).count(), 3);
+}
+
+#[test]
+fn bad_data_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.jsonl"), "{\"id\": 1}\n").unwrap();
+    let out = run(&["--exemplars", dir.path().to_str().unwrap(), "hello"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("x.jsonl:1") && !err.contains("panicked"), "{err}");
+
+    let out = run(&["--quality-bar", "7", "hello"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quality_bar"));
+}

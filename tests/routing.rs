@@ -1,0 +1,209 @@
+//! End-to-end routing with the real embedding model, the built-in exemplars and price table.
+
+mod common;
+
+use semroute::{Constraints, Error, Router, Tier};
+
+fn route(prompt: &str) -> semroute::RouteDecision {
+    common::router().route(prompt).unwrap_or_else(|e| panic!("{prompt:?}: {e}"))
+}
+
+#[test]
+fn routine_prompts_go_to_a_cheap_model() {
+    for prompt in [
+        "Reformat this JSON so it is indented: {\"a\":1}",
+        "把这句话翻译成英文：我们下周一开会讨论预算。",
+        "Translate this Chinese sentence into English: 他昨天晚上加班到十点。",
+    ] {
+        let d = route(prompt);
+        assert_eq!(d.tier, Tier::Cheap, "{prompt:?} went to {} ({})", d.model, d.reason);
+        assert!(!d.fallback, "{prompt:?}: {}", d.reason);
+        assert!(d.predicted_quality >= d.quality_bar);
+        assert!(d.saving_fraction > 0.5, "{prompt:?}: saving {}", d.saving_fraction);
+        // The cheapest cheap model that clears the bar, not just any.
+        let cheapest = d.candidates.iter().find(|c| c.excluded.is_none() && c.clears_bar).unwrap();
+        assert_eq!(cheapest.model, d.model);
+    }
+}
+
+#[test]
+fn hard_prompts_go_to_a_strong_model() {
+    for prompt in [
+        "Give a rigorous proof that there are infinitely many primes of the form 4k+3.",
+        "Design a multi-region, strongly consistent inventory reservation system for a flash sale with one million requests per second; explain how you prevent overselling during network partitions and how you recover.",
+    ] {
+        let d = route(prompt);
+        assert_eq!(d.tier, Tier::Strong, "{prompt:?} went to {} ({})", d.model, d.reason);
+        assert!(!d.fallback, "{prompt:?} should be decided by exemplars: {}", d.reason);
+        assert!(d.neighbours[0].similarity >= common::router().settings().min_similarity);
+    }
+}
+
+#[test]
+fn decision_explains_itself() {
+    let d = route("Reformat this JSON so it is indented: {\"a\":1}");
+    let r = common::router();
+    assert_eq!(d.neighbours.len(), r.settings().k);
+    assert!(d.neighbours.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+    let weights: f64 = d.neighbours.iter().map(|n| n.weight).sum();
+    assert!((weights - 1.0).abs() < 1e-9);
+    assert_eq!(d.candidates.len(), r.prices().len());
+    assert!(d.candidates.windows(2).all(|w| w[0].expected_cost_usd <= w[1].expected_cost_usd));
+    assert_eq!(d.strongest_model, r.prices().strongest());
+    let price = r.prices().get(&d.model).unwrap();
+    let expected = price.cost_usd(d.input_tokens, d.predicted_output_tokens);
+    assert!((d.expected_cost_usd - expected).abs() < 1e-15);
+    assert!(d.input_tokens > 5 && d.input_tokens < 30, "{}", d.input_tokens);
+    let json = serde_json::to_value(&d).unwrap();
+    for key in ["model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback"] {
+        assert!(json.get(key).is_some(), "missing {key}");
+    }
+}
+
+#[test]
+fn unfamiliar_prompt_falls_back_to_the_safe_model() {
+    let r = Router::builder().embedder(common::embedder()).no_cache().min_similarity(0.95).build().unwrap();
+    let d = r.route("Write a limerick about a lighthouse keeper's cat.").unwrap();
+    assert!(d.fallback);
+    assert_eq!(d.model, r.settings().fallback_model);
+    assert!(d.reason.contains("fallback"), "{}", d.reason);
+
+    // With the fallback blocked, the strongest allowed tier is used instead.
+    let c = Constraints::default().block_models([r.settings().fallback_model.clone()]);
+    let d = r.route_with("Write a limerick about a lighthouse keeper's cat.", &c).unwrap();
+    assert!(d.fallback);
+    assert_eq!(d.tier, Tier::Strong);
+    assert_ne!(d.model, r.settings().fallback_model);
+}
+
+#[test]
+fn constraints_limit_the_choice() {
+    let r = common::router();
+    let prompt = "Reformat this JSON so it is indented: {\"a\":1}";
+    let free = r.route(prompt).unwrap();
+
+    let c = Constraints::default().block_models([free.model.clone()]);
+    let d = r.route_with(prompt, &c).unwrap();
+    assert_ne!(d.model, free.model);
+    let blocked = d.candidates.iter().find(|c| c.model == free.model).unwrap();
+    assert_eq!(blocked.excluded.as_deref(), Some("model is blocked"));
+
+    let d = r.route_with(prompt, &Constraints::default().allow_jurisdictions(["CN"])).unwrap();
+    assert_eq!(r.prices().get(&d.model).unwrap().jurisdiction.as_deref(), Some("CN"));
+    let d = r.route_with(prompt, &Constraints::default().block_jurisdictions(["US"])).unwrap();
+    assert_ne!(r.prices().get(&d.model).unwrap().jurisdiction.as_deref(), Some("US"));
+
+    let d = r.route_with(prompt, &Constraints::default().allow_providers(["deepseek"])).unwrap();
+    assert_eq!(d.provider, "deepseek");
+
+    // A hard prompt under a cost cap too small for any strong model: the best affordable one.
+    let hard = "Give a rigorous proof that there are infinitely many primes of the form 4k+3.";
+    let strong = r.route(hard).unwrap();
+    let cap = strong.expected_cost_usd / 10.0;
+    let d = r.route_with(hard, &Constraints::default().max_cost_usd(cap)).unwrap();
+    assert!(d.expected_cost_usd <= cap);
+
+    let err = r.route_with(prompt, &Constraints::default().allow_models(["no-such-model"])).unwrap_err();
+    assert!(matches!(err, Error::NoEligibleModel(_)), "{err}");
+
+    let err = r.route_with(prompt, &Constraints::default().quality_bar(1.5)).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+
+    // A per-request bar of 1.0 for a mixed neighbourhood moves the choice up, never down.
+    let lax = r.route_with(hard, &Constraints::default().quality_bar(0.0)).unwrap();
+    assert!(lax.expected_cost_usd <= strong.expected_cost_usd);
+}
+
+#[test]
+fn empty_and_whitespace_prompts_are_refused_clearly() {
+    let r = common::router();
+    for p in ["", "   \n\t "] {
+        let err = r.route(p).unwrap_err();
+        assert!(matches!(err, Error::InvalidPrompt(_)), "{err:?}");
+    }
+}
+
+#[test]
+fn twenty_thousand_word_prompt_still_routes() {
+    let r = common::router();
+    let mut prompt = String::from("Summarise the following report in five bullet points.\n");
+    for i in 0..20_000 {
+        prompt.push_str(["revenue ", "grew ", "in ", "the ", "third ", "quarter. "][i % 6]);
+    }
+    let d = r.route(&prompt).unwrap();
+    assert!(d.input_tokens >= 20_000, "{}", d.input_tokens);
+    // The cost reflects the whole prompt even though the embedding saw only its start.
+    let price = r.prices().get(&d.model).unwrap();
+    assert!(d.expected_cost_usd >= price.input_per_mtok * 20_000.0 / 1e6);
+}
+
+#[test]
+fn context_window_must_fit() {
+    let r = common::router();
+    // Far more tokens than any model's window: every model is excluded, with the reason.
+    let smallest = r.prices().iter().map(|(_, p)| p.context_window).min().unwrap();
+    let biggest = r.prices().iter().map(|(_, p)| p.context_window).max().unwrap();
+    assert!(smallest < biggest, "the test needs windows of different sizes");
+    let words = (smallest as usize) + 1000;
+    let prompt = "token ".repeat(words);
+    match r.route(&prompt) {
+        Ok(d) => {
+            assert!(d.input_tokens > smallest);
+            let small = d.candidates.iter().find(|c| r.prices().get(&c.model).unwrap().context_window == smallest).unwrap();
+            assert!(small.excluded.as_deref().unwrap_or("").contains("context window"), "{:?}", small.excluded);
+            assert!(r.prices().get(&d.model).unwrap().context_window >= d.input_tokens + d.predicted_output_tokens);
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn batch_matches_single_and_keeps_bad_prompts_apart() {
+    let r = common::router();
+    let prompts = ["Reformat this JSON so it is indented: {\"a\":1}", "", "证明根号2是无理数。"];
+    let out = r.route_batch(&prompts, &Constraints::default());
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0].as_ref().unwrap().model, r.route(prompts[0]).unwrap().model);
+    assert!(matches!(out[1], Err(Error::InvalidPrompt(_))));
+    let single = r.route(prompts[2]).unwrap();
+    let batched = out[2].as_ref().unwrap();
+    assert_eq!(batched.model, single.model);
+    assert_eq!(batched.neighbours[0].id, single.neighbours[0].id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_across_tokio_tasks() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<Router>();
+    let r = common::router();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let r = r.clone();
+        let prompt = if i % 2 == 0 { "Reformat this JSON so it is indented: {\"a\":1}" } else { "把这句话翻译成英文：我爱你。" };
+        tasks.push(tokio::spawn(async move { r.route_async(prompt, Constraints::default()).await }));
+    }
+    for t in tasks {
+        let d = t.await.unwrap().unwrap();
+        assert_eq!(d.tier, Tier::Cheap);
+    }
+}
+
+#[test]
+fn warm_start_reads_cached_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = || Router::builder().embedder(common::embedder()).cache_dir(dir.path()).build().unwrap();
+    let cold = build();
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one cache file for the built-in set");
+    let warm = build();
+    let p = "Reformat this JSON so it is indented: {\"a\":1}";
+    assert_eq!(cold.route(p).unwrap(), warm.route(p).unwrap());
+
+    // A damaged cache file is ignored and rewritten, not trusted.
+    let path = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::write(&path, b"garbage").unwrap();
+    let rebuilt = build();
+    assert_eq!(rebuilt.route(p).unwrap(), cold.route(p).unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+}
