@@ -70,7 +70,10 @@ class Graph:
         return self.op("LayerNormalization", [x, g, b], axis=-1, epsilon=eps)
 
 
-def build(cfg, w):
+def build(cfg, w, token_types=True):
+    """The encoder graph. With token_types=False the graph has no token_type_ids input and adds
+    the embedding of token type 0 to every token: for models whose tokenizer only ever emits type
+    0 (XLM-R's, as in multilingual-e5), so fastembed does not feed the input at all."""
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     head_dim = hidden // heads
     eps = float(cfg.get("layer_norm_eps", 1e-12))
@@ -85,8 +88,11 @@ def build(cfg, w):
                                g.const("step_i", np.array(1, np.int64))])
     pos = g.op("Gather", [g.const("position_embeddings", w["embeddings.position_embeddings.weight"]),
                           positions])
-    typ = g.op("Gather", [g.const("token_type_embeddings",
-                                  w["embeddings.token_type_embeddings.weight"]), types])
+    if token_types:
+        typ = g.op("Gather", [g.const("token_type_embeddings",
+                                      w["embeddings.token_type_embeddings.weight"]), types])
+    else:
+        typ = g.const("token_type_embedding_0", w["embeddings.token_type_embeddings.weight"][0])
     x = g.layer_norm(g.op("Add", [g.op("Add", [word, pos]), typ]), w, "embeddings.LayerNorm", eps)
 
     # Additive mask [batch, 1, 1, seq]: 0 where attended, a large negative where padded.
@@ -127,7 +133,8 @@ def build(cfg, w):
 
     g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
     dims = ["batch", "seq"]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, dims) for n in (ids, mask, types)]
+    names = (ids, mask, types) if token_types else (ids, mask)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, dims) for n in names]
     output = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
                                            dims + [hidden])
     graph = helper.make_graph(g.nodes, "bert_encoder", inputs, [output], g.inits)

