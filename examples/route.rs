@@ -45,10 +45,17 @@ struct Args {
     /// The safe model used when no exemplar is close enough.
     #[arg(long, value_name = "MODEL")]
     fallback: Option<String>,
+    /// The installed embedding model to use (a folder under <home>/models; see
+    /// examples/setup/setup-model.sh).
+    #[arg(long, value_name = "NAME")]
+    embedding_model: Option<String>,
 }
 
 fn build(args: &Args) -> Result<Router, Error> {
     let mut b = Router::builder();
+    if let Some(name) = &args.embedding_model {
+        b = b.embedder(std::sync::Arc::new(semroute::FastEmbedder::load_installed(name)?));
+    }
     if let Some(dir) = &args.exemplars {
         b = b.exemplars(ExemplarSet::load_dir(dir)?);
     }

@@ -39,6 +39,13 @@ pub trait Embedder: Send + Sync {
     /// Embeds a batch of texts, one vector each, in order.
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
 
+    /// The similarity below which a nearest exemplar should count as unrelated, if the model
+    /// knows it. Models differ widely here (all-MiniLM-L6-v2 puts unrelated sentences near 0.2,
+    /// multilingual-e5-small near 0.8), so the router's fallback threshold defaults to this.
+    fn suggested_min_similarity(&self) -> Option<f32> {
+        None
+    }
+
     /// Embeds one text.
     fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let mut v = self.embed_batch(&[text])?;
@@ -124,6 +131,8 @@ pub struct FastEmbedder {
     model_id: String,
     dim: usize,
     max_bytes: usize,
+    prefix: Option<String>,
+    min_similarity: Option<f32>,
 }
 
 impl fmt::Debug for FastEmbedder {
@@ -137,8 +146,14 @@ const MODEL_FILES: [&str; 5] = ["model.onnx", "tokenizer.json", "config.json", "
 impl FastEmbedder {
     /// Loads the default model from the default [`Home`].
     pub fn load_default() -> Result<Self> {
+        Self::load_installed(DEFAULT_MODEL)
+    }
+
+    /// Loads the model the setup installed as `name` (a folder under `<home>/models/`) from the
+    /// default [`Home`].
+    pub fn load_installed(name: &str) -> Result<Self> {
         let home = Home::from_env();
-        Self::load(&home.model_dir(DEFAULT_MODEL), &home.ort_library(), &EmbedderOptions::default())
+        Self::load(&home.model_dir(name), &home.ort_library(), &EmbedderOptions::default())
     }
 
     /// Loads a model folder written by the setup (model.onnx, the four tokenizer files, `READY`
@@ -168,6 +183,9 @@ impl FastEmbedder {
         }
         let onnx_sum = checksum_of(&sums, "model.onnx").ok_or_else(|| corrupt("SHA256SUMS lists no model.onnx".into()))?;
         let ready = std::fs::read_to_string(dir.join("READY")).unwrap_or_default();
+        // Some models (the E5 family) expect every text to start with a fixed prefix.
+        let prefix = ready.lines().find_map(|l| l.strip_prefix("prefix=")).map(|p| p.trim_matches('"').to_string());
+        let min_similarity = ready.lines().find_map(|l| l.strip_prefix("min_similarity=")).and_then(|v| v.trim().parse().ok());
         if let Some(size) = ready.lines().find_map(|l| l.strip_prefix("model.onnx.bytes=")) {
             if size.trim() != bytes[0].len().to_string() {
                 return Err(corrupt(format!("model.onnx has {} bytes, expected {}", bytes[0].len(), size.trim())));
@@ -212,6 +230,8 @@ impl FastEmbedder {
             // per allowed token only drops text the tokenizer would truncate anyway, and spares
             // tokenising the rest of a very long prompt.
             max_bytes: options.max_tokens.saturating_mul(64),
+            prefix,
+            min_similarity,
         })
     }
 }
@@ -225,14 +245,26 @@ impl Embedder for FastEmbedder {
         self.dim
     }
 
+    fn suggested_min_similarity(&self) -> Option<f32> {
+        self.min_similarity
+    }
+
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         let cut: Vec<&str> = texts.iter().map(|t| truncate_at_char(t, self.max_bytes)).collect();
+        let prefixed: Vec<String>;
+        let inputs: &[&str] = match &self.prefix {
+            None => &cut,
+            Some(p) => {
+                prefixed = cut.iter().map(|t| format!("{p}{t}")).collect();
+                &prefixed.iter().map(String::as_str).collect::<Vec<_>>()
+            }
+        };
         let mut model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut vectors = model
-            .embed(&cut, Some(64))
+            .embed(inputs, Some(64))
             .map_err(|e| Error::Embedding(e.to_string()))?;
         drop(model);
         for v in &mut vectors {

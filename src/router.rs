@@ -292,7 +292,8 @@ impl RouterBuilder {
     }
 
     /// Below this cosine similarity of the nearest exemplar, the fallback model is used
-    /// (default 0.3).
+    /// (default: the embedder's [`suggested_min_similarity`](Embedder::suggested_min_similarity),
+    /// else 0.3, which suits all-MiniLM-L6-v2).
     pub fn min_similarity(mut self, s: f32) -> Self {
         self.min_similarity = Some(s);
         self
@@ -334,9 +335,8 @@ impl RouterBuilder {
         if !(0.0..=1.0).contains(&quality_bar) {
             return Err(Error::Config(format!("quality_bar must be within [0, 1], got {quality_bar}")));
         }
-        let min_similarity = self.min_similarity.unwrap_or(0.3);
-        if !(-1.0..=1.0).contains(&min_similarity) {
-            return Err(Error::Config(format!("min_similarity must be within [-1, 1], got {min_similarity}")));
+        if let Some(s) = self.min_similarity.filter(|s| !(-1.0..=1.0).contains(s)) {
+            return Err(Error::Config(format!("min_similarity must be within [-1, 1], got {s}")));
         }
         let temperature = self.temperature.unwrap_or(0.05);
         if !(temperature.is_finite() && temperature > 0.0) {
@@ -365,6 +365,7 @@ impl RouterBuilder {
             Some(e) => e,
             None => Arc::new(FastEmbedder::load_default()?),
         };
+        let min_similarity = self.min_similarity.or(embedder.suggested_min_similarity()).unwrap_or(0.3);
         let cache = match self.cache {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),

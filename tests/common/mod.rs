@@ -6,24 +6,31 @@ use std::sync::{Arc, OnceLock};
 use semroute::embed::FastEmbedder;
 use semroute::Router;
 
-/// The real model, loaded once per test binary. When it is not installed yet, the project's
-/// set-up script installs it first (as the `route` example does), so `cargo test` works on a
-/// fresh clone; a failed set-up fails the test with the script's message.
+/// The real default model, loaded once per test binary. When it is not installed yet, the
+/// project's set-up script installs it first (as the `route` example does), so `cargo test` works
+/// on a fresh clone; a failed set-up fails the test with the script's message.
 pub fn embedder() -> Arc<FastEmbedder> {
     static E: OnceLock<Arc<FastEmbedder>> = OnceLock::new();
-    E.get_or_init(|| {
-        let model = match FastEmbedder::load_default() {
-            Err(semroute::Error::ModelMissing { .. }) => {
-                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/setup/setup-model.sh");
-                let status = std::process::Command::new("bash").arg(script).status().expect("run bash");
-                assert!(status.success(), "{script} failed");
-                FastEmbedder::load_default()
+    E.get_or_init(|| installed(semroute::embed::DEFAULT_MODEL)).clone()
+}
+
+/// An installed model by name, installing it with the set-up script if it is missing.
+pub fn installed(name: &str) -> Arc<FastEmbedder> {
+    let model = match FastEmbedder::load_installed(name) {
+        Err(semroute::Error::ModelMissing { .. }) => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/setup/setup-model.sh");
+            let mut cmd = std::process::Command::new("bash");
+            cmd.arg(script);
+            if name != semroute::embed::DEFAULT_MODEL {
+                cmd.arg(name);
             }
-            other => other,
-        };
-        Arc::new(model.unwrap_or_else(|e| panic!("{e}")))
-    })
-    .clone()
+            let status = cmd.status().expect("run bash");
+            assert!(status.success(), "{script} {name} failed");
+            FastEmbedder::load_installed(name)
+        }
+        other => other,
+    };
+    Arc::new(model.unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// A router on the built-in exemplars and prices with the real model (its vectors are not

