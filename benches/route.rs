@@ -2,6 +2,7 @@
 //!
 //! - `route/*`: the whole `Router::route` on short and long prompts, English and Chinese, with the
 //!   real model and the built-in exemplars and prices;
+//! - `route_e5/*`: the same with multilingual-e5-small, when it is installed;
 //! - `embed/short_en`: the embedding alone, to see its share;
 //! - `index_search/{1000,10000,100000}`: HNSW search alone over synthetic clustered 384-d unit
 //!   vectors (build time and recall@8 against exact search are printed once per size);
@@ -31,6 +32,17 @@ fn bench_route(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
     }
     g.finish();
+
+    // The multilingual second choice, when it is installed.
+    if let Ok(e5) = semroute::FastEmbedder::load_installed("multilingual-e5-small") {
+        let router = Router::builder().embedder(std::sync::Arc::new(e5)).build().expect("e5 router");
+        let mut g = c.benchmark_group("route_e5");
+        g.measurement_time(Duration::from_secs(5)).sample_size(30);
+        for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH)] {
+            g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
+        }
+        g.finish();
+    }
 
     let mut g = c.benchmark_group("embed");
     g.measurement_time(Duration::from_secs(5)).sample_size(50);

@@ -66,7 +66,7 @@ mkdir -p "$home" "$dest" "$ort_dir"
 # 1. Python tools for the export, kept apart from the user's own packages.
 if ! PYTHONPATH="$pylib" "$python" -c "import numpy, onnx, onnxruntime" >/dev/null 2>&1; then
   say "installing numpy, onnx, onnxruntime==$ort_version into $pylib"
-  "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
       --upgrade --target "$pylib" numpy==2.4.6 onnx==1.23.2 "onnxruntime==$ort_version" \
     || fail "pip could not install numpy/onnx/onnxruntime (is PyPI reachable?)"
 fi
