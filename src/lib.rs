@@ -105,6 +105,7 @@
 pub mod decision;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod exemplar;
 pub mod index;
 pub mod policy;

@@ -1,0 +1,187 @@
+//! Benchmarking a router on datasets with measured per-model scores.
+//!
+//! A [`Dataset`] is the JSONL format of the shared routing datasets: `id`, `task`, `prompt`,
+//! `scores` (model → quality in [0, 1]) and optionally `responses` (model → answer text) or
+//! `output_tokens` (model → answer length). [`Dataset::split`] splits it deterministically by seed;
+//! [`Dataset::to_exemplars`] turns the train part into measured exemplars; [`Curve`] holds the
+//! cost–quality points of a router swept over its quality bar, with the RouteLLM metrics
+//! (APGR, CPT) computed from them.
+//!
+//! ```
+//! use semroute::eval::{apgr, cpt, CurvePoint};
+//!
+//! // A router that recovers the gap linearly with its strong-model calls, like random routing.
+//! let points: Vec<CurvePoint> = (0..=10)
+//!     .map(|i| CurvePoint { strong_share: i as f64 / 10.0, quality: 0.5 + 0.05 * i as f64, cost_usd: i as f64 })
+//!     .collect();
+//! let (weak, strong) = (0.5, 1.0);
+//! assert!((apgr(&points, weak, strong) - 0.5).abs() < 1e-9);
+//! assert!((cpt(&points, weak, strong, 0.5).unwrap() - 0.5).abs() < 1e-9);
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Location, Result};
+use crate::exemplar::{Exemplar, Grade, ModelResult};
+use crate::pricing::TokenCounter;
+
+/// One dataset record.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Record {
+    /// Unique id.
+    pub id: String,
+    /// Task name.
+    #[serde(default)]
+    pub task: String,
+    /// The exact prompt sent to every model.
+    pub prompt: String,
+    /// Measured quality per model, in [0, 1].
+    pub scores: BTreeMap<String, f64>,
+    /// Each model's answer, when kept.
+    #[serde(default)]
+    pub responses: BTreeMap<String, String>,
+    /// Each model's answer length in tokens, when given instead of the answers.
+    #[serde(default)]
+    pub output_tokens: BTreeMap<String, u32>,
+}
+
+/// A routing dataset.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// The records, in file order.
+    pub records: Vec<Record>,
+}
+
+impl Dataset {
+    /// Loads a JSONL dataset; a bad line is an error naming file and line.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut records = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |message: String| Error::Exemplar { at: Location::line(path, i + 1), field: None, message };
+            let r: Record = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            if let Some((m, q)) = r.scores.iter().find(|(_, q)| !(0.0..=1.0).contains(*q)) {
+                return Err(bad(format!("score of {m} is {q}, outside [0, 1]")));
+            }
+            records.push(r);
+        }
+        if records.is_empty() {
+            return Err(Error::NoExemplars(path.to_path_buf()));
+        }
+        Ok(Dataset { records })
+    }
+
+    /// Splits into (train, test) deterministically: records are ordered by a hash of the seed and
+    /// their id, and the first `train_fraction` of that order is the train part.
+    pub fn split(&self, train_fraction: f64, seed: u64) -> (Vec<&Record>, Vec<&Record>) {
+        let mut keyed: Vec<([u8; 32], &Record)> = self
+            .records
+            .iter()
+            .map(|r| {
+                let mut h = Sha256::new();
+                h.update(seed.to_le_bytes());
+                h.update(r.id.as_bytes());
+                (h.finalize().into(), r)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let n_train = ((self.records.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
+        let (train, test) = keyed.split_at(n_train);
+        (train.iter().map(|k| k.1).collect(), test.iter().map(|k| k.1).collect())
+    }
+}
+
+/// A model's answer length on a record: given, else counted from its response, else 0 (the
+/// dataset kept neither, so only prompt tokens are priced).
+pub fn output_tokens(record: &Record, model: &str, counter: &TokenCounter) -> u32 {
+    if let Some(&t) = record.output_tokens.get(model) {
+        return t;
+    }
+    record.responses.get(model).map_or(0, |r| counter.count(r) as u32)
+}
+
+/// Measured exemplars from records, restricted to `models` (the priced ones).
+pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter) -> Vec<Exemplar> {
+    records
+        .iter()
+        .map(|r| Exemplar {
+            id: r.id.clone(),
+            prompt: r.prompt.clone(),
+            category: r.task.clone(),
+            language: "en".into(),
+            source: Some("measured: dataset train split".into()),
+            grade: Grade::Measured {
+                results: r
+                    .scores
+                    .iter()
+                    .filter(|(m, _)| models.contains(&m.as_str()))
+                    .map(|(m, &q)| (m.clone(), ModelResult { quality: q, output_tokens: output_tokens(r, m, counter) }))
+                    .collect(),
+            },
+        })
+        .filter(|e| matches!(&e.grade, Grade::Measured { results } if !results.is_empty()))
+        .collect()
+}
+
+/// One operating point of a router: the share of prompts sent to the strong model, the mean
+/// quality obtained and the total cost.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CurvePoint {
+    /// Share of prompts routed to the strong (reference) model, in [0, 1].
+    pub strong_share: f64,
+    /// Mean measured quality of the routed answers.
+    pub quality: f64,
+    /// Total USD of the routed calls.
+    pub cost_usd: f64,
+}
+
+/// Performance gap recovered: where `quality` sits between the weak and the strong model.
+pub fn pgr(quality: f64, weak: f64, strong: f64) -> f64 {
+    if (strong - weak).abs() < 1e-12 {
+        return 1.0;
+    }
+    (quality - weak) / (strong - weak)
+}
+
+/// The curve's PGR as a function of strong-model share: its upper envelope, anchored at
+/// (0, all-weak) and (1, all-strong), sorted by share.
+fn pgr_curve(points: &[CurvePoint], weak: f64, strong: f64) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = points.iter().map(|p| (p.strong_share, pgr(p.quality, weak, strong))).collect();
+    pts.push((0.0, 0.0));
+    pts.push((1.0, 1.0));
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    pts.dedup_by(|b, a| (a.0 - b.0).abs() < 1e-12);
+    pts
+}
+
+/// Average performance gap recovered (RouteLLM, arXiv 2406.18665): the area under PGR as a
+/// function of the share of strong-model calls, by the trapezoid rule.
+pub fn apgr(points: &[CurvePoint], weak: f64, strong: f64) -> f64 {
+    let pts = pgr_curve(points, weak, strong);
+    pts.windows(2).map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0).sum()
+}
+
+/// Call-performance threshold: the smallest share of strong-model calls at which the curve
+/// recovers `target` (e.g. 0.5 for CPT(50%)) of the gap, interpolating linearly between points.
+pub fn cpt(points: &[CurvePoint], weak: f64, strong: f64, target: f64) -> Option<f64> {
+    let pts = pgr_curve(points, weak, strong);
+    if pts.first().is_some_and(|p| p.1 >= target) {
+        return Some(pts[0].0);
+    }
+    pts.windows(2).find(|w| w[1].1 >= target).map(|w| {
+        let (a, b) = (w[0], w[1]);
+        if b.1 - a.1 <= 1e-12 {
+            b.0
+        } else {
+            a.0 + (b.0 - a.0) * (target - a.1) / (b.1 - a.1)
+        }
+    })
+}
