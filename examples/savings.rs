@@ -56,12 +56,17 @@ struct TestItem<'a> {
 }
 
 fn embed_all(embedder: &dyn Embedder, texts: &[&str], what: &str) -> semroute::Result<Vec<Vec<f32>>> {
+    let bar = indicatif::ProgressBar::new(texts.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("embedding {msg} {bar:40} {pos}/{len} prompts, {per_sec}, eta {eta}")
+            .expect("a valid template"),
+    );
+    bar.set_message(what.to_string());
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(64) {
         out.extend(embedder.embed_batch(chunk)?);
-        eprint!("\rembedding {what}: {}/{}", out.len(), texts.len());
+        bar.inc(chunk.len() as u64);
     }
-    eprintln!();
+    bar.finish();
     Ok(out)
 }
 
