@@ -6,8 +6,15 @@ use std::process::Command;
 
 use semroute::eval::{apgr, cpt, CurvePoint, Dataset};
 
+/// The shared datasets: `$SEMROUTE_DATA`, else `../shared/data` beside the checkout (where CI
+/// and the developers' machines have them).
 fn shared(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(file)
+    let dir = std::env::var_os("SEMROUTE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let path = dir.join(file);
+    assert!(path.is_file(), "{} is missing: set SEMROUTE_DATA to the folder of the shared datasets", path.display());
+    path
 }
 
 #[test]
