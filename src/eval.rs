@@ -3,9 +3,8 @@
 //! A [`Dataset`] is the JSONL format of the shared routing datasets: `id`, `task`, `prompt`,
 //! `scores` (model → quality in [0, 1]) and optionally `responses` (model → answer text) or
 //! `output_tokens` (model → answer length). [`Dataset::split`] splits it deterministically by seed;
-//! [`Dataset::to_exemplars`] turns the train part into measured exemplars; [`Curve`] holds the
-//! cost–quality points of a router swept over its quality bar, with the RouteLLM metrics
-//! (APGR, CPT) computed from them.
+//! [`to_exemplars`] turns the train part into measured exemplars; [`apgr`] and [`cpt`] compute the
+//! RouteLLM metrics from the [`CurvePoint`]s of a router swept over its quality bar.
 //!
 //! ```
 //! use semroute::eval::{apgr, cpt, CurvePoint};
@@ -116,7 +115,8 @@ pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter
             id: r.id.clone(),
             prompt: r.prompt.clone(),
             category: r.task.clone(),
-            language: "en".into(),
+            // The datasets do not record a language; "und" is BCP 47's "undetermined".
+            language: "und".into(),
             source: Some("measured: dataset train split".into()),
             grade: Grade::Measured {
                 results: r

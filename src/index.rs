@@ -61,8 +61,8 @@ impl Distance<f32> for UnitCosine {
     }
 }
 
-/// Dot product of two equally long vectors: AVX2+FMA when the CPU has it (checked at run time;
-/// about 4x faster at 384 dimensions), portable code otherwise.
+/// Dot product of two equally long vectors: AVX2+FMA when the CPU has it (checked at run time),
+/// portable code otherwise.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
@@ -153,9 +153,9 @@ impl std::fmt::Debug for HnswIndex {
 }
 
 impl HnswIndex {
-    /// Builds an index over `vectors` (position `i` is vector `i`), with settings that give
-    /// recall@8 of about 0.99 on clustered data up to 100k vectors: 16 links per node, ef 100 at
-    /// build, 64 at search.
+    /// Builds an index over `vectors` (position `i` is vector `i`) with 16 links per node, ef 100
+    /// at build and 64 at search. On the bench's synthetic 384-d data this measured recall@8 of
+    /// 1.000 at 1k vectors, 0.996 at 10k and 0.973 at 100k.
     pub fn build(vectors: &[Vec<f32>]) -> Result<Self> {
         Self::build_with(vectors, 16, 100, 64)
     }

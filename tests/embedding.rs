@@ -7,19 +7,8 @@ use semroute::embed::{cosine, Embedder, EmbedderOptions, FastEmbedder, Home};
 use semroute::error::SETUP_COMMAND;
 use semroute::Error;
 
-#[derive(serde::Deserialize)]
-struct Reference {
-    sentences: Vec<Sentence>,
-}
-
-#[derive(serde::Deserialize)]
-struct Sentence {
-    text: String,
-    embedding: Vec<f32>,
-}
-
-fn reference() -> Reference {
-    serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap()
+fn reference() -> common::Reference {
+    common::reference(include_str!("fixtures/minilm_reference.json"))
 }
 
 #[test]

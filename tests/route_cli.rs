@@ -1,20 +1,12 @@
 //! The `route` example's interface, which other tooling relies on: run as a real process.
 
+mod common;
+
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-/// The example binary cargo built next to this test (`target/<profile>/examples/route`).
-fn route_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join(format!("route{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run through `cargo test`, which builds the examples", bin.display());
-    bin
-}
-
 fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(route_bin())
+    let mut child = Command::new(common::example_bin("route"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,6 +1,8 @@
 //! The savings benchmark: dataset handling, metrics, and the `savings` example on a real
 //! two-model dataset from ../shared/data (MT-Bench, 80 prompts).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -58,8 +60,7 @@ fn metrics_of_perfect_and_useless_routers() {
 
 #[test]
 fn savings_example_reports_the_metrics_on_the_test_split() {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("examples/savings");
+    let bin = common::example_bin("savings");
     let run = || {
         let out = Command::new(&bin)
             .args(["--dataset", shared("routellm-mtbench.jsonl").to_str().unwrap()])

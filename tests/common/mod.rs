@@ -40,3 +40,32 @@ pub fn router() -> Router {
     R.get_or_init(|| Router::builder().embedder(embedder()).no_cache().build().unwrap_or_else(|e| panic!("{e}")))
         .clone()
 }
+
+/// A reference-embedding fixture (tests/fixtures/*_reference.json).
+#[derive(serde::Deserialize)]
+pub struct Reference {
+    /// The prefix the reference added to every text (E5's "query: "), if any.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    pub sentences: Vec<Sentence>,
+}
+
+/// One fixture sentence and its reference vector.
+#[derive(serde::Deserialize)]
+pub struct Sentence {
+    pub text: String,
+    pub embedding: Vec<f32>,
+}
+
+pub fn reference(json: &str) -> Reference {
+    serde_json::from_str(json).expect("a valid reference fixture")
+}
+
+/// An example binary cargo built next to the running test (`target/<profile>/examples/<name>`).
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run through `cargo test`, which builds the examples", bin.display());
+    bin
+}
