@@ -17,7 +17,7 @@ use clap::Parser;
 use semroute::embed::{Embedder, FastEmbedder};
 use semroute::exemplar::Grade;
 use semroute::index::{ExactIndex, NeighbourIndex};
-use semroute::predict::predict;
+use semroute::predict::{predict_with_prior, Prior};
 use semroute::{ExemplarSet, PriceTable, Tier};
 
 #[derive(Parser)]
@@ -37,6 +37,10 @@ struct Args {
     quality_bar: f64,
     #[arg(long, default_value_t = 0.05)]
     temperature: f64,
+    /// Pseudo-neighbours for each model's overall mean (`semroute::predict::Prior`; 0 = off).
+    /// The mean is taken over the other exemplars only.
+    #[arg(long, default_value_t = 0.0)]
+    prior_strength: f64,
 }
 
 #[derive(Default)]
@@ -92,7 +96,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, ex) in set.iter().enumerate() {
         let Grade::Labelled(label) = &ex.grade else { continue };
         let hits: Vec<_> = index.search(&vectors[i], args.k + 1).into_iter().filter(|h| h.position != i).take(args.k).collect();
-        let p = predict(&set, &hits, &prices, args.temperature);
+        let others = ExemplarSet::from_exemplars(set.iter().filter(|e| e.id != ex.id).cloned().collect())?;
+        let prior = Prior::from_exemplars(&others, &prices, args.prior_strength);
+        let p = predict_with_prior(&set, &hits, &prices, args.temperature, &prior);
         let tier_quality = |t: Tier| {
             prices
                 .iter()
@@ -107,7 +113,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         by_label.entry(label.tier).or_default().add(label.tier, got);
     }
 
-    println!("leave-one-out, model {}, k {}, bar {}, temperature {}", args.model, args.k, args.quality_bar, args.temperature);
+    println!(
+        "leave-one-out, model {}, k {}, bar {}, temperature {}, prior strength {}",
+        args.model, args.k, args.quality_bar, args.temperature, args.prior_strength
+    );
     println!("{:<22} {:>4} {:>8} {:>6} {:>6}", "", "n", "agree", "under", "over");
     println!("{}", overall.row("all"));
     println!("-- by language");

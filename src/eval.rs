@@ -185,3 +185,83 @@ pub fn cpt(points: &[CurvePoint], weak: f64, strong: f64, target: f64) -> Option
         }
     })
 }
+
+/// The non-decreasing convex hull of `(cost, quality)` operating points (RouterBench, arXiv
+/// 2403.12031): the upper concave envelope of the points after dropping every point that a
+/// cheaper point matches or beats in quality. Any point on it is reachable by mixing the two
+/// operating points at its ends at random. Sorted by cost.
+pub fn nondecreasing_hull(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    // Keep only points that improve on every cheaper one.
+    let mut rising: Vec<(f64, f64)> = Vec::new();
+    for p in pts {
+        if rising.last().is_none_or(|l| p.1 > l.1) {
+            rising.push(p);
+        }
+    }
+    // Upper hull (monotone chain): drop a point that lies on or below the chord of its neighbours.
+    let mut hull: Vec<(f64, f64)> = Vec::new();
+    for p in rising {
+        while hull.len() >= 2 {
+            let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+            let cross = (b.0 - a.0) * (p.1 - a.1) - (b.1 - a.1) * (p.0 - a.0);
+            if cross >= 0.0 {
+                hull.pop();
+            } else {
+                break;
+            }
+        }
+        hull.push(p);
+    }
+    hull
+}
+
+/// Average improvement in quality (AIQ, RouterBench): the mean quality of the non-decreasing
+/// convex hull of `points` over the cost range `[c_min, c_max]`, i.e. the area under it divided by
+/// the range's width. Beyond the hull's most expensive point the quality stays at its maximum
+/// (spending more is never forced); below its cheapest point nothing is reachable and counts as 0.
+/// Give every router compared the same range.
+///
+/// ```
+/// use semroute::eval::aiq;
+///
+/// // Two single models, $1 at quality 0.5 and $3 at 0.9; mixing them traces the line between.
+/// let points = [(1.0, 0.5), (3.0, 0.9)];
+/// assert!((aiq(&points, 1.0, 3.0) - 0.7).abs() < 1e-12);
+/// // A router that reaches 0.9 for $2 is better over the same range.
+/// assert!(aiq(&[(1.0, 0.5), (2.0, 0.9)], 1.0, 3.0) > 0.7);
+/// ```
+pub fn aiq(points: &[(f64, f64)], c_min: f64, c_max: f64) -> f64 {
+    let hull = nondecreasing_hull(points);
+    if hull.is_empty() || c_max <= c_min {
+        return hull.iter().map(|p| p.1).fold(0.0, f64::max);
+    }
+    // Quality of the hull at cost c.
+    let at = |c: f64| -> f64 {
+        if c < hull[0].0 {
+            return 0.0;
+        }
+        match hull.windows(2).find(|w| c <= w[1].0) {
+            Some(w) if w[1].0 > w[0].0 => w[0].1 + (w[1].1 - w[0].1) * (c - w[0].0) / (w[1].0 - w[0].0),
+            Some(w) => w[1].1,
+            None => hull[hull.len() - 1].1,
+        }
+    };
+    // Integrate piecewise-linearly between the range's ends and every hull vertex inside it.
+    let mut xs: Vec<f64> = std::iter::once(c_min)
+        .chain(hull.iter().map(|p| p.0).filter(|&c| c > c_min && c < c_max))
+        .chain(std::iter::once(c_max))
+        .collect();
+    xs.dedup();
+    let mut area = 0.0;
+    for w in xs.windows(2) {
+        // The hull's first vertex is one of the ends when inside the range, so no interval
+        // straddles it: one that starts below it lies wholly where nothing is reachable.
+        if w[0] < hull[0].0 {
+            continue;
+        }
+        area += (w[1] - w[0]) * (at(w[0]) + at(w[1])) / 2.0;
+    }
+    area / (c_max - c_min)
+}

@@ -73,38 +73,116 @@ pub fn neighbour_weights(hits: &[Hit], temperature: f64) -> Vec<f64> {
     raw.into_iter().map(|w| if sum > 0.0 { w / sum } else { 0.0 }).collect()
 }
 
+/// What each model scores across a whole exemplar set, and how many neighbours' worth of weight
+/// that overall mean gets against the neighbours ("pseudo-neighbours").
+///
+/// With many models, a handful of neighbours makes some cheap model look perfect by chance, and
+/// "the cheapest model that clears the bar" then picks exactly that model. Shrinking each
+/// model's neighbour mean towards its overall mean by `strength` pseudo-neighbours damps this:
+/// `q = (n·q_neighbours + strength·q_overall) / (n + strength)`, where `n` is the effective number
+/// of neighbours behind the model's prediction (`(Σw)² / Σw²`).
+///
+/// ```
+/// use semroute::exemplar::ExemplarSet;
+/// use semroute::pricing::PriceTable;
+/// use semroute::predict::Prior;
+///
+/// let set = ExemplarSet::from_jsonl_str(r#"{"id":"a","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1.0,"output_tokens":10}}}
+/// {"id":"b","prompt":"q","category":"c","language":"en","results":{"m":{"quality":0.0,"output_tokens":10}}}"#, "x.jsonl")?;
+/// let prices = PriceTable::from_toml_str("[models.m]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\ntier = \"cheap\"\nsource = \"s\"\nas_of = \"2025\"\n", "p.toml")?;
+/// let prior = Prior::from_exemplars(&set, &prices, 2.0);
+/// assert_eq!(prior.mean("m"), Some(0.5));
+/// # Ok::<(), semroute::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prior {
+    mean: BTreeMap<String, f64>,
+    strength: f64,
+}
+
+impl Prior {
+    /// No shrinkage: predictions are the neighbours' weighted means alone.
+    pub fn none() -> Self {
+        Prior::default()
+    }
+
+    /// Each priced model's mean quality over `set` (a hand label counts 1 for models at or above
+    /// its tier, 0 below), weighted by `strength` pseudo-neighbours (0 turns shrinkage off).
+    pub fn from_exemplars(set: &ExemplarSet, prices: &PriceTable, strength: f64) -> Self {
+        let mut acc: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        for e in set.iter() {
+            for (model, q, _) in evidence(&e.grade, prices) {
+                let a = acc.entry(model).or_default();
+                a.0 += q;
+                a.1 += 1.0;
+            }
+        }
+        let mean = acc.into_iter().map(|(m, (q, n))| (m.to_string(), q / n)).collect();
+        Prior { mean, strength: strength.max(0.0) }
+    }
+
+    /// The overall mean quality of `model`, if any exemplar speaks about it.
+    pub fn mean(&self, model: &str) -> Option<f64> {
+        self.mean.get(model).copied()
+    }
+
+    /// How many pseudo-neighbours the overall mean counts for.
+    pub fn strength(&self) -> f64 {
+        self.strength
+    }
+}
+
+/// What an exemplar's grade says about each priced model: (model, quality, output tokens).
+fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> Vec<(&'a str, f64, f64)> {
+    match grade {
+        Grade::Measured { results } => results
+            .iter()
+            .filter(|(m, _)| prices.get(m).is_some())
+            .map(|(m, r)| (m.as_str(), r.quality, r.output_tokens as f64))
+            .collect(),
+        Grade::Labelled(label) => prices
+            .iter()
+            .map(|(m, p)| (m, if p.tier >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64))
+            .collect(),
+    }
+}
+
 /// Predicts each priced model's quality and answer length from `hits` into `exemplars`.
 pub fn predict(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceTable, temperature: f64) -> Predictions {
+    predict_with_prior(exemplars, hits, prices, temperature, &Prior::none())
+}
+
+/// [`predict`], with each model's quality shrunk towards its overall mean (see [`Prior`]).
+pub fn predict_with_prior(
+    exemplars: &ExemplarSet,
+    hits: &[Hit],
+    prices: &PriceTable,
+    temperature: f64,
+    prior: &Prior,
+) -> Predictions {
     let weights = neighbour_weights(hits, temperature);
-    // model -> (sum w*q, sum w*tokens, sum w)
-    let mut acc: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+    // model -> (sum w*q, sum w*tokens, sum w, sum w²)
+    let mut acc: BTreeMap<&str, (f64, f64, f64, f64)> = BTreeMap::new();
     for (hit, &w) in hits.iter().zip(&weights) {
-        match &exemplars.get(hit.position).grade {
-            Grade::Measured { results } => {
-                for (model, r) in results {
-                    if prices.get(model).is_some() {
-                        let e = acc.entry(model.as_str()).or_default();
-                        e.0 += w * r.quality;
-                        e.1 += w * r.output_tokens as f64;
-                        e.2 += w;
-                    }
-                }
-            }
-            Grade::Labelled(label) => {
-                for (name, price) in prices.iter() {
-                    let q = if price.tier >= label.tier { 1.0 } else { 0.0 };
-                    let e = acc.entry(name).or_default();
-                    e.0 += w * q;
-                    e.1 += w * label.output_tokens as f64;
-                    e.2 += w;
-                }
-            }
+        for (model, q, tokens) in evidence(&exemplars.get(hit.position).grade, prices) {
+            let e = acc.entry(model).or_default();
+            e.0 += w * q;
+            e.1 += w * tokens;
+            e.2 += w;
+            e.3 += w * w;
         }
     }
     let per_model = acc
         .into_iter()
-        .filter(|(_, (_, _, s))| *s > 0.0)
-        .map(|(m, (q, t, s))| (m.to_string(), ModelPrediction { quality: q / s, output_tokens: t / s, support: s }))
+        .filter(|(_, a)| a.2 > 0.0)
+        .map(|(m, (q, t, s, s2))| {
+            let mut quality = q / s;
+            if let Some(mean) = prior.mean(m).filter(|_| prior.strength > 0.0) {
+                let n = s * s / s2;
+                quality = (n * quality + prior.strength * mean) / (n + prior.strength);
+            }
+            (m.to_string(), ModelPrediction { quality, output_tokens: t / s, support: s })
+        })
         .collect();
     Predictions { per_model, weights }
 }

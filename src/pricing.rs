@@ -68,10 +68,14 @@ pub struct ModelPrice {
     pub input_per_mtok: f64,
     /// USD per million output tokens.
     pub output_per_mtok: f64,
-    /// USD per million cached input tokens (a prompt-cache hit).
-    pub cached_input_per_mtok: f64,
-    /// Largest prompt + answer the model accepts, in tokens.
-    pub context_window: u64,
+    /// USD per million cached input tokens (a prompt-cache hit); `None` where the provider has no
+    /// cache price or it is not known.
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+    /// Largest prompt + answer the model accepts, in tokens; `None` where it is not known (then
+    /// no context-fit check applies to the model).
+    #[serde(default)]
+    pub context_window: Option<u64>,
     /// Capability tier.
     pub tier: Tier,
     /// The provider's legal home (ISO code such as `US`, `CN`, `FR`), for data-residency rules.
@@ -137,15 +141,16 @@ impl PriceTable {
             let bad = |message: String| Error::Pricing { at: at.clone(), model: Some(name.clone()), message };
             let price: ModelPrice = value.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
             for (field, v) in [
-                ("input_per_mtok", price.input_per_mtok),
-                ("output_per_mtok", price.output_per_mtok),
+                ("input_per_mtok", Some(price.input_per_mtok)),
+                ("output_per_mtok", Some(price.output_per_mtok)),
                 ("cached_input_per_mtok", price.cached_input_per_mtok),
             ] {
+                let Some(v) = v else { continue };
                 if !v.is_finite() || v < 0.0 {
                     return Err(bad(format!("field `{field}` must be a finite, non-negative USD amount, got {v}")));
                 }
             }
-            if price.context_window == 0 {
+            if price.context_window == Some(0) {
                 return Err(bad("field `context_window` must be positive".into()));
             }
             if price.provider.trim().is_empty() {
@@ -155,7 +160,10 @@ impl PriceTable {
                 return Err(bad("field `source` is empty: say where the price came from".into()));
             }
             if !is_date(&price.as_of) {
-                return Err(bad(format!("field `as_of` must be a date YYYY-MM-DD, got {:?}", price.as_of)));
+                return Err(bad(format!(
+                    "field `as_of` must be a date YYYY-MM-DD (or YYYY-MM, YYYY when only that is known), got {:?}",
+                    price.as_of
+                )));
             }
             models.insert(name, price);
         }
@@ -242,12 +250,11 @@ fn header_line(text: &str, name: &str) -> Option<usize> {
     .map(|i| i + 1)
 }
 
+/// `YYYY-MM-DD`, or a coarser `YYYY-MM` / `YYYY` for prices only dated that precisely.
 fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+    matches!(b.len(), 4 | 7 | 10)
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
 }
 
 /// Counts prompt tokens with OpenAI's `cl100k_base` BPE (via `tiktoken-rs`).

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::index::{HnswIndex, NeighbourIndex, VectorCache};
 use crate::policy::{choose, ChoiceInput, Constraints};
-use crate::predict::predict;
+use crate::predict::{predict_with_prior, Prior};
 use crate::pricing::{PriceTable, TokenCounter};
 
 /// Routes prompts. Cheap to clone and share across threads and tokio tasks (`Send + Sync`; the
@@ -40,6 +40,7 @@ struct Inner {
     index: Box<dyn NeighbourIndex>,
     prices: PriceTable,
     tokens: TokenCounter,
+    prior: Prior,
     settings: Settings,
 }
 
@@ -56,6 +57,8 @@ pub struct Settings {
     pub fallback_model: String,
     /// Softmax temperature of neighbour weights.
     pub temperature: f64,
+    /// Pseudo-neighbours given to each model's overall mean quality (0 = off).
+    pub prior_strength: f64,
 }
 
 impl fmt::Debug for Router {
@@ -151,7 +154,7 @@ impl Router {
         let s = &inner.settings;
         let quality_bar = constraints.quality_bar.unwrap_or(s.quality_bar);
         let hits = inner.index.search(vector, s.k);
-        let predictions = predict(&inner.exemplars, &hits, &inner.prices, s.temperature);
+        let predictions = predict_with_prior(&inner.exemplars, &hits, &inner.prices, s.temperature, &inner.prior);
         let input_tokens = inner.tokens.count(prompt);
         let choice = choose(
             ChoiceInput {
@@ -257,6 +260,7 @@ pub struct RouterBuilder {
     min_similarity: Option<f32>,
     fallback_model: Option<String>,
     temperature: Option<f64>,
+    prior_strength: Option<f64>,
     cache: Option<Option<PathBuf>>,
 }
 
@@ -312,6 +316,17 @@ impl RouterBuilder {
         self
     }
 
+    /// Shrinks each model's predicted quality towards its mean over all exemplars, counted as
+    /// this many neighbours (default 0: off). See [`Prior`]. Worth turning on with measured
+    /// exemplars over many models, where a few lucky neighbours can make a weak cheap model look
+    /// perfect: on the shared zeroeval-gsm set (41 models) it raised AIQ from 0.895 to 0.952 on a
+    /// validation split of the train part. On the hand-labelled starter set it lowers tier
+    /// agreement, so it is off by default.
+    pub fn prior_strength(mut self, pseudo_neighbours: f64) -> Self {
+        self.prior_strength = Some(pseudo_neighbours);
+        self
+    }
+
     /// Folder for cached exemplar vectors (default: `<Home>/embeddings`).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache = Some(Some(dir.into()));
@@ -341,6 +356,10 @@ impl RouterBuilder {
         let temperature = self.temperature.unwrap_or(0.05);
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(Error::Config(format!("temperature must be positive, got {temperature}")));
+        }
+        let prior_strength = self.prior_strength.unwrap_or(0.0);
+        if !(prior_strength.is_finite() && prior_strength >= 0.0) {
+            return Err(Error::Config(format!("prior_strength must be a non-negative number, got {prior_strength}")));
         }
         let prices = match self.prices {
             Some(p) => p,
@@ -372,6 +391,7 @@ impl RouterBuilder {
         };
         let vectors = exemplar_vectors(embedder.as_ref(), &exemplars, cache.as_ref())?;
         let index: Box<dyn NeighbourIndex> = Box::new(HnswIndex::build(&vectors)?);
+        let prior = Prior::from_exemplars(&exemplars, &prices, prior_strength);
         Ok(Router {
             inner: Arc::new(Inner {
                 embedder,
@@ -379,7 +399,8 @@ impl RouterBuilder {
                 index,
                 prices,
                 tokens: TokenCounter::cl100k()?,
-                settings: Settings { k, quality_bar, min_similarity, fallback_model, temperature },
+                prior,
+                settings: Settings { k, quality_bar, min_similarity, fallback_model, temperature, prior_strength },
             }),
         })
     }

@@ -30,7 +30,9 @@ fn builtin_data_loads_and_is_consistent() {
     let en = set.iter().filter(|e| e.language == "en").count();
     assert!(zh >= 20 && en >= 20, "zh {zh}, en {en}");
     for (name, p) in prices.iter() {
+        // The default table is complete: every model's date, context window and cache price.
         assert!(!p.source.is_empty() && p.as_of.len() == 10, "{name}");
+        assert!(p.context_window.is_some() && p.cached_input_per_mtok.is_some(), "{name}");
     }
     let benchmark = PriceTable::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/exemplars/benchmarks/prices-routellm.toml")).unwrap();
     assert_eq!(benchmark.names().collect::<Vec<_>>(), ["gpt-4-1106-preview", "mixtral-8x7b-instruct"]);
@@ -108,9 +110,16 @@ fn bad_price_tables_name_line_model_and_field() {
     let msg = PriceTable::from_toml_str(&negative, "prices.toml").unwrap_err().to_string();
     assert!(msg.contains("prices.toml:11") && msg.contains("`bad`") && msg.contains("output_per_mtok"), "{msg}");
 
-    let missing = price("m", &BODY.replace("context_window = 1000\n", ""));
+    let missing = price("m", &BODY.replace("output_per_mtok = 2.0\n", ""));
     let msg = PriceTable::from_toml_str(&missing, "prices.toml").unwrap_err().to_string();
-    assert!(msg.contains("prices.toml:1") && msg.contains("context_window") && msg.contains("`m`"), "{msg}");
+    assert!(msg.contains("prices.toml:1") && msg.contains("output_per_mtok") && msg.contains("`m`"), "{msg}");
+
+    // Context window and cache price may be unknown, but never zero or negative.
+    let unknown = price("u", &BODY.replace("context_window = 1000\n", "").replace("cached_input_per_mtok = 0.1\n", ""));
+    let table = PriceTable::from_toml_str(&unknown, "prices.toml").unwrap();
+    assert_eq!(table.get("u").unwrap().context_window, None);
+    let zero = price("z", &BODY.replace("context_window = 1000", "context_window = 0"));
+    assert!(PriceTable::from_toml_str(&zero, "p.toml").unwrap_err().to_string().contains("context_window"));
 
     let tier = price("t", &BODY.replace("\"cheap\"", "\"premium\""));
     let msg = PriceTable::from_toml_str(&tier, "prices.toml").unwrap_err().to_string();
