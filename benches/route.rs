@@ -4,6 +4,8 @@
 //!   real model and the built-in exemplars and prices;
 //! - `route_e5/*`: the same with multilingual-e5-small, when it is installed;
 //! - `embed/short_en`: the embedding alone, to see its share;
+//! - `route_batch/{1,8,64}`: `Router::route_batch` over the first 64 built-in exemplar prompts
+//!   (English and Chinese, short and long) in batches of 1, 8 or 64, as prompts per second;
 //! - `index_search/{1000,10000,100000}`: HNSW search alone over synthetic clustered 384-d unit
 //!   vectors (build time and recall@8 against exact search are printed once per size);
 //! - `exact_search/{1000,10000}`: the brute-force scan, for comparison.
@@ -11,12 +13,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use semroute::embed::normalise;
 use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex};
-use semroute::{Embedder, Router};
+use semroute::{Constraints, Embedder, ExemplarSet, Router};
 
 
 const SHORT_EN: &str = "Reformat this JSON so it is indented: {\"a\":1}";
@@ -48,6 +50,26 @@ fn bench_route(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5)).sample_size(50);
     let embedder = router.embedder().clone();
     g.bench_function("short_en", |b| b.iter(|| embedder.embed(black_box(SHORT_EN)).unwrap()));
+    g.finish();
+}
+
+fn bench_batch(c: &mut Criterion) {
+    let router = Router::builder().build().expect("router (run examples/setup/setup-model.sh first)");
+    let set = ExemplarSet::builtin().expect("built-in exemplars");
+    let prompts: Vec<&str> = set.iter().map(|e| e.prompt.as_str()).take(64).collect();
+    let mut g = c.benchmark_group("route_batch");
+    g.measurement_time(Duration::from_secs(10)).sample_size(10);
+    // The same 64 prompts each time, routed in batches of n.
+    g.throughput(Throughput::Elements(prompts.len() as u64));
+    for n in [1usize, 8, 64] {
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter(|| {
+                for batch in prompts.chunks(n) {
+                    black_box(router.route_batch(black_box(batch), &Constraints::default()));
+                }
+            })
+        });
+    }
     g.finish();
 }
 
@@ -118,5 +140,17 @@ fn bench_index(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_route, bench_index);
+fn config() -> Criterion {
+    // plotters is built with `ab_glyph` for the savings plots, so criterion's charts need a
+    // registered font too: the embedded DejaVu Sans.
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, dejavu::sans::regular())
+        .unwrap_or_else(|_| panic!("the embedded DejaVu font did not load"));
+    Criterion::default()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_route, bench_batch, bench_index
+}
 criterion_main!(benches);

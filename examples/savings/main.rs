@@ -435,7 +435,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "single_models".into(),
         json!(by_cost
             .iter()
-            .map(|&m| json!({"model": models[m], "quality": single[m].quality, "cost_usd": single[m].cost_usd}))
+            .map(|&m| {
+                let p = &single[m];
+                json!({"model": models[m], "quality": p.quality, "cost_usd": p.cost_usd,
+                    // A single model is a router with one operating point.
+                    "aiq": aiq(&[(p.cost_usd, p.quality)], cost_range.0, cost_range.1),
+                    "saving_at_95": (p.quality >= 0.95 * qs).then(|| 1.0 - p.cost_usd / always_strong.cost_usd)})
+            })
             .collect::<Vec<_>>()),
     );
     // The simplest alternative to routing: the cheapest single model that reaches 95% by itself.
