@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use semroute::embed::normalise;
 use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex};
-use semroute::{Constraints, Embedder, ExemplarSet, Router};
+use semroute::{Constraints, ExemplarSet, Router};
 
 
 const SHORT_EN: &str = "Reformat this JSON so it is indented: {\"a\":1}";

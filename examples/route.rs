@@ -27,7 +27,7 @@ struct Args {
     /// Print one JSON object per prompt instead of the explanation.
     #[arg(long)]
     json: bool,
-    /// Folder of exemplar *.jsonl files (default: the built-in exemplars).
+    /// An exemplar JSONL file, or a folder of them (default: the built-in exemplars).
     #[arg(long, value_name = "DIR")]
     exemplars: Option<PathBuf>,
     /// Price table TOML (default: the built-in price table).
@@ -57,7 +57,7 @@ fn build(args: &Args) -> Result<Router, Error> {
         b = b.embedder(std::sync::Arc::new(semroute::FastEmbedder::load_installed(name)?));
     }
     if let Some(dir) = &args.exemplars {
-        b = b.exemplars(ExemplarSet::load_dir(dir)?);
+        b = b.exemplars(if dir.is_file() { ExemplarSet::load_file(dir)? } else { ExemplarSet::load_dir(dir)? });
     }
     if let Some(file) = &args.prices {
         b = b.prices(PriceTable::from_file(file)?);

@@ -89,6 +89,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A grading journal holds a damaged line before its end (a torn last line is recovered).
+    #[error("{at}: damaged grading journal line: {message}")]
+    Journal {
+        /// File and line.
+        at: Location,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// An exemplar folder holds no exemplar file, or the files hold no exemplar.
     #[error("no exemplars found in {0} (expected one or more *.jsonl files with at least one exemplar)")]
     NoExemplars(PathBuf),

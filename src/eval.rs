@@ -30,22 +30,58 @@ use crate::pricing::TokenCounter;
 
 /// One dataset record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawRecord")]
 pub struct Record {
     /// Unique id.
     pub id: String,
     /// Task name.
-    #[serde(default)]
     pub task: String,
     /// The exact prompt sent to every model.
     pub prompt: String,
     /// Measured quality per model, in [0, 1].
     pub scores: BTreeMap<String, f64>,
     /// Each model's answer, when kept.
-    #[serde(default)]
     pub responses: BTreeMap<String, String>,
     /// Each model's answer length in tokens, when given instead of the answers.
-    #[serde(default)]
     pub output_tokens: BTreeMap<String, u32>,
+}
+
+/// A line as written: the shared datasets' fields, or a measured exemplar's (`category`,
+/// `results`), as the grading tool writes them.
+#[derive(Deserialize)]
+struct RawRecord {
+    id: String,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    prompt: String,
+    #[serde(default)]
+    scores: Option<BTreeMap<String, f64>>,
+    #[serde(default)]
+    results: Option<BTreeMap<String, ModelResult>>,
+    #[serde(default)]
+    responses: BTreeMap<String, String>,
+    #[serde(default)]
+    output_tokens: BTreeMap<String, u32>,
+}
+
+impl TryFrom<RawRecord> for Record {
+    type Error = String;
+
+    fn try_from(r: RawRecord) -> std::result::Result<Self, String> {
+        let (scores, mut output_tokens) = match (r.scores, r.results) {
+            (Some(s), None) => (s, r.output_tokens),
+            (None, Some(results)) => (
+                results.iter().map(|(m, x)| (m.clone(), x.quality)).collect(),
+                results.iter().map(|(m, x)| (m.clone(), x.output_tokens)).collect(),
+            ),
+            (Some(_), Some(_)) => return Err("has both `scores` and `results`; keep one".into()),
+            (None, None) => return Err("missing field `scores` (or a measured exemplar's `results`)".into()),
+        };
+        output_tokens.retain(|m, _| scores.contains_key(m));
+        Ok(Record { id: r.id, task: r.task.or(r.category).unwrap_or_default(), prompt: r.prompt, scores, responses: r.responses, output_tokens })
+    }
 }
 
 /// A routing dataset.
@@ -91,7 +127,7 @@ impl Dataset {
                 (h.finalize().into(), r)
             })
             .collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.sort_by_key(|k| k.0);
         let n_train = ((self.records.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
         let (train, test) = keyed.split_at(n_train);
         (train.iter().map(|k| k.1).collect(), test.iter().map(|k| k.1).collect())

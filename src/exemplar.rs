@@ -94,6 +94,14 @@ struct ExemplarLine {
     results: Option<BTreeMap<String, ModelResult>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     label: Option<TierLabel>,
+    /// A known right answer (read by the grading tool; the router does not use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    /// The grading tool's per-call details (answers, latency, tokens, cost, errors): kept in the
+    /// file for people and tools, not used for routing.
+    #[serde(default, skip_serializing)]
+    #[allow(dead_code)]
+    calls: Option<serde_json::Value>,
 }
 
 impl Exemplar {
@@ -111,6 +119,8 @@ impl Exemplar {
             source: self.source.clone(),
             results,
             label,
+            reference: None,
+            calls: None,
         };
         serde_json::to_string(&line).expect("an exemplar always serialises")
     }

@@ -107,10 +107,12 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod exemplar;
+pub mod grade;
 pub mod index;
 pub mod policy;
 pub mod predict;
 pub mod pricing;
+pub mod provider;
 pub mod router;
 
 pub use decision::{Candidate, Neighbour, RouteDecision};

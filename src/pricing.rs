@@ -240,7 +240,7 @@ fn line_of(text: &str, byte: usize) -> usize {
 }
 
 /// The line of `[models."name"]` (or `[models.name]`), so errors point at the entry.
-fn header_line(text: &str, name: &str) -> Option<usize> {
+pub(crate) fn header_line(text: &str, name: &str) -> Option<usize> {
     let quoted = format!("[models.\"{name}\"]");
     let bare = format!("[models.{name}]");
     text.lines().position(|l| {
