@@ -41,6 +41,9 @@ struct Args {
     /// The mean is taken over the other exemplars only.
     #[arg(long, default_value_t = 0.0)]
     prior_strength: f64,
+    /// Print the tables in Markdown (for the README).
+    #[arg(long)]
+    markdown: bool,
 }
 
 #[derive(Default)]
@@ -60,14 +63,13 @@ impl Tally {
             std::cmp::Ordering::Greater => self.over += 1,
         }
     }
-    fn row(&self, name: &str) -> String {
-        format!(
-            "{name:<22} {:>4} {:>7.1}% {:>6} {:>6}",
-            self.n,
-            100.0 * self.agree as f64 / self.n.max(1) as f64,
-            self.under,
-            self.over
-        )
+    fn row(&self, name: &str, markdown: bool) -> String {
+        let share = 100.0 * self.agree as f64 / self.n.max(1) as f64;
+        if markdown {
+            format!("| {name} | {} | {share:.1}% | {} | {} |", self.n, self.under, self.over)
+        } else {
+            format!("{name:<22} {:>4} {share:>7.1}% {:>6} {:>6}", self.n, self.under, self.over)
+        }
     }
 }
 
@@ -93,8 +95,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut by_category: BTreeMap<String, Tally> = BTreeMap::new();
     let mut by_language: BTreeMap<String, Tally> = BTreeMap::new();
     let mut by_label: BTreeMap<Tier, Tally> = BTreeMap::new();
+    let mut pairs: BTreeMap<String, Vec<(String, Tier)>> = BTreeMap::new();
     for (i, ex) in set.iter().enumerate() {
         let Grade::Labelled(label) = &ex.grade else { continue };
+        // The prediction for exemplar i uses every exemplar but i (its pair twin included).
         let hits: Vec<_> = index.search(&vectors[i], args.k + 1).into_iter().filter(|h| h.position != i).take(args.k).collect();
         let others = ExemplarSet::from_exemplars(set.iter().filter(|e| e.id != ex.id).cloned().collect())?;
         let prior = Prior::from_exemplars(&others, &prices, args.prior_strength);
@@ -111,25 +115,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         by_category.entry(ex.category.clone()).or_default().add(label.tier, got);
         by_language.entry(ex.language.clone()).or_default().add(label.tier, got);
         by_label.entry(label.tier).or_default().add(label.tier, got);
+        if let Some(p) = &ex.pair {
+            pairs.entry(p.clone()).or_default().push((ex.language.clone(), got));
+        }
+    }
+    // Same task, different language: do the English and the Chinese version land on one tier?
+    let (mut same, mut compared) = (0, 0);
+    for members in pairs.values() {
+        for (la, ta) in members.iter().filter(|m| m.0 == "en") {
+            for (_, tb) in members.iter().filter(|m| m.0 != *la && m.0.starts_with("zh")) {
+                compared += 1;
+                same += (ta == tb) as usize;
+            }
+        }
     }
 
+    let md = args.markdown;
     println!(
-        "leave-one-out, model {}, k {}, bar {}, temperature {}, prior strength {}",
-        args.model, args.k, args.quality_bar, args.temperature, args.prior_strength
+        "leave-one-out over {} exemplars, model {}, k {}, bar {}, temperature {}, prior strength {}",
+        overall.n, args.model, args.k, args.quality_bar, args.temperature, args.prior_strength
     );
-    println!("{:<22} {:>4} {:>8} {:>6} {:>6}", "", "n", "agree", "under", "over");
-    println!("{}", overall.row("all"));
-    println!("-- by language");
+    let header = |what: &str| {
+        if md {
+            println!("\n| {what} | n | tier agreement | under | over |\n| --- | --- | --- | --- | --- |");
+        } else {
+            println!("-- {what}\n{:<22} {:>4} {:>8} {:>6} {:>6}", "", "n", "agree", "under", "over");
+        }
+    };
+    header("overall");
+    println!("{}", overall.row("all", md));
+    header("language");
     for (k, t) in &by_language {
-        println!("{}", t.row(k));
+        println!("{}", t.row(k, md));
     }
-    println!("-- by label tier");
+    header("label tier");
     for (k, t) in &by_label {
-        println!("{}", t.row(&k.to_string()));
+        println!("{}", t.row(&k.to_string(), md));
     }
-    println!("-- by category");
+    header("category");
     for (k, t) in &by_category {
-        println!("{}", t.row(k));
+        println!("{}", t.row(k, md));
     }
+    println!(
+        "\nsame task in English and Chinese ({} pairs compared): same predicted tier {same} times ({:.1}%)",
+        compared,
+        100.0 * same as f64 / compared.max(1) as f64
+    );
     Ok(())
 }

@@ -154,6 +154,7 @@ pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter
             // The datasets do not record a language; "und" is BCP 47's "undetermined".
             language: "und".into(),
             source: Some("measured: dataset train split".into()),
+            pair: None,
             grade: Grade::Measured {
                 results: r
                     .scores

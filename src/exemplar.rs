@@ -76,6 +76,9 @@ pub struct Exemplar {
     pub language: String,
     /// Free-text note on where it came from.
     pub source: Option<String>,
+    /// Exemplars posing the same task in different languages share this value (for checking
+    /// that a task lands on the same tier whatever its language).
+    pub pair: Option<String>,
     /// What is known about which model answers it well.
     pub grade: Grade,
 }
@@ -90,6 +93,8 @@ struct ExemplarLine {
     language: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pair: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     results: Option<BTreeMap<String, ModelResult>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +122,7 @@ impl Exemplar {
             category: self.category.clone(),
             language: self.language.clone(),
             source: self.source.clone(),
+            pair: self.pair.clone(),
             results,
             label,
             reference: None,
@@ -178,6 +184,7 @@ impl Exemplar {
             category: raw.category,
             language: raw.language,
             source: raw.source,
+            pair: raw.pair,
             grade,
         })
     }
