@@ -154,3 +154,33 @@ fn exemplar_round_trips_through_its_json_line() {
         assert_eq!(again.get(0), ex);
     }
 }
+
+#[test]
+fn extended_exemplar_set_is_broad_bilingual_and_consistent() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let set = ExemplarSet::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/exemplars")).unwrap();
+    set.check_models(&PriceTable::builtin().unwrap()).unwrap();
+    assert!(set.len() >= 400, "{}", set.len());
+    let zh = set.iter().filter(|e| e.language.starts_with("zh")).count();
+    assert!(zh * 10 >= set.len() * 3, "{zh} Chinese of {}", set.len());
+    assert!(set.iter().any(|e| e.language == "zh-Hant") && set.iter().any(|e| e.language == "mixed"));
+    let mut tiers: BTreeMap<&str, BTreeSet<semroute::Tier>> = BTreeMap::new();
+    let mut pairs: BTreeMap<&str, Vec<(&str, semroute::Tier)>> = BTreeMap::new();
+    for e in set.iter() {
+        let semroute::exemplar::Grade::Labelled(l) = &e.grade else { panic!("{} is not hand-labelled", e.id) };
+        tiers.entry(&e.category).or_default().insert(l.tier);
+        if let Some(p) = &e.pair {
+            pairs.entry(p).or_default().push((&e.language, l.tier));
+        }
+    }
+    assert!(tiers.len() >= 14, "{} categories", tiers.len());
+    // Difficulty varies inside every category.
+    for (c, t) in &tiers {
+        assert_eq!(t.len(), 3, "{c} has only tiers {t:?}");
+    }
+    // A task posed in two languages has one tier.
+    assert!(pairs.len() >= 50, "{} pairs", pairs.len());
+    for (p, members) in &pairs {
+        assert!(members.len() >= 2 && members.iter().all(|m| m.1 == members[0].1), "{p}: {members:?}");
+    }
+}
