@@ -177,7 +177,7 @@ pub fn predict_with_prior(
         .filter(|(_, a)| a.2 > 0.0)
         .map(|(m, (q, t, s, s2))| {
             let mut quality = q / s;
-            if let Some(mean) = prior.mean(m).filter(|_| prior.strength > 0.0) {
+            if let Some(mean) = (prior.strength > 0.0).then(|| prior.mean(m)).flatten() {
                 let n = s * s / s2;
                 quality = (n * quality + prior.strength * mean) / (n + prior.strength);
             }
