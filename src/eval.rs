@@ -117,21 +117,27 @@ impl Dataset {
     /// Splits into (train, test) deterministically: records are ordered by a hash of the seed and
     /// their id, and the first `train_fraction` of that order is the train part.
     pub fn split(&self, train_fraction: f64, seed: u64) -> (Vec<&Record>, Vec<&Record>) {
-        let mut keyed: Vec<([u8; 32], &Record)> = self
-            .records
-            .iter()
-            .map(|r| {
-                let mut h = Sha256::new();
-                h.update(seed.to_le_bytes());
-                h.update(r.id.as_bytes());
-                (h.finalize().into(), r)
-            })
-            .collect();
-        keyed.sort_by_key(|k| k.0);
-        let n_train = ((self.records.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
-        let (train, test) = keyed.split_at(n_train);
-        (train.iter().map(|k| k.1).collect(), test.iter().map(|k| k.1).collect())
+        let (train, test) = split_indices(self.records.iter().map(|r| r.id.as_str()), train_fraction, seed);
+        (train.into_iter().map(|i| &self.records[i]).collect(), test.into_iter().map(|i| &self.records[i]).collect())
     }
+}
+
+/// [`Dataset::split`] on any items named by `ids`: the positions of the (train, test) parts.
+pub fn split_indices<'a>(ids: impl IntoIterator<Item = &'a str>, train_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut keyed: Vec<([u8; 32], usize)> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut h = Sha256::new();
+            h.update(seed.to_le_bytes());
+            h.update(id.as_bytes());
+            (h.finalize().into(), i)
+        })
+        .collect();
+    keyed.sort_by_key(|k| k.0);
+    let n_train = ((keyed.len() as f64) * train_fraction.clamp(0.0, 1.0)).round() as usize;
+    let test = keyed.split_off(n_train);
+    (keyed.into_iter().map(|k| k.1).collect(), test.into_iter().map(|k| k.1).collect())
 }
 
 /// A model's answer length on a record: given, else counted from its response, else 0 (the

@@ -109,6 +109,7 @@ pub mod eval;
 pub mod exemplar;
 pub mod grade;
 pub mod index;
+mod models_toml;
 pub mod policy;
 pub mod predict;
 pub mod pricing;

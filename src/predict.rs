@@ -133,18 +133,19 @@ impl Prior {
 }
 
 /// What an exemplar's grade says about each priced model: (model, quality, output tokens).
-fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> Vec<(&'a str, f64, f64)> {
-    match grade {
-        Grade::Measured { results } => results
-            .iter()
-            .filter(|(m, _)| prices.get(m).is_some())
-            .map(|(m, r)| (m.as_str(), r.quality, r.output_tokens as f64))
-            .collect(),
-        Grade::Labelled(label) => prices
-            .iter()
-            .map(|(m, p)| (m, if p.tier >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64))
-            .collect(),
-    }
+/// An iterator, not a collection: it runs for every neighbour of every routed prompt.
+fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> impl Iterator<Item = (&'a str, f64, f64)> + 'a {
+    let (measured, labelled) = match grade {
+        Grade::Measured { results } => (Some(results), None),
+        Grade::Labelled(label) => (None, Some(label)),
+    };
+    let measured = measured.into_iter().flat_map(move |results| {
+        results.iter().filter(|(m, _)| prices.get(m).is_some()).map(|(m, r)| (m.as_str(), r.quality, r.output_tokens as f64))
+    });
+    let labelled = labelled.into_iter().flat_map(move |label| {
+        prices.iter().map(move |(m, p)| (m, if p.tier >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64))
+    });
+    measured.chain(labelled)
 }
 
 /// Predicts each priced model's quality and answer length from `hits` into `exemplars`.

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Result};
 
 /// How capable a model is, coarsely: hand-labelled exemplars name the weakest tier that answers
 /// them well, and every model in a [`PriceTable`] has one.
@@ -102,12 +102,6 @@ impl ModelPrice {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PriceFile {
-    models: BTreeMap<String, toml::Value>,
-}
-
 /// Per-model prices, keyed by model name. Cheap to clone (shared).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriceTable {
@@ -130,16 +124,11 @@ impl PriceTable {
     /// Parses and validates a price table; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
         let origin = origin.as_ref();
-        let file: PriceFile = toml::from_str(text).map_err(|e| Error::Pricing {
-            at: Location { file: origin.into(), line: e.span().map(|s| line_of(text, s.start)) },
-            model: None,
-            message: e.message().to_string(),
-        })?;
+        let entries = crate::models_toml::parse::<ModelPrice>(text, origin)
+            .map_err(|e| Error::Pricing { at: e.at, model: e.model, message: e.message })?;
         let mut models = BTreeMap::new();
-        for (name, value) in file.models {
-            let at = Location { file: origin.into(), line: header_line(text, &name) };
+        for (name, price, at) in entries {
             let bad = |message: String| Error::Pricing { at: at.clone(), model: Some(name.clone()), message };
-            let price: ModelPrice = value.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
             for (field, v) in [
                 ("input_per_mtok", Some(price.input_per_mtok)),
                 ("output_per_mtok", Some(price.output_per_mtok)),
@@ -166,13 +155,6 @@ impl PriceTable {
                 )));
             }
             models.insert(name, price);
-        }
-        if models.is_empty() {
-            return Err(Error::Pricing {
-                at: Location::file(origin),
-                model: None,
-                message: "no [models.\"<name>\"] tables".into(),
-            });
         }
         Ok(PriceTable { models: Arc::new(models) })
     }
@@ -233,21 +215,6 @@ impl PriceTable {
             .map(|(name, _)| name)
             .expect("a PriceTable is never empty")
     }
-}
-
-fn line_of(text: &str, byte: usize) -> usize {
-    text[..byte.min(text.len())].matches('\n').count() + 1
-}
-
-/// The line of `[models."name"]` (or `[models.name]`), so errors point at the entry.
-pub(crate) fn header_line(text: &str, name: &str) -> Option<usize> {
-    let quoted = format!("[models.\"{name}\"]");
-    let bare = format!("[models.{name}]");
-    text.lines().position(|l| {
-        let l = l.trim();
-        l.starts_with(&quoted) || l.starts_with(&bare)
-    })
-    .map(|i| i + 1)
 }
 
 /// `YYYY-MM-DD`, or a coarser `YYYY-MM` / `YYYY` for prices only dated that precisely.

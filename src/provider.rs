@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Result};
 use crate::pricing::{PriceTable, TokenCounter};
 
 /// The wire protocol of an endpoint.
@@ -93,12 +93,6 @@ impl Endpoint {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProvidersFile {
-    models: BTreeMap<String, toml::Value>,
-}
-
 /// Endpoints by model name (the names of the price table).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Providers {
@@ -116,16 +110,15 @@ impl Providers {
     /// Parses and validates providers TOML; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
         let origin = origin.as_ref();
-        let file: ProvidersFile = toml::from_str(text).map_err(|e| Error::Config(format!(
-            "{}: {}",
-            Location { file: origin.into(), line: e.span().map(|s| text[..s.start].matches('\n').count() + 1) },
-            e.message()
-        )))?;
+        let entries = crate::models_toml::parse::<Endpoint>(text, origin).map_err(|e| {
+            Error::Config(match e.model {
+                Some(m) => format!("{}: model `{m}`: {}", e.at, e.message),
+                None => format!("{}: {}", e.at, e.message),
+            })
+        })?;
         let mut models = BTreeMap::new();
-        for (name, value) in file.models {
-            let at = Location { file: origin.into(), line: crate::pricing::header_line(text, &name) };
+        for (name, ep, at) in entries {
             let bad = |m: String| Error::Config(format!("{at}: model `{name}`: {m}"));
-            let ep: Endpoint = value.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
             if !(ep.base_url.starts_with("http://") || ep.base_url.starts_with("https://")) {
                 return Err(bad(format!("field `base_url` must start with http:// or https://, got {:?}", ep.base_url)));
             }
@@ -141,9 +134,6 @@ impl Providers {
                 return Err(bad("field `max_tokens` must be positive".into()));
             }
             models.insert(name, ep);
-        }
-        if models.is_empty() {
-            return Err(Error::Config(format!("{}: no [models.\"<name>\"] tables", Location::file(origin))));
         }
         Ok(Providers { models })
     }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use semroute::embed::{Embedder, FastEmbedder};
-use semroute::eval::{aiq, apgr, cpt, output_tokens, to_exemplars, CurvePoint, Dataset, Record};
+use semroute::eval::{aiq, apgr, cpt, output_tokens, split_indices, to_exemplars, CurvePoint, Dataset, Record};
 use semroute::index::{HnswIndex, NeighbourIndex};
 use semroute::policy::{choose, ChoiceInput, Constraints};
 use semroute::predict::{predict_with_prior, Predictions, Prior};
@@ -85,6 +85,8 @@ enum Candidates {
 
 /// Quality and cost of every model on every prompt of a split: `q[i][m]`, `c[i][m]`.
 struct Outcomes {
+    /// Prompt tokens of each record, counted once.
+    input_tokens: Vec<u64>,
     q: Vec<Vec<f64>>,
     c: Vec<Vec<f64>>,
 }
@@ -93,8 +95,10 @@ impl Outcomes {
     fn new(records: &[&Record], models: &[&str], prices: &PriceTable, counter: &TokenCounter) -> Self {
         let mut q = Vec::with_capacity(records.len());
         let mut c = Vec::with_capacity(records.len());
+        let mut input_tokens = Vec::with_capacity(records.len());
         for r in records {
             let input = counter.count(&r.prompt);
+            input_tokens.push(input);
             q.push(models.iter().map(|m| r.scores[*m]).collect());
             c.push(
                 models
@@ -103,7 +107,7 @@ impl Outcomes {
                     .collect(),
             );
         }
-        Outcomes { q, c }
+        Outcomes { input_tokens, q, c }
     }
 
     /// The operating point of sending prompt `i` to model `pick[i]`, for every `i`.
@@ -192,17 +196,17 @@ impl Ctx<'_> {
             .collect())
     }
 
-    /// The model index the router picks for each record at quality bar `bar`.
-    fn route(&self, records: &[&Record], predictions: &[Predictions], bar: f64) -> Vec<usize> {
-        records
+    /// The model index the router picks for each prompt of `out` at quality bar `bar`.
+    fn route(&self, out: &Outcomes, predictions: &[Predictions], bar: f64) -> Vec<usize> {
+        out.input_tokens
             .iter()
             .zip(predictions)
-            .map(|(r, p)| {
+            .map(|(&input_tokens, p)| {
                 let choice = choose(
                     ChoiceInput {
                         predictions: p,
                         prices: self.prices,
-                        input_tokens: self.counter.count(&r.prompt),
+                        input_tokens,
                         top_similarity: Some(1.0),
                         min_similarity: -1.0,
                         quality_bar: bar,
@@ -226,13 +230,8 @@ fn split_pairs<'a>(
     fraction: f64,
     seed: u64,
 ) -> ((Vec<&'a Record>, Vec<Vec<f32>>), (Vec<&'a Record>, Vec<Vec<f32>>)) {
-    let sub = Dataset { records: records.iter().map(|r| (*r).clone()).collect() };
-    let (a, b) = sub.split(fraction, seed);
-    let pick = |part: Vec<&Record>| {
-        let rs: Vec<&'a Record> = part.iter().map(|r| *records.iter().find(|x| x.id == r.id).unwrap()).collect();
-        let vs = part.iter().map(|r| vectors[records.iter().position(|x| x.id == r.id).unwrap()].clone()).collect();
-        (rs, vs)
-    };
+    let (a, b) = split_indices(records.iter().map(|r| r.id.as_str()), fraction, seed);
+    let pick = |part: Vec<usize>| (part.iter().map(|&i| records[i]).collect(), part.iter().map(|&i| vectors[i].clone()).collect());
     (pick(a), pick(b))
 }
 
@@ -332,7 +331,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut scored = Vec::new();
             for &a in &candidates {
                 let preds = ctx.predictions(&inner_train.0, &inner_train.1, &inner_val.1, a)?;
-                let curve: Vec<CurvePoint> = bars().map(|b| val_out.point(&ctx.route(&inner_val.0, &preds, b), strong)).collect();
+                let curve: Vec<CurvePoint> = bars().map(|b| val_out.point(&ctx.route(&val_out, &preds, b), strong)).collect();
                 scored.push((a, aiq(&cq(&curve), range.0, range.1)));
             }
             let best = scored.iter().copied().max_by(|x, y| x.1.total_cmp(&y.1).then(y.0.total_cmp(&x.0))).unwrap();
@@ -348,7 +347,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let predictions = ctx.predictions(&train, &train_vectors, &test_vectors, prior_strength)?;
     let out = Outcomes::new(&test, &models, &prices, &counter);
 
-    let curve: Vec<CurvePoint> = bars().map(|b| out.point(&ctx.route(&test, &predictions, b), strong)).collect();
+    let curve: Vec<CurvePoint> = bars().map(|b| out.point(&ctx.route(&out, &predictions, b), strong)).collect();
     let oracle_curve: Vec<CurvePoint> = lambdas().map(|l| out.point(&out.oracle(l), strong)).collect();
     let single: Vec<CurvePoint> = (0..models.len()).map(|m| out.single(m, strong)).collect();
     let (always_strong, always_cheap) = (single[strong], single[cheap]);
