@@ -128,6 +128,11 @@ pub enum Error {
     #[error("invalid prompt: {0}")]
     InvalidPrompt(String),
 
+    /// A chat request is not a valid OpenAI chat-completions body, or asks for something the
+    /// chosen endpoint's protocol cannot express.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
     /// A router setting is out of range or inconsistent.
     #[error("invalid router configuration: {0}")]
     Config(String),

@@ -102,6 +102,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod decision;
 pub mod embed;
 pub mod error;

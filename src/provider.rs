@@ -28,14 +28,19 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::chat::{self, AnthropicStream, ChatRequest, Usage};
 use crate::error::{Error, Result};
 use crate::pricing::{PriceTable, TokenCounter};
 
@@ -203,6 +208,19 @@ pub struct Completion {
     pub attempts: u32,
 }
 
+/// A whole chat answer, OpenAI-shaped whatever the endpoint's protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatAnswer {
+    /// An OpenAI `chat.completion` object.
+    pub body: Value,
+    /// The tokens the provider reported, if it did.
+    pub usage: Option<Usage>,
+    /// Wall time of the successful attempt.
+    pub latency: Duration,
+    /// Attempts made (1 = no retry).
+    pub attempts: u32,
+}
+
 /// Why a call failed. Each is recorded for its (exemplar, model) pair; none stops a run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallError {
@@ -243,6 +261,12 @@ pub enum CallError {
     /// The answer was empty.
     #[error("empty answer")]
     Empty,
+    /// The request cannot be expressed in the endpoint's protocol (nothing was sent).
+    #[error("{0}")]
+    Request(String),
+    /// A streamed answer broke off after it had started (an error event, or no end marker).
+    #[error("the stream broke off: {0}")]
+    Stream(String),
 }
 
 impl CallError {
@@ -259,7 +283,15 @@ impl CallError {
             CallError::Malformed(_) => "malformed",
             CallError::Refusal(_) => "refusal",
             CallError::Empty => "empty",
+            CallError::Request(_) => "invalid_request",
+            CallError::Stream(_) => "stream",
         }
+    }
+
+    /// Whether another model may succeed where this one failed: the provider was slow, busy,
+    /// down or unreachable (not: the request or the key was wrong).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Timeout(_) | CallError::Connect(_) | CallError::Exhausted { .. } | CallError::Truncated(_))
     }
 }
 
@@ -312,24 +344,98 @@ impl Client {
         Ok(Client { http, retry: RetryPolicy { max_attempts: retry.max_attempts.max(1), ..retry }, counter: TokenCounter::cl100k()? })
     }
 
-    /// Sends one user `prompt` to `endpoint` and returns the answer, retrying 429/5xx.
+    /// Sends one user `prompt` to `endpoint` and returns the answer text, retrying 429/5xx. A
+    /// refusal and an empty answer are errors here (a grade needs an answer).
     pub async fn complete(&self, endpoint: &Endpoint, key: &ApiKey, prompt: &str) -> std::result::Result<Completion, CallError> {
-        let (url, body) = match endpoint.protocol {
-            Protocol::Openai => (
-                format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
-                json!({"model": endpoint.model, "max_tokens": endpoint.max_tokens(),
-                       "messages": [{"role": "user", "content": prompt}]}),
-            ),
-            Protocol::Anthropic => (
-                format!("{}/messages", endpoint.base_url.trim_end_matches('/')),
-                json!({"model": endpoint.model, "max_tokens": endpoint.max_tokens(),
-                       "messages": [{"role": "user", "content": prompt}]}),
-            ),
+        let answer = self.chat(endpoint, key, &ChatRequest::user(prompt)).await?;
+        let choice = &answer.body["choices"][0];
+        let message = &choice["message"];
+        if let Some(r) = message.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+            return Err(CallError::Refusal(r.chars().take(200).collect()));
+        }
+        let text = message.get("content").and_then(Value::as_str).unwrap_or_default().to_string();
+        if choice.get("finish_reason").and_then(Value::as_str) == Some("content_filter") {
+            return Err(CallError::Refusal(if text.is_empty() { "finish_reason content_filter".into() } else { text.chars().take(200).collect() }));
+        }
+        if text.trim().is_empty() {
+            return Err(CallError::Empty);
+        }
+        let (input_tokens, output_tokens, usage_reported) = match answer.usage {
+            Some(u) => (u.input_tokens, u.output_tokens, true),
+            None => (self.counter.count(prompt), self.counter.count(&text), false),
+        };
+        Ok(Completion { text, input_tokens, output_tokens, usage_reported, latency: answer.latency, attempts: answer.attempts })
+    }
+
+    /// Sends a chat request to `endpoint` (translated to its protocol) and returns the whole answer,
+    /// OpenAI-shaped, retrying 429/5xx under the client's [`RetryPolicy`]. `stream` in the
+    /// request is ignored: see [`chat_stream`](Client::chat_stream).
+    pub async fn chat(&self, endpoint: &Endpoint, key: &ApiKey, request: &ChatRequest) -> std::result::Result<ChatAnswer, CallError> {
+        let mut body = wire_body(endpoint, request)?;
+        if let Some(o) = body.as_object_mut() {
+            o.remove("stream");
+            o.remove("stream_options");
+        }
+        let (resp, attempts, started) = self.send(endpoint, key, &body, true).await?;
+        let status = resp.status().as_u16();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Err(CallError::Timeout(endpoint.timeout())),
+            Err(e) => return Err(CallError::Truncated(describe(e))),
+        };
+        if !(200..300).contains(&status) {
+            let body: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
+            return Err(CallError::Http { status, body });
+        }
+        let latency = started.elapsed();
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))?;
+        let body = match endpoint.protocol {
+            Protocol::Openai => chat::check_openai(&v).map(|()| v),
+            Protocol::Anthropic => chat::anthropic_to_openai(&v),
+        }
+        .map_err(|e| CallError::Malformed(e.0))?;
+        Ok(ChatAnswer { usage: Usage::of(&body), body, latency, attempts })
+    }
+
+    /// Sends a chat request to `endpoint` and streams the answer as OpenAI `chat.completion.chunk`
+    /// objects, one per upstream event, without buffering. Retries (429/5xx) happen only before
+    /// the answer starts. The last chunk carries `usage` when the provider reports it (semroute
+    /// asks OpenAI-protocol endpoints for it). Between chunks, the endpoint's timeout applies to
+    /// each wait, not to the whole answer.
+    pub async fn chat_stream(&self, endpoint: &Endpoint, key: &ApiKey, request: &ChatRequest) -> std::result::Result<ChatStream, CallError> {
+        let mut body = wire_body(endpoint, request)?;
+        body["stream"] = true.into();
+        if endpoint.protocol == Protocol::Openai {
+            body["stream_options"]["include_usage"] = true.into();
+        }
+        let (resp, _, _) = self.send(endpoint, key, &body, false).await?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = match tokio::time::timeout(endpoint.timeout(), resp.text()).await {
+                Ok(Ok(t)) => t.chars().take(200).collect(),
+                _ => String::new(),
+            };
+            return Err(CallError::Http { status, body: text });
+        }
+        Ok(ChatStream::new(resp, endpoint.protocol, endpoint.timeout()))
+    }
+
+    /// Posts `body` to the endpoint's protocol path, retrying 429/5xx and failed connections;
+    /// returns the first other response (any status but 401/403), the attempts made and when the
+    /// successful attempt started. `whole` puts the endpoint's timeout on the whole exchange;
+    /// otherwise it bounds the wait for the response head only (streams).
+    async fn send(&self, endpoint: &Endpoint, key: &ApiKey, body: &Value, whole: bool) -> std::result::Result<(reqwest::Response, u32, Instant), CallError> {
+        let url = match endpoint.protocol {
+            Protocol::Openai => format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
+            Protocol::Anthropic => format!("{}/messages", endpoint.base_url.trim_end_matches('/')),
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.http.post(&url).timeout(endpoint.timeout()).json(&body);
+            let mut req = self.http.post(&url).json(body);
+            if whole {
+                req = req.timeout(endpoint.timeout());
+            }
             req = match endpoint.protocol {
                 Protocol::Openai => req.bearer_auth(key.expose()),
                 Protocol::Anthropic => req.header("x-api-key", key.expose()).header("anthropic-version", "2023-06-01"),
@@ -342,7 +448,11 @@ impl Client {
                     Ok(e)
                 }
             };
-            let resp = match req.send().await {
+            let sent = match tokio::time::timeout(endpoint.timeout(), req.send()).await {
+                Ok(r) => r,
+                Err(_) => return Err(CallError::Timeout(endpoint.timeout())),
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) if e.is_timeout() => return Err(CallError::Timeout(endpoint.timeout())),
                 Err(e) => match retry_or(CallError::Connect(describe(e)), None) {
@@ -373,27 +483,20 @@ impl Client {
             if status == 401 || status == 403 {
                 return Err(CallError::Auth(status));
             }
-            let bytes = match resp.bytes().await {
-                Ok(b) => b,
-                Err(e) if e.is_timeout() => return Err(CallError::Timeout(endpoint.timeout())),
-                Err(e) => return Err(CallError::Truncated(describe(e))),
-            };
-            if !(200..300).contains(&status) {
-                let body: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-                return Err(CallError::Http { status, body });
-            }
-            let latency = started.elapsed();
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Malformed(e.to_string()))?;
-            let parsed = match endpoint.protocol {
-                Protocol::Openai => parse_openai(&v),
-                Protocol::Anthropic => parse_anthropic(&v),
-            }?;
-            let (input_tokens, output_tokens, usage_reported) = match parsed.usage {
-                Some((i, o)) => (i, o, true),
-                None => (self.counter.count(prompt), self.counter.count(&parsed.text), false),
-            };
-            return Ok(Completion { text: parsed.text, input_tokens, output_tokens, usage_reported, latency, attempts: attempt });
+            return Ok((resp, attempt, started));
         }
+    }
+}
+
+/// The request in the endpoint's protocol, for the endpoint's own model id.
+fn wire_body(endpoint: &Endpoint, request: &ChatRequest) -> std::result::Result<Value, CallError> {
+    let max = u64::from(endpoint.max_tokens());
+    match endpoint.protocol {
+        Protocol::Openai => Ok(request.to_openai(&endpoint.model, max)),
+        Protocol::Anthropic => request.to_anthropic(&endpoint.model, max).map_err(|e| match e {
+            Error::InvalidRequest(m) => CallError::Request(m),
+            other => CallError::Request(other.to_string()),
+        }),
     }
 }
 
@@ -410,54 +513,102 @@ fn describe(e: reqwest::Error) -> String {
     msg
 }
 
-struct Parsed {
-    text: String,
-    usage: Option<(u64, u64)>,
+type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<eventsource_stream::Event, String>> + Send>>;
+
+/// A streamed chat answer: OpenAI `chat.completion.chunk` objects as they arrive.
+///
+/// It ends after the provider's end marker (`[DONE]`, or Anthropic's `message_stop`); a stream
+/// that stops without one ends with [`CallError::Truncated`], an error event with
+/// [`CallError::Stream`], and a wait longer than the endpoint's timeout with
+/// [`CallError::Timeout`].
+pub struct ChatStream {
+    inner: Pin<Box<dyn Stream<Item = std::result::Result<Value, CallError>> + Send>>,
 }
 
-fn parse_openai(v: &Value) -> std::result::Result<Parsed, CallError> {
-    let choice = v
-        .get("choices")
-        .and_then(|c| c.get(0))
-        .ok_or_else(|| CallError::Malformed("no `choices[0]` in the answer".into()))?;
-    let message = choice.get("message").ok_or_else(|| CallError::Malformed("no `choices[0].message`".into()))?;
-    if let Some(r) = message.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
-        return Err(CallError::Refusal(r.chars().take(200).collect()));
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChatStream")
     }
-    if choice.get("finish_reason").and_then(Value::as_str) == Some("content_filter") {
-        return Err(CallError::Refusal("finish_reason content_filter".into()));
-    }
-    let text = match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => return Err(CallError::Malformed(format!("`content` is not a string: {other}"))),
-    };
-    if text.trim().is_empty() {
-        return Err(CallError::Empty);
-    }
-    let usage = v.get("usage").and_then(|u| {
-        Some((u.get("prompt_tokens")?.as_u64()?, u.get("completion_tokens")?.as_u64()?))
-    });
-    Ok(Parsed { text, usage })
 }
 
-fn parse_anthropic(v: &Value) -> std::result::Result<Parsed, CallError> {
-    if v.get("type").and_then(Value::as_str) == Some("error") {
-        return Err(CallError::Malformed(format!("error object in a 2xx answer: {}", v.get("error").unwrap_or(&Value::Null))));
+struct StreamState {
+    events: EventStream,
+    protocol: Protocol,
+    anthropic: AnthropicStream,
+    pending: VecDeque<Value>,
+    idle: Duration,
+    done: bool,
+}
+
+impl ChatStream {
+    fn new(resp: reqwest::Response, protocol: Protocol, idle: Duration) -> Self {
+        let events: EventStream = Box::pin(resp.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())));
+        let state = StreamState { events, protocol, anthropic: AnthropicStream::default(), pending: VecDeque::new(), idle, done: false };
+        let inner = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(chunk) = st.pending.pop_front() {
+                    return Some((Ok(chunk), st));
+                }
+                if st.done {
+                    return None;
+                }
+                let next = match tokio::time::timeout(st.idle, st.events.next()).await {
+                    Err(_) => Err(CallError::Timeout(st.idle)),
+                    Ok(None) => Err(CallError::Truncated("the stream ended without its end marker".into())),
+                    Ok(Some(Err(e))) => Err(CallError::Truncated(e)),
+                    Ok(Some(Ok(ev))) => Ok(ev),
+                };
+                let ev = match next {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                };
+                match st.protocol {
+                    Protocol::Openai => {
+                        if ev.data.trim() == "[DONE]" {
+                            st.done = true;
+                            continue;
+                        }
+                        match serde_json::from_str::<Value>(&ev.data) {
+                            Ok(v) if v.get("error").is_some() => {
+                                st.done = true;
+                                return Some((Err(CallError::Stream(v["error"].to_string())), st));
+                            }
+                            Ok(v) => st.pending.push_back(v),
+                            Err(e) => {
+                                st.done = true;
+                                return Some((Err(CallError::Malformed(format!("stream chunk: {e}"))), st));
+                            }
+                        }
+                    }
+                    Protocol::Anthropic => {
+                        let parsed = serde_json::from_str::<Value>(&ev.data)
+                            .map_err(|e| CallError::Malformed(format!("stream event: {e}")))
+                            .and_then(|v| st.anthropic.event(&ev.event, &v).map_err(|e| CallError::Stream(e.0)));
+                        match parsed {
+                            Ok(chunks) => {
+                                st.pending.extend(chunks);
+                                st.done = st.anthropic.finished();
+                            }
+                            Err(e) => {
+                                st.done = true;
+                                return Some((Err(e), st));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        ChatStream { inner: Box::pin(inner) }
     }
-    let blocks = v.get("content").and_then(Value::as_array).ok_or_else(|| CallError::Malformed("no `content` array".into()))?;
-    let text: String = blocks
-        .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join("");
-    if v.get("stop_reason").and_then(Value::as_str) == Some("refusal") {
-        return Err(CallError::Refusal(text.chars().take(200).collect()));
+}
+
+impl Stream for ChatStream {
+    type Item = std::result::Result<Value, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
     }
-    if text.trim().is_empty() {
-        return Err(CallError::Empty);
-    }
-    let usage = v.get("usage").and_then(|u| Some((u.get("input_tokens")?.as_u64()?, u.get("output_tokens")?.as_u64()?)));
-    Ok(Parsed { text, usage })
 }

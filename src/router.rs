@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::chat::ChatRequest;
 use crate::decision::{Neighbour, RouteDecision};
 use crate::embed::{Embedder, FastEmbedder, Home};
 use crate::error::{Error, Result};
@@ -89,7 +90,35 @@ impl Router {
         check_prompt(prompt)?;
         check_constraints(constraints)?;
         let vector = self.inner.embedder.embed(prompt)?;
-        self.decide(prompt, &vector, constraints)
+        self.decide(prompt, &vector, constraints, None)
+    }
+
+    /// Routes a chat conversation (OpenAI-shaped): the decision is made on its last user message,
+    /// and the input-token count, hence the cost, covers the whole conversation (every message's
+    /// text plus [`CHAT_TOKENS_PER_MESSAGE`] for the chat format).
+    ///
+    /// ```no_run
+    /// use semroute::chat::ChatRequest;
+    /// use semroute::{Constraints, Router};
+    ///
+    /// let router = Router::builder().build()?;
+    /// let chat = ChatRequest::from_json(serde_json::json!({"messages": [
+    ///     {"role": "system", "content": "You are a careful assistant."},
+    ///     {"role": "user", "content": "Translate to French: good morning"}
+    /// ]}))?;
+    /// let d = router.route_chat(&chat, &Constraints::default())?;
+    /// println!("{} for {} input tokens", d.model, d.input_tokens);
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn route_chat(&self, chat: &ChatRequest, constraints: &Constraints) -> Result<RouteDecision> {
+        let prompt = chat
+            .last_user_text()
+            .ok_or_else(|| Error::InvalidRequest("the conversation holds no user message to route on".into()))?;
+        check_prompt(&prompt)?;
+        check_constraints(constraints)?;
+        let tokens: u64 = chat.texts().map(|(_, text)| self.inner.tokens.count(&text) + CHAT_TOKENS_PER_MESSAGE).sum();
+        let vector = self.inner.embedder.embed(&prompt)?;
+        self.decide(&prompt, &vector, constraints, Some(tokens))
     }
 
     /// Routes many prompts with one batched embedding call; one result per prompt, in order, so
@@ -114,7 +143,7 @@ impl Router {
             .map(|prompt| {
                 check_prompt(prompt)?;
                 let vector = vectors.next().ok_or_else(|| Error::Embedding("the embedder returned too few vectors".into()))?;
-                self.decide(prompt, &vector, constraints)
+                self.decide(prompt, &vector, constraints, None)
             })
             .collect()
     }
@@ -149,13 +178,14 @@ impl Router {
         &self.inner.embedder
     }
 
-    fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints) -> Result<RouteDecision> {
+    /// `input_tokens`: the prompt's own count when `None`.
+    fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints, input_tokens: Option<u64>) -> Result<RouteDecision> {
         let inner = &*self.inner;
         let s = &inner.settings;
         let quality_bar = constraints.quality_bar.unwrap_or(s.quality_bar);
         let hits = inner.index.search(vector, s.k);
         let predictions = predict_with_prior(&inner.exemplars, &hits, &inner.prices, s.temperature, &inner.prior);
-        let input_tokens = inner.tokens.count(prompt);
+        let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         let choice = choose(
             ChoiceInput {
                 predictions: &predictions,
@@ -224,6 +254,9 @@ impl Router {
         })
     }
 }
+
+/// Tokens each chat message adds for its role and delimiters (OpenAI's published estimate is 3-4).
+pub const CHAT_TOKENS_PER_MESSAGE: u64 = 4;
 
 /// Answer length assumed for a model no neighbour speaks about (only used for its cost).
 const DEFAULT_OUTPUT_TOKENS: u64 = 500;

@@ -1,0 +1,729 @@
+//! An OpenAI-compatible routing server: point any agent framework's base URL here.
+//!
+//! ```text
+//! cargo run --release --example serve -- --providers providers.toml [--listen 127.0.0.1:8080] \
+//!     [--exemplars DIR] [--prices FILE] [--client-keys FILE | --no-auth]
+//! ```
+//! - `POST /v1/chat/completions` with `"model": "auto"` (or `"auto:0.8"`, a quality bar) routes the
+//!   last user message, counting the whole conversation's tokens, and forwards the request to the
+//!   chosen model in its own protocol (OpenAI-compatible or Anthropic messages, translated both
+//!   ways). The answer is OpenAI-shaped, whole or streamed (`"stream": true`, passed through chunk
+//!   by chunk). A concrete model name from the providers file is served as asked, unrouted.
+//! - Each answer says why: `x-semroute-*` headers (chosen model, predicted quality, expected and
+//!   actual cost, failover) and a `semroute` object in the body (in the usage chunk of a stream
+//!   that asked for `stream_options.include_usage`).
+//! - If the chosen provider times out, rate-limits or fails (5xx, connection) before the first
+//!   byte, the request goes to the next cheapest model that clears the bar.
+//! - `GET /v1/models` lists `auto` and the models served; `GET /metrics` is Prometheus text.
+//! - Clients send `Authorization: Bearer <key>` (or `x-api-key`) with a key of the
+//!   `--client-keys` file (one per line), compared in constant time. Provider keys stay in the
+//!   server's environment (the variables the providers file names) and are never logged;
+//!   prompts are logged only with `--log-prompts`.
+//! - Every answer's real tokens and cost are appended to the feedback log (JSONL).
+
+mod metrics;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Parser;
+use futures_util::StreamExt;
+use metrics::{Failure, Metrics, Mode, Outcome, Served};
+use semroute::chat::{ChatRequest, Usage};
+use semroute::provider::{ApiKey, CallError, ChatStream, Client, Endpoint, Providers, RetryPolicy};
+use semroute::pricing::TokenCounter;
+use semroute::{Constraints, Error, ExemplarSet, PriceTable, RouteDecision, Router};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+#[derive(Parser, Debug)]
+#[command(about = "OpenAI-compatible server that routes each request to the cheapest good-enough model")]
+struct Args {
+    /// Providers file: per model its protocol, base URL, model id and key variable.
+    #[arg(long)]
+    providers: PathBuf,
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// An exemplar JSONL file, or a folder of them (default: the built-in exemplars).
+    #[arg(long, value_name = "DIR")]
+    exemplars: Option<PathBuf>,
+    /// Price table TOML (default: the built-in price table).
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+    /// The installed embedding model to use (a folder under <home>/models).
+    #[arg(long, value_name = "NAME")]
+    embedding_model: Option<String>,
+    /// Default quality bar for `auto` (a request's `auto:<bar>` overrides it).
+    #[arg(long, value_name = "X")]
+    quality_bar: Option<f64>,
+    /// File of client keys, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    client_keys: Option<PathBuf>,
+    /// Serve without client keys (only sensible on loopback).
+    #[arg(long, conflicts_with = "client_keys")]
+    no_auth: bool,
+    /// Where each answer's real tokens and cost are appended (JSONL).
+    #[arg(long, default_value = "semroute-feedback.jsonl")]
+    feedback_log: PathBuf,
+    /// Log prompt text (off by default) and put it in the feedback log.
+    #[arg(long)]
+    log_prompts: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Attempts per model for 429 / 5xx before failing over to the next model.
+    #[arg(long, default_value_t = 1)]
+    max_attempts: u32,
+}
+
+struct App {
+    router: Router,
+    providers: Providers,
+    /// Provider key per served model.
+    keys: HashMap<String, ApiKey>,
+    /// Models with an endpoint, a price and a key, sorted.
+    served: Vec<String>,
+    client: Client,
+    /// SHA-256 of each client key (compared in constant time; hashing fixes the length).
+    client_keys: Vec<[u8; 32]>,
+    auth: bool,
+    metrics: Metrics,
+    feedback: std::sync::mpsc::Sender<Value>,
+    log_prompts: bool,
+    next_id: AtomicU64,
+    tokens: TokenCounter,
+}
+
+/// An OpenAI-shaped error response.
+fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}});
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl App {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        if !self.auth {
+            return true;
+        }
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+            .map(str::trim);
+        let Some(given) = given else { return false };
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        // Every key is compared, whatever matched, so the time says nothing about which.
+        let mut ok = subtle::Choice::from(0);
+        for k in &self.client_keys {
+            ok |= k.ct_eq(&digest);
+        }
+        bool::from(ok)
+    }
+
+    fn cost(&self, model: &str, usage: Usage) -> f64 {
+        self.router.prices().get(model).map_or(0.0, |p| p.cost_usd(usage.input_tokens, usage.output_tokens))
+    }
+
+    fn strongest_cost(&self, usage: Usage) -> f64 {
+        self.cost(self.router.prices().strongest(), usage)
+    }
+}
+
+/// What was decided for one request, carried into its response and its feedback record.
+#[derive(Clone)]
+struct Plan {
+    request_id: String,
+    decision: Option<Arc<RouteDecision>>,
+    quality_bar: Option<f64>,
+    /// Models to try, in order.
+    order: Vec<String>,
+    prompt: Option<String>,
+    started: Instant,
+    stream: bool,
+}
+
+impl Plan {
+    fn candidate(&self, model: &str) -> Option<&semroute::Candidate> {
+        self.decision.as_ref()?.candidates.iter().find(|c| c.model == model)
+    }
+}
+
+/// Records one finished (or abandoned) answer: metrics, the feedback log and the log line.
+struct Finish<'a> {
+    app: &'a App,
+    plan: &'a Plan,
+    model: &'a str,
+    failovers: &'a [(String, &'static str)],
+}
+
+impl Finish<'_> {
+    fn record(&self, outcome: &'static str, usage: Option<Usage>, counted: Usage) {
+        let app = self.app;
+        let usage_reported = usage.is_some();
+        let usage = usage.unwrap_or(counted);
+        let cost = app.cost(self.model, usage);
+        let strongest = app.strongest_cost(usage);
+        let latency = self.plan.started.elapsed();
+        app.metrics.requests.get_or_create(&Outcome { outcome }).inc();
+        app.metrics.spent_usd.inc_by(cost);
+        app.metrics.strongest_usd.inc_by(strongest);
+        app.metrics
+            .request_seconds
+            .get_or_create(&Mode { stream: if self.plan.stream { "true" } else { "false" } })
+            .observe(latency.as_secs_f64());
+        let cand = self.plan.candidate(self.model);
+        let mut rec = json!({
+            "ts": now(),
+            "request_id": self.plan.request_id,
+            "routed": self.plan.decision.is_some(),
+            "model": self.model,
+            "quality_bar": self.plan.quality_bar,
+            "predicted_quality": cand.and_then(|c| c.predicted_quality),
+            "expected_cost_usd": cand.map(|c| c.expected_cost_usd),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "usage_reported": usage_reported,
+            "cost_usd": cost,
+            "strongest_model": app.router.prices().strongest(),
+            "strongest_cost_usd": strongest,
+            "failovers": self.failovers.iter().map(|(m, k)| json!({"model": m, "error": k})).collect::<Vec<_>>(),
+            "outcome": outcome,
+            "stream": self.plan.stream,
+            "latency_ms": latency.as_secs_f64() * 1e3,
+            "neighbours": self.plan.decision.as_ref().map(|d| d.neighbours.iter().map(|n| json!({"id": n.id, "similarity": n.similarity})).collect::<Vec<_>>()),
+        });
+        if let Some(p) = &self.plan.prompt {
+            rec["prompt"] = p.clone().into();
+        }
+        // The writer thread only stops at shutdown; a record sent after that is lost on purpose.
+        let _ = app.feedback.send(rec);
+        info!(
+            request_id = %self.plan.request_id,
+            model = self.model,
+            routed = self.plan.decision.is_some(),
+            outcome,
+            cost_usd = cost,
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            failovers = self.failovers.len(),
+            latency_ms = latency.as_millis() as u64,
+            "answered"
+        );
+    }
+}
+
+fn decision_headers(plan: &Plan, model: &str, failovers: &[(String, &'static str)]) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h: Vec<(&'static str, String)> = vec![
+        ("x-request-id", plan.request_id.clone()),
+        ("x-semroute-model", model.to_string()),
+        ("x-semroute-routed", plan.decision.is_some().to_string()),
+    ];
+    if let Some(c) = plan.candidate(model) {
+        if let Some(q) = c.predicted_quality {
+            h.push(("x-semroute-predicted-quality", format!("{q:.4}")));
+        }
+        h.push(("x-semroute-expected-cost-usd", format!("{:.8}", c.expected_cost_usd)));
+    }
+    if let Some(bar) = plan.quality_bar {
+        h.push(("x-semroute-quality-bar", format!("{bar}")));
+    }
+    if let Some(d) = &plan.decision {
+        h.push(("x-semroute-strongest-cost-usd", format!("{:.8}", d.strongest_cost_usd)));
+        if d.fallback {
+            h.push(("x-semroute-fallback", "true".into()));
+        }
+    }
+    if !failovers.is_empty() {
+        h.push(("x-semroute-failover", failovers.iter().map(|(m, k)| format!("{m}:{k}")).collect::<Vec<_>>().join(",")));
+    }
+    h.into_iter()
+        .filter_map(|(k, v)| Some((HeaderName::from_static(k), HeaderValue::from_str(&v).ok()?)))
+        .collect()
+}
+
+/// The `semroute` object added to answers.
+fn explanation(app: &App, plan: &Plan, model: &str, failovers: &[(String, &'static str)], usage: Option<Usage>) -> Value {
+    let cand = plan.candidate(model);
+    json!({
+        "request_id": plan.request_id,
+        "model": model,
+        "routed": plan.decision.is_some(),
+        "quality_bar": plan.quality_bar,
+        "predicted_quality": cand.and_then(|c| c.predicted_quality),
+        "expected_cost_usd": cand.map(|c| c.expected_cost_usd),
+        "actual_cost_usd": usage.map(|u| app.cost(model, u)),
+        "strongest_model": plan.decision.as_ref().map(|d| d.strongest_model.clone()),
+        "strongest_cost_usd": usage.map(|u| app.strongest_cost(u)),
+        "reason": plan.decision.as_ref().map(|d| d.reason.clone()),
+        "fallback": plan.decision.as_ref().map(|d| d.fallback),
+        "failover": failovers.iter().map(|(m, k)| json!({"model": m, "error": k})).collect::<Vec<_>>(),
+    })
+}
+
+async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let client_error = |status, code: &str, msg: String| {
+        app.metrics.requests.get_or_create(&Outcome { outcome: "client_error" }).inc();
+        error(status, "invalid_request_error", code, msg)
+    };
+    if !app.authorized(&headers) {
+        app.metrics.requests.get_or_create(&Outcome { outcome: "unauthorized" }).inc();
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key (send `Authorization: Bearer <key>`)");
+    }
+    let bytes = match body {
+        Ok(b) => b,
+        Err(rej) => {
+            let status = rej.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "bad_body" };
+            return client_error(status, code, rej.body_text());
+        }
+    };
+    let json: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return client_error(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}")),
+    };
+    let chat = match ChatRequest::from_json(json) {
+        Ok(c) => c,
+        Err(e) => return client_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
+    };
+    let Some(asked) = chat.model().map(str::to_string) else {
+        return client_error(StatusCode::BAD_REQUEST, "missing_model", "field `model` is missing (use \"auto\" to route)".into());
+    };
+    let request_id = format!("sr-{:x}-{}", now() as u64, app.next_id.fetch_add(1, Ordering::Relaxed));
+    let prompt = if app.log_prompts { chat.last_user_text() } else { None };
+    if let Some(p) = &prompt {
+        info!(request_id = %request_id, prompt = %p, "prompt");
+    }
+    let mut plan = Plan { request_id, decision: None, quality_bar: None, order: Vec::new(), prompt, started, stream: chat.stream() };
+
+    if asked == "auto" || asked.starts_with("auto:") {
+        let bar = match asked.strip_prefix("auto:").map(str::parse::<f64>) {
+            None => None,
+            Some(Ok(b)) if (0.0..=1.0).contains(&b) => Some(b),
+            _ => {
+                return client_error(StatusCode::BAD_REQUEST, "invalid_model", format!("`{asked}`: the quality bar after `auto:` must be a number in [0, 1]"))
+            }
+        };
+        let mut constraints = Constraints::default().allow_models(app.served.iter().cloned());
+        constraints.quality_bar = bar;
+        let router = app.router.clone();
+        let chat2 = chat.clone();
+        let routed = tokio::task::spawn_blocking(move || router.route_chat(&chat2, &constraints)).await;
+        app.metrics.routing_seconds.observe(started.elapsed().as_secs_f64());
+        let decision = match routed {
+            Ok(Ok(d)) => d,
+            Ok(Err(e @ (Error::InvalidPrompt(_) | Error::InvalidRequest(_)))) => {
+                return client_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            }
+            Ok(Err(e @ Error::NoEligibleModel(_))) => {
+                return client_error(StatusCode::UNPROCESSABLE_ENTITY, "no_eligible_model", e.to_string())
+            }
+            Ok(Err(e)) => {
+                app.metrics.requests.get_or_create(&Outcome { outcome: "server_error" }).inc();
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "routing_failed", e.to_string());
+            }
+            Err(e) => {
+                app.metrics.requests.get_or_create(&Outcome { outcome: "server_error" }).inc();
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "routing_failed", format!("the routing task failed: {e}"));
+            }
+        };
+        plan.quality_bar = Some(decision.quality_bar);
+        plan.order = failover_order(&decision);
+        plan.decision = Some(Arc::new(decision));
+    } else if app.keys.contains_key(&asked) {
+        plan.order = vec![asked];
+    } else {
+        let known = std::iter::once("auto").chain(app.served.iter().map(String::as_str)).collect::<Vec<_>>().join(", ");
+        app.metrics.requests.get_or_create(&Outcome { outcome: "client_error" }).inc();
+        return error(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", format!("unknown model `{asked}`; this server serves: {known}"));
+    }
+
+    let mut failovers: Vec<(String, &'static str)> = Vec::new();
+    for model in plan.order.clone() {
+        let ep: &Endpoint = app.providers.get(&model).expect("served models have endpoints");
+        let key = &app.keys[&model];
+        let failed = if plan.stream {
+            match start_stream(&app, ep, key, &chat).await {
+                Ok((first, rest)) => return stream_response(app.clone(), plan, model, failovers, chat, first, rest),
+                Err(e) => e,
+            }
+        } else {
+            match app.client.chat(ep, key, &chat).await {
+                Ok(answer) => {
+                    let usage = answer.usage;
+                    let counted = count_answer(&app, &chat, &answer.body);
+                    Finish { app: &app, plan: &plan, model: &model, failovers: &failovers }.record("ok", usage, counted);
+                    app.metrics.decisions.get_or_create(&Served { model: model.clone(), routed: routed_label(&plan) }).inc();
+                    let mut body = answer.body;
+                    body["model"] = model.clone().into();
+                    body["semroute"] = explanation(&app, &plan, &model, &failovers, Some(usage.unwrap_or(counted)));
+                    let mut resp = (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response();
+                    let h = resp.headers_mut();
+                    for (k, v) in decision_headers(&plan, &model, &failovers) {
+                        h.insert(k, v);
+                    }
+                    if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", app.cost(&model, usage.unwrap_or(counted)))) {
+                        h.insert("x-semroute-actual-cost-usd", v);
+                    }
+                    return resp;
+                }
+                Err(e) => e,
+            }
+        };
+        app.metrics.upstream_failures.get_or_create(&Failure { model: model.clone(), kind: failed.kind() }).inc();
+        warn!(request_id = %plan.request_id, model = %model, error = failed.kind(), detail = %failed, "provider call failed");
+        if let CallError::Request(m) = &failed {
+            return client_error(StatusCode::BAD_REQUEST, "unsupported_for_model", format!("model `{model}`: {m}"));
+        }
+        if !(failed.is_transient() || matches!(failed, CallError::Stream(_))) {
+            app.metrics.requests.get_or_create(&Outcome { outcome: "upstream_error" }).inc();
+            return error(StatusCode::BAD_GATEWAY, "upstream_error", failed.kind(), format!("model `{model}` failed: {failed}"));
+        }
+        failovers.push((model, failed.kind()));
+        if failovers.len() < plan.order.len() {
+            app.metrics.failovers.inc();
+        }
+    }
+    app.metrics.requests.get_or_create(&Outcome { outcome: "upstream_error" }).inc();
+    let tried = failovers.iter().map(|(m, k)| format!("{m}: {k}")).collect::<Vec<_>>().join("; ");
+    error(StatusCode::BAD_GATEWAY, "upstream_error", "all_models_failed", format!("every eligible model failed ({tried})"))
+}
+
+fn routed_label(plan: &Plan) -> &'static str {
+    if plan.decision.is_some() {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// The chosen model, then the other models that clear the bar, cheapest first; after a
+/// fallback decision (no exemplar close enough), the other eligible models by predicted quality.
+fn failover_order(d: &RouteDecision) -> Vec<String> {
+    let eligible = |c: &&semroute::Candidate| c.excluded.is_none() && c.model != d.model;
+    let mut order = vec![d.model.clone()];
+    let clearing: Vec<String> = d.candidates.iter().filter(eligible).filter(|c| c.clears_bar).map(|c| c.model.clone()).collect();
+    if clearing.is_empty() || d.fallback {
+        let mut rest: Vec<&semroute::Candidate> = d.candidates.iter().filter(eligible).collect();
+        rest.sort_by(|a, b| b.predicted_quality.unwrap_or(-1.0).total_cmp(&a.predicted_quality.unwrap_or(-1.0)).then(b.tier.cmp(&a.tier)));
+        order.extend(rest.into_iter().map(|c| c.model.clone()));
+    } else {
+        order.extend(clearing);
+    }
+    order
+}
+
+/// Tokens of an answer counted locally, for a provider that reports none.
+fn count_answer(app: &App, chat: &ChatRequest, body: &Value) -> Usage {
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    count_text(app, chat, text)
+}
+
+fn count_text(app: &App, chat: &ChatRequest, answer: &str) -> Usage {
+    let counter = &app.tokens;
+    let input: u64 = chat.texts().map(|(_, t)| counter.count(&t) + semroute::router::CHAT_TOKENS_PER_MESSAGE).sum();
+    Usage { input_tokens: input, output_tokens: counter.count(answer) }
+}
+
+/// Opens a stream and waits for its first chunk, so that a provider failing before its first
+/// byte can still be failed over.
+async fn start_stream(app: &App, ep: &Endpoint, key: &ApiKey, chat: &ChatRequest) -> Result<(Value, ChatStream), CallError> {
+    let mut s = app.client.chat_stream(ep, key, chat).await?;
+    match s.next().await {
+        Some(Ok(first)) => Ok((first, s)),
+        Some(Err(e)) => Err(e),
+        None => Err(CallError::Truncated("the stream ended before its first chunk".into())),
+    }
+}
+
+/// Tracks a stream as it passes through, and records it when it ends or the client leaves.
+struct StreamTally {
+    app: Arc<App>,
+    plan: Plan,
+    model: String,
+    failovers: Vec<(String, &'static str)>,
+    chat: ChatRequest,
+    usage: Option<Usage>,
+    text: String,
+    outcome: Option<&'static str>,
+}
+
+impl Drop for StreamTally {
+    fn drop(&mut self) {
+        let counted = count_text(&self.app, &self.chat, &self.text);
+        let outcome = self.outcome.unwrap_or("client_closed");
+        Finish { app: &self.app, plan: &self.plan, model: &self.model, failovers: &self.failovers }.record(outcome, self.usage, counted);
+    }
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn stream_response(
+    app: Arc<App>,
+    plan: Plan,
+    model: String,
+    failovers: Vec<(String, &'static str)>,
+    chat: ChatRequest,
+    first: Value,
+    rest: ChatStream,
+) -> Response {
+    app.metrics.decisions.get_or_create(&Served { model: model.clone(), routed: routed_label(&plan) }).inc();
+    let headers = decision_headers(&plan, &model, &failovers);
+    let include_usage = chat.include_usage();
+    let tally = StreamTally { app, plan, model, failovers, chat, usage: None, text: String::new(), outcome: None };
+    let chunks = futures_util::stream::once(async move { Ok(first) }).chain(rest);
+    struct St {
+        chunks: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Value, CallError>> + Send>>,
+        tally: StreamTally,
+        include_usage: bool,
+        done: bool,
+    }
+    let st = St { chunks: Box::pin(chunks), tally, include_usage, done: false };
+    let body = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            match st.chunks.next().await {
+                None => {
+                    st.done = true;
+                    st.tally.outcome = Some("ok");
+                    return Some((Ok::<Bytes, Infallible>(Bytes::from_static(b"data: [DONE]\n\n")), st));
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    st.tally.outcome = Some("upstream_error");
+                    let t = &st.tally;
+                    t.app.metrics.upstream_failures.get_or_create(&Failure { model: t.model.clone(), kind: e.kind() }).inc();
+                    warn!(request_id = %t.plan.request_id, model = %t.model, error = e.kind(), detail = %e, "stream broke off");
+                    let err = json!({"error": {"message": format!("model `{}`: {e}", t.model), "type": "upstream_error", "code": e.kind()}});
+                    return Some((Ok(sse(&err)), st));
+                }
+                Some(Ok(mut chunk)) => {
+                    if let Some(u) = Usage::of(&chunk) {
+                        st.tally.usage = Some(u);
+                    }
+                    if let Some(t) = chunk["choices"][0]["delta"]["content"].as_str() {
+                        st.tally.text.push_str(t);
+                    }
+                    let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty);
+                    if usage_only && !st.include_usage {
+                        continue;
+                    }
+                    if !st.include_usage {
+                        if let Some(o) = chunk.as_object_mut() {
+                            o.remove("usage");
+                        }
+                    }
+                    chunk["model"] = st.tally.model.clone().into();
+                    if usage_only {
+                        let t = &st.tally;
+                        chunk["semroute"] = explanation(&t.app, &t.plan, &t.model, &t.failovers, t.usage);
+                    }
+                    return Some((Ok(sse(&chunk)), st));
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    for (k, v) in headers {
+        h.insert(k, v);
+    }
+    resp
+}
+
+async fn list_models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !app.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key");
+    }
+    let mut data = vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "semroute"})];
+    for name in &app.served {
+        let p = app.router.prices().get(name).expect("served models are priced");
+        data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": p.provider,
+            "semroute": {"tier": p.tier, "input_per_mtok": p.input_per_mtok, "output_per_mtok": p.output_per_mtok,
+                         "context_window": p.context_window, "jurisdiction": p.jurisdiction}}));
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render()).into_response()
+}
+
+/// Reads client keys: one per line, `#` comments and blank lines skipped.
+fn read_client_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let key = line.split('#').next().unwrap_or("").trim();
+        if key.is_empty() {
+            continue;
+        }
+        if key.chars().any(char::is_whitespace) || key.len() < 16 {
+            return Err(format!("{}:{}: a client key must be one word of at least 16 characters", path.display(), i + 1));
+        }
+        keys.push(Sha256::digest(key.as_bytes()).into());
+    }
+    if keys.is_empty() {
+        return Err(format!("{}: holds no client key", path.display()));
+    }
+    Ok(keys)
+}
+
+/// Appends feedback records from a channel, syncing after each burst.
+fn feedback_writer(path: PathBuf) -> Result<(std::sync::mpsc::Sender<Value>, std::thread::JoinHandle<()>), String> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open the feedback log {}: {e}", path.display()))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let handle = std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::new(file);
+        while let Ok(first) = rx.recv() {
+            let mut write = |v: Value| {
+                if let Err(e) = writeln!(out, "{v}") {
+                    tracing::error!("feedback log {}: {e}", path.display());
+                }
+            };
+            write(first);
+            while let Ok(more) = rx.try_recv() {
+                write(more);
+            }
+            if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
+                tracing::error!("feedback log {}: {e}", path.display());
+            }
+        }
+    });
+    Ok((tx, handle))
+}
+
+fn build_router(args: &Args) -> Result<Router, Error> {
+    let mut b = Router::builder();
+    if let Some(name) = &args.embedding_model {
+        b = b.embedder(Arc::new(semroute::FastEmbedder::load_installed(name)?));
+    }
+    if let Some(dir) = &args.exemplars {
+        b = b.exemplars(if dir.is_file() { ExemplarSet::load_file(dir)? } else { ExemplarSet::load_dir(dir)? });
+    }
+    if let Some(file) = &args.prices {
+        b = b.prices(PriceTable::from_file(file)?);
+    }
+    if let Some(x) = args.quality_bar {
+        b = b.quality_bar(x);
+    }
+    b.build()
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let client_keys = match (&args.client_keys, args.no_auth) {
+        (Some(path), _) => read_client_keys(path)?,
+        (None, true) => Vec::new(),
+        (None, false) => return Err("give --client-keys FILE (one key per line), or --no-auth to serve without client keys".into()),
+    };
+    let providers = Providers::from_file(&args.providers).map_err(|e| e.to_string())?;
+    let router = build_router(&args).map_err(|e| e.to_string())?;
+    providers.check_prices(router.prices()).map_err(|e| e.to_string())?;
+    let mut keys = HashMap::new();
+    for name in providers.names() {
+        let ep = providers.get(name).expect("listed");
+        match ApiKey::from_env(&ep.api_key_env) {
+            Ok(k) => {
+                keys.insert(name.to_string(), k);
+            }
+            Err(_) => warn!("model `{name}` is not served: its key variable {} is not set", ep.api_key_env),
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!("no model can be served: none of the key variables of {} is set", args.providers.display()));
+    }
+    let mut served: Vec<String> = keys.keys().cloned().collect();
+    served.sort();
+    let client = Client::new(RetryPolicy { max_attempts: args.max_attempts.max(1), ..RetryPolicy::default() }).map_err(|e| e.to_string())?;
+    let (feedback, writer) = feedback_writer(args.feedback_log.clone())?;
+    let app = Arc::new(App {
+        router,
+        providers,
+        keys,
+        served: served.clone(),
+        client,
+        auth: !args.no_auth,
+        client_keys,
+        metrics: Metrics::new(),
+        feedback,
+        log_prompts: args.log_prompts,
+        next_id: AtomicU64::new(0),
+        tokens: TokenCounter::cl100k().map_err(|e| e.to_string())?,
+    });
+    let routes = axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(args.max_body_bytes))
+        .with_state(app.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!(
+        "semroute serve: listening on http://{addr} ({} models: {}; client keys: {})",
+        served.len(),
+        served.join(", "),
+        if app.auth { app.client_keys.len().to_string() } else { "none, --no-auth".into() }
+    );
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    // Close the channel (the last sender is in `app`) and let the writer drain; every connection
+    // has ended, so nothing else holds the state.
+    if Arc::strong_count(&app) == 1 {
+        drop(app);
+        let _ = writer.join();
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SEMROUTE_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("serve: {e}");
+        std::process::exit(1);
+    }
+}

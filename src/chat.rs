@@ -1,0 +1,477 @@
+//! Chat requests and answers in OpenAI's chat-completions shape, and their translation to and from
+//! Anthropic's messages API.
+//!
+//! OpenAI's shape is the lingua franca of agent frameworks, so it is the shape semroute speaks at
+//! its edges: a [`ChatRequest`] is an OpenAI request body (validated), and every answer, whole or
+//! streamed, comes back OpenAI-shaped whatever the endpoint's protocol. The
+//! [`Client`](crate::provider::Client) does the sending; this module only reshapes JSON, so it is
+//! pure and testable without a network.
+//!
+//! ```
+//! use semroute::chat::{ChatRequest, Usage};
+//! use serde_json::json;
+//!
+//! let req = ChatRequest::from_json(json!({
+//!     "model": "auto",
+//!     "messages": [
+//!         {"role": "system", "content": "Answer briefly."},
+//!         {"role": "user", "content": "What is 6 x 7?"}
+//!     ]
+//! }))?;
+//! assert_eq!(req.model(), Some("auto"));
+//! assert_eq!(req.last_user_text().as_deref(), Some("What is 6 x 7?"));
+//!
+//! // The same request as Anthropic's messages API wants it.
+//! let body = req.to_anthropic("claude-haiku-4-5", 1024)?;
+//! assert_eq!(body["system"], "Answer briefly.");
+//! assert_eq!(body["messages"][0]["role"], "user");
+//!
+//! // And an Anthropic answer, OpenAI-shaped.
+//! let answer = semroute::chat::anthropic_to_openai(&json!({
+//!     "id": "msg_1", "model": "claude-haiku-4-5", "stop_reason": "end_turn",
+//!     "content": [{"type": "text", "text": "42"}],
+//!     "usage": {"input_tokens": 20, "output_tokens": 2}
+//! }))?;
+//! assert_eq!(answer["choices"][0]["message"]["content"], "42");
+//! assert_eq!(Usage::of(&answer), Some(Usage { input_tokens: 20, output_tokens: 2 }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Tokens billed for one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// The `usage` of an OpenAI-shaped answer or stream chunk, if it carries one.
+    pub fn of(openai: &Value) -> Option<Usage> {
+        let u = openai.get("usage")?;
+        Some(Usage { input_tokens: u.get("prompt_tokens")?.as_u64()?, output_tokens: u.get("completion_tokens")?.as_u64()? })
+    }
+
+    fn to_openai(self) -> Value {
+        json!({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
+               "total_tokens": self.input_tokens + self.output_tokens})
+    }
+}
+
+/// A validated OpenAI chat-completions request body.
+///
+/// Fields semroute does not know (`tools`, `response_format`, `seed`, ...) are kept and passed
+/// through to OpenAI-protocol endpoints untouched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    body: Map<String, Value>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidRequest(msg.into())
+}
+
+impl ChatRequest {
+    /// Validates an OpenAI request body: an object whose `messages` is a non-empty array of
+    /// `{role, content}` objects with a known role and string or text-part content.
+    pub fn from_json(body: Value) -> Result<Self> {
+        let Value::Object(body) = body else {
+            return Err(invalid("the request body must be a JSON object"));
+        };
+        let messages = body
+            .get("messages")
+            .ok_or_else(|| invalid("field `messages` is missing"))?
+            .as_array()
+            .ok_or_else(|| invalid("field `messages` must be an array"))?;
+        if messages.is_empty() {
+            return Err(invalid("field `messages` is empty"));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(format!("messages[{i}]: field `role` is missing or not a string")))?;
+            if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
+                return Err(invalid(format!("messages[{i}]: unknown role {role:?}")));
+            }
+            match m.get("content") {
+                Some(Value::String(_)) => {}
+                Some(Value::Array(parts)) => {
+                    for (j, p) in parts.iter().enumerate() {
+                        if p.get("type").and_then(Value::as_str).is_none() {
+                            return Err(invalid(format!("messages[{i}].content[{j}]: field `type` is missing")));
+                        }
+                    }
+                }
+                // An assistant turn that only calls tools has no content.
+                Some(Value::Null) | None if role == "assistant" => {}
+                _ => return Err(invalid(format!("messages[{i}]: field `content` must be a string or an array of parts"))),
+            }
+        }
+        if let Some(m) = body.get("model").filter(|m| !m.is_string()) {
+            return Err(invalid(format!("field `model` must be a string, got {m}")));
+        }
+        if let Some(s) = body.get("stream").filter(|s| !s.is_boolean() && !s.is_null()) {
+            return Err(invalid(format!("field `stream` must be true or false, got {s}")));
+        }
+        Ok(ChatRequest { body })
+    }
+
+    /// A request holding one user message.
+    pub fn user(prompt: &str) -> Self {
+        let mut body = Map::new();
+        body.insert("messages".into(), json!([{"role": "user", "content": prompt}]));
+        ChatRequest { body }
+    }
+
+    /// The requested `model`, if any.
+    pub fn model(&self) -> Option<&str> {
+        self.body.get("model").and_then(Value::as_str)
+    }
+
+    /// Whether the answer is to be streamed.
+    pub fn stream(&self) -> bool {
+        self.body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// Whether the caller asked for a final usage chunk (`stream_options.include_usage`).
+    pub fn include_usage(&self) -> bool {
+        self.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// The caller's answer-length cap (`max_completion_tokens`, else `max_tokens`).
+    pub fn max_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"].iter().find_map(|k| self.body.get(*k).and_then(Value::as_u64))
+    }
+
+    /// The text of every message, in order, as `(role, text)` (for counting the conversation's
+    /// tokens); non-text parts are left out.
+    pub fn texts(&self) -> impl Iterator<Item = (&str, String)> {
+        self.messages().iter().map(|m| (m.get("role").and_then(Value::as_str).unwrap_or(""), content_text(m.get("content"))))
+    }
+
+    /// The text of the last user message (what a router routes on).
+    pub fn last_user_text(&self) -> Option<String> {
+        self.messages()
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|m| content_text(m.get("content")))
+    }
+
+    fn messages(&self) -> &[Value] {
+        self.body.get("messages").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    }
+
+    /// The body for an OpenAI-protocol endpoint serving `model`: the caller's fields, with the
+    /// model replaced and, when streaming, a usage chunk requested (to learn the real cost).
+    /// `default_max_tokens` applies when the caller set no cap.
+    pub fn to_openai(&self, model: &str, default_max_tokens: u64) -> Value {
+        let mut body = self.body.clone();
+        body.insert("model".into(), model.into());
+        if self.max_tokens().is_none() {
+            body.insert("max_tokens".into(), default_max_tokens.into());
+        }
+        if self.stream() {
+            let opts = body.entry("stream_options").or_insert_with(|| json!({}));
+            if let Value::Object(o) = opts {
+                o.insert("include_usage".into(), true.into());
+            }
+        }
+        Value::Object(body)
+    }
+
+    /// The body for Anthropic's messages API serving `model`. System and developer messages go to
+    /// `system`; text parts, `stop`, `temperature`, `top_p`, `max_tokens` and `stream` are
+    /// translated. Tools, images and tool results are not translated yet: such a request is an
+    /// [`Error::InvalidRequest`] naming what it holds, never silently changed.
+    pub fn to_anthropic(&self, model: &str, default_max_tokens: u64) -> Result<Value> {
+        for key in ["tools", "tool_choice", "functions", "response_format", "n", "logprobs"] {
+            if self.body.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(invalid(format!("field `{key}` is not translated to Anthropic endpoints (yet); name an OpenAI-protocol model instead")));
+            }
+        }
+        let mut system = Vec::new();
+        let mut messages: Vec<Value> = Vec::new();
+        for (i, m) in self.messages().iter().enumerate() {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+            if let Some(Value::Array(parts)) = m.get("content") {
+                if let Some(p) = parts.iter().find(|p| p.get("type").and_then(Value::as_str) != Some("text")) {
+                    return Err(invalid(format!(
+                        "messages[{i}]: content part of type {} is not translated to Anthropic endpoints (yet)",
+                        p.get("type").unwrap_or(&Value::Null)
+                    )));
+                }
+            }
+            if m.get("tool_calls").is_some_and(|t| !t.is_null()) || role == "tool" {
+                return Err(invalid(format!("messages[{i}]: tool calls are not translated to Anthropic endpoints (yet)")));
+            }
+            let text = content_text(m.get("content"));
+            match role {
+                "system" | "developer" => system.push(text),
+                "user" | "assistant" => {
+                    // Anthropic wants alternating turns: merge consecutive turns of one role.
+                    match messages.last_mut() {
+                        Some(last) if last["role"] == role => {
+                            let joined = format!("{}\n\n{text}", last["content"].as_str().unwrap_or(""));
+                            last["content"] = joined.into();
+                        }
+                        _ => messages.push(json!({"role": role, "content": text})),
+                    }
+                }
+                _ => unreachable!("roles are checked in from_json"),
+            }
+        }
+        if messages.first().is_some_and(|m| m["role"] != "user") {
+            return Err(invalid("the first non-system message must be from the user for Anthropic endpoints"));
+        }
+        if messages.is_empty() {
+            return Err(invalid("the request holds no user message"));
+        }
+        let mut body = Map::new();
+        body.insert("model".into(), model.into());
+        body.insert("max_tokens".into(), self.max_tokens().unwrap_or(default_max_tokens).into());
+        body.insert("messages".into(), messages.into());
+        if !system.is_empty() {
+            body.insert("system".into(), system.join("\n\n").into());
+        }
+        for key in ["temperature", "top_p"] {
+            if let Some(v) = self.body.get(key).filter(|v| !v.is_null()) {
+                body.insert(key.into(), v.clone());
+            }
+        }
+        match self.body.get("stop") {
+            Some(Value::String(s)) => {
+                body.insert("stop_sequences".into(), json!([s]));
+            }
+            Some(Value::Array(a)) => {
+                body.insert("stop_sequences".into(), a.clone().into());
+            }
+            _ => {}
+        }
+        if self.stream() {
+            body.insert("stream".into(), true.into());
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// The text of a message's `content`: the string, or its text parts joined.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Anthropic's `stop_reason` as OpenAI's `finish_reason`.
+fn finish_reason(stop_reason: Option<&str>) -> Value {
+    match stop_reason {
+        None => Value::Null,
+        Some("max_tokens") => "length".into(),
+        Some("tool_use") => "tool_calls".into(),
+        Some("refusal") => "content_filter".into(),
+        Some(_) => "stop".into(),
+    }
+}
+
+/// Why an answer could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+/// An Anthropic messages answer as an OpenAI `chat.completion`.
+pub fn anthropic_to_openai(v: &Value) -> std::result::Result<Value, Malformed> {
+    if v.get("type").and_then(Value::as_str) == Some("error") {
+        return Err(Malformed(format!("error object in a 2xx answer: {}", v.get("error").unwrap_or(&Value::Null))));
+    }
+    let blocks = v.get("content").and_then(Value::as_array).ok_or_else(|| Malformed("no `content` array".into()))?;
+    let text: String = blocks
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    let mut out = json!({
+        "id": v.get("id").cloned().unwrap_or_else(|| "msg".into()),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": v.get("model").cloned().unwrap_or(Value::Null),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason(v.get("stop_reason").and_then(Value::as_str))}],
+    });
+    if let Some(u) = v.get("usage") {
+        if let (Some(i), Some(o)) = (u.get("input_tokens").and_then(Value::as_u64), u.get("output_tokens").and_then(Value::as_u64)) {
+            out["usage"] = Usage { input_tokens: i, output_tokens: o }.to_openai();
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that an OpenAI-protocol answer has the shape clients rely on.
+pub fn check_openai(v: &Value) -> std::result::Result<(), Malformed> {
+    let choice = v.get("choices").and_then(|c| c.get(0)).ok_or_else(|| Malformed("no `choices[0]` in the answer".into()))?;
+    let message = choice.get("message").ok_or_else(|| Malformed("no `choices[0].message`".into()))?;
+    match message.get("content") {
+        Some(Value::String(_) | Value::Null) | None => Ok(()),
+        Some(other) => Err(Malformed(format!("`content` is not a string: {other}"))),
+    }
+}
+
+/// Turns Anthropic's streaming events into OpenAI `chat.completion.chunk` objects, one event at
+/// a time, keeping what later chunks need (id, model, input tokens).
+///
+/// ```
+/// use semroute::chat::{AnthropicStream, Usage};
+/// use serde_json::json;
+///
+/// let mut s = AnthropicStream::default();
+/// let mut chunks = Vec::new();
+/// for (event, data) in [
+///     ("message_start", json!({"type":"message_start","message":{"id":"m1","model":"claude","usage":{"input_tokens":9,"output_tokens":1}}})),
+///     ("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}})),
+///     ("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}})),
+///     ("message_stop", json!({"type":"message_stop"})),
+/// ] {
+///     chunks.extend(s.event(event, &data)?);
+/// }
+/// assert!(s.finished());
+/// assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");
+/// assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+/// assert_eq!(Usage::of(chunks.last().unwrap()), Some(Usage { input_tokens: 9, output_tokens: 3 }));
+/// # Ok::<(), semroute::chat::Malformed>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct AnthropicStream {
+    id: String,
+    model: Value,
+    created: u64,
+    usage: Usage,
+    finished: bool,
+}
+
+impl AnthropicStream {
+    /// Whether `message_stop` has been seen.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    fn chunk(&self, delta: Value, finish: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    /// The chunks for one event (`event` is the SSE event name; Anthropic repeats it as `type`).
+    /// An `error` event is an error carrying its message.
+    pub fn event(&mut self, event: &str, data: &Value) -> std::result::Result<Vec<Value>, Malformed> {
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or(event);
+        Ok(match kind {
+            "message_start" => {
+                let m = data.get("message").ok_or_else(|| Malformed("message_start without `message`".into()))?;
+                self.id = m.get("id").and_then(Value::as_str).unwrap_or("msg").to_string();
+                self.model = m.get("model").cloned().unwrap_or(Value::Null);
+                self.created = now_secs();
+                let u = m.get("usage");
+                self.usage.input_tokens = u.and_then(|u| u.get("input_tokens")).and_then(Value::as_u64).unwrap_or(0);
+                self.usage.output_tokens = u.and_then(|u| u.get("output_tokens")).and_then(Value::as_u64).unwrap_or(0);
+                vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
+            }
+            "content_block_delta" => match data.get("delta") {
+                Some(d) if d.get("type").and_then(Value::as_str) == Some("text_delta") => {
+                    let text = d.get("text").and_then(Value::as_str).unwrap_or("");
+                    vec![self.chunk(json!({"content": text}), Value::Null)]
+                }
+                _ => Vec::new(),
+            },
+            "message_delta" => {
+                if let Some(o) = data.get("usage").and_then(|u| u.get("output_tokens")).and_then(Value::as_u64) {
+                    self.usage.output_tokens = o;
+                }
+                let stop = data.get("delta").and_then(|d| d.get("stop_reason")).and_then(Value::as_str);
+                vec![self.chunk(json!({}), finish_reason(stop))]
+            }
+            "message_stop" => {
+                self.finished = true;
+                vec![json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                            "choices": [], "usage": self.usage.to_openai()})]
+            }
+            "error" => {
+                return Err(Malformed(format!("the provider reported an error mid-stream: {}", data.get("error").unwrap_or(data))));
+            }
+            // ping, content_block_start/stop and future event kinds carry nothing to pass on.
+            _ => Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_requests_with_the_field() {
+        for (body, want) in [
+            (json!([1]), "must be a JSON object"),
+            (json!({}), "`messages` is missing"),
+            (json!({"messages": []}), "`messages` is empty"),
+            (json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0]: unknown role"),
+            (json!({"messages": [{"role": "user"}]}), "messages[0]: field `content`"),
+            (json!({"messages": [{"role": "user", "content": [{"text": "x"}]}]}), "messages[0].content[0]"),
+            (json!({"model": 3, "messages": [{"role": "user", "content": "x"}]}), "`model` must be a string"),
+        ] {
+            let e = ChatRequest::from_json(body).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn anthropic_translation_merges_turns_and_refuses_tools() {
+        let req = ChatRequest::from_json(json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": [{"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "c"},
+            {"role": "user", "content": "d"}],
+            "stop": "END", "temperature": 0.2, "stream": true, "max_completion_tokens": 77}))
+        .unwrap();
+        let b = req.to_anthropic("m", 1024).unwrap();
+        assert_eq!(b["messages"].as_array().unwrap().len(), 3);
+        assert_eq!(b["messages"][0]["content"], "a\n\nb");
+        assert_eq!(b["stop_sequences"], json!(["END"]));
+        assert_eq!(b["max_tokens"], 77);
+        assert_eq!(b["stream"], true);
+        let o = req.to_openai("real-id", 1024);
+        assert_eq!(o["model"], "real-id");
+        assert_eq!(o["stream_options"]["include_usage"], true);
+        assert_eq!(o["max_completion_tokens"], 77);
+        assert!(o.get("max_tokens").is_none());
+
+        let tools = ChatRequest::from_json(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})).unwrap();
+        assert!(tools.to_anthropic("m", 10).unwrap_err().to_string().contains("`tools`"));
+    }
+
+    #[test]
+    fn stream_error_event_is_an_error() {
+        let mut s = AnthropicStream::default();
+        let e = s.event("error", &json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})).unwrap_err();
+        assert!(e.0.contains("overloaded_error"));
+        assert!(!s.finished());
+    }
+}

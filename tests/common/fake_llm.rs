@@ -1,0 +1,214 @@
+//! A fake LLM provider: a real HTTP server on loopback speaking OpenAI chat completions
+//! (`POST /v1/chat/completions`) and Anthropic messages (`POST /v1/messages`), whole and streamed.
+//! Used by the `serve` tests and the `serve_load` example.
+//!
+//! The provider's model id picks the behaviour (substrings, combinable):
+//! - `fail503` / `fail429`: that status, every time;
+//! - `slow`: waits 3 s before answering;
+//! - `drip`: streams with 300 ms between chunks;
+//! - `midfail`: streams two chunks, then an error event;
+//! - `nousage`: reports no token usage.
+//!
+//! Otherwise it answers `echo: <last user message>`, word by word when streaming, with usage
+//! `prompt_tokens` = 10 × messages, `completion_tokens` = words of the answer.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Json;
+use serde_json::{json, Value};
+
+/// The key the fake accepts (bearer or `x-api-key`).
+pub const PROVIDER_KEY: &str = "fake-provider-key-0123456789";
+
+/// What the fake saw.
+#[derive(Default)]
+pub struct Seen {
+    /// (path, model id, body) of each request.
+    pub requests: Mutex<Vec<(String, String, Value)>>,
+    pub count: AtomicUsize,
+}
+
+impl Seen {
+    pub fn models(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().map(|(_, m, _)| m.clone()).collect()
+    }
+}
+
+pub struct FakeLlm {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+}
+
+impl FakeLlm {
+    /// Starts the fake on a free loopback port, on the current tokio runtime.
+    pub async fn start() -> FakeLlm {
+        let seen = Arc::new(Seen::default());
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(openai))
+            .route("/v1/messages", post(anthropic))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeLlm { addr, seen }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+fn last_user(body: &Value) -> String {
+    let msgs = body["messages"].as_array().cloned().unwrap_or_default();
+    let m = msgs.iter().rev().find(|m| m["role"] == "user").cloned().unwrap_or(Value::Null);
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Common checks; `Err` is the response to send instead of an answer.
+async fn admit(seen: &Seen, path: &str, headers: &HeaderMap, body: &Value) -> Result<String, Response> {
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    seen.requests.lock().unwrap().push((path.to_string(), model.clone(), body.clone()));
+    seen.count.fetch_add(1, Ordering::SeqCst);
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    if key != Some(PROVIDER_KEY) {
+        return Err((StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad key"}}))).into_response());
+    }
+    if model.contains("fail503") {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "overloaded"}}))).into_response());
+    }
+    if model.contains("fail429") {
+        return Err((StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "slow down"}}))).into_response());
+    }
+    if model.contains("slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    Ok(model)
+}
+
+fn words(body: &Value) -> Vec<String> {
+    format!("echo: {}", last_user(body)).split(' ').map(str::to_string).collect()
+}
+
+fn sse_body(events: Vec<(Option<&'static str>, Value)>, gap: Duration, done: bool) -> Response {
+    let stream = futures_util::stream::unfold((events.into_iter(), true, done), move |(mut it, first, done)| async move {
+        match it.next() {
+            Some((event, data)) => {
+                if !first && !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
+                let text = match event {
+                    Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+                    None => format!("data: {data}\n\n"),
+                };
+                Some((Ok::<Bytes, Infallible>(Bytes::from(text)), (it, false, done)))
+            }
+            None if done => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (it, false, false))),
+            None => None,
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    resp
+}
+
+async fn openai(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let model = match admit(&seen, "openai", &headers, &body).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let w = words(&body);
+    let n_msgs = body["messages"].as_array().map_or(0, Vec::len) as u64;
+    let usage = json!({"prompt_tokens": 10 * n_msgs, "completion_tokens": w.len(), "total_tokens": 10 * n_msgs + w.len() as u64});
+    let base = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model});
+    if body["stream"] != true {
+        let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": w.join(" ")}, "finish_reason": "stop"}]});
+        if !model.contains("nousage") {
+            answer["usage"] = usage;
+        }
+        return Json(answer).into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = base.clone();
+        c["choices"] = json!([{"index": 0, "delta": delta, "finish_reason": finish}]);
+        (None, c)
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    for (i, word) in w.iter().enumerate() {
+        let text = if i == 0 { word.clone() } else { format!(" {word}") };
+        events.push(chunk(json!({"content": text}), Value::Null));
+        if model.contains("midfail") && i == 1 {
+            events.push((None, json!({"error": {"message": "upstream crashed", "type": "server_error"}})));
+            return sse_body(events, Duration::ZERO, false);
+        }
+    }
+    events.push(chunk(json!({}), "stop".into()));
+    if body["stream_options"]["include_usage"] == true && !model.contains("nousage") {
+        let mut u = base.clone();
+        u["choices"] = json!([]);
+        u["usage"] = usage;
+        events.push((None, u));
+    }
+    let gap = if model.contains("drip") { Duration::from_millis(300) } else { Duration::ZERO };
+    sse_body(events, gap, true)
+}
+
+async fn anthropic(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let model = match admit(&seen, "anthropic", &headers, &body).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if headers.get("anthropic-version").is_none() || body["max_tokens"].as_u64().is_none() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic-version and max_tokens are required"}}))).into_response();
+    }
+    if body["messages"].as_array().into_iter().flatten().any(|m| m["role"] == "system") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "system is a top-level field"}}))).into_response();
+    }
+    let w = words(&body);
+    let input = 10 * body["messages"].as_array().map_or(0, Vec::len) as u64 + u64::from(body.get("system").is_some()) * 10;
+    if body["stream"] != true {
+        let mut answer = json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": w.join(" ")}], "stop_reason": "end_turn"});
+        if !model.contains("nousage") {
+            answer["usage"] = json!({"input_tokens": input, "output_tokens": w.len()});
+        }
+        return Json(answer).into_response();
+    }
+    let mut events = vec![
+        (Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
+            "model": model, "content": [], "usage": {"input_tokens": input, "output_tokens": 1}}})),
+        (Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        (Some("ping"), json!({"type": "ping"})),
+    ];
+    for (i, word) in w.iter().enumerate() {
+        let text = if i == 0 { word.clone() } else { format!(" {word}") };
+        events.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
+        if model.contains("midfail") && i == 1 {
+            events.push((Some("error"), json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})));
+            return sse_body(events, Duration::ZERO, false);
+        }
+    }
+    events.push((Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})));
+    events.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": w.len()}})));
+    events.push((Some("message_stop"), json!({"type": "message_stop"})));
+    let gap = if model.contains("drip") { Duration::from_millis(300) } else { Duration::ZERO };
+    sse_body(events, gap, false)
+}

@@ -1,0 +1,428 @@
+//! The `serve` example end to end: the server binary and fake providers are real HTTP servers on
+//! loopback; clients are a real OpenAI client (async-openai) and plain HTTP (reqwest, for headers
+//! and malformed requests).
+
+mod common;
+#[path = "common/fake_llm.rs"]
+mod fake_llm;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
+    CreateChatCompletionRequestArgs,
+};
+use fake_llm::{FakeLlm, PROVIDER_KEY};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// Close to a built-in formatting exemplar, so it is routed, not sent to the fallback model.
+const PROMPT: &str = r#"Reformat this JSON so it is indented: {"id": 7, "tags": ["a", "b"]}"#;
+const CLIENT_KEY: &str = "client-key-for-tests-abcdef123456";
+const PRICES: &str = r#"
+[models."fake-cheap"]
+provider = "fakeco"
+input_per_mtok = 0.10
+output_per_mtok = 0.40
+tier = "cheap"
+source = "test fixture"
+as_of = "2026-11-23"
+
+[models."fake-mid"]
+provider = "fakeco"
+input_per_mtok = 1.00
+output_per_mtok = 4.00
+tier = "mid"
+source = "test fixture"
+as_of = "2026-11-23"
+
+[models."fake-strong"]
+provider = "otherco"
+input_per_mtok = 3.00
+output_per_mtok = 15.00
+tier = "strong"
+source = "test fixture"
+as_of = "2026-11-23"
+"#;
+
+/// A running `serve`; killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    fn openai(&self, key: &str) -> async_openai::Client<OpenAIConfig> {
+        async_openai::Client::with_config(OpenAIConfig::new().with_api_base(self.url("/v1")).with_api_key(key))
+    }
+    fn feedback(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("feedback.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+    /// Waits until the feedback log holds `n` records (it is written by a background thread).
+    async fn feedback_n(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let f = self.feedback();
+            if f.len() >= n || Instant::now() > deadline {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts `serve` with one endpoint per `(price-table name, protocol, provider model id)` on the
+/// fake, and waits for its "listening on" line.
+fn serve(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str]) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let mut providers = String::new();
+    for (name, protocol, id) in models {
+        providers.push_str(&format!(
+            "[models.\"{name}\"]\nprotocol = \"{protocol}\"\nbase_url = \"{}\"\nmodel = \"{id}\"\napi_key_env = \"FAKE_PROVIDER_KEY\"\ntimeout_secs = 1.0\n\n",
+            fake.base_url()
+        ));
+    }
+    std::fs::write(dir.path().join("providers.toml"), providers).unwrap();
+    std::fs::write(dir.path().join("prices.toml"), PRICES).unwrap();
+    std::fs::write(dir.path().join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n")).unwrap();
+    let mut child = Command::new(common::example_bin("serve"))
+        .arg("--providers")
+        .arg(dir.path().join("providers.toml"))
+        .arg("--prices")
+        .arg(dir.path().join("prices.toml"))
+        .arg("--client-keys")
+        .arg(dir.path().join("client-keys"))
+        .arg("--feedback-log")
+        .arg(dir.path().join("feedback.jsonl"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("FAKE_PROVIDER_KEY", PROVIDER_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let log = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+            log.lock().unwrap().push_str(&line);
+            log.lock().unwrap().push('\n');
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("serve did not start:\n{}", stderr.lock().unwrap());
+        }
+    };
+    Serve { child, addr, stderr, dir }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+async fn post(s: &Serve, key: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = http().post(s.url("/v1/chat/completions")).header("content-type", "application/json").body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.expect("the server answers");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (status, headers, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, k: &str) -> &'a str {
+    h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no header {k}"))
+}
+
+const ALL_OK: &[(&str, &str, &str)] =
+    &[("fake-cheap", "openai", "cheap-1"), ("fake-mid", "anthropic", "mid-1"), ("fake-strong", "anthropic", "strong-1")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_whole_and_streamed_on_both_protocols() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &[]);
+    let client = s.openai(CLIENT_KEY);
+    let ask = |model: &str, stream: bool| {
+        let mut b = CreateChatCompletionRequestArgs::default();
+        b.model(model).messages([
+            ChatCompletionRequestSystemMessageArgs::default().content("Answer briefly.").build().unwrap().into(),
+            ChatCompletionRequestUserMessageArgs::default().content(PROMPT).build().unwrap().into(),
+        ]);
+        if stream {
+            b.stream(true).stream_options(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None });
+        }
+        b.build().unwrap()
+    };
+    let expected = format!("echo: {PROMPT}");
+    let words = expected.split(' ').count() as u32;
+
+    // Routed, bar 0: every model clears it, so the cheapest (OpenAI protocol) answers.
+    let r = client.chat().create(ask("auto:0", false)).await.expect("auto:0 answers");
+    assert_eq!(r.model, "fake-cheap");
+    assert_eq!(r.choices[0].message.content.as_deref(), Some(expected.as_str()));
+    let u = r.usage.expect("usage");
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (20, words));
+
+    // Named model on the Anthropic protocol: translated there and back.
+    let r = client.chat().create(ask("fake-strong", false)).await.expect("a named Anthropic model answers");
+    assert_eq!(r.model, "fake-strong");
+    assert_eq!(r.choices[0].message.content.as_deref(), Some(expected.as_str()));
+    let u = r.usage.expect("usage");
+    assert_eq!((u.prompt_tokens, u.completion_tokens), (20, words), "system message counted by the fake's rule");
+    let seen = fake.seen.requests.lock().unwrap().clone();
+    let (path, id, body) = seen.last().unwrap();
+    assert_eq!((path.as_str(), id.as_str()), ("anthropic", "strong-1"));
+    assert_eq!(body["system"], "Answer briefly.");
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+
+    // Streamed, both protocols, through the real client's SSE parser.
+    for model in ["auto:0", "fake-mid"] {
+        let mut stream = client.chat().create_stream(ask(model, true)).await.expect("stream starts");
+        let (mut text, mut usage, mut chunks) = (String::new(), None, 0);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap_or_else(|e| panic!("{model}: {e}"));
+            chunks += 1;
+            if let Some(c) = chunk.choices.first().and_then(|c| c.delta.content.clone()) {
+                text.push_str(&c);
+            }
+            if chunk.usage.is_some() {
+                usage = chunk.usage;
+            }
+        }
+        assert_eq!(text, expected, "{model}");
+        assert!(chunks >= 10, "{model}: {chunks} chunks, expected one per word");
+        let u = usage.unwrap_or_else(|| panic!("{model}: no usage chunk"));
+        assert_eq!(u.completion_tokens, words, "{model}");
+    }
+    // The OpenAI-protocol upstream was asked for usage even though the translation is ours.
+    let seen = fake.seen.requests.lock().unwrap().clone();
+    let streamed_openai = seen.iter().find(|(p, _, b)| p == "openai" && b["stream"] == true).unwrap();
+    assert_eq!(streamed_openai.2["stream_options"]["include_usage"], true);
+
+    // Decision headers and the explanation in the body (plain HTTP, to see headers).
+    let body = json!({"model": "auto:0", "messages": [{"role": "user", "content": PROMPT}]});
+    let (status, h, v) = post(&s, Some(CLIENT_KEY), body.to_string()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-semroute-model"), "fake-cheap");
+    assert_eq!(header(&h, "x-semroute-routed"), "true");
+    let predicted: f64 = header(&h, "x-semroute-predicted-quality").parse().unwrap();
+    assert!((0.0..=1.0).contains(&predicted));
+    let expected_cost: f64 = header(&h, "x-semroute-expected-cost-usd").parse().unwrap();
+    let actual: f64 = header(&h, "x-semroute-actual-cost-usd").parse().unwrap();
+    // 10 input tokens and one output token per word at $0.10 / $0.40 per million.
+    assert!((actual - (10.0 * 0.10 + f64::from(words) * 0.40) / 1e6).abs() < 1e-9, "{actual}");
+    assert!(expected_cost > 0.0);
+    assert_eq!(v["semroute"]["model"], "fake-cheap");
+    assert_eq!(v["semroute"]["quality_bar"], 0.0);
+    assert!(v["semroute"]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+
+    // A streamed request says the same in its headers.
+    let mut sb = body.clone();
+    sb["stream"] = true.into();
+    let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&sb).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["x-semroute-model"], "fake-cheap");
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("\"usage\""), "no usage chunk unless asked for: {text}");
+
+    // /v1/models lists auto and the served models with their prices.
+    let models: Value = http().get(s.url("/v1/models")).bearer_auth(CLIENT_KEY).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["auto", "fake-cheap", "fake-mid", "fake-strong"]);
+    assert_eq!(models["data"][3]["semroute"]["output_per_mtok"], 15.0);
+
+    // Every answer is in the feedback log with its real tokens and cost, and no prompt text.
+    let fb = s.feedback_n(6).await;
+    assert_eq!(fb.len(), 6, "{fb:?}");
+    assert!(fb.iter().all(|r| r["outcome"] == "ok" && r["cost_usd"].as_f64().unwrap() > 0.0 && r["usage_reported"] == true), "{fb:?}");
+    assert!(fb.iter().all(|r| r.get("prompt").is_none()));
+    let strong = fb.iter().find(|r| r["model"] == "fake-strong").unwrap();
+    assert_eq!(strong["routed"], false);
+    assert!((strong["cost_usd"].as_f64().unwrap() - (20.0 * 3.0 + f64::from(words) * 15.0) / 1e6).abs() < 1e-12);
+
+    // Metrics: requests, decisions per model, spend against always-strongest.
+    let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("semroute_requests_total{outcome=\"ok\"} 6"), "{m}");
+    assert!(m.contains("semroute_decisions_total{model=\"fake-cheap\",routed=\"true\"} 4"), "{m}");
+    assert!(m.contains("semroute_request_duration_seconds_bucket"), "{m}");
+    assert!(m.contains("semroute_routing_duration_seconds_count 4"), "{m}");
+    let value = |name: &str| -> f64 {
+        m.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).unwrap().parse().unwrap()
+    };
+    assert!(value("semroute_spent_usd_total") < value("semroute_strongest_usd_total"));
+
+    // Neither key, nor any prompt, is in the server's log.
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(!log.contains(PROVIDER_KEY) && !log.contains(CLIENT_KEY), "{log}");
+    assert!(!log.contains("Reformat this JSON"), "prompt text logged without --log-prompts:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_before_the_first_byte() {
+    let fake = FakeLlm::start().await;
+    let user = |stream: bool| json!({"model": "auto:0", "stream": stream, "messages": [{"role": "user", "content": "Translate 'good morning' into French."}]});
+    for (bad_id, kind) in [("cheap-fail503", "server_error"), ("cheap-fail429", "rate_limited"), ("cheap-slow", "timeout")] {
+        let s = serve(&fake, &[("fake-cheap", "openai", bad_id), ("fake-mid", "anthropic", "mid-1"), ("fake-strong", "openai", "strong-1")], &[]);
+        let (status, h, v) = post(&s, Some(CLIENT_KEY), user(false).to_string()).await;
+        assert_eq!(status, 200, "{bad_id}: {v}");
+        assert_eq!(header(&h, "x-semroute-model"), "fake-mid", "{bad_id}: the next cheapest model that clears the bar");
+        assert_eq!(header(&h, "x-semroute-failover"), format!("fake-cheap:{kind}"));
+        assert_eq!(v["semroute"]["failover"][0]["error"], kind);
+        assert_eq!(v["choices"][0]["message"]["content"], "echo: Translate 'good morning' into French.");
+
+        let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&user(true)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-semroute-failover"], format!("fake-cheap:{kind}").as_str());
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("\"model\":\"fake-mid\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+
+        let fb = s.feedback_n(2).await;
+        assert_eq!(fb.len(), 2);
+        assert!(fb.iter().all(|r| r["failovers"][0]["model"] == "fake-cheap" && r["model"] == "fake-mid"));
+        let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(m.contains(&format!("semroute_upstream_failures_total{{model=\"fake-cheap\",kind=\"{kind}\"}} 2")), "{m}");
+        assert!(m.contains("semroute_failovers_total 2"), "{m}");
+    }
+
+    // Every model failing is a 502 naming each failure; a named model does not fail over.
+    let s = serve(&fake, &[("fake-cheap", "openai", "a-fail503"), ("fake-mid", "anthropic", "b-fail503")], &[]);
+    let (status, _, v) = post(&s, Some(CLIENT_KEY), user(false).to_string()).await;
+    assert_eq!(status, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("fake-cheap: server_error") && msg.contains("fake-mid: server_error"), "{msg}");
+    let (status, _, v) = post(&s, Some(CLIENT_KEY), json!({"model": "fake-cheap", "messages": [{"role": "user", "content": "hi"}]}).to_string()).await;
+    assert_eq!(status, 502, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pass_through_without_buffering_and_report_breaks() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, &[("fake-cheap", "openai", "cheap-drip"), ("fake-mid", "anthropic", "mid-drip"), ("fake-strong", "anthropic", "strong-midfail")], &[]);
+    for model in ["fake-cheap", "fake-mid"] {
+        let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "one two three four five six"}]});
+        let started = Instant::now();
+        let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+        let mut bytes = resp.bytes_stream();
+        let mut arrivals = Vec::new();
+        let mut text = String::new();
+        while let Some(b) = bytes.next().await {
+            let b = b.unwrap();
+            text.push_str(std::str::from_utf8(&b).unwrap());
+            arrivals.push(started.elapsed());
+        }
+        // The fake waits 300 ms between its 9 or so events: the first bytes arrive long before the last.
+        let (first, last) = (arrivals[0], *arrivals.last().unwrap());
+        assert!(last >= Duration::from_millis(1500), "{model}: the whole answer took {last:?}");
+        assert!(first + Duration::from_millis(1000) < last, "{model}: first bytes at {first:?}, last at {last:?}: buffered");
+        assert!(arrivals.len() >= 5, "{model}: {} reads", arrivals.len());
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+    // A break after the first chunk cannot fail over: the client gets an error event, no [DONE].
+    let body = json!({"model": "fake-strong", "stream": true, "messages": [{"role": "user", "content": "one two three"}]});
+    let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"error\"") && text.contains("overloaded_error") && !text.contains("[DONE]"), "{text}");
+    let fb = s.feedback_n(3).await;
+    assert_eq!(fb.iter().filter(|r| r["outcome"] == "ok").count(), 2, "{fb:?}");
+    let broken = fb.iter().find(|r| r["model"] == "fake-strong").unwrap();
+    assert_eq!(broken["outcome"], "upstream_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &["--max-body-bytes", "65536", "--log-prompts"]);
+    let ok = json!({"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+
+    let cases: Vec<(Option<&str>, String, u16, &str)> = vec![
+        (None, ok.to_string(), 401, "invalid_api_key"),
+        (Some("client-key-that-is-wrong-00000"), ok.to_string(), 401, "invalid_api_key"),
+        (Some(CLIENT_KEY), "{\"model\": \"auto\", \"messages\": [".into(), 400, "invalid_json"),
+        (Some(CLIENT_KEY), json!({"model": "auto"}).to_string(), 400, "invalid_request"),
+        (Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": 5}]}).to_string(), 400, "invalid_request"),
+        (Some(CLIENT_KEY), json!({"messages": [{"role": "user", "content": "hi"}]}).to_string(), 400, "missing_model"),
+        (Some(CLIENT_KEY), json!({"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}).to_string(), 404, "model_not_found"),
+        (Some(CLIENT_KEY), json!({"model": "auto:1.5", "messages": [{"role": "user", "content": "hi"}]}).to_string(), 400, "invalid_model"),
+        (Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": "   "}]}).to_string(), 400, "invalid_request"),
+        (Some(CLIENT_KEY), json!({"model": "fake-mid", "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "hi"}]}).to_string(), 400, "unsupported_for_model"),
+        (Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": "x".repeat(70_000)}]}).to_string(), 413, "request_too_large"),
+    ];
+    for (key, body, want_status, want_code) in cases {
+        let started = Instant::now();
+        let (status, _, v) = post(&s, key, body.clone()).await;
+        assert_eq!((status, v["error"]["code"].as_str().unwrap_or("")), (want_status, want_code), "{}: {v}", &body[..body.len().min(80)]);
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(started.elapsed() < Duration::from_secs(5), "a bad request must not hang");
+    }
+    // /v1/models needs a key too.
+    assert_eq!(http().get(s.url("/v1/models")).send().await.unwrap().status(), 401);
+    // The server survived all of that and still answers; with --log-prompts the prompt is logged.
+    let (status, _, _) = post(&s, Some(CLIENT_KEY), ok.to_string()).await;
+    assert_eq!(status, 200);
+    assert!(s.stderr.lock().unwrap().contains("capital of France"));
+    let fb = s.feedback_n(1).await;
+    assert_eq!(fb[0]["prompt"], "What is the capital of France?");
+    let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("semroute_requests_total{outcome=\"unauthorized\"} 2"), "{m}");
+}
+
+#[test]
+fn refuses_to_start_without_client_keys_or_provider_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(&providers, "[models.\"fake-cheap\"]\nprotocol = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\napi_key_env = \"SEMROUTE_TEST_UNSET_KEY\"\n").unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, PRICES).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(common::example_bin("serve"))
+            .arg("--providers")
+            .arg(&providers)
+            .arg("--prices")
+            .arg(&prices)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("SEMROUTE_TEST_UNSET_KEY")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(run(&[]).contains("--client-keys"));
+    let short: PathBuf = dir.path().join("keys");
+    std::fs::write(&short, "# comment\n\nshort\n").unwrap();
+    let e = run(&["--client-keys", short.to_str().unwrap()]);
+    assert!(e.contains("keys:3") && e.contains("at least 16"), "{e}");
+    let e = run(&["--no-auth"]);
+    assert!(e.contains("SEMROUTE_TEST_UNSET_KEY"), "{e}");
+}
