@@ -160,11 +160,7 @@ impl ChatRequest {
 
     /// The text of the last user message (what a router routes on).
     pub fn last_user_text(&self) -> Option<String> {
-        self.messages()
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(|m| content_text(m.get("content")))
+        self.messages().iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")).map(|m| content_text(m.get("content")))
     }
 
     fn messages(&self) -> &[Value] {
@@ -196,7 +192,9 @@ impl ChatRequest {
     pub fn to_anthropic(&self, model: &str, default_max_tokens: u64) -> Result<Value> {
         for key in ["tools", "tool_choice", "functions", "response_format", "n", "logprobs"] {
             if self.body.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(invalid(format!("field `{key}` is not translated to Anthropic endpoints (yet); name an OpenAI-protocol model instead")));
+                return Err(invalid(format!(
+                    "field `{key}` is not translated to Anthropic endpoints (yet); name an OpenAI-protocol model instead"
+                )));
             }
         }
         let mut system = Vec::new();
@@ -463,7 +461,8 @@ mod tests {
         assert_eq!(o["max_completion_tokens"], 77);
         assert!(o.get("max_tokens").is_none());
 
-        let tools = ChatRequest::from_json(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})).unwrap();
+        let tools =
+            ChatRequest::from_json(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})).unwrap();
         assert!(tools.to_anthropic("m", 10).unwrap_err().to_string().contains("`tools`"));
     }
 

@@ -225,8 +225,8 @@ impl FastEmbedder {
         if let Some(t) = options.threads {
             init = init.with_intra_threads(t);
         }
-        let model = TextEmbedding::try_new_from_user_defined(model, init)
-            .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
+        let model =
+            TextEmbedding::try_new_from_user_defined(model, init).map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(FastEmbedder {
             model: Mutex::new(model),

@@ -89,8 +89,9 @@ pub enum Error {
         message: String,
     },
 
-    /// A grading journal holds a damaged line before its end (a torn last line is recovered).
-    #[error("{at}: damaged grading journal line: {message}")]
+    /// A journal (grading calls, feedback) holds a damaged line before its end (a torn last line
+    /// is recovered).
+    #[error("{at}: damaged journal line: {message}")]
     Journal {
         /// File and line.
         at: Location,

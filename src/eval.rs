@@ -80,7 +80,14 @@ impl TryFrom<RawRecord> for Record {
             (None, None) => return Err("missing field `scores` (or a measured exemplar's `results`)".into()),
         };
         output_tokens.retain(|m, _| scores.contains_key(m));
-        Ok(Record { id: r.id, task: r.task.or(r.category).unwrap_or_default(), prompt: r.prompt, scores, responses: r.responses, output_tokens })
+        Ok(Record {
+            id: r.id,
+            task: r.task.or(r.category).unwrap_or_default(),
+            prompt: r.prompt,
+            scores,
+            responses: r.responses,
+            output_tokens,
+        })
     }
 }
 
@@ -292,10 +299,8 @@ pub fn aiq(points: &[(f64, f64)], c_min: f64, c_max: f64) -> f64 {
         }
     };
     // Integrate piecewise-linearly between the range's ends and every hull vertex inside it.
-    let mut xs: Vec<f64> = std::iter::once(c_min)
-        .chain(hull.iter().map(|p| p.0).filter(|&c| c > c_min && c < c_max))
-        .chain(std::iter::once(c_max))
-        .collect();
+    let mut xs: Vec<f64> =
+        std::iter::once(c_min).chain(hull.iter().map(|p| p.0).filter(|&c| c > c_min && c < c_max)).chain(std::iter::once(c_max)).collect();
     xs.dedup();
     let mut area = 0.0;
     for w in xs.windows(2) {

@@ -132,11 +132,7 @@ impl Exemplar {
     }
 
     fn from_line(text: &str, at: &Location) -> Result<Self> {
-        let err = |field: Option<&str>, message: String| Error::Exemplar {
-            at: at.clone(),
-            field: field.map(str::to_string),
-            message,
-        };
+        let err = |field: Option<&str>, message: String| Error::Exemplar { at: at.clone(), field: field.map(str::to_string), message };
         let raw: ExemplarLine = serde_json::from_str(text).map_err(|e| {
             // serde names the field in its message ("missing field `prompt`"); pull it out too.
             let msg = e.to_string();
@@ -151,22 +147,15 @@ impl Exemplar {
             }
         }
         let grade = match (raw.results, raw.label) {
-            (Some(_), Some(_)) => {
-                return Err(err(None, "has both `results` (measured) and `label` (hand-labelled); keep one".into()))
-            }
-            (None, None) => {
-                return Err(err(None, "has neither `results` (measured) nor `label` (hand-labelled)".into()))
-            }
+            (Some(_), Some(_)) => return Err(err(None, "has both `results` (measured) and `label` (hand-labelled); keep one".into())),
+            (None, None) => return Err(err(None, "has neither `results` (measured) nor `label` (hand-labelled)".into())),
             (Some(results), None) => {
                 if results.is_empty() {
                     return Err(err(Some("results"), "lists no model".into()));
                 }
                 for (model, r) in &results {
                     if !(r.quality.is_finite() && (0.0..=1.0).contains(&r.quality)) {
-                        return Err(err(
-                            Some(&format!("results.{model}.quality")),
-                            format!("must be within [0, 1], got {}", r.quality),
-                        ));
+                        return Err(err(Some(&format!("results.{model}.quality")), format!("must be within [0, 1], got {}", r.quality)));
                     }
                 }
                 Grade::Measured { results }
@@ -190,11 +179,12 @@ impl Exemplar {
     }
 }
 
-/// A validated collection of exemplars with unique ids. Cheap to clone (shared).
+/// A validated collection of exemplars with unique ids. Cheap to clone (shared), and cheap to
+/// extend ([`with_added`](ExemplarSet::with_added) shares the exemplars it already holds).
 #[derive(Debug, Clone)]
 pub struct ExemplarSet {
-    items: Arc<Vec<Exemplar>>,
-    origins: Arc<Vec<Location>>,
+    items: Arc<Vec<Arc<Exemplar>>>,
+    origins: Arc<Vec<Arc<Location>>>,
 }
 
 /// The starter exemplar files compiled into the crate.
@@ -276,9 +266,55 @@ impl ExemplarSet {
                     });
                 }
                 seen.insert(ex.id.clone(), items.len());
-                items.push(ex);
-                origins.push(at);
+                items.push(Arc::new(ex));
+                origins.push(Arc::new(at));
             }
+        }
+        Ok(ExemplarSet { items: Arc::new(items), origins: Arc::new(origins) })
+    }
+
+    /// This set followed by `more` (new positions follow the old ones, which do not move); `origin`
+    /// names where they came from in errors. An id already present, or repeated in `more`, is an
+    /// error and nothing is added.
+    ///
+    /// ```
+    /// use semroute::exemplar::ExemplarSet;
+    ///
+    /// let line = |id: &str| format!(r#"{{"id":"{id}","prompt":"p {id}","category":"c","language":"en","label":{{"tier":"cheap","reason":"r","output_tokens":9}}}}"#);
+    /// let set = ExemplarSet::from_jsonl_str(&line("a"), "a.jsonl")?;
+    /// let more = ExemplarSet::from_jsonl_str(&line("b"), "b.jsonl")?;
+    /// let both = set.with_added(more.iter().cloned().collect(), "feedback")?;
+    /// assert_eq!(both.len(), 2);
+    /// assert!(both.with_added(vec![both.get(0).clone()], "again").is_err());
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn with_added(&self, more: Vec<Exemplar>, origin: impl AsRef<Path>) -> Result<Self> {
+        let origin = origin.as_ref();
+        let mut new_ids: HashMap<&str, usize> = HashMap::new();
+        for (i, ex) in more.iter().enumerate() {
+            if let Some(first) = new_ids.insert(ex.id.as_str(), i) {
+                return Err(Error::Exemplar {
+                    at: Location::line(origin, i + 1),
+                    field: Some("id".into()),
+                    message: format!("duplicate id {:?} (first at item {})", ex.id, first + 1),
+                });
+            }
+        }
+        if let Some((old, at)) = self.items.iter().zip(self.origins.iter()).find(|(e, _)| new_ids.contains_key(e.id.as_str())) {
+            let i = new_ids[old.id.as_str()];
+            return Err(Error::Exemplar {
+                at: Location::line(origin, i + 1),
+                field: Some("id".into()),
+                message: format!("duplicate id {:?} (already at {at})", old.id),
+            });
+        }
+        let mut items = Vec::with_capacity(self.items.len() + more.len());
+        items.extend(self.items.iter().cloned());
+        let mut origins = Vec::with_capacity(items.capacity());
+        origins.extend(self.origins.iter().cloned());
+        for (i, ex) in more.into_iter().enumerate() {
+            items.push(Arc::new(ex));
+            origins.push(Arc::new(Location::line(origin, i + 1)));
         }
         Ok(ExemplarSet { items: Arc::new(items), origins: Arc::new(origins) })
     }
@@ -289,7 +325,7 @@ impl ExemplarSet {
             if let Grade::Measured { results } = &ex.grade {
                 if let Some(model) = results.keys().find(|m| prices.get(m).is_none()) {
                     return Err(Error::Exemplar {
-                        at: at.clone(),
+                        at: (**at).clone(),
                         field: Some(format!("results.{model}")),
                         message: format!(
                             "model `{model}` is not in the price table (it lists: {})",
@@ -324,7 +360,7 @@ impl ExemplarSet {
 
     /// All exemplars in order.
     pub fn iter(&self) -> impl Iterator<Item = &Exemplar> {
-        self.items.iter()
+        self.items.iter().map(|e| &**e)
     }
 
     /// A SHA-256 over ids and prompts: the key of cached embeddings (grades do not affect them).

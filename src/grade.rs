@@ -20,8 +20,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -215,92 +214,12 @@ pub struct CallRecord {
     pub error: Option<String>,
 }
 
-/// The append-only record of finished calls. One JSON line per call, written whole and synced
-/// to disk before the next; reopening it recovers from a torn last line.
-#[derive(Debug)]
-pub struct Journal {
-    path: PathBuf,
-    file: File,
-}
+/// The append-only record of finished calls: one JSON line per call, written whole and synced
+/// to disk before the next; reopening it recovers from a torn last line (see [`crate::journal`]).
+pub type Journal = crate::journal::Journal<CallRecord>;
 
 /// What [`Journal::open`] found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Recovered {
-    /// The calls already recorded.
-    pub records: Vec<CallRecord>,
-    /// Bytes of a torn last line that were cut (0 = none); that call is redone.
-    pub torn_bytes: u64,
-}
-
-impl Journal {
-    /// Opens (or creates) the journal at `path`, reads what it holds, and cuts a torn last line.
-    /// A damaged line that is not the last is an error naming it: nothing is dropped silently.
-    pub fn open(path: impl AsRef<Path>) -> Result<(Journal, Recovered)> {
-        let path = path.as_ref().to_path_buf();
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
-        let mut records = Vec::new();
-        let mut good_end = 0usize;
-        let mut torn_bytes = 0u64;
-        let mut start = 0usize;
-        let mut line_no = 0usize;
-        while start < bytes.len() {
-            line_no += 1;
-            let (end, complete) = match bytes[start..].iter().position(|&b| b == b'\n') {
-                Some(i) => (start + i, true),
-                None => (bytes.len(), false),
-            };
-            let line = &bytes[start..end];
-            if complete && line.iter().all(u8::is_ascii_whitespace) {
-                good_end = end + 1;
-                start = end + 1;
-                continue;
-            }
-            let parsed = std::str::from_utf8(line)
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str::<CallRecord>(t).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(r) if complete => {
-                    records.push(r);
-                    good_end = end + 1;
-                }
-                // The last line, unfinished or unreadable: a write cut short. Redo that call.
-                _ if end + 1 >= bytes.len() => {
-                    torn_bytes = (bytes.len() - good_end) as u64;
-                    break;
-                }
-                Err(e) => {
-                    return Err(Error::Journal {
-                        at: Location::line(&path, line_no),
-                        message: format!("{e}; fix or remove it by hand (nothing was changed)"),
-                    })
-                }
-                Ok(_) => unreachable!("an unfinished line is the last one"),
-            }
-            start = end + 1;
-        }
-        if torn_bytes > 0 {
-            file.set_len(good_end as u64).map_err(|e| Error::io(&path, e))?;
-            file.sync_all().map_err(|e| Error::io(&path, e))?;
-        }
-        file.seek(SeekFrom::End(0)).map_err(|e| Error::io(&path, e))?;
-        Ok((Journal { path, file }, Recovered { records, torn_bytes }))
-    }
-
-    /// Appends one record as a single write and syncs it to disk.
-    pub fn append(&mut self, record: &CallRecord) -> Result<()> {
-        let mut line = serde_json::to_string(record).expect("a record always serialises");
-        line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
-    }
-
-    /// The journal's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
+pub type Recovered = crate::journal::Recovered<CallRecord>;
 
 /// The journal beside an output file: `<out>.calls.jsonl`.
 pub fn journal_path(out: &Path) -> PathBuf {
@@ -414,7 +333,13 @@ impl Grader {
     /// Grades every pair not already in `journal`, appending each record as it completes and
     /// handing it to `progress`. Keys are read from the environment first: a missing one stops
     /// the run before any call.
-    pub async fn run(&self, tasks: &[Task], journal: &mut Journal, done: &[CallRecord], mut progress: impl FnMut(&CallRecord)) -> Result<()> {
+    pub async fn run(
+        &self,
+        tasks: &[Task],
+        journal: &mut Journal,
+        done: &[CallRecord],
+        mut progress: impl FnMut(&CallRecord),
+    ) -> Result<()> {
         self.check(tasks)?;
         let mut keys: HashMap<String, ApiKey> = HashMap::new();
         for m in self.models.iter().chain(&self.judge) {
@@ -512,7 +437,8 @@ impl Grader {
                         }
                         None => {
                             rec.error_kind = Some("judge_unparsable".into());
-                            rec.error = Some(format!("the judge gave no [[1-10]] rating: {:?}", j.text.chars().take(200).collect::<String>()));
+                            rec.error =
+                                Some(format!("the judge gave no [[1-10]] rating: {:?}", j.text.chars().take(200).collect::<String>()));
                         }
                     }
                 }

@@ -21,6 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
@@ -172,10 +173,17 @@ impl HnswIndex {
         }
         if vectors.is_empty() {
             // hnsw_rs cannot iterate an empty graph (it unwraps a missing entry point).
-            return Ok(HnswIndex { dim, vectors: Vec::new(), offsets: vec![0], layer0: Vec::new(), upper: Vec::new(), entry: 0, ef_search: ef_search.max(1) });
+            return Ok(HnswIndex {
+                dim,
+                vectors: Vec::new(),
+                offsets: vec![0],
+                layer0: Vec::new(),
+                upper: Vec::new(),
+                entry: 0,
+                ef_search: ef_search.max(1),
+            });
         }
-        let graph: Hnsw<'static, f32, UnitCosine> =
-            Hnsw::new(links, vectors.len().max(1), 16, ef_construction.max(links), UnitCosine);
+        let graph: Hnsw<'static, f32, UnitCosine> = Hnsw::new(links, vectors.len().max(1), 16, ef_construction.max(links), UnitCosine);
         let data: Vec<(&Vec<f32>, usize)> = vectors.iter().zip(0..).collect();
         if data.len() >= 1000 {
             graph.parallel_insert(&data);
@@ -195,11 +203,7 @@ impl HnswIndex {
             if level >= entry.1 {
                 entry = (id as u32, level);
             }
-            lists[id] = point
-                .get_neighborhood_id()
-                .into_iter()
-                .map(|layer| layer.into_iter().map(|nb| nb.d_id as u32).collect())
-                .collect();
+            lists[id] = point.get_neighborhood_id().into_iter().map(|layer| layer.into_iter().map(|nb| nb.d_id as u32).collect()).collect();
         }
         let mut offsets = Vec::with_capacity(n + 1);
         let mut layer0 = Vec::new();
@@ -304,12 +308,8 @@ impl NeighbourIndex for HnswIndex {
                 }
             }
         }
-        let mut hits: Vec<Hit> = best
-            .into_sorted_vec()
-            .into_iter()
-            .take(k)
-            .map(|s| Hit { position: s.1 as usize, similarity: 1.0 - s.0 })
-            .collect();
+        let mut hits: Vec<Hit> =
+            best.into_sorted_vec().into_iter().take(k).map(|s| Hit { position: s.1 as usize, similarity: 1.0 - s.0 }).collect();
         hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position)));
         hits
     }
@@ -335,12 +335,7 @@ impl ExactIndex {
 
 impl NeighbourIndex for ExactIndex {
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
-        let mut hits: Vec<Hit> = self
-            .vectors
-            .iter()
-            .enumerate()
-            .map(|(position, v)| Hit { position, similarity: dot(query, v) })
-            .collect();
+        let mut hits: Vec<Hit> = self.vectors.iter().enumerate().map(|(position, v)| Hit { position, similarity: dot(query, v) }).collect();
         let k = k.min(hits.len());
         if k == 0 {
             return Vec::new();
@@ -353,6 +348,245 @@ impl NeighbourIndex for ExactIndex {
 
     fn len(&self) -> usize {
         self.vectors.len()
+    }
+}
+
+const GRAPH_MAGIC: &[u8; 8] = b"SRHNSW1\n";
+
+/// What a saved graph says it is (JSON, after the magic).
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+struct GraphHeader {
+    model_id: String,
+    content_hash: String,
+    dim: usize,
+    count: usize,
+    entry: u32,
+    ef_search: usize,
+    layer0_links: usize,
+    upper_layers: usize,
+}
+
+fn put_u32s(out: &mut Vec<u8>, xs: &[u32]) {
+    for x in xs {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// Reads little-endian values off a byte slice, failing (not panicking) past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> std::result::Result<&[u8], String> {
+        if self.0.len() < n {
+            return Err("the file ends early".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn u32s(&mut self, n: usize) -> std::result::Result<Vec<u32>, String> {
+        let bytes = self.take(n.checked_mul(4).ok_or("a count overflows")?)?;
+        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+    fn f32s(&mut self, n: usize) -> std::result::Result<Vec<f32>, String> {
+        let bytes = self.take(n.checked_mul(4).ok_or("a count overflows")?)?;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}
+
+impl HnswIndex {
+    /// Writes the graph and its vectors to `path` (atomically: a temp file, then a rename),
+    /// labelled with the embedding model and the exemplars' content hash it was built for, and
+    /// checksummed, so [`load`](HnswIndex::load) can refuse a file that does not match or is
+    /// damaged.
+    pub fn save(&self, path: &Path, model_id: &str, content_hash: &str) -> Result<()> {
+        let header = GraphHeader {
+            model_id: model_id.into(),
+            content_hash: content_hash.into(),
+            dim: self.dim,
+            count: self.len(),
+            entry: self.entry,
+            ef_search: self.ef_search,
+            layer0_links: self.layer0.len(),
+            upper_layers: self.upper.len(),
+        };
+        let header = serde_json::to_vec(&header).expect("a header serialises");
+        let mut out = Vec::with_capacity(64 + header.len() + 4 * (self.vectors.len() + self.offsets.len() + self.layer0.len()));
+        out.extend_from_slice(GRAPH_MAGIC);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        for x in &self.vectors {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        put_u32s(&mut out, &self.offsets);
+        put_u32s(&mut out, &self.layer0);
+        for layer in &self.upper {
+            // Sorted, so the same graph always writes the same bytes.
+            let mut nodes: Vec<(&u32, &Vec<u32>)> = layer.iter().collect();
+            nodes.sort_by_key(|(id, _)| **id);
+            out.extend_from_slice(&(nodes.len() as u64).to_le_bytes());
+            for (id, list) in nodes {
+                put_u32s(&mut out, &[*id, list.len() as u32]);
+                put_u32s(&mut out, list);
+            }
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+
+    /// Reads a graph saved by [`save`](HnswIndex::save). It must have been built by `model_id`
+    /// over exemplars of `content_hash` with `count` vectors of `dim`; a file for another model,
+    /// other exemplars or another dimension, a truncated or damaged file (checksum), or one
+    /// whose links point outside it is an [`Error::Index`] that says which: never a graph that
+    /// would answer wrongly.
+    pub fn load(path: &Path, model_id: &str, content_hash: &str, count: usize, dim: usize) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |m: String| Error::Index(format!("{}: {m}", path.display()));
+        if bytes.len() < GRAPH_MAGIC.len() + 12 || &bytes[..8] != GRAPH_MAGIC {
+            return Err(bad("not a semroute graph file".into()));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(bad("checksum mismatch: the file is damaged or was cut short".into()));
+        }
+        let mut r = Reader(&body[8..]);
+        let parsed = (|| -> std::result::Result<Self, String> {
+            let hlen = r.u64()? as usize;
+            let h: GraphHeader = serde_json::from_slice(r.take(hlen)?).map_err(|e| format!("bad header: {e}"))?;
+            if h.model_id != model_id {
+                return Err(format!("built with embedding model {:?}, not {model_id:?}", h.model_id));
+            }
+            if h.dim != dim {
+                return Err(format!("holds {}-dimensional vectors, the model makes {dim}", h.dim));
+            }
+            if h.content_hash != content_hash || h.count != count {
+                return Err(format!(
+                    "built for other exemplars ({} vectors, content {})",
+                    h.count,
+                    &h.content_hash[..h.content_hash.len().min(12)]
+                ));
+            }
+            let vectors = r.f32s(h.count.checked_mul(h.dim).ok_or("a count overflows")?)?;
+            if vectors.iter().any(|x| !x.is_finite()) {
+                return Err("holds a non-finite vector component".into());
+            }
+            let offsets = r.u32s(h.count + 1)?;
+            if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().map(|&l| l as usize) != Some(h.layer0_links) {
+                return Err("layer-0 offsets are inconsistent".into());
+            }
+            let layer0 = r.u32s(h.layer0_links)?;
+            let valid = |id: u32| (id as usize) < h.count;
+            if !layer0.iter().all(|&id| valid(id)) || (h.count > 0 && !valid(h.entry)) {
+                return Err("a link points outside the graph".into());
+            }
+            let mut upper = Vec::with_capacity(h.upper_layers);
+            for _ in 0..h.upper_layers {
+                let nodes = r.u64()? as usize;
+                let mut layer = HashMap::with_capacity(nodes.min(h.count));
+                for _ in 0..nodes {
+                    let head = r.u32s(2)?;
+                    let list = r.u32s(head[1] as usize)?;
+                    if !valid(head[0]) || !list.iter().all(|&id| valid(id)) {
+                        return Err("a link points outside the graph".into());
+                    }
+                    layer.insert(head[0], list);
+                }
+                upper.push(layer);
+            }
+            if !r.0.is_empty() {
+                return Err("unexpected bytes after the graph".into());
+            }
+            Ok(HnswIndex { dim: h.dim, vectors, offsets, layer0, upper, entry: h.entry, ef_search: h.ef_search.max(1) })
+        })();
+        parsed.map_err(bad)
+    }
+
+    /// The vectors, in position order.
+    pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
+        self.vectors.chunks_exact(self.dim.max(1))
+    }
+}
+
+/// The index a live router searches: an HNSW graph over the vectors it was built with, plus an
+/// exact scan over vectors added since (positions continue after the graph's). Adding is cheap
+/// and visible at once; [`needs_rebuild`](LiveIndex::needs_rebuild) says when the scanned part has
+/// grown enough that a new graph over everything pays.
+#[derive(Debug, Clone)]
+pub struct LiveIndex {
+    base: Arc<HnswIndex>,
+    fresh: Arc<Vec<Vec<f32>>>,
+}
+
+impl LiveIndex {
+    /// A live index over `base`, nothing added yet.
+    pub fn new(base: HnswIndex) -> Self {
+        LiveIndex { base: Arc::new(base), fresh: Arc::new(Vec::new()) }
+    }
+
+    /// This index plus `vectors` (at positions `len()..`); the graph is shared, not copied.
+    pub fn with_added(&self, vectors: Vec<Vec<f32>>) -> Result<Self> {
+        let dim = check_vectors(&vectors)?;
+        let held = if self.base.len() > 0 { Some(self.base.dim) } else { self.fresh.first().map(Vec::len) };
+        if let Some(held) = held.filter(|&d| !vectors.is_empty() && d != dim) {
+            return Err(Error::Index(format!("added vectors have dimension {dim}, the index holds {held}")));
+        }
+        let mut fresh = Vec::with_capacity(self.fresh.len() + vectors.len());
+        fresh.extend(self.fresh.iter().cloned());
+        fresh.extend(vectors);
+        Ok(LiveIndex { base: self.base.clone(), fresh: Arc::new(fresh) })
+    }
+
+    /// Vectors searched by scanning (added since the graph was built).
+    pub fn scanned(&self) -> usize {
+        self.fresh.len()
+    }
+
+    /// Whether the scanned part is over an eighth of the graph (and over 256 vectors): then a
+    /// scan costs more than a graph search, and [`rebuilt`](LiveIndex::rebuilt) is worth its time.
+    pub fn needs_rebuild(&self) -> bool {
+        self.fresh.len() > 256.max(self.base.len() / 8)
+    }
+
+    /// A new graph over every vector (slow: run it off the routing path).
+    pub fn rebuilt(&self) -> Result<Self> {
+        let mut all: Vec<Vec<f32>> = (0..self.base.len() as u32).map(|i| self.base.vector(i).to_vec()).collect();
+        all.extend(self.fresh.iter().cloned());
+        Ok(LiveIndex::new(HnswIndex::build(&all)?))
+    }
+}
+
+impl NeighbourIndex for LiveIndex {
+    fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        let mut hits = self.base.search(query, k);
+        if self.fresh.is_empty() {
+            return hits;
+        }
+        let offset = self.base.len();
+        hits.extend(self.fresh.iter().enumerate().map(|(i, v)| Hit { position: offset + i, similarity: dot(query, v) }));
+        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position)));
+        hits.truncate(k);
+        hits
+    }
+
+    fn len(&self) -> usize {
+        self.base.len() + self.fresh.len()
     }
 }
 
@@ -375,6 +609,11 @@ impl VectorCache {
     fn path(&self, model_id: &str, content_hash: &str) -> PathBuf {
         let safe: String = model_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
         self.dir.join(format!("{safe}-{}.vec", &content_hash[..content_hash.len().min(32)]))
+    }
+
+    /// Where the saved index graph for this key lives (see [`HnswIndex::save`]).
+    pub fn graph_path(&self, model_id: &str, content_hash: &str) -> PathBuf {
+        self.path(model_id, content_hash).with_extension("hnsw")
     }
 
     /// The cached vectors, if a valid file for this key holds exactly `count` vectors of `dim`.
@@ -474,5 +713,68 @@ mod tests {
         assert!(HnswIndex::build(&[vec![1.0, 0.0], vec![1.0]]).is_err());
         assert!(HnswIndex::build(&[vec![f32::NAN, 0.0]]).is_err());
         assert_eq!(HnswIndex::build(&[]).unwrap().search(&[1.0], 3), vec![]);
+    }
+
+    #[test]
+    fn a_saved_graph_loads_back_and_a_wrong_or_damaged_one_is_refused() {
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let vectors: Vec<Vec<f32>> = (0..600)
+            .map(|_| {
+                let v: Vec<f32> = (0..24).map(|_| next()).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / n).collect()
+            })
+            .collect();
+        let graph = HnswIndex::build(&vectors).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.hnsw");
+        graph.save(&path, "model-a", "hash-1").unwrap();
+        let back = HnswIndex::load(&path, "model-a", "hash-1", 600, 24).unwrap();
+        for q in vectors.iter().step_by(37) {
+            assert_eq!(back.search(q, 8), graph.search(q, 8));
+        }
+        assert!(back.vectors().zip(&vectors).all(|(a, b)| a == b.as_slice()));
+        for (model, hash, n, dim, want) in [
+            ("model-b", "hash-1", 600, 24, "embedding model"),
+            ("model-a", "hash-2", 600, 24, "other exemplars"),
+            ("model-a", "hash-1", 601, 24, "other exemplars"),
+            ("model-a", "hash-1", 600, 32, "dimensional"),
+        ] {
+            let e = HnswIndex::load(&path, model, hash, n, dim).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("g.hnsw"), "{e}");
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(HnswIndex::load(&path, "model-a", "hash-1", 600, 24).unwrap_err().to_string().contains("checksum"));
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        assert!(HnswIndex::load(&path, "model-a", "hash-1", 600, 24).is_err());
+        std::fs::write(&path, b"SRVEC01\nnot a graph at all").unwrap();
+        assert!(HnswIndex::load(&path, "model-a", "hash-1", 600, 24).unwrap_err().to_string().contains("not a semroute graph"));
+    }
+
+    #[test]
+    fn a_live_index_finds_added_vectors_and_rebuilds_the_same_answers() {
+        let unit = |i: usize| {
+            let mut v = vec![0.0f32; 8];
+            v[i % 8] = 1.0;
+            v[(i / 8) % 8] += 0.5;
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let live = LiveIndex::new(HnswIndex::build(&(0..10).map(unit).collect::<Vec<_>>()).unwrap());
+        let live = live.with_added((10..64).map(unit).collect()).unwrap();
+        assert_eq!((live.len(), live.scanned()), (64, 54));
+        let hit = live.search(&unit(42), 1)[0];
+        assert_eq!(unit(hit.position), unit(42));
+        let rebuilt = live.rebuilt().unwrap();
+        assert_eq!(rebuilt.scanned(), 0);
+        assert_eq!(unit(rebuilt.search(&unit(42), 1)[0].position), unit(42));
+        assert!(live.with_added(vec![vec![1.0; 3]]).unwrap_err().to_string().contains("dimension 3"));
     }
 }

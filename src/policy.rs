@@ -157,8 +157,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
             let cost = price.cost_usd(input_tokens, out);
             let mut excluded = constraints.rule_out(model, price);
             if let Some(window) = price.context_window.filter(|w| excluded.is_none() && input_tokens.saturating_add(out) > *w) {
-                excluded =
-                    Some(format!("prompt ({input_tokens} tokens) + answer ({out}) exceed its context window of {window}"));
+                excluded = Some(format!("prompt ({input_tokens} tokens) + answer ({out}) exceed its context window of {window}"));
             }
             if excluded.is_none() {
                 if let Some(max) = constraints.max_cost_usd.filter(|max| cost > *max) {

@@ -154,13 +154,7 @@ pub fn predict(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceTable, tempe
 }
 
 /// [`predict`], with each model's quality shrunk towards its overall mean (see [`Prior`]).
-pub fn predict_with_prior(
-    exemplars: &ExemplarSet,
-    hits: &[Hit],
-    prices: &PriceTable,
-    temperature: f64,
-    prior: &Prior,
-) -> Predictions {
+pub fn predict_with_prior(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceTable, temperature: f64, prior: &Prior) -> Predictions {
     let weights = neighbour_weights(hits, temperature);
     // model -> (sum w*q, sum w*tokens, sum w, sum w²)
     let mut acc: BTreeMap<&str, (f64, f64, f64, f64)> = BTreeMap::new();

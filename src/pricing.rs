@@ -97,8 +97,7 @@ fn yes() -> bool {
 impl ModelPrice {
     /// Expected USD for `input_tokens` in and `output_tokens` out, at list (uncached) prices.
     pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok)
-            / 1_000_000.0
+        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok) / 1_000_000.0
     }
 }
 
@@ -124,8 +123,11 @@ impl PriceTable {
     /// Parses and validates a price table; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
         let origin = origin.as_ref();
-        let entries = crate::models_toml::parse::<ModelPrice>(text, origin)
-            .map_err(|e| Error::Pricing { at: e.at, model: e.model, message: e.message })?;
+        let entries = crate::models_toml::parse::<ModelPrice>(text, origin).map_err(|e| Error::Pricing {
+            at: e.at,
+            model: e.model,
+            message: e.message,
+        })?;
         let mut models = BTreeMap::new();
         for (name, price, at) in entries {
             let bad = |message: String| Error::Pricing { at: at.clone(), model: Some(name.clone()), message };
@@ -220,8 +222,7 @@ impl PriceTable {
 /// `YYYY-MM-DD`, or a coarser `YYYY-MM` / `YYYY` for prices only dated that precisely.
 fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    matches!(b.len(), 4 | 7 | 10)
-        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+    matches!(b.len(), 4 | 7 | 10) && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
 }
 
 /// Counts prompt tokens with OpenAI's `cl100k_base` BPE (via `tiktoken-rs`).

@@ -355,7 +355,11 @@ impl Client {
         }
         let text = message.get("content").and_then(Value::as_str).unwrap_or_default().to_string();
         if choice.get("finish_reason").and_then(Value::as_str) == Some("content_filter") {
-            return Err(CallError::Refusal(if text.is_empty() { "finish_reason content_filter".into() } else { text.chars().take(200).collect() }));
+            return Err(CallError::Refusal(if text.is_empty() {
+                "finish_reason content_filter".into()
+            } else {
+                text.chars().take(200).collect()
+            }));
         }
         if text.trim().is_empty() {
             return Err(CallError::Empty);
@@ -402,7 +406,12 @@ impl Client {
     /// the answer starts. The last chunk carries `usage` when the provider reports it (semroute
     /// asks OpenAI-protocol endpoints for it). Between chunks, the endpoint's timeout applies to
     /// each wait, not to the whole answer.
-    pub async fn chat_stream(&self, endpoint: &Endpoint, key: &ApiKey, request: &ChatRequest) -> std::result::Result<ChatStream, CallError> {
+    pub async fn chat_stream(
+        &self,
+        endpoint: &Endpoint,
+        key: &ApiKey,
+        request: &ChatRequest,
+    ) -> std::result::Result<ChatStream, CallError> {
         let mut body = wire_body(endpoint, request)?;
         body["stream"] = true.into();
         if endpoint.protocol == Protocol::Openai {
@@ -424,7 +433,13 @@ impl Client {
     /// returns the first other response (any status but 401/403), the attempts made and when the
     /// successful attempt started. `whole` puts the endpoint's timeout on the whole exchange;
     /// otherwise it bounds the wait for the response head only (streams).
-    async fn send(&self, endpoint: &Endpoint, key: &ApiKey, body: &Value, whole: bool) -> std::result::Result<(reqwest::Response, u32, Instant), CallError> {
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        key: &ApiKey,
+        body: &Value,
+        whole: bool,
+    ) -> std::result::Result<(reqwest::Response, u32, Instant), CallError> {
         let url = match endpoint.protocol {
             Protocol::Openai => format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
             Protocol::Anthropic => format!("{}/messages", endpoint.base_url.trim_end_matches('/')),

@@ -16,14 +16,18 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use crate::chat::ChatRequest;
 use crate::decision::{Neighbour, RouteDecision};
 use crate::embed::{Embedder, FastEmbedder, Home};
 use crate::error::{Error, Result};
-use crate::exemplar::{ExemplarSet, Grade};
-use crate::index::{HnswIndex, NeighbourIndex, VectorCache};
+use crate::exemplar::{Exemplar, ExemplarSet, Grade};
+use crate::feedback::Feedback;
+use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
+use crate::journal::Journal;
 use crate::policy::{choose, ChoiceInput, Constraints};
 use crate::predict::{predict_with_prior, Prior};
 use crate::pricing::{PriceTable, TokenCounter};
@@ -37,12 +41,33 @@ pub struct Router {
 
 struct Inner {
     embedder: Arc<dyn Embedder>,
-    exemplars: ExemplarSet,
-    index: Box<dyn NeighbourIndex>,
-    prices: PriceTable,
     tokens: TokenCounter,
-    prior: Prior,
     settings: Settings,
+    /// The fallback model the builder was given; `None`: the default of each price table.
+    configured_fallback: Option<String>,
+    cache: Option<VectorCache>,
+    /// What routing reads: one consistent snapshot per decision, swapped whole by writers.
+    state: ArcSwap<State>,
+    /// Serialises writers (reload, add, learn), so that none is lost; routing never takes it.
+    writer: Mutex<Writer>,
+}
+
+/// What writers keep between generations.
+struct Writer {
+    /// Exemplars added or learned since start, with their vectors: a reload keeps them.
+    added: Vec<Exemplar>,
+    added_vectors: Vec<Vec<f32>>,
+    /// The durable feedback log, if the router has one.
+    log: Option<Journal<Feedback>>,
+}
+
+/// Exemplars, their index, prices: everything a reload or an addition replaces.
+struct State {
+    exemplars: ExemplarSet,
+    index: LiveIndex,
+    prices: Arc<PriceTable>,
+    prior: Prior,
+    fallback_model: String,
 }
 
 /// The router's tunable settings (see [`RouterBuilder`] for what each means and its default).
@@ -64,11 +89,12 @@ pub struct Settings {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.state.load();
         f.debug_struct("Router")
             .field("embedder", &self.inner.embedder.model_id())
-            .field("exemplars", &self.inner.exemplars.len())
-            .field("models", &self.inner.prices.len())
-            .field("settings", &self.inner.settings)
+            .field("exemplars", &state.exemplars.len())
+            .field("models", &state.prices.len())
+            .field("settings", &self.settings())
             .finish()
     }
 }
@@ -111,9 +137,8 @@ impl Router {
     /// # Ok::<(), semroute::Error>(())
     /// ```
     pub fn route_chat(&self, chat: &ChatRequest, constraints: &Constraints) -> Result<RouteDecision> {
-        let prompt = chat
-            .last_user_text()
-            .ok_or_else(|| Error::InvalidRequest("the conversation holds no user message to route on".into()))?;
+        let prompt =
+            chat.last_user_text().ok_or_else(|| Error::InvalidRequest("the conversation holds no user message to route on".into()))?;
         check_prompt(&prompt)?;
         check_constraints(constraints)?;
         let tokens: u64 = chat.texts().map(|(_, text)| self.inner.tokens.count(&text) + CHAT_TOKENS_PER_MESSAGE).sum();
@@ -158,19 +183,133 @@ impl Router {
             .map_err(|e| Error::Embedding(format!("the routing task did not finish: {e}")))?
     }
 
-    /// The exemplars the router consults.
-    pub fn exemplars(&self) -> &ExemplarSet {
-        &self.inner.exemplars
+    /// The exemplars the router consults now (a snapshot: later additions are not in it).
+    pub fn exemplars(&self) -> ExemplarSet {
+        self.inner.state.load().exemplars.clone()
     }
 
-    /// The price table.
-    pub fn prices(&self) -> &PriceTable {
-        &self.inner.prices
+    /// The price table in force now.
+    pub fn prices(&self) -> Arc<PriceTable> {
+        self.inner.state.load().prices.clone()
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+    /// The settings in force (the fallback model is that of the current price table).
+    pub fn settings(&self) -> Settings {
+        Settings { fallback_model: self.inner.state.load().fallback_model.clone(), ..self.inner.settings.clone() }
+    }
+
+    /// Replaces the exemplars and the price table at once, while routing goes on: decisions
+    /// already under way finish on the old ones, later ones use the new. Everything is validated,
+    /// embedded (or read from the vector cache) and indexed first; on any error the router keeps
+    /// what it had and the error says why. Exemplars added or learned since start are kept.
+    ///
+    /// ```no_run
+    /// use semroute::{ExemplarSet, PriceTable, Router};
+    ///
+    /// let router = Router::builder().build()?;
+    /// match router.reload(ExemplarSet::load_dir("exemplars")?, PriceTable::from_file("exemplars/prices.toml")?) {
+    ///     Ok(()) => println!("now {} exemplars", router.exemplars().len()),
+    ///     Err(e) => eprintln!("reload refused, still serving the old data: {e}"),
+    /// }
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn reload(&self, exemplars: ExemplarSet, prices: PriceTable) -> Result<()> {
+        let inner = &*self.inner;
+        let writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let base = build_state(
+            inner.embedder.as_ref(),
+            exemplars,
+            prices,
+            inner.configured_fallback.as_deref(),
+            inner.settings.prior_strength,
+            inner.cache.as_ref(),
+        )?;
+        // What was added or learned since start stays (feedback whose model the new table lacks
+        // cannot be used with it: the reload is refused and says so).
+        let state = self.extended(&base, writer.added.clone(), writer.added_vectors.clone(), "<added or learned exemplars>")?;
+        inner.state.store(Arc::new(state));
+        Ok(())
+    }
+
+    /// Learns from one piece of feedback: it is checked, appended to the feedback log (if the
+    /// router has one) and synced to disk, then added as a measured exemplar for its model; later
+    /// decisions use it. When this returns `Ok`, a crash cannot lose it.
+    ///
+    /// ```no_run
+    /// use semroute::feedback::Feedback;
+    /// use semroute::Router;
+    ///
+    /// let router = Router::builder().feedback_log("feedback.jsonl").build()?; // replays the log
+    /// let d = router.route("Summarise this contract clause in one line: ...")?;
+    /// // ... the chosen model answered; a check (or a user) found the answer wrong:
+    /// router.learn(&Feedback::new("req-17", "Summarise this contract clause in one line: ...", &d.model, 0.0, 40))?;
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn learn(&self, feedback: &Feedback) -> Result<()> {
+        let inner = &*self.inner;
+        let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = inner.state.load_full();
+        feedback.check(&current.prices)?;
+        let exemplar = feedback.to_exemplar();
+        // Refuse a repeated id before it reaches the log.
+        current.exemplars.with_added(vec![exemplar.clone()], "<feedback>")?;
+        let vectors = inner.embedder.embed_batch(&[exemplar.prompt.as_str()])?;
+        if let Some(log) = writer.log.as_mut() {
+            log.append(feedback)?;
+        }
+        let state = self.extended(&current, vec![exemplar.clone()], vectors.clone(), "<feedback>")?;
+        inner.state.store(Arc::new(state));
+        writer.added.push(exemplar);
+        writer.added_vectors.extend(vectors);
+        Ok(())
+    }
+
+    /// `state` plus `items` (with their `vectors`), the graph rebuilt when the scanned part grew.
+    fn extended(&self, state: &State, items: Vec<Exemplar>, vectors: Vec<Vec<f32>>, origin: &str) -> Result<State> {
+        if items.is_empty() {
+            return Ok(State {
+                exemplars: state.exemplars.clone(),
+                index: state.index.clone(),
+                prices: state.prices.clone(),
+                prior: Prior::from_exemplars(&state.exemplars, &state.prices, self.inner.settings.prior_strength),
+                fallback_model: state.fallback_model.clone(),
+            });
+        }
+        let exemplars = state.exemplars.with_added(items, origin)?;
+        exemplars.check_models(&state.prices)?;
+        let mut index = state.index.with_added(vectors)?;
+        if index.needs_rebuild() {
+            index = index.rebuilt()?;
+        }
+        let prior = Prior::from_exemplars(&exemplars, &state.prices, self.inner.settings.prior_strength);
+        Ok(State { exemplars, index, prices: state.prices.clone(), prior, fallback_model: state.fallback_model.clone() })
+    }
+
+    /// Adds graded exemplars while routing goes on; decisions made after this returns use them.
+    /// They are validated (unique ids, priced models) and embedded first; on error nothing is
+    /// added. New vectors are searched exactly until they are an eighth of the index, then the
+    /// graph is rebuilt over everything (here, on the caller's thread; routing is not blocked).
+    pub fn add_exemplars(&self, items: Vec<Exemplar>) -> Result<()> {
+        self.add_exemplars_from(items, "<added>")
+    }
+
+    /// [`add_exemplars`](Router::add_exemplars), naming where they came from in errors.
+    pub fn add_exemplars_from(&self, items: Vec<Exemplar>, origin: impl AsRef<std::path::Path>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let inner = &*self.inner;
+        let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = inner.state.load_full();
+        // Validate before the (slow) embedding.
+        current.exemplars.with_added(items.clone(), origin.as_ref())?.check_models(&current.prices)?;
+        let prompts: Vec<&str> = items.iter().map(|e| e.prompt.as_str()).collect();
+        let vectors = inner.embedder.embed_batch(&prompts)?;
+        let state = self.extended(&current, items.clone(), vectors.clone(), &origin.as_ref().to_string_lossy())?;
+        inner.state.store(Arc::new(state));
+        writer.added.extend(items);
+        writer.added_vectors.extend(vectors);
+        Ok(())
     }
 
     /// The embedder.
@@ -182,44 +321,39 @@ impl Router {
     fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints, input_tokens: Option<u64>) -> Result<RouteDecision> {
         let inner = &*self.inner;
         let s = &inner.settings;
+        // One snapshot for the whole decision, so a reload mid-way cannot mix old and new data.
+        let state = inner.state.load();
         let quality_bar = constraints.quality_bar.unwrap_or(s.quality_bar);
-        let hits = inner.index.search(vector, s.k);
-        let predictions = predict_with_prior(&inner.exemplars, &hits, &inner.prices, s.temperature, &inner.prior);
+        let hits = state.index.search(vector, s.k);
+        let predictions = predict_with_prior(&state.exemplars, &hits, &state.prices, s.temperature, &state.prior);
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         let choice = choose(
             ChoiceInput {
                 predictions: &predictions,
-                prices: &inner.prices,
+                prices: &state.prices,
                 input_tokens,
                 top_similarity: hits.first().map(|h| h.similarity),
                 min_similarity: s.min_similarity,
                 quality_bar,
-                fallback_model: &s.fallback_model,
+                fallback_model: &state.fallback_model,
                 default_output_tokens: DEFAULT_OUTPUT_TOKENS,
             },
             constraints,
         );
         let Some(chosen) = choice.chosen else {
-            let why: Vec<String> = choice
-                .candidates
-                .iter()
-                .map(|c| format!("{}: {}", c.model, c.excluded.as_deref().unwrap_or("eligible")))
-                .collect();
+            let why: Vec<String> =
+                choice.candidates.iter().map(|c| format!("{}: {}", c.model, c.excluded.as_deref().unwrap_or("eligible"))).collect();
             return Err(Error::NoEligibleModel(why.join("; ")));
         };
         let c = &choice.candidates[chosen];
-        let strongest = inner.prices.strongest();
-        let strongest_cost = choice
-            .candidates
-            .iter()
-            .find(|c| c.model == strongest)
-            .map_or(0.0, |c| c.expected_cost_usd);
+        let strongest = state.prices.strongest();
+        let strongest_cost = choice.candidates.iter().find(|c| c.model == strongest).map_or(0.0, |c| c.expected_cost_usd);
         let saving = strongest_cost - c.expected_cost_usd;
         let neighbours = hits
             .iter()
             .zip(&predictions.weights)
             .map(|(h, &weight)| {
-                let ex = inner.exemplars.get(h.position);
+                let ex = state.exemplars.get(h.position);
                 Neighbour {
                     id: ex.id.clone(),
                     similarity: h.similarity,
@@ -295,6 +429,7 @@ pub struct RouterBuilder {
     temperature: Option<f64>,
     prior_strength: Option<f64>,
     cache: Option<Option<PathBuf>>,
+    feedback_log: Option<PathBuf>,
 }
 
 impl RouterBuilder {
@@ -366,6 +501,16 @@ impl RouterBuilder {
         self
     }
 
+    /// Keeps a durable feedback log at `path` (JSONL): [`Router::learn`] appends to it, and
+    /// `build` replays it, so what was learned survives restarts. A torn last line (a crash
+    /// mid-write, never acknowledged) is cut; a damaged line before the end is an error naming
+    /// it. Feedback for a model the price table no longer lists is skipped with a warning (it
+    /// stays in the log).
+    pub fn feedback_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.feedback_log = Some(path.into());
+        self
+    }
+
     /// Do not read or write cached exemplar vectors.
     pub fn no_cache(mut self) -> Self {
         self.cache = Some(None);
@@ -402,17 +547,6 @@ impl RouterBuilder {
             Some(e) => e,
             None => ExemplarSet::builtin()?,
         };
-        if exemplars.is_empty() {
-            return Err(Error::Config("the exemplar set is empty".into()));
-        }
-        exemplars.check_models(&prices)?;
-        let fallback_model = match self.fallback_model {
-            Some(m) => {
-                prices.require(&m, "the router's fallback model")?;
-                m
-            }
-            None => default_fallback(&prices),
-        };
         let embedder = match self.embedder {
             Some(e) => e,
             None => Arc::new(FastEmbedder::load_default()?),
@@ -422,21 +556,89 @@ impl RouterBuilder {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
         };
-        let vectors = exemplar_vectors(embedder.as_ref(), &exemplars, cache.as_ref())?;
-        let index: Box<dyn NeighbourIndex> = Box::new(HnswIndex::build(&vectors)?);
-        let prior = Prior::from_exemplars(&exemplars, &prices, prior_strength);
-        Ok(Router {
+        let state = build_state(embedder.as_ref(), exemplars, prices, self.fallback_model.as_deref(), prior_strength, cache.as_ref())?;
+        let mut writer = Writer { added: Vec::new(), added_vectors: Vec::new(), log: None };
+        if let Some(path) = &self.feedback_log {
+            let (log, found) = Journal::<Feedback>::open(path)?;
+            // The last word on an id wins; the log keeps every word.
+            let mut by_id: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+            let mut learned: Vec<Exemplar> = Vec::new();
+            for fb in found.records {
+                if let Err(e) = fb.check(&state.prices) {
+                    tracing::warn!("{}: skipped: {e}", path.display());
+                    continue;
+                }
+                let ex = fb.to_exemplar();
+                if state.exemplars.iter().any(|e| e.id == ex.id) {
+                    tracing::warn!("{}: skipped feedback {:?}: its id is taken by an exemplar", path.display(), fb.id);
+                    continue;
+                }
+                match by_id.get(&ex.id) {
+                    Some(&i) => learned[i] = ex,
+                    None => {
+                        by_id.insert(ex.id.clone(), learned.len());
+                        learned.push(ex);
+                    }
+                }
+            }
+            if !learned.is_empty() {
+                let set = ExemplarSet::from_exemplars(learned.clone())?;
+                writer.added_vectors = exemplar_vectors(embedder.as_ref(), &set, cache.as_ref())?;
+                writer.added = learned;
+            }
+            writer.log = Some(log);
+        }
+        let router = Router {
             inner: Arc::new(Inner {
                 embedder,
-                exemplars,
-                index,
-                prices,
                 tokens: TokenCounter::cl100k()?,
-                prior,
-                settings: Settings { k, quality_bar, min_similarity, fallback_model, temperature, prior_strength },
+                settings: Settings {
+                    k,
+                    quality_bar,
+                    min_similarity,
+                    fallback_model: state.fallback_model.clone(),
+                    temperature,
+                    prior_strength,
+                },
+                configured_fallback: self.fallback_model,
+                cache,
+                state: ArcSwap::from_pointee(state),
+                writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
             }),
-        })
+        };
+        if !writer.added.is_empty() {
+            let current = router.inner.state.load_full();
+            let state = router.extended(&current, writer.added.clone(), writer.added_vectors.clone(), "<feedback log>")?;
+            router.inner.state.store(Arc::new(state));
+        }
+        *router.inner.writer.lock().unwrap_or_else(|p| p.into_inner()) = writer;
+        Ok(router)
     }
+}
+
+/// Validates, embeds and indexes one generation of data.
+fn build_state(
+    embedder: &dyn Embedder,
+    exemplars: ExemplarSet,
+    prices: PriceTable,
+    fallback: Option<&str>,
+    prior_strength: f64,
+    cache: Option<&VectorCache>,
+) -> Result<State> {
+    if exemplars.is_empty() {
+        return Err(Error::Config("the exemplar set is empty".into()));
+    }
+    exemplars.check_models(&prices)?;
+    let fallback_model = match fallback {
+        Some(m) => {
+            prices.require(m, "the router's fallback model")?;
+            m.to_string()
+        }
+        None => default_fallback(&prices),
+    };
+    let index = LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?);
+    let prior = Prior::from_exemplars(&exemplars, &prices, prior_strength);
+    Ok(State { exemplars, index, prices: Arc::new(prices), prior, fallback_model })
 }
 
 /// The cheapest model (by output price) of the table's highest tier.
@@ -448,6 +650,29 @@ fn default_fallback(prices: &PriceTable) -> String {
         .min_by(|a, b| a.1.output_per_mtok.total_cmp(&b.1.output_per_mtok).then_with(|| a.0.cmp(b.0)))
         .map(|(name, _)| name.to_string())
         .expect("the top tier has a model")
+}
+
+/// The exemplars' index graph: the saved one when the cache holds a valid one for this model and
+/// these exemplars (no embedding, no graph building), else built and saved. A saved graph that
+/// does not match or is damaged is rebuilt, with a warning, never used.
+fn exemplar_graph(embedder: &dyn Embedder, set: &ExemplarSet, cache: Option<&VectorCache>) -> Result<HnswIndex> {
+    let hash = set.content_hash();
+    let path = cache.map(|c| c.graph_path(embedder.model_id(), &hash));
+    if let Some(p) = path.as_ref().filter(|p| p.exists()) {
+        match HnswIndex::load(p, embedder.model_id(), &hash, set.len(), embedder.dim()) {
+            Ok(graph) => return Ok(graph),
+            Err(e) => tracing::warn!("rebuilding the exemplar index: {e}"),
+        }
+    }
+    let vectors = exemplar_vectors(embedder, set, cache)?;
+    let graph = HnswIndex::build(&vectors)?;
+    if let Some(p) = path {
+        // A graph that cannot be saved only costs the next start its speed.
+        if let Err(e) = graph.save(&p, embedder.model_id(), &hash) {
+            tracing::warn!("could not save the exemplar index: {e}");
+        }
+    }
+    Ok(graph)
 }
 
 /// The exemplars' vectors, from the cache when it holds them, else embedded (and cached).

@@ -50,7 +50,8 @@ fn decision_explains_itself() {
     assert_eq!(d.candidates.len(), r.prices().len());
     assert!(d.candidates.windows(2).all(|w| w[0].expected_cost_usd <= w[1].expected_cost_usd));
     assert_eq!(d.strongest_model, r.prices().strongest());
-    let price = r.prices().get(&d.model).unwrap();
+    let prices = r.prices();
+    let price = prices.get(&d.model).unwrap();
     let expected = price.cost_usd(d.input_tokens, d.predicted_output_tokens);
     assert!((d.expected_cost_usd - expected).abs() < 1e-15);
     assert!(d.input_tokens > 5 && d.input_tokens < 30, "{}", d.input_tokens);
@@ -133,7 +134,8 @@ fn twenty_thousand_word_prompt_still_routes() {
     let d = r.route(&prompt).unwrap();
     assert!(d.input_tokens >= 20_000, "{}", d.input_tokens);
     // The cost reflects the whole prompt even though the embedding saw only its start.
-    let price = r.prices().get(&d.model).unwrap();
+    let prices = r.prices();
+    let price = prices.get(&d.model).unwrap();
     assert!(d.expected_cost_usd >= price.input_per_mtok * 20_000.0 / 1e6);
 }
 
@@ -179,7 +181,8 @@ async fn shared_across_tokio_tasks() {
     let mut tasks = Vec::new();
     for i in 0..16 {
         let r = r.clone();
-        let prompt = if i % 2 == 0 { "Reformat this JSON so it is indented: {\"a\":1}" } else { "把这句话翻译成英文：我爱你。" };
+        let prompt =
+            if i % 2 == 0 { "Reformat this JSON so it is indented: {\"a\":1}" } else { "把这句话翻译成英文：我爱你。" };
         tasks.push(tokio::spawn(async move { r.route_async(prompt, Constraints::default()).await }));
     }
     for t in tasks {

@@ -72,15 +72,15 @@ impl Serve {
     fn openai(&self, key: &str) -> async_openai::Client<OpenAIConfig> {
         async_openai::Client::with_config(OpenAIConfig::new().with_api_base(self.url("/v1")).with_api_key(key))
     }
-    fn feedback(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("feedback.jsonl")).unwrap_or_default();
+    fn usage(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("usage.jsonl")).unwrap_or_default();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
-    /// Waits until the feedback log holds `n` records (it is written by a background thread).
-    async fn feedback_n(&self, n: usize) -> Vec<Value> {
+    /// Waits until the usage log holds `n` records (it is written by a background thread).
+    async fn usage_n(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let f = self.feedback();
+            let f = self.usage();
             if f.len() >= n || Instant::now() > deadline {
                 return f;
             }
@@ -103,15 +103,19 @@ fn serve(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str]) -> Serve
     std::fs::write(dir.path().join("providers.toml"), providers).unwrap();
     std::fs::write(dir.path().join("prices.toml"), PRICES).unwrap();
     std::fs::write(dir.path().join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n")).unwrap();
-    let mut child = Command::new(common::example_bin("serve"))
+    let mut cmd = Command::new(common::example_bin("serve"));
+    if !extra.contains(&"--learn-log") {
+        cmd.arg("--learn-log").arg(dir.path().join("learned.jsonl"));
+    }
+    let mut child = cmd
         .arg("--providers")
         .arg(dir.path().join("providers.toml"))
         .arg("--prices")
         .arg(dir.path().join("prices.toml"))
         .arg("--client-keys")
         .arg(dir.path().join("client-keys"))
-        .arg("--feedback-log")
-        .arg(dir.path().join("feedback.jsonl"))
+        .arg("--usage-log")
+        .arg(dir.path().join("usage.jsonl"))
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
         .env("FAKE_PROVIDER_KEY", PROVIDER_KEY)
@@ -260,8 +264,8 @@ async fn openai_client_whole_and_streamed_on_both_protocols() {
     assert_eq!(ids, ["auto", "fake-cheap", "fake-mid", "fake-strong"]);
     assert_eq!(models["data"][3]["semroute"]["output_per_mtok"], 15.0);
 
-    // Every answer is in the feedback log with its real tokens and cost, and no prompt text.
-    let fb = s.feedback_n(6).await;
+    // Every answer is in the usage log with its real tokens and cost, and no prompt text.
+    let fb = s.usage_n(6).await;
     assert_eq!(fb.len(), 6, "{fb:?}");
     assert!(fb.iter().all(|r| r["outcome"] == "ok" && r["cost_usd"].as_f64().unwrap() > 0.0 && r["usage_reported"] == true), "{fb:?}");
     assert!(fb.iter().all(|r| r.get("prompt").is_none()));
@@ -275,9 +279,8 @@ async fn openai_client_whole_and_streamed_on_both_protocols() {
     assert!(m.contains("semroute_decisions_total{model=\"fake-cheap\",routed=\"true\"} 4"), "{m}");
     assert!(m.contains("semroute_request_duration_seconds_bucket"), "{m}");
     assert!(m.contains("semroute_routing_duration_seconds_count 4"), "{m}");
-    let value = |name: &str| -> f64 {
-        m.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).unwrap().parse().unwrap()
-    };
+    let value =
+        |name: &str| -> f64 { m.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).unwrap().parse().unwrap() };
     assert!(value("semroute_spent_usd_total") < value("semroute_strongest_usd_total"));
 
     // Neither key, nor any prompt, is in the server's log.
@@ -291,7 +294,11 @@ async fn failover_before_the_first_byte() {
     let fake = FakeLlm::start().await;
     let user = |stream: bool| json!({"model": "auto:0", "stream": stream, "messages": [{"role": "user", "content": "Translate 'good morning' into French."}]});
     for (bad_id, kind) in [("cheap-fail503", "server_error"), ("cheap-fail429", "rate_limited"), ("cheap-slow", "timeout")] {
-        let s = serve(&fake, &[("fake-cheap", "openai", bad_id), ("fake-mid", "anthropic", "mid-1"), ("fake-strong", "openai", "strong-1")], &[]);
+        let s = serve(
+            &fake,
+            &[("fake-cheap", "openai", bad_id), ("fake-mid", "anthropic", "mid-1"), ("fake-strong", "openai", "strong-1")],
+            &[],
+        );
         let (status, h, v) = post(&s, Some(CLIENT_KEY), user(false).to_string()).await;
         assert_eq!(status, 200, "{bad_id}: {v}");
         assert_eq!(header(&h, "x-semroute-model"), "fake-mid", "{bad_id}: the next cheapest model that clears the bar");
@@ -305,7 +312,7 @@ async fn failover_before_the_first_byte() {
         let text = resp.text().await.unwrap();
         assert!(text.contains("\"model\":\"fake-mid\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
 
-        let fb = s.feedback_n(2).await;
+        let fb = s.usage_n(2).await;
         assert_eq!(fb.len(), 2);
         assert!(fb.iter().all(|r| r["failovers"][0]["model"] == "fake-cheap" && r["model"] == "fake-mid"));
         let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -319,14 +326,19 @@ async fn failover_before_the_first_byte() {
     assert_eq!(status, 502, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("fake-cheap: server_error") && msg.contains("fake-mid: server_error"), "{msg}");
-    let (status, _, v) = post(&s, Some(CLIENT_KEY), json!({"model": "fake-cheap", "messages": [{"role": "user", "content": "hi"}]}).to_string()).await;
+    let (status, _, v) =
+        post(&s, Some(CLIENT_KEY), json!({"model": "fake-cheap", "messages": [{"role": "user", "content": "hi"}]}).to_string()).await;
     assert_eq!(status, 502, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_pass_through_without_buffering_and_report_breaks() {
     let fake = FakeLlm::start().await;
-    let s = serve(&fake, &[("fake-cheap", "openai", "cheap-drip"), ("fake-mid", "anthropic", "mid-drip"), ("fake-strong", "anthropic", "strong-midfail")], &[]);
+    let s = serve(
+        &fake,
+        &[("fake-cheap", "openai", "cheap-drip"), ("fake-mid", "anthropic", "mid-drip"), ("fake-strong", "anthropic", "strong-midfail")],
+        &[],
+    );
     for model in ["fake-cheap", "fake-mid"] {
         let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "one two three four five six"}]});
         let started = Instant::now();
@@ -352,7 +364,7 @@ async fn streams_pass_through_without_buffering_and_report_breaks() {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("\"error\"") && text.contains("overloaded_error") && !text.contains("[DONE]"), "{text}");
-    let fb = s.feedback_n(3).await;
+    let fb = s.usage_n(3).await;
     assert_eq!(fb.iter().filter(|r| r["outcome"] == "ok").count(), 2, "{fb:?}");
     let broken = fb.iter().find(|r| r["model"] == "fake-strong").unwrap();
     assert_eq!(broken["outcome"], "upstream_error");
@@ -374,9 +386,20 @@ async fn bad_requests_get_clear_errors() {
         (Some(CLIENT_KEY), json!({"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}).to_string(), 404, "model_not_found"),
         (Some(CLIENT_KEY), json!({"model": "auto:1.5", "messages": [{"role": "user", "content": "hi"}]}).to_string(), 400, "invalid_model"),
         (Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": "   "}]}).to_string(), 400, "invalid_request"),
-        (Some(CLIENT_KEY), json!({"model": "fake-mid", "tools": [{"type": "function", "function": {"name": "f"}}],
-            "messages": [{"role": "user", "content": "hi"}]}).to_string(), 400, "unsupported_for_model"),
-        (Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": "x".repeat(70_000)}]}).to_string(), 413, "request_too_large"),
+        (
+            Some(CLIENT_KEY),
+            json!({"model": "fake-mid", "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+            400,
+            "unsupported_for_model",
+        ),
+        (
+            Some(CLIENT_KEY),
+            json!({"model": "auto", "messages": [{"role": "user", "content": "x".repeat(70_000)}]}).to_string(),
+            413,
+            "request_too_large",
+        ),
     ];
     for (key, body, want_status, want_code) in cases {
         let started = Instant::now();
@@ -391,7 +414,7 @@ async fn bad_requests_get_clear_errors() {
     let (status, _, _) = post(&s, Some(CLIENT_KEY), ok.to_string()).await;
     assert_eq!(status, 200);
     assert!(s.stderr.lock().unwrap().contains("capital of France"));
-    let fb = s.feedback_n(1).await;
+    let fb = s.usage_n(1).await;
     assert_eq!(fb[0]["prompt"], "What is the capital of France?");
     let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("semroute_requests_total{outcome=\"unauthorized\"} 2"), "{m}");
@@ -411,6 +434,10 @@ fn refuses_to_start_without_client_keys_or_provider_keys() {
             .arg("--prices")
             .arg(&prices)
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--learn-log")
+            .arg(dir.path().join("learned.jsonl"))
+            .arg("--usage-log")
+            .arg(dir.path().join("usage.jsonl"))
             .args(extra)
             .env_remove("SEMROUTE_TEST_UNSET_KEY")
             .output()
@@ -425,4 +452,76 @@ fn refuses_to_start_without_client_keys_or_provider_keys() {
     assert!(e.contains("keys:3") && e.contains("at least 16"), "{e}");
     let e = run(&["--no-auth"]);
     assert!(e.contains("SEMROUTE_TEST_UNSET_KEY"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_teaches_the_router_and_reload_swaps_data_without_dropping_requests() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &[]);
+    let ask = json!({"model": "auto", "messages": [{"role": "user", "content": PROMPT}]});
+    let (status, h, _) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-semroute-model"), "fake-cheap", "a formatting prompt goes to the cheap model");
+
+    // Twice the cheap model's answer was bad: the router learns it and stops sending this there.
+    let feedback_url = s.url("/v1/feedback");
+    let fb = |body: Value| {
+        let url = feedback_url.clone();
+        async move {
+            let resp = http().post(url).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let first_id = header(&h, "x-request-id").to_string();
+    let (status, v) = fb(json!({"request_id": first_id, "good": false})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "fake-cheap");
+    let (status, h2, _) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!(status, 200);
+    let (status, _) = fb(json!({"request_id": header(&h2, "x-request-id"), "quality": 0.0})).await;
+    assert_eq!(status, 200);
+    let (_, h3, v3) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_ne!(header(&h3, "x-semroute-model"), "fake-cheap", "{v3}");
+
+    // Feedback errors.
+    let (status, v) = fb(json!({"request_id": first_id, "good": true})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("already_learned")), "{v}");
+    let (status, v) = fb(json!({"request_id": "sr-nope", "good": true})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("unknown_request")), "{v}");
+    let (status, _) = fb(json!({"request_id": header(&h3, "x-request-id"), "quality": 2})).await;
+    assert_eq!(status, 400);
+    let (status, _) = fb(json!({"request_id": header(&h3, "x-request-id")})).await;
+    assert_eq!(status, 400);
+    let learned = std::fs::read_to_string(s.dir.path().join("learned.jsonl")).unwrap();
+    assert_eq!(learned.lines().count(), 2, "{learned}");
+    assert!(learned.contains("\"cost_usd\"") && learned.contains("\"output_tokens\""));
+
+    // Reload: fine, then refused (broken prices) with the old data kept, requests served throughout.
+    let reload_url = s.url("/admin/reload");
+    let reload = || {
+        let url = reload_url.clone();
+        async move { http().post(url).bearer_auth(CLIENT_KEY).send().await.unwrap() }
+    };
+    let r = reload().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["models"], 3);
+    let good_prices = std::fs::read_to_string(s.dir.path().join("prices.toml")).unwrap();
+    std::fs::write(s.dir.path().join("prices.toml"), good_prices.replace("output_per_mtok = 15.00", "output_per_mtok = -1")).unwrap();
+    let r = reload().await;
+    assert_eq!(r.status(), 422);
+    let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("prices.toml") && msg.contains("old exemplars and prices stay"), "{msg}");
+    let (status, h4, _) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!(status, 200);
+    assert_ne!(header(&h4, "x-semroute-model"), "fake-cheap", "what was learned survives reloads");
+    assert_eq!(http().post(s.url("/admin/reload")).send().await.unwrap().status(), 401);
+
+    // A restarted server replays what it learned.
+    std::fs::write(s.dir.path().join("prices.toml"), good_prices).unwrap();
+    let learned_path = s.dir.path().join("learned.jsonl");
+    let again = serve(&fake, ALL_OK, &["--learn-log", learned_path.to_str().unwrap()]);
+    let (status, h5, _) = post(&again, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!(status, 200);
+    assert_ne!(header(&h5, "x-semroute-model"), "fake-cheap");
 }

@@ -19,7 +19,10 @@
 //!   `--client-keys` file (one per line), compared in constant time. Provider keys stay in the
 //!   server's environment (the variables the providers file names) and are never logged;
 //!   prompts are logged only with `--log-prompts`.
-//! - Every answer's real tokens and cost are appended to the feedback log (JSONL).
+//! - Every answer's real tokens and cost are appended to the usage log (`--usage-log`, JSONL).
+//! - `POST /v1/feedback {"request_id": ..., "quality": 0..1}` teaches the router how well the
+//!   model that answered did (synced to `--learn-log` before the reply, replayed at start);
+//!   `POST /admin/reload` or SIGHUP re-reads exemplars and prices without dropping a request.
 
 mod metrics;
 
@@ -41,8 +44,9 @@ use clap::Parser;
 use futures_util::StreamExt;
 use metrics::{Failure, Metrics, Mode, Outcome, Served};
 use semroute::chat::{ChatRequest, Usage};
-use semroute::provider::{ApiKey, CallError, ChatStream, Client, Endpoint, Providers, RetryPolicy};
+use semroute::feedback::Feedback;
 use semroute::pricing::TokenCounter;
+use semroute::provider::{ApiKey, CallError, ChatStream, Client, Endpoint, Providers, RetryPolicy};
 use semroute::{Constraints, Error, ExemplarSet, PriceTable, RouteDecision, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -77,14 +81,21 @@ struct Args {
     #[arg(long, conflicts_with = "client_keys")]
     no_auth: bool,
     /// Where each answer's real tokens and cost are appended (JSONL).
-    #[arg(long, default_value = "semroute-feedback.jsonl")]
-    feedback_log: PathBuf,
-    /// Log prompt text (off by default) and put it in the feedback log.
+    #[arg(long, default_value = "semroute-usage.jsonl")]
+    usage_log: PathBuf,
+    /// Log prompt text (off by default) and put it in the usage log.
     #[arg(long)]
     log_prompts: bool,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// The router's durable learning log (JSONL): feedback posted to `/v1/feedback` is synced
+    /// here before it is acknowledged, and replayed at start.
+    #[arg(long, default_value = "semroute-learned.jsonl")]
+    learn_log: PathBuf,
+    /// Answered requests remembered (in memory only) so feedback can name them by request id.
+    #[arg(long, default_value_t = 10_000)]
+    remember: usize,
     /// Attempts per model for 429 / 5xx before failing over to the next model.
     #[arg(long, default_value_t = 1)]
     max_attempts: u32,
@@ -102,10 +113,24 @@ struct App {
     client_keys: Vec<[u8; 32]>,
     auth: bool,
     metrics: Metrics,
-    feedback: std::sync::mpsc::Sender<Value>,
+    usage_log: std::sync::mpsc::Sender<Value>,
     log_prompts: bool,
     next_id: AtomicU64,
     tokens: TokenCounter,
+    /// Recent answers by request id: what feedback on them teaches (prompts stay in memory).
+    recent: std::sync::Mutex<lru::LruCache<String, Answered>>,
+    /// Where `/admin/reload` and SIGHUP re-read exemplars and prices from.
+    exemplars_path: Option<PathBuf>,
+    prices_path: Option<PathBuf>,
+}
+
+/// One answered request, kept so that feedback on it can be learned.
+#[derive(Clone)]
+struct Answered {
+    prompt: String,
+    model: String,
+    output_tokens: u64,
+    cost_usd: f64,
 }
 
 /// An OpenAI-shaped error response.
@@ -148,7 +173,7 @@ impl App {
     }
 }
 
-/// What was decided for one request, carried into its response and its feedback record.
+/// What was decided for one request, carried into its response and its usage record.
 #[derive(Clone)]
 struct Plan {
     request_id: String,
@@ -157,6 +182,8 @@ struct Plan {
     /// Models to try, in order.
     order: Vec<String>,
     prompt: Option<String>,
+    /// The last user message, kept in memory for feedback (never logged unless `--log-prompts`).
+    text: Option<String>,
     started: Instant,
     stream: bool,
 }
@@ -167,7 +194,8 @@ impl Plan {
     }
 }
 
-/// Records one finished (or abandoned) answer: metrics, the feedback log and the log line.
+/// Records one finished (or abandoned) answer: metrics, the usage log, the log line, and (if it
+/// went well) the memory feedback is learned from.
 struct Finish<'a> {
     app: &'a App,
     plan: &'a Plan,
@@ -215,7 +243,12 @@ impl Finish<'_> {
             rec["prompt"] = p.clone().into();
         }
         // The writer thread only stops at shutdown; a record sent after that is lost on purpose.
-        let _ = app.feedback.send(rec);
+        let _ = app.usage_log.send(rec);
+        if let (Some(text), "ok") = (&self.plan.text, outcome) {
+            let answered =
+                Answered { prompt: text.clone(), model: self.model.to_string(), output_tokens: usage.output_tokens, cost_usd: cost };
+            app.recent.lock().unwrap_or_else(|p| p.into_inner()).put(self.plan.request_id.clone(), answered);
+        }
         info!(
             request_id = %self.plan.request_id,
             model = self.model,
@@ -255,9 +288,7 @@ fn decision_headers(plan: &Plan, model: &str, failovers: &[(String, &'static str
     if !failovers.is_empty() {
         h.push(("x-semroute-failover", failovers.iter().map(|(m, k)| format!("{m}:{k}")).collect::<Vec<_>>().join(",")));
     }
-    h.into_iter()
-        .filter_map(|(k, v)| Some((HeaderName::from_static(k), HeaderValue::from_str(&v).ok()?)))
-        .collect()
+    h.into_iter().filter_map(|(k, v)| Some((HeaderName::from_static(k), HeaderValue::from_str(&v).ok()?))).collect()
 }
 
 /// The `semroute` object added to answers.
@@ -287,7 +318,12 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
     };
     if !app.authorized(&headers) {
         app.metrics.requests.get_or_create(&Outcome { outcome: "unauthorized" }).inc();
-        return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key (send `Authorization: Bearer <key>`)");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+            "missing or invalid client key (send `Authorization: Bearer <key>`)",
+        );
     }
     let bytes = match body {
         Ok(b) => b,
@@ -313,14 +349,19 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
     if let Some(p) = &prompt {
         info!(request_id = %request_id, prompt = %p, "prompt");
     }
-    let mut plan = Plan { request_id, decision: None, quality_bar: None, order: Vec::new(), prompt, started, stream: chat.stream() };
+    let text = chat.last_user_text();
+    let mut plan = Plan { request_id, decision: None, quality_bar: None, order: Vec::new(), prompt, text, started, stream: chat.stream() };
 
     if asked == "auto" || asked.starts_with("auto:") {
         let bar = match asked.strip_prefix("auto:").map(str::parse::<f64>) {
             None => None,
             Some(Ok(b)) if (0.0..=1.0).contains(&b) => Some(b),
             _ => {
-                return client_error(StatusCode::BAD_REQUEST, "invalid_model", format!("`{asked}`: the quality bar after `auto:` must be a number in [0, 1]"))
+                return client_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_model",
+                    format!("`{asked}`: the quality bar after `auto:` must be a number in [0, 1]"),
+                )
             }
         };
         let mut constraints = Constraints::default().allow_models(app.served.iter().cloned());
@@ -354,7 +395,12 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
     } else {
         let known = std::iter::once("auto").chain(app.served.iter().map(String::as_str)).collect::<Vec<_>>().join(", ");
         app.metrics.requests.get_or_create(&Outcome { outcome: "client_error" }).inc();
-        return error(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", format!("unknown model `{asked}`; this server serves: {known}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("unknown model `{asked}`; this server serves: {known}"),
+        );
     }
 
     let mut failovers: Vec<(String, &'static str)> = Vec::new();
@@ -517,7 +563,8 @@ fn stream_response(
                     let t = &st.tally;
                     t.app.metrics.upstream_failures.get_or_create(&Failure { model: t.model.clone(), kind: e.kind() }).inc();
                     warn!(request_id = %t.plan.request_id, model = %t.model, error = e.kind(), detail = %e, "stream broke off");
-                    let err = json!({"error": {"message": format!("model `{}`: {e}", t.model), "type": "upstream_error", "code": e.kind()}});
+                    let err =
+                        json!({"error": {"message": format!("model `{}`: {e}", t.model), "type": "upstream_error", "code": e.kind()}});
                     return Some((Ok(sse(&err)), st));
                 }
                 Some(Ok(mut chunk)) => {
@@ -556,13 +603,115 @@ fn stream_response(
     resp
 }
 
+/// `POST /v1/feedback` `{"request_id": "...", "quality": 0.0..1.0}` (or `"good": true|false`):
+/// the router learns how well the model that answered did there.
+async fn feedback(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    if !app.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key");
+    }
+    let bad = |code: &str, msg: String| error(StatusCode::BAD_REQUEST, "invalid_request_error", code, msg);
+    let v: Value = match body.map_err(|e| e.body_text()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        Ok(v) => v,
+        Err(e) => return bad("invalid_json", format!("the body is not valid JSON: {e}")),
+    };
+    let Some(id) = v.get("request_id").and_then(Value::as_str) else {
+        return bad("invalid_request", "field `request_id` is missing or not a string".into());
+    };
+    let quality = match (v.get("quality"), v.get("good")) {
+        (Some(q), None) => match q.as_f64() {
+            Some(q) => q,
+            None => return bad("invalid_request", "field `quality` must be a number in [0, 1]".into()),
+        },
+        (None, Some(Value::Bool(g))) => f64::from(u8::from(*g)),
+        _ => return bad("invalid_request", "give exactly one of `quality` (0..1) and `good` (true/false)".into()),
+    };
+    let Some(answered) = app.recent.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_request",
+            format!("no answered request {id:?} is remembered"),
+        );
+    };
+    let fb = Feedback {
+        id: id.to_string(),
+        prompt: answered.prompt,
+        model: answered.model.clone(),
+        quality,
+        output_tokens: u32::try_from(answered.output_tokens).unwrap_or(u32::MAX),
+        cost_usd: Some(answered.cost_usd),
+        category: None,
+        language: None,
+    };
+    let router = app.router.clone();
+    match tokio::task::spawn_blocking(move || router.learn(&fb)).await {
+        Ok(Ok(())) => {
+            info!(request_id = id, model = %answered.model, quality, "learned");
+            axum::Json(json!({"learned": true, "request_id": id, "model": answered.model, "quality": quality})).into_response()
+        }
+        Ok(Err(e @ (Error::InvalidRequest(_) | Error::Exemplar { .. }))) => {
+            let code = if e.to_string().contains("duplicate id") { "already_learned" } else { "invalid_request" };
+            let status = if code == "already_learned" { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+            error(status, "invalid_request_error", code, e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "learn_failed", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "learn_failed", e.to_string()),
+    }
+}
+
+/// Re-reads exemplars and prices (the files given at start, else the built-in ones) and swaps
+/// them in while requests keep being served; on any error the old ones stay.
+fn reload(app: &App) -> Result<(usize, usize), String> {
+    let exemplars = match &app.exemplars_path {
+        Some(p) if p.is_file() => ExemplarSet::load_file(p),
+        Some(p) => ExemplarSet::load_dir(p),
+        None => ExemplarSet::builtin(),
+    }
+    .map_err(|e| e.to_string())?;
+    let prices = match &app.prices_path {
+        Some(p) => PriceTable::from_file(p),
+        None => PriceTable::builtin(),
+    }
+    .map_err(|e| e.to_string())?;
+    for model in &app.served {
+        prices.require(model, "the providers file (a served model)").map_err(|e| e.to_string())?;
+    }
+    let counts = (exemplars.len(), prices.len());
+    app.router.reload(exemplars, prices).map_err(|e| e.to_string())?;
+    Ok(counts)
+}
+
+async fn admin_reload(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !app.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key");
+    }
+    let a = app.clone();
+    match tokio::task::spawn_blocking(move || reload(&a)).await {
+        Ok(Ok((exemplars, models))) => {
+            info!(exemplars, models, "reloaded");
+            axum::Json(json!({"reloaded": true, "exemplars": exemplars, "models": models})).into_response()
+        }
+        Ok(Err(e)) => {
+            warn!("reload refused, the old exemplars and prices stay: {e}");
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "reload_failed",
+                format!("{e} (the old exemplars and prices stay in force)"),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "reload_failed", e.to_string()),
+    }
+}
+
 async fn list_models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !app.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key");
     }
     let mut data = vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "semroute"})];
+    let prices = app.router.prices();
     for name in &app.served {
-        let p = app.router.prices().get(name).expect("served models are priced");
+        let p = prices.get(name).expect("served models are priced");
         data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": p.provider,
             "semroute": {"tier": p.tier, "input_per_mtok": p.input_per_mtok, "output_per_mtok": p.output_per_mtok,
                          "context_window": p.context_window, "jurisdiction": p.jurisdiction}}));
@@ -594,21 +743,21 @@ fn read_client_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
     Ok(keys)
 }
 
-/// Appends feedback records from a channel, syncing after each burst.
-fn feedback_writer(path: PathBuf) -> Result<(std::sync::mpsc::Sender<Value>, std::thread::JoinHandle<()>), String> {
+/// Appends usage records from a channel, syncing after each burst.
+fn usage_writer(path: PathBuf) -> Result<(std::sync::mpsc::Sender<Value>, std::thread::JoinHandle<()>), String> {
     use std::io::Write;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| format!("cannot open the feedback log {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot open the usage log {}: {e}", path.display()))?;
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     let handle = std::thread::spawn(move || {
         let mut out = std::io::BufWriter::new(file);
         while let Ok(first) = rx.recv() {
             let mut write = |v: Value| {
                 if let Err(e) = writeln!(out, "{v}") {
-                    tracing::error!("feedback log {}: {e}", path.display());
+                    tracing::error!("usage log {}: {e}", path.display());
                 }
             };
             write(first);
@@ -616,7 +765,7 @@ fn feedback_writer(path: PathBuf) -> Result<(std::sync::mpsc::Sender<Value>, std
                 write(more);
             }
             if let Err(e) = out.flush().and_then(|()| out.get_ref().sync_data()) {
-                tracing::error!("feedback log {}: {e}", path.display());
+                tracing::error!("usage log {}: {e}", path.display());
             }
         }
     });
@@ -637,7 +786,7 @@ fn build_router(args: &Args) -> Result<Router, Error> {
     if let Some(x) = args.quality_bar {
         b = b.quality_bar(x);
     }
-    b.build()
+    b.feedback_log(&args.learn_log).build()
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -648,7 +797,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let providers = Providers::from_file(&args.providers).map_err(|e| e.to_string())?;
     let router = build_router(&args).map_err(|e| e.to_string())?;
-    providers.check_prices(router.prices()).map_err(|e| e.to_string())?;
+    providers.check_prices(&router.prices()).map_err(|e| e.to_string())?;
     let mut keys = HashMap::new();
     for name in providers.names() {
         let ep = providers.get(name).expect("listed");
@@ -664,8 +813,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let mut served: Vec<String> = keys.keys().cloned().collect();
     served.sort();
-    let client = Client::new(RetryPolicy { max_attempts: args.max_attempts.max(1), ..RetryPolicy::default() }).map_err(|e| e.to_string())?;
-    let (feedback, writer) = feedback_writer(args.feedback_log.clone())?;
+    let client =
+        Client::new(RetryPolicy { max_attempts: args.max_attempts.max(1), ..RetryPolicy::default() }).map_err(|e| e.to_string())?;
+    let (usage_log, writer) = usage_writer(args.usage_log.clone())?;
     let app = Arc::new(App {
         router,
         providers,
@@ -675,14 +825,36 @@ async fn run(args: Args) -> Result<(), String> {
         auth: !args.no_auth,
         client_keys,
         metrics: Metrics::new(),
-        feedback,
+        usage_log,
         log_prompts: args.log_prompts,
         next_id: AtomicU64::new(0),
         tokens: TokenCounter::cl100k().map_err(|e| e.to_string())?,
+        recent: std::sync::Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(args.remember.max(1)).expect("at least 1"))),
+        exemplars_path: args.exemplars.clone(),
+        prices_path: args.prices.clone(),
+    });
+    // SIGHUP reloads exemplars and prices, like `POST /admin/reload`.
+    let hup = app.clone();
+    tokio::spawn(async move {
+        let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while signal.recv().await.is_some() {
+            let a = hup.clone();
+            match tokio::task::spawn_blocking(move || reload(&a)).await {
+                Ok(Ok((exemplars, models))) => info!(exemplars, models, "reloaded on SIGHUP"),
+                Ok(Err(e)) => {
+                    warn!("reload on SIGHUP refused, the old exemplars and prices stay: {e}")
+                }
+                Err(e) => warn!("reload on SIGHUP failed: {e}"),
+            }
+        }
     });
     let routes = axum::Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(list_models))
+        .route("/v1/feedback", post(feedback))
+        .route("/admin/reload", post(admin_reload))
         .route("/metrics", get(metrics_text))
         .route("/health", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(args.max_body_bytes))

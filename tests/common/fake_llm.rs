@@ -53,10 +53,8 @@ impl FakeLlm {
     /// Starts the fake on a free loopback port, on the current tokio runtime.
     pub async fn start() -> FakeLlm {
         let seen = Arc::new(Seen::default());
-        let app = axum::Router::new()
-            .route("/v1/chat/completions", post(openai))
-            .route("/v1/messages", post(anthropic))
-            .with_state(seen.clone());
+        let app =
+            axum::Router::new().route("/v1/chat/completions", post(openai)).route("/v1/messages", post(anthropic)).with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -180,7 +178,11 @@ async fn anthropic(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body)
         return (StatusCode::BAD_REQUEST, Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic-version and max_tokens are required"}}))).into_response();
     }
     if body["messages"].as_array().into_iter().flatten().any(|m| m["role"] == "system") {
-        return (StatusCode::BAD_REQUEST, Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "system is a top-level field"}}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "system is a top-level field"}})),
+        )
+            .into_response();
     }
     let w = words(&body);
     let input = 10 * body["messages"].as_array().map_or(0, Vec::len) as u64 + u64::from(body.get("system").is_some()) * 10;
@@ -193,21 +195,30 @@ async fn anthropic(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body)
         return Json(answer).into_response();
     }
     let mut events = vec![
-        (Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
-            "model": model, "content": [], "usage": {"input_tokens": input, "output_tokens": 1}}})),
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
+            "model": model, "content": [], "usage": {"input_tokens": input, "output_tokens": 1}}}),
+        ),
         (Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
         (Some("ping"), json!({"type": "ping"})),
     ];
     for (i, word) in w.iter().enumerate() {
         let text = if i == 0 { word.clone() } else { format!(" {word}") };
-        events.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
+        events.push((
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ));
         if model.contains("midfail") && i == 1 {
             events.push((Some("error"), json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})));
             return sse_body(events, Duration::ZERO, false);
         }
     }
     events.push((Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})));
-    events.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": w.len()}})));
+    events.push((
+        Some("message_delta"),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": w.len()}}),
+    ));
     events.push((Some("message_stop"), json!({"type": "message_stop"})));
     let gap = if model.contains("drip") { Duration::from_millis(300) } else { Duration::ZERO };
     sse_body(events, gap, false)

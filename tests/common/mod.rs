@@ -37,8 +37,7 @@ pub fn installed(name: &str) -> Arc<FastEmbedder> {
 /// cached, so every test binary really embeds the exemplars).
 pub fn router() -> Router {
     static R: OnceLock<Router> = OnceLock::new();
-    R.get_or_init(|| Router::builder().embedder(embedder()).no_cache().build().unwrap_or_else(|e| panic!("{e}")))
-        .clone()
+    R.get_or_init(|| Router::builder().embedder(embedder()).no_cache().build().unwrap_or_else(|e| panic!("{e}"))).clone()
 }
 
 /// A reference-embedding fixture (tests/fixtures/*_reference.json).

@@ -1,0 +1,235 @@
+//! Live learning, hot reload and the feedback log, with the real embedding model.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use semroute::exemplar::{Exemplar, Grade, ModelResult};
+use semroute::feedback::Feedback;
+use semroute::{Constraints, ExemplarSet, PriceTable, Router};
+
+fn router_with(dir: &std::path::Path, log: Option<&std::path::Path>) -> Router {
+    let mut b = Router::builder().embedder(common::embedder()).cache_dir(dir.join("cache"));
+    if let Some(log) = log {
+        b = b.feedback_log(log);
+    }
+    b.build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The built-in table with every price multiplied by `factor`.
+fn scaled_prices(factor: f64) -> PriceTable {
+    let base = PriceTable::builtin().unwrap();
+    PriceTable::from_models(base.iter().map(|(name, p)| {
+        let mut p = p.clone();
+        p.input_per_mtok *= factor;
+        p.output_per_mtok *= factor;
+        p.cached_input_per_mtok = p.cached_input_per_mtok.map(|c| c * factor);
+        (name.to_string(), p)
+    }))
+    .unwrap()
+}
+
+#[test]
+fn reloads_under_load_drop_no_route_and_never_mix_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(dir.path(), None);
+    let exemplars = router.exemplars();
+    let (cheap, dear) = (scaled_prices(1.0), scaled_prices(3.0));
+    let prompts = [
+        "Reformat this JSON so it is indented: {\"a\":1,\"b\":[1,2]}",
+        "把这句话翻译成英文：我们下周一开会讨论预算。",
+        "Prove that there are infinitely many primes, rigorously.",
+        "Design a multi-region active-active payments ledger with exactly-once semantics.",
+        "Write a SQL query that counts orders per customer in 2024.",
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for t in 0..3 {
+        let (router, stop, served, failed) = (router.clone(), stop.clone(), served.clone(), failed.clone());
+        let (cheap, dear) = (cheap.clone(), dear.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut i = t;
+            while !stop.load(Ordering::SeqCst) {
+                let prompt = prompts[i % prompts.len()];
+                i += 1;
+                match router.route_with(prompt, &Constraints::default()) {
+                    Ok(d) => {
+                        // Every candidate's cost must come from one table: one generation per decision.
+                        let from = |table: &PriceTable| {
+                            d.candidates.iter().all(|c| {
+                                let want = table.get(&c.model).unwrap().cost_usd(d.input_tokens, c.predicted_output_tokens);
+                                (want - c.expected_cost_usd).abs() <= 1e-12 * want.max(1.0)
+                            })
+                        };
+                        if !(from(&cheap) || from(&dear)) {
+                            failed.lock().unwrap().push(format!("mixed generations in {d:?}"));
+                        }
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    let (mut reloads, mut refused) = (0, 0);
+    let mut served_during = Vec::new();
+    for i in 0..60 {
+        let before = served.load(Ordering::SeqCst);
+        let prices = if i % 2 == 0 { dear.clone() } else { cheap.clone() };
+        router.reload(exemplars.clone(), prices).unwrap_or_else(|e| panic!("reload {i}: {e}"));
+        reloads += 1;
+        if i % 10 == 5 {
+            // A bad reload: measured results for a model the table lacks. Refused, old state kept.
+            let mut results = std::collections::BTreeMap::new();
+            results.insert("no-such-model".to_string(), ModelResult { quality: 1.0, output_tokens: 5 });
+            let bad = exemplars
+                .with_added(
+                    vec![Exemplar {
+                        id: "bad-1".into(),
+                        prompt: "x".into(),
+                        category: "c".into(),
+                        language: "en".into(),
+                        source: None,
+                        pair: None,
+                        grade: Grade::Measured { results },
+                    }],
+                    "bad.jsonl",
+                )
+                .unwrap();
+            let e = router.reload(bad, cheap.clone()).unwrap_err().to_string();
+            assert!(e.contains("no-such-model") && e.contains("bad.jsonl"), "{e}");
+            refused += 1;
+            let e = router.reload(ExemplarSet::from_exemplars(Vec::new()).unwrap(), dear.clone()).unwrap_err().to_string();
+            assert!(e.contains("empty"), "{e}");
+            refused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        served_during.push(served.load(Ordering::SeqCst) - before);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    let total = served.load(Ordering::SeqCst);
+    println!(
+        "{reloads} reloads and {refused} refused reloads in {:.1} s; {total} routes served, {} failed",
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{} failed routes, first: {}", failed.len(), failed[0]);
+    assert!(reloads >= 50);
+    assert!(total >= 60, "routing must go on during the reloads: {total} routes");
+    assert!(served_during.iter().filter(|&&n| n > 0).count() >= 30, "routes served between reloads: {served_during:?}");
+    // The last reload (i = 59, odd) put the cheap table in force.
+    let s = cheap.strongest();
+    assert_eq!(router.prices().get(s).unwrap().output_per_mtok, cheap.get(s).unwrap().output_per_mtok);
+}
+
+#[test]
+fn learned_feedback_steers_later_decisions_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("feedback.jsonl");
+    let router = router_with(dir.path(), Some(&log));
+    let prompt = "Compute the quarterly VAT return for our Lisbon bakery from these 412 receipts, applying the reduced rates correctly.";
+    let before = router.route(prompt).unwrap();
+    assert!(!before.neighbours.iter().any(|n| n.id.starts_with("feedback:")));
+    let n0 = router.exemplars().len();
+
+    // The cheapest model got it wrong, twice; the strongest got it right.
+    let prices = router.prices();
+    let cheapest = prices.iter().min_by(|a, b| a.1.output_per_mtok.total_cmp(&b.1.output_per_mtok)).unwrap().0.to_string();
+    let strongest = prices.strongest().to_string();
+    router.learn(&Feedback::new("r1", prompt, &cheapest, 0.0, 300)).unwrap();
+    router.learn(&Feedback::new("r2", prompt, &cheapest, 0.0, 310)).unwrap();
+    router.learn(&Feedback::new("r3", prompt, &strongest, 1.0, 280)).unwrap();
+    let after = router.route(prompt).unwrap();
+    assert_eq!(router.exemplars().len(), n0 + 3);
+    let top: Vec<&str> = after.neighbours.iter().take(3).map(|n| n.id.as_str()).collect();
+    assert!(top.iter().all(|id| id.starts_with("feedback:")), "{top:?}");
+    assert!(after.neighbours[0].similarity > 0.99);
+    let c = after.candidates.iter().find(|c| c.model == cheapest).unwrap();
+    assert!(c.predicted_quality.unwrap() < 0.3 && !c.clears_bar, "{c:?}");
+    assert_ne!(after.model, cheapest);
+
+    // Bad feedback is refused, and nothing reaches the log.
+    for (fb, want) in [
+        (Feedback::new("r1", prompt, &cheapest, 1.0, 5), "duplicate id"),
+        (Feedback::new("r4", prompt, "no-such-model", 1.0, 5), "no-such-model"),
+        (Feedback::new("r5", prompt, &cheapest, 1.5, 5), "quality"),
+        (Feedback::new("r6", " ", &cheapest, 1.0, 5), "prompt"),
+    ] {
+        let e = router.learn(&fb).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+
+    // A reload keeps what was learned.
+    router.reload(ExemplarSet::builtin().unwrap(), PriceTable::builtin().unwrap()).unwrap();
+    assert_eq!(router.exemplars().len(), n0 + 3);
+
+    // A crash mid-write leaves a torn line; a new router replays the rest and cuts it.
+    drop(router);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"id\":\"r9\",\"pro"))
+        .unwrap();
+    let again = router_with(dir.path(), Some(&log));
+    assert_eq!(again.exemplars().len(), n0 + 3);
+    assert_eq!(again.route(prompt).unwrap().model, after.model);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3);
+
+    // A damaged line before the end stops the start, naming the file and line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1] = "{not json";
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let e = Router::builder()
+        .embedder(common::embedder())
+        .cache_dir(dir.path().join("cache"))
+        .feedback_log(&log)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("feedback.jsonl:2"), "{e}");
+}
+
+#[test]
+fn many_added_exemplars_are_found_before_and_after_the_graph_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(dir.path(), None);
+    let n0 = router.exemplars().len();
+    let model = router.prices().strongest().to_string();
+    let make = |i: usize| {
+        let mut results = std::collections::BTreeMap::new();
+        results.insert(model.clone(), ModelResult { quality: 1.0, output_tokens: 50 });
+        Exemplar {
+            id: format!("added-{i}"),
+            prompt: format!("Inventory note {i}: reorder part number ZX-{} for warehouse {}", i * 7919 % 10007, i % 13),
+            category: "inventory".into(),
+            language: "en".into(),
+            source: None,
+            pair: None,
+            grade: Grade::Measured { results },
+        }
+    };
+    // Enough to pass the rebuild threshold (256 scanned vectors) in a few batches.
+    for batch in 0..3 {
+        let items: Vec<Exemplar> = (batch * 100..batch * 100 + 100).map(make).collect();
+        router.add_exemplars(items).unwrap();
+        let probe = make(batch * 100 + 42);
+        let d = router.route(&probe.prompt).unwrap();
+        assert_eq!(d.neighbours[0].id, probe.id, "batch {batch}");
+    }
+    assert_eq!(router.exemplars().len(), n0 + 300);
+    // Adding an id twice is refused whole.
+    let e = router.add_exemplars(vec![make(300), make(5)]).unwrap_err().to_string();
+    assert!(e.contains("added-5"), "{e}");
+    assert_eq!(router.exemplars().len(), n0 + 300);
+}
