@@ -43,6 +43,14 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 //!
+//! ## Serving, learning, reloading
+//! - [`Router::route_chat`] routes an OpenAI-shaped conversation ([`chat::ChatRequest`]); the
+//!   [`provider::Client`] then sends it to the chosen model in its own protocol (OpenAI or
+//!   Anthropic), whole or streamed. The `serve` example is an OpenAI-compatible server built on them.
+//! - [`Router::learn`] takes [`feedback::Feedback`] on an answer (durably, with
+//!   [`RouterBuilder::feedback_log`]); [`Router::reload`] swaps exemplars and prices while routing
+//!   goes on; both keep the router's previous state on any error.
+//!
 //! ## Without the model
 //! Everything past the embedding is plain data and functions, usable with any [`Embedder`]:
 //! ```
