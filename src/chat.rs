@@ -186,11 +186,13 @@ impl ChatRequest {
     }
 
     /// The body for Anthropic's messages API serving `model`. System and developer messages go to
-    /// `system`; text parts, `stop`, `temperature`, `top_p`, `max_tokens` and `stream` are
-    /// translated. Tools, images and tool results are not translated yet: such a request is an
+    /// `system`; text parts, function `tools` and `tool_choice`, assistant `tool_calls` (as
+    /// `tool_use` blocks), `tool` messages (as `tool_result` blocks), `stop`, `temperature`,
+    /// `top_p`, `max_tokens` and `stream` are translated, and consecutive turns of one role merged.
+    /// Images, `response_format`, `n` and `logprobs` are not translated yet: such a request is an
     /// [`Error::InvalidRequest`] naming what it holds, never silently changed.
     pub fn to_anthropic(&self, model: &str, default_max_tokens: u64) -> Result<Value> {
-        for key in ["tools", "tool_choice", "functions", "response_format", "n", "logprobs"] {
+        for key in ["functions", "response_format", "n", "logprobs"] {
             if self.body.get(key).is_some_and(|v| !v.is_null()) {
                 return Err(invalid(format!(
                     "field `{key}` is not translated to Anthropic endpoints (yet); name an OpenAI-protocol model instead"
@@ -198,6 +200,7 @@ impl ChatRequest {
             }
         }
         let mut system = Vec::new();
+        // Each message as content blocks, so text, tool calls and tool results can share a turn.
         let mut messages: Vec<Value> = Vec::new();
         for (i, m) in self.messages().iter().enumerate() {
             let role = m.get("role").and_then(Value::as_str).unwrap_or("");
@@ -209,23 +212,51 @@ impl ChatRequest {
                     )));
                 }
             }
-            if m.get("tool_calls").is_some_and(|t| !t.is_null()) || role == "tool" {
-                return Err(invalid(format!("messages[{i}]: tool calls are not translated to Anthropic endpoints (yet)")));
-            }
             let text = content_text(m.get("content"));
-            match role {
-                "system" | "developer" => system.push(text),
+            let (turn, mut blocks) = match role {
+                "system" | "developer" => {
+                    system.push(text);
+                    continue;
+                }
                 "user" | "assistant" => {
-                    // Anthropic wants alternating turns: merge consecutive turns of one role.
-                    match messages.last_mut() {
-                        Some(last) if last["role"] == role => {
-                            let joined = format!("{}\n\n{text}", last["content"].as_str().unwrap_or(""));
-                            last["content"] = joined.into();
-                        }
-                        _ => messages.push(json!({"role": role, "content": text})),
+                    let mut blocks = Vec::new();
+                    if !text.is_empty() {
+                        blocks.push(json!({"type": "text", "text": text}));
                     }
+                    if role == "assistant" {
+                        for (j, call) in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                            blocks.push(tool_use_block(call).map_err(|e| invalid(format!("messages[{i}].tool_calls[{j}]: {e}")))?);
+                        }
+                    }
+                    (role, blocks)
+                }
+                "tool" => {
+                    let id = m
+                        .get("tool_call_id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| invalid(format!("messages[{i}]: a tool message needs `tool_call_id`")))?;
+                    ("user", vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})])
                 }
                 _ => unreachable!("roles are checked in from_json"),
+            };
+            // Anthropic wants alternating turns: merge consecutive turns of one role.
+            match messages.last_mut() {
+                Some(last) if last["role"] == turn => {
+                    if let Some(content) = last["content"].as_array_mut() {
+                        content.append(&mut blocks);
+                    }
+                }
+                _ => messages.push(json!({"role": turn, "content": blocks})),
+            }
+        }
+        if let Some(empty) = messages.iter().position(|m| m["content"].as_array().is_some_and(Vec::is_empty)) {
+            return Err(invalid(format!("a {} turn has no content (Anthropic endpoints need some)", messages[empty]["role"])));
+        }
+        // A turn that is one text block is sent as a plain string, the API's simplest form.
+        for m in &mut messages {
+            let single = m["content"].as_array().filter(|c| c.len() == 1 && c[0]["type"] == "text").map(|c| c[0]["text"].clone());
+            if let Some(text) = single {
+                m["content"] = text;
             }
         }
         if messages.first().is_some_and(|m| m["role"] != "user") {
@@ -255,11 +286,52 @@ impl ChatRequest {
             }
             _ => {}
         }
+        if let Some(tools) = self.body.get("tools").filter(|t| !t.is_null()) {
+            let tools = tools.as_array().ok_or_else(|| invalid("field `tools` must be an array"))?;
+            let mut out = Vec::with_capacity(tools.len());
+            for (i, t) in tools.iter().enumerate() {
+                let f = t
+                    .get("function")
+                    .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
+                    .ok_or_else(|| invalid(format!("tools[{i}]: only `function` tools are translated")))?;
+                let name = f.get("name").and_then(Value::as_str).ok_or_else(|| invalid(format!("tools[{i}].function: `name` is missing")))?;
+                let mut tool = json!({"name": name, "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))});
+                if let Some(d) = f.get("description").filter(|d| d.is_string()) {
+                    tool["description"] = d.clone();
+                }
+                out.push(tool);
+            }
+            body.insert("tools".into(), out.into());
+        }
+        if let Some(choice) = self.body.get("tool_choice").filter(|c| !c.is_null()) {
+            let translated = match choice {
+                Value::String(s) if s == "auto" => json!({"type": "auto"}),
+                Value::String(s) if s == "none" => json!({"type": "none"}),
+                Value::String(s) if s == "required" => json!({"type": "any"}),
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                    let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+                    json!({"type": "tool", "name": name.ok_or_else(|| invalid("tool_choice.function.name is missing"))?})
+                }
+                other => return Err(invalid(format!("field `tool_choice`: {other} is not understood"))),
+            };
+            body.insert("tool_choice".into(), translated);
+        }
         if self.stream() {
             body.insert("stream".into(), true.into());
         }
         Ok(Value::Object(body))
     }
+}
+
+/// An OpenAI `tool_calls` entry as an Anthropic `tool_use` block.
+fn tool_use_block(call: &Value) -> std::result::Result<Value, String> {
+    let id = call.get("id").and_then(Value::as_str).ok_or("`id` is missing")?;
+    let f = call.get("function").ok_or("`function` is missing")?;
+    let name = f.get("name").and_then(Value::as_str).ok_or("`function.name` is missing")?;
+    let args = f.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+    let input: Value = serde_json::from_str(if args.trim().is_empty() { "{}" } else { args })
+        .map_err(|e| format!("`function.arguments` is not JSON: {e}"))?;
+    Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
 }
 
 /// The text of a message's `content`: the string, or its text parts joined.
@@ -307,6 +379,15 @@ pub fn anthropic_to_openai(v: &Value) -> std::result::Result<Value, Malformed> {
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
         .filter_map(|b| b.get("text").and_then(Value::as_str))
         .collect();
+    let calls: Vec<Value> = blocks
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+        .map(|b| {
+            json!({"id": b.get("id").cloned().unwrap_or(Value::Null), "type": "function",
+                   "function": {"name": b.get("name").cloned().unwrap_or(Value::Null),
+                                "arguments": b.get("input").map_or_else(|| "{}".to_string(), Value::to_string)}})
+        })
+        .collect();
     let mut out = json!({
         "id": v.get("id").cloned().unwrap_or_else(|| "msg".into()),
         "object": "chat.completion",
@@ -315,6 +396,13 @@ pub fn anthropic_to_openai(v: &Value) -> std::result::Result<Value, Malformed> {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "finish_reason": finish_reason(v.get("stop_reason").and_then(Value::as_str))}],
     });
+    if !calls.is_empty() {
+        let message = &mut out["choices"][0]["message"];
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = calls.into();
+    }
     if let Some(u) = v.get("usage") {
         if let (Some(i), Some(o)) = (u.get("input_tokens").and_then(Value::as_u64), u.get("output_tokens").and_then(Value::as_u64)) {
             out["usage"] = Usage { input_tokens: i, output_tokens: o }.to_openai();
@@ -363,6 +451,8 @@ pub struct AnthropicStream {
     created: u64,
     usage: Usage,
     finished: bool,
+    /// Anthropic content-block index to OpenAI tool-call index.
+    tools: Vec<(u64, usize)>,
 }
 
 impl AnthropicStream {
@@ -391,10 +481,29 @@ impl AnthropicStream {
                 self.usage.output_tokens = u.and_then(|u| u.get("output_tokens")).and_then(Value::as_u64).unwrap_or(0);
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
             }
+            "content_block_start" => match data.get("content_block") {
+                Some(b) if b.get("type").and_then(Value::as_str) == Some("tool_use") => {
+                    let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let index = self.tools.len();
+                    self.tools.push((block, index));
+                    let call = json!({"index": index, "id": b.get("id").cloned().unwrap_or(Value::Null), "type": "function",
+                                      "function": {"name": b.get("name").cloned().unwrap_or(Value::Null), "arguments": ""}});
+                    vec![self.chunk(json!({"tool_calls": [call]}), Value::Null)]
+                }
+                _ => Vec::new(),
+            },
             "content_block_delta" => match data.get("delta") {
                 Some(d) if d.get("type").and_then(Value::as_str) == Some("text_delta") => {
                     let text = d.get("text").and_then(Value::as_str).unwrap_or("");
                     vec![self.chunk(json!({"content": text}), Value::Null)]
+                }
+                Some(d) if d.get("type").and_then(Value::as_str) == Some("input_json_delta") => {
+                    let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let Some(&(_, index)) = self.tools.iter().find(|(b, _)| *b == block) else {
+                        return Err(Malformed(format!("input_json_delta for block {block}, which is not a tool_use block")));
+                    };
+                    let part = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
+                    vec![self.chunk(json!({"tool_calls": [{"index": index, "function": {"arguments": part}}]}), Value::Null)]
                 }
                 _ => Vec::new(),
             },
@@ -413,7 +522,7 @@ impl AnthropicStream {
             "error" => {
                 return Err(Malformed(format!("the provider reported an error mid-stream: {}", data.get("error").unwrap_or(data))));
             }
-            // ping, content_block_start/stop and future event kinds carry nothing to pass on.
+            // ping, content_block_stop and future event kinds carry nothing to pass on.
             _ => Vec::new(),
         })
     }
@@ -451,7 +560,7 @@ mod tests {
         .unwrap();
         let b = req.to_anthropic("m", 1024).unwrap();
         assert_eq!(b["messages"].as_array().unwrap().len(), 3);
-        assert_eq!(b["messages"][0]["content"], "a\n\nb");
+        assert_eq!(b["messages"][0]["content"], json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]));
         assert_eq!(b["stop_sequences"], json!(["END"]));
         assert_eq!(b["max_tokens"], 77);
         assert_eq!(b["stream"], true);
@@ -461,9 +570,52 @@ mod tests {
         assert_eq!(o["max_completion_tokens"], 77);
         assert!(o.get("max_tokens").is_none());
 
-        let tools =
-            ChatRequest::from_json(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})).unwrap();
-        assert!(tools.to_anthropic("m", 10).unwrap_err().to_string().contains("`tools`"));
+        let bad = ChatRequest::from_json(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})).unwrap();
+        assert!(bad.to_anthropic("m", 10).unwrap_err().to_string().contains("tools[0]"));
+        let images =
+            ChatRequest::from_json(json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}))
+                .unwrap();
+        assert!(images.to_anthropic("m", 10).unwrap_err().to_string().contains("image_url"));
+    }
+
+    #[test]
+    fn tool_calls_translate_both_ways() {
+        let req = ChatRequest::from_json(json!({
+            "tools": [{"type": "function", "function": {"name": "weather", "description": "d",
+                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "weather"}},
+            "messages": [
+                {"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": null,
+                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "-3 C, snow"}]}))
+        .unwrap();
+        let b = req.to_anthropic("m", 100).unwrap();
+        assert_eq!(b["tools"][0]["input_schema"]["properties"]["city"]["type"], "string");
+        assert_eq!(b["tool_choice"], json!({"type": "tool", "name": "weather"}));
+        assert_eq!(b["messages"][1]["content"][0], json!({"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}}));
+        assert_eq!(b["messages"][2], json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "-3 C, snow"}]}));
+
+        let answer = anthropic_to_openai(&json!({"id": "m1", "model": "c", "stop_reason": "tool_use",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Bergen"}}]}))
+        .unwrap();
+        let m = &answer["choices"][0]["message"];
+        assert_eq!(m["content"], Value::Null);
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Bergen\"}");
+        assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
+        let mut s = AnthropicStream::default();
+        s.event("message_start", &json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 3}}})).unwrap();
+        let start = s
+            .event("content_block_start", &json!({"type": "content_block_start", "index": 1,
+                   "content_block": {"type": "tool_use", "id": "toolu_9", "name": "weather", "input": {}}}))
+            .unwrap();
+        assert_eq!(start[0]["choices"][0]["delta"]["tool_calls"][0]["id"], "toolu_9");
+        let part = s
+            .event("content_block_delta", &json!({"type": "content_block_delta", "index": 1,
+                   "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}}))
+            .unwrap();
+        assert_eq!(part[0]["choices"][0]["delta"]["tool_calls"][0], json!({"index": 0, "function": {"arguments": "{\"ci"}}));
     }
 
     #[test]

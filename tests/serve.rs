@@ -388,7 +388,7 @@ async fn bad_requests_get_clear_errors() {
         (Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": "   "}]}).to_string(), 400, "invalid_request"),
         (
             Some(CLIENT_KEY),
-            json!({"model": "fake-mid", "tools": [{"type": "function", "function": {"name": "f"}}],
+            json!({"model": "fake-mid", "response_format": {"type": "json_object"},
             "messages": [{"role": "user", "content": "hi"}]})
             .to_string(),
             400,
@@ -524,4 +524,66 @@ async fn feedback_teaches_the_router_and_reload_swaps_data_without_dropping_requ
     let (status, h5, _) = post(&again, Some(CLIENT_KEY), ask.to_string()).await;
     assert_eq!(status, 200);
     assert_ne!(header(&h5, "x-semroute-model"), "fake-cheap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_round_trip_through_an_anthropic_model() {
+    use async_openai::types::chat::{
+        ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessageArgs,
+        ChatCompletionRequestToolMessageArgs, ChatCompletionTool, ChatCompletionTools, FunctionCall, FunctionObjectArgs,
+    };
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &[]);
+    let client = s.openai(CLIENT_KEY);
+    let tool = ChatCompletionTools::Function(ChatCompletionTool {
+        function: FunctionObjectArgs::default()
+            .name("weather")
+            .description("Current weather in a city")
+            .parameters(json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}))
+            .build()
+            .unwrap(),
+    });
+    let question = ChatCompletionRequestUserMessageArgs::default().content("What is the weather in Oslo?").build().unwrap();
+    let req = CreateChatCompletionRequestArgs::default().model("fake-strong").messages([question.clone().into()]).tools(vec![tool.clone()]).build().unwrap();
+    let r = client.chat().create(req).await.expect("a tool call comes back");
+    assert_eq!(r.choices[0].finish_reason, Some(async_openai::types::chat::FinishReason::ToolCalls));
+    let calls = r.choices[0].message.tool_calls.clone().expect("tool_calls");
+    let ChatCompletionMessageToolCalls::Function(call) = &calls[0] else { panic!("{calls:?}") };
+    assert_eq!(call.function.name, "weather");
+    assert_eq!(serde_json::from_str::<Value>(&call.function.arguments).unwrap(), json!({"city": "Oslo"}));
+    let seen = fake.seen.requests.lock().unwrap().last().unwrap().2.clone();
+    assert_eq!(seen["tools"][0]["input_schema"]["required"], json!(["city"]));
+
+    // The tool's result goes back; the model answers in words.
+    let assistant = ChatCompletionRequestAssistantMessageArgs::default()
+        .tool_calls(vec![ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+            id: call.id.clone(),
+            function: FunctionCall { name: "weather".into(), arguments: call.function.arguments.clone() },
+        })])
+        .build()
+        .unwrap();
+    let result = ChatCompletionRequestToolMessageArgs::default().tool_call_id(call.id.clone()).content("-3 C and snow").build().unwrap();
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("fake-strong")
+        .messages([question.into(), assistant.into(), result.into()])
+        .tools(vec![tool])
+        .build()
+        .unwrap();
+    let r = client.chat().create(req).await.expect("an answer after the tool result");
+    assert_eq!(r.choices[0].message.content.as_deref(), Some("tool said: -3 C and snow"));
+    let seen = fake.seen.requests.lock().unwrap().last().unwrap().2.clone();
+    assert_eq!(seen["messages"][1]["content"][0]["type"], "tool_use");
+    assert_eq!(seen["messages"][2]["content"][0]["tool_use_id"], call.id.as_str());
+
+    // Streamed: the call arrives as tool_call deltas whose arguments join into the JSON.
+    let body = json!({"model": "fake-strong", "stream": true, "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+                      "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]});
+    let text = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap().text().await.unwrap();
+    let chunks: Vec<Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+    let args: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()).collect();
+    assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "Oslo"}), "{text}");
+    assert!(chunks.iter().any(|c| c["choices"][0]["delta"]["tool_calls"][0]["id"] == "toolu_fake"));
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
 }

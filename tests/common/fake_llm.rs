@@ -9,6 +9,9 @@
 //! - `midfail`: streams two chunks, then an error event;
 //! - `nousage`: reports no token usage.
 //!
+//! With `tools`, the Anthropic side calls the first tool with `{"city": "Oslo"}` (whole or
+//! streamed), and answers `tool said: <result>` once the last turn holds a tool result.
+//!
 //! Otherwise it answers `echo: <last user message>`, word by word when streaming, with usage
 //! `prompt_tokens` = 10 × messages, `completion_tokens` = words of the answer.
 #![allow(dead_code)]
@@ -184,8 +187,20 @@ async fn anthropic(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body)
         )
             .into_response();
     }
-    let w = words(&body);
     let input = 10 * body["messages"].as_array().map_or(0, Vec::len) as u64 + u64::from(body.get("system").is_some()) * 10;
+    if let Some(tool) = body["tools"][0]["name"].as_str() {
+        // A tool result in the last turn is answered in words; otherwise the fake calls the first tool.
+        let last = body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+        let result = last["content"].as_array().and_then(|c| c.iter().find(|b| b["type"] == "tool_result")).map(|b| b["content"].clone());
+        if result.is_none() {
+            return anthropic_tool_call(&model, tool, input, body["stream"] == true);
+        }
+        let text = format!("tool said: {}", result.unwrap().as_str().unwrap_or(""));
+        return Json(json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": {"input_tokens": input, "output_tokens": 3}}))
+        .into_response();
+    }
+    let w = words(&body);
     if body["stream"] != true {
         let mut answer = json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": w.join(" ")}], "stop_reason": "end_turn"});
@@ -222,4 +237,23 @@ async fn anthropic(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body)
     events.push((Some("message_stop"), json!({"type": "message_stop"})));
     let gap = if model.contains("drip") { Duration::from_millis(300) } else { Duration::ZERO };
     sse_body(events, gap, false)
+}
+
+fn anthropic_tool_call(model: &str, tool: &str, input: u64, stream: bool) -> Response {
+    if !stream {
+        return Json(json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Let me check."}, {"type": "tool_use", "id": "toolu_fake", "name": tool, "input": {"city": "Oslo"}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": input, "output_tokens": 12}}))
+        .into_response();
+    }
+    let events = vec![
+        (Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_fake", "model": model, "usage": {"input_tokens": input, "output_tokens": 1}}})),
+        (Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_fake", "name": tool, "input": {}}})),
+        (Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}})),
+        (Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Oslo\"}"}})),
+        (Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})),
+        (Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 12}})),
+        (Some("message_stop"), json!({"type": "message_stop"})),
+    ];
+    sse_body(events, Duration::ZERO, false)
 }
