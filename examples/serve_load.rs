@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use fake_llm::{FakeLlm, PROVIDER_KEY};
+use fake_llm::{FakeLlm, FAKE_PRICES as PRICES, PROVIDER_KEY};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -51,31 +51,6 @@ struct Args {
 }
 
 const CLIENT_KEY: &str = "load-client-key-0123456789abcdef";
-const PRICES: &str = r#"
-[models."fake-cheap"]
-provider = "fakeco"
-input_per_mtok = 0.10
-output_per_mtok = 0.40
-tier = "cheap"
-source = "load-test fixture"
-as_of = "2026-11-23"
-
-[models."fake-mid"]
-provider = "fakeco"
-input_per_mtok = 1.00
-output_per_mtok = 4.00
-tier = "mid"
-source = "load-test fixture"
-as_of = "2026-11-23"
-
-[models."fake-strong"]
-provider = "fakeco"
-input_per_mtok = 3.00
-output_per_mtok = 15.00
-tier = "strong"
-source = "load-test fixture"
-as_of = "2026-11-23"
-"#;
 
 struct ServeChild(Child);
 impl Drop for ServeChild {

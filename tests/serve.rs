@@ -17,38 +17,13 @@ use async_openai::types::chat::{
     ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
     CreateChatCompletionRequestArgs,
 };
-use fake_llm::{FakeLlm, PROVIDER_KEY};
+use fake_llm::{FakeLlm, FAKE_PRICES as PRICES, PROVIDER_KEY};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 /// Close to a built-in formatting exemplar, so it is routed, not sent to the fallback model.
 const PROMPT: &str = r#"Reformat this JSON so it is indented: {"id": 7, "tags": ["a", "b"]}"#;
 const CLIENT_KEY: &str = "client-key-for-tests-abcdef123456";
-const PRICES: &str = r#"
-[models."fake-cheap"]
-provider = "fakeco"
-input_per_mtok = 0.10
-output_per_mtok = 0.40
-tier = "cheap"
-source = "test fixture"
-as_of = "2026-11-23"
-
-[models."fake-mid"]
-provider = "fakeco"
-input_per_mtok = 1.00
-output_per_mtok = 4.00
-tier = "mid"
-source = "test fixture"
-as_of = "2026-11-23"
-
-[models."fake-strong"]
-provider = "otherco"
-input_per_mtok = 3.00
-output_per_mtok = 15.00
-tier = "strong"
-source = "test fixture"
-as_of = "2026-11-23"
-"#;
 
 /// A running `serve`; killed on drop.
 struct Serve {
@@ -544,7 +519,12 @@ async fn tool_calls_round_trip_through_an_anthropic_model() {
             .unwrap(),
     });
     let question = ChatCompletionRequestUserMessageArgs::default().content("What is the weather in Oslo?").build().unwrap();
-    let req = CreateChatCompletionRequestArgs::default().model("fake-strong").messages([question.clone().into()]).tools(vec![tool.clone()]).build().unwrap();
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("fake-strong")
+        .messages([question.clone().into()])
+        .tools(vec![tool.clone()])
+        .build()
+        .unwrap();
     let r = client.chat().create(req).await.expect("a tool call comes back");
     assert_eq!(r.choices[0].finish_reason, Some(async_openai::types::chat::FinishReason::ToolCalls));
     let calls = r.choices[0].message.tool_calls.clone().expect("tool_calls");
@@ -579,10 +559,13 @@ async fn tool_calls_round_trip_through_an_anthropic_model() {
     let body = json!({"model": "fake-strong", "stream": true, "messages": [{"role": "user", "content": "Weather in Oslo?"}],
                       "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]});
     let text = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap().text().await.unwrap();
-    let chunks: Vec<Value> =
-        text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
-    let args: String =
-        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()).collect();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let args: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()).collect();
     assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "Oslo"}), "{text}");
     assert!(chunks.iter().any(|c| c["choices"][0]["delta"]["tool_calls"][0]["id"] == "toolu_fake"));
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));

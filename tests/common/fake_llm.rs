@@ -30,6 +30,33 @@ use axum::routing::post;
 use axum::Json;
 use serde_json::{json, Value};
 
+/// A price table for the fake's three models (cheap, mid, strong), for `serve --prices`.
+pub const FAKE_PRICES: &str = r#"
+[models."fake-cheap"]
+provider = "fakeco"
+input_per_mtok = 0.10
+output_per_mtok = 0.40
+tier = "cheap"
+source = "fake provider fixture"
+as_of = "2026-11-23"
+
+[models."fake-mid"]
+provider = "fakeco"
+input_per_mtok = 1.00
+output_per_mtok = 4.00
+tier = "mid"
+source = "fake provider fixture"
+as_of = "2026-11-23"
+
+[models."fake-strong"]
+provider = "otherco"
+input_per_mtok = 3.00
+output_per_mtok = 15.00
+tier = "strong"
+source = "fake provider fixture"
+as_of = "2026-11-23"
+"#;
+
 /// The key the fake accepts (bearer or `x-api-key`).
 pub const PROVIDER_KEY: &str = "fake-provider-key-0123456789";
 
@@ -247,10 +274,22 @@ fn anthropic_tool_call(model: &str, tool: &str, input: u64, stream: bool) -> Res
         .into_response();
     }
     let events = vec![
-        (Some("message_start"), json!({"type": "message_start", "message": {"id": "msg_fake", "model": model, "usage": {"input_tokens": input, "output_tokens": 1}}})),
-        (Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_fake", "name": tool, "input": {}}})),
-        (Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}})),
-        (Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Oslo\"}"}})),
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_fake", "model": model, "usage": {"input_tokens": input, "output_tokens": 1}}}),
+        ),
+        (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_fake", "name": tool, "input": {}}}),
+        ),
+        (
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+        ),
+        (
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Oslo\"}"}}),
+        ),
         (Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})),
         (Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 12}})),
         (Some("message_stop"), json!({"type": "message_stop"})),
