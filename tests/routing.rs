@@ -192,21 +192,33 @@ async fn shared_across_tokio_tasks() {
 }
 
 #[test]
-fn warm_start_reads_cached_vectors() {
+fn warm_start_reads_cached_vectors_and_graph() {
     let dir = tempfile::tempdir().unwrap();
     let build = || Router::builder().embedder(common::embedder()).cache_dir(dir.path()).build().unwrap();
     let cold = build();
-    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(files.len(), 1, "one cache file for the built-in set");
+    let file = |ext: &str| {
+        let found: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect();
+        assert_eq!(found.len(), 1, "one .{ext} file for the built-in set: {found:?}");
+        found[0].clone()
+    };
+    let (vectors, graph) = (file("vec"), file("hnsw"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     let warm = build();
     let p = "Reformat this JSON so it is indented: {\"a\":1}";
     assert_eq!(cold.route(p).unwrap(), warm.route(p).unwrap());
 
-    // A damaged cache file is ignored and rewritten, not trusted.
-    let path = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-    let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::write(&path, b"garbage").unwrap();
-    let rebuilt = build();
-    assert_eq!(rebuilt.route(p).unwrap(), cold.route(p).unwrap());
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    // A damaged graph is ignored and rebuilt from the cached vectors; damaged vectors are
+    // re-embedded. Neither is trusted, and both are rewritten whole.
+    let (vlen, glen) = (std::fs::metadata(&vectors).unwrap().len(), std::fs::metadata(&graph).unwrap().len());
+    std::fs::write(&graph, b"garbage").unwrap();
+    assert_eq!(build().route(p).unwrap(), cold.route(p).unwrap());
+    assert_eq!(std::fs::metadata(&graph).unwrap().len(), glen);
+    std::fs::write(&graph, b"garbage").unwrap();
+    std::fs::write(&vectors, b"garbage").unwrap();
+    assert_eq!(build().route(p).unwrap(), cold.route(p).unwrap());
+    assert_eq!((std::fs::metadata(&vectors).unwrap().len(), std::fs::metadata(&graph).unwrap().len()), (vlen, glen));
 }
