@@ -62,6 +62,7 @@ struct Writer {
 }
 
 /// Exemplars, their index, prices: everything a reload or an addition replaces.
+#[derive(Clone)]
 struct State {
     exemplars: ExemplarSet,
     index: LiveIndex,
@@ -251,32 +252,31 @@ impl Router {
         let current = inner.state.load_full();
         feedback.check(&current.prices)?;
         let exemplar = feedback.to_exemplar();
-        // Refuse a repeated id before it reaches the log.
-        current.exemplars.with_added(vec![exemplar.clone()], "<feedback>")?;
+        // A repeated id is refused before anything reaches the log.
+        let exemplars = validated(&current, vec![exemplar.clone()], "<feedback>")?;
         let vectors = inner.embedder.embed_batch(&[exemplar.prompt.as_str()])?;
         if let Some(log) = writer.log.as_mut() {
             log.append(feedback)?;
         }
-        let state = self.extended(&current, vec![exemplar.clone()], vectors.clone(), "<feedback>")?;
+        let state = self.grown(&current, exemplars, vectors.clone())?;
         inner.state.store(Arc::new(state));
         writer.added.push(exemplar);
         writer.added_vectors.extend(vectors);
         Ok(())
     }
 
-    /// `state` plus `items` (with their `vectors`), the graph rebuilt when the scanned part grew.
+    /// `state` plus `items` (with their `vectors`), validated.
     fn extended(&self, state: &State, items: Vec<Exemplar>, vectors: Vec<Vec<f32>>, origin: &str) -> Result<State> {
         if items.is_empty() {
-            return Ok(State {
-                exemplars: state.exemplars.clone(),
-                index: state.index.clone(),
-                prices: state.prices.clone(),
-                prior: Prior::from_exemplars(&state.exemplars, &state.prices, self.inner.settings.prior_strength),
-                fallback_model: state.fallback_model.clone(),
-            });
+            return Ok(state.clone());
         }
-        let exemplars = state.exemplars.with_added(items, origin)?;
-        exemplars.check_models(&state.prices)?;
+        let exemplars = validated(state, items, origin)?;
+        self.grown(state, exemplars, vectors)
+    }
+
+    /// `state` with `exemplars` (its own followed by new ones, validated) and the new ones'
+    /// `vectors`; the graph is rebuilt when the scanned part has grown enough.
+    fn grown(&self, state: &State, exemplars: ExemplarSet, vectors: Vec<Vec<f32>>) -> Result<State> {
         let mut index = state.index.with_added(vectors)?;
         if index.needs_rebuild() {
             index = index.rebuilt()?;
@@ -302,10 +302,10 @@ impl Router {
         let mut writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = inner.state.load_full();
         // Validate before the (slow) embedding.
-        current.exemplars.with_added(items.clone(), origin.as_ref())?.check_models(&current.prices)?;
+        let exemplars = validated(&current, items.clone(), &origin.as_ref().to_string_lossy())?;
         let prompts: Vec<&str> = items.iter().map(|e| e.prompt.as_str()).collect();
         let vectors = inner.embedder.embed_batch(&prompts)?;
-        let state = self.extended(&current, items.clone(), vectors.clone(), &origin.as_ref().to_string_lossy())?;
+        let state = self.grown(&current, exemplars, vectors.clone())?;
         inner.state.store(Arc::new(state));
         writer.added.extend(items);
         writer.added_vectors.extend(vectors);
@@ -614,6 +614,13 @@ impl RouterBuilder {
         *router.inner.writer.lock().unwrap_or_else(|p| p.into_inner()) = writer;
         Ok(router)
     }
+}
+
+/// `state`'s exemplars followed by `items`: unique ids, every measured model priced.
+fn validated(state: &State, items: Vec<Exemplar>, origin: &str) -> Result<ExemplarSet> {
+    let exemplars = state.exemplars.with_added(items, origin)?;
+    exemplars.check_models(&state.prices)?;
+    Ok(exemplars)
 }
 
 /// Validates, embeds and indexes one generation of data.

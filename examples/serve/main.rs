@@ -204,10 +204,9 @@ struct Finish<'a> {
 }
 
 impl Finish<'_> {
-    fn record(&self, outcome: &'static str, usage: Option<Usage>, counted: Usage) {
+    /// `usage`: the tokens billed; `usage_reported`: whether the provider said so (else counted).
+    fn record(&self, outcome: &'static str, usage: Usage, usage_reported: bool) {
         let app = self.app;
-        let usage_reported = usage.is_some();
-        let usage = usage.unwrap_or(counted);
         let cost = app.cost(self.model, usage);
         let strongest = app.strongest_cost(usage);
         let latency = self.plan.started.elapsed();
@@ -415,19 +414,19 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
         } else {
             match app.client.chat(ep, key, &chat).await {
                 Ok(answer) => {
-                    let usage = answer.usage;
-                    let counted = count_answer(&app, &chat, &answer.body);
-                    Finish { app: &app, plan: &plan, model: &model, failovers: &failovers }.record("ok", usage, counted);
+                    // Counted locally only when the provider reports no usage.
+                    let usage = answer.usage.unwrap_or_else(|| count_answer(&app, &chat, &answer.body));
+                    Finish { app: &app, plan: &plan, model: &model, failovers: &failovers }.record("ok", usage, answer.usage.is_some());
                     app.metrics.decisions.get_or_create(&Served { model: model.clone(), routed: routed_label(&plan) }).inc();
                     let mut body = answer.body;
                     body["model"] = model.clone().into();
-                    body["semroute"] = explanation(&app, &plan, &model, &failovers, Some(usage.unwrap_or(counted)));
+                    body["semroute"] = explanation(&app, &plan, &model, &failovers, Some(usage));
                     let mut resp = (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response();
                     let h = resp.headers_mut();
                     for (k, v) in decision_headers(&plan, &model, &failovers) {
                         h.insert(k, v);
                     }
-                    if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", app.cost(&model, usage.unwrap_or(counted)))) {
+                    if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", app.cost(&model, usage))) {
                         h.insert("x-semroute-actual-cost-usd", v);
                     }
                     return resp;
@@ -515,9 +514,13 @@ struct StreamTally {
 
 impl Drop for StreamTally {
     fn drop(&mut self) {
-        let counted = count_text(&self.app, &self.chat, &self.text);
+        let usage = self.usage.unwrap_or_else(|| count_text(&self.app, &self.chat, &self.text));
         let outcome = self.outcome.unwrap_or("client_closed");
-        Finish { app: &self.app, plan: &self.plan, model: &self.model, failovers: &self.failovers }.record(outcome, self.usage, counted);
+        Finish { app: &self.app, plan: &self.plan, model: &self.model, failovers: &self.failovers }.record(
+            outcome,
+            usage,
+            self.usage.is_some(),
+        );
     }
 }
 
