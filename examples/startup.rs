@@ -15,8 +15,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use semroute::exemplar::{Exemplar, Grade, TierLabel};
-use semroute::{ExemplarSet, Router, Tier};
+use semroute::{ExemplarSet, Router};
+
+#[path = "common/timing.rs"]
+mod timing;
 
 #[derive(Parser)]
 struct Args {
@@ -38,29 +40,6 @@ fn rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn prompts(dir: &std::path::Path) -> Result<Vec<String>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e} (give --data or set SEMROUTE_DATA)", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", f.display(), i + 1))?;
-            if let Some(p) = v.get("prompt").and_then(|p| p.as_str()).filter(|p| !p.trim().is_empty()) {
-                out.push(p.to_string());
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("no prompts in {}", dir.display()));
-    }
-    Ok(out)
-}
-
 fn timed(what: &str, set: &ExemplarSet, cache: &std::path::Path) -> Result<(Router, f64), String> {
     let started = Instant::now();
     let router = Router::builder().exemplars(set.clone()).cache_dir(cache).build().map_err(|e| e.to_string())?;
@@ -70,31 +49,11 @@ fn timed(what: &str, set: &ExemplarSet, cache: &std::path::Path) -> Result<(Rout
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let data = args
-        .data
-        .or_else(|| std::env::var_os("SEMROUTE_DATA").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));
-    let base = prompts(&data)?;
+    let (set, base) = timing::timing_set(args.exemplars, args.data)?;
     let n = args.exemplars;
-    let items: Vec<Exemplar> = (0..n)
-        .map(|i| {
-            let p = &base[i % base.len()];
-            let round = i / base.len();
-            Exemplar {
-                id: format!("startup-{i}"),
-                prompt: if round == 0 { p.clone() } else { format!("{p}\n(variant {round})") },
-                category: "startup-timing".into(),
-                language: "en".into(),
-                source: Some("startup example: shared dataset prompt, synthetic label for timing only".into()),
-                pair: None,
-                grade: Grade::Labelled(TierLabel { tier: Tier::Cheap, reason: "timing only, not a real label".into(), output_tokens: 100 }),
-            }
-        })
-        .collect();
-    let set = ExemplarSet::from_exemplars(items).map_err(|e| e.to_string())?;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cache = args.cache.unwrap_or_else(|| tmp.path().to_path_buf());
-    println!("{n} exemplars ({} distinct dataset prompts), cache {}", base.len(), cache.display());
+    println!("{n} exemplars ({base} distinct dataset prompts), cache {}", cache.display());
     let (router, _) = timed("cold: embed, build the graph, save vectors and graph", &set, &cache)?;
     let probe = set.get(n / 2).prompt.clone();
     let d = router.route(&probe).map_err(|e| e.to_string())?;

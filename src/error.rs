@@ -142,6 +142,15 @@ pub enum Error {
     #[error("index: {0}")]
     Index(String),
 
+    /// A shared exemplar store (see [`store`](crate::store)) refused or failed an operation.
+    #[error("exemplar store {store}: {message}")]
+    Store {
+        /// Which store (never with a password).
+        store: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// No model satisfies the request's constraints.
     #[error("no model satisfies the request: {0}")]
     NoEligibleModel(String),

@@ -131,7 +131,7 @@ impl Exemplar {
         serde_json::to_string(&line).expect("an exemplar always serialises")
     }
 
-    fn from_line(text: &str, at: &Location) -> Result<Self> {
+    pub(crate) fn from_line(text: &str, at: &Location) -> Result<Self> {
         let err = |field: Option<&str>, message: String| Error::Exemplar { at: at.clone(), field: field.map(str::to_string), message };
         let raw: ExemplarLine = serde_json::from_str(text).map_err(|e| {
             // serde names the field in its message ("missing field `prompt`"); pull it out too.
@@ -321,7 +321,12 @@ impl ExemplarSet {
 
     /// Checks that every measured result names a model the price table lists.
     pub fn check_models(&self, prices: &PriceTable) -> Result<()> {
-        for (ex, at) in self.items.iter().zip(self.origins.iter()) {
+        self.check_models_from(0, prices)
+    }
+
+    /// [`check_models`](ExemplarSet::check_models) for the exemplars from position `start` on.
+    pub(crate) fn check_models_from(&self, start: usize, prices: &PriceTable) -> Result<()> {
+        for (ex, at) in self.items.iter().zip(self.origins.iter()).skip(start) {
             if let Grade::Measured { results } = &ex.grade {
                 if let Some(model) = results.keys().find(|m| prices.get(m).is_none()) {
                     return Err(Error::Exemplar {
@@ -351,6 +356,11 @@ impl ExemplarSet {
     /// The exemplar at position `i` (positions are what the index returns).
     pub fn get(&self, i: usize) -> &Exemplar {
         &self.items[i]
+    }
+
+    /// The exemplar at position `i`, shared (panics if out of range).
+    pub fn shared(&self, i: usize) -> Arc<Exemplar> {
+        self.items[i].clone()
     }
 
     /// Where exemplar `i` was read from.

@@ -50,6 +50,9 @@
 //! - [`Router::learn`] takes [`feedback::Feedback`] on an answer (durably, with
 //!   [`RouterBuilder::feedback_log`]); [`Router::reload`] swaps exemplars and prices while routing
 //!   goes on; both keep the router's previous state on any error.
+//! - [`RouterBuilder::store`] shares one exemplar collection among many routers through an
+//!   [`store::ExemplarStore`]; the `pgvector` feature provides one on PostgreSQL
+//!   (`store::PgStore`).
 //!
 //! ## Without the model
 //! Everything past the embedding is plain data and functions, usable with any [`Embedder`]:
@@ -126,6 +129,7 @@ pub mod predict;
 pub mod pricing;
 pub mod provider;
 pub mod router;
+pub mod store;
 
 pub use decision::{Candidate, Neighbour, RouteDecision};
 pub use embed::{Embedder, FastEmbedder};

@@ -67,8 +67,12 @@ pub struct Predictions {
 
 /// Softmax weights of similarities at `temperature` (> 0).
 pub fn neighbour_weights(hits: &[Hit], temperature: f64) -> Vec<f64> {
-    let best = hits.iter().map(|h| h.similarity as f64).fold(f64::NEG_INFINITY, f64::max);
-    let raw: Vec<f64> = hits.iter().map(|h| ((h.similarity as f64 - best) / temperature).exp()).collect();
+    softmax(hits.iter().map(|h| h.similarity), temperature)
+}
+
+fn softmax(similarities: impl Iterator<Item = f32> + Clone, temperature: f64) -> Vec<f64> {
+    let best = similarities.clone().map(f64::from).fold(f64::NEG_INFINITY, f64::max);
+    let raw: Vec<f64> = similarities.map(|s| ((f64::from(s) - best) / temperature).exp()).collect();
     let sum: f64 = raw.iter().sum();
     raw.into_iter().map(|w| if sum > 0.0 { w / sum } else { 0.0 }).collect()
 }
@@ -155,11 +159,18 @@ pub fn predict(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceTable, tempe
 
 /// [`predict`], with each model's quality shrunk towards its overall mean (see [`Prior`]).
 pub fn predict_with_prior(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceTable, temperature: f64, prior: &Prior) -> Predictions {
-    let weights = neighbour_weights(hits, temperature);
+    let neighbours: Vec<(&Grade, f32)> = hits.iter().map(|h| (&exemplars.get(h.position).grade, h.similarity)).collect();
+    predict_from(&neighbours, prices, temperature, prior)
+}
+
+/// Predicts from neighbours given as (grade, cosine similarity), wherever they were found (an
+/// in-process index or a shared [`store`](crate::store)).
+pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperature: f64, prior: &Prior) -> Predictions {
+    let weights = softmax(neighbours.iter().map(|n| n.1), temperature);
     // model -> (sum w*q, sum w*tokens, sum w, sum w²)
     let mut acc: BTreeMap<&str, (f64, f64, f64, f64)> = BTreeMap::new();
-    for (hit, &w) in hits.iter().zip(&weights) {
-        for (model, q, tokens) in evidence(&exemplars.get(hit.position).grade, prices) {
+    for (&(grade, _), &w) in neighbours.iter().zip(&weights) {
+        for (model, q, tokens) in evidence(grade, prices) {
             let e = acc.entry(model).or_default();
             e.0 += w * q;
             e.1 += w * tokens;

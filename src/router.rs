@@ -29,8 +29,9 @@ use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
 use crate::policy::{choose, ChoiceInput, Constraints};
-use crate::predict::{predict_with_prior, Prior};
+use crate::predict::{predict_from, Prior};
 use crate::pricing::{PriceTable, TokenCounter};
+use crate::store::ExemplarStore;
 
 /// Routes prompts. Cheap to clone and share across threads and tokio tasks (`Send + Sync`; the
 /// state is behind an `Arc`).
@@ -46,6 +47,8 @@ struct Inner {
     /// The fallback model the builder was given; `None`: the default of each price table.
     configured_fallback: Option<String>,
     cache: Option<VectorCache>,
+    /// The shared exemplar store, when neighbours come from one instead of an in-process index.
+    store: Option<Arc<dyn ExemplarStore>>,
     /// What routing reads: one consistent snapshot per decision, swapped whole by writers.
     state: ArcSwap<State>,
     /// Serialises writers (reload, add, learn), so that none is lost; routing never takes it.
@@ -64,11 +67,22 @@ struct Writer {
 /// Exemplars, their index, prices: everything a reload or an addition replaces.
 #[derive(Clone)]
 struct State {
+    /// Every exemplar (with a shared store: as it was at the last build or reload, plus this
+    /// router's own additions).
     exemplars: ExemplarSet,
-    index: LiveIndex,
+    search: Search,
     prices: Arc<PriceTable>,
     prior: Prior,
     fallback_model: String,
+}
+
+/// Where neighbours are found.
+#[derive(Clone)]
+enum Search {
+    /// In this process: positions into the state's exemplars.
+    Local(LiveIndex),
+    /// In a store shared with other routers, which may hold exemplars this one has not seen.
+    Shared(Arc<dyn ExemplarStore>),
 }
 
 /// The router's tunable settings (see [`RouterBuilder`] for what each means and its default).
@@ -224,6 +238,7 @@ impl Router {
             inner.configured_fallback.as_deref(),
             inner.settings.prior_strength,
             inner.cache.as_ref(),
+            inner.store.as_ref(),
         )?;
         // What was added or learned since start stays (feedback whose model the new table lacks
         // cannot be used with it: the reload is refused and says so).
@@ -254,14 +269,21 @@ impl Router {
         let exemplar = feedback.to_exemplar();
         // A repeated id is refused before anything reaches the log.
         let exemplars = validated(&current, vec![exemplar.clone()], "<feedback>")?;
+        if let Search::Shared(store) = &current.search {
+            if let Some(old) = store.existing(&[exemplar.id.as_str()])?.first() {
+                return Err(Error::Store { store: store.describe(), message: format!("already holds exemplar id `{}`", old.id) });
+            }
+        }
         let vectors = inner.embedder.embed_batch(&[exemplar.prompt.as_str()])?;
         if let Some(log) = writer.log.as_mut() {
             log.append(feedback)?;
         }
         let state = self.grown(&current, exemplars, vectors.clone())?;
         inner.state.store(Arc::new(state));
-        writer.added.push(exemplar);
-        writer.added_vectors.extend(vectors);
+        if matches!(current.search, Search::Local(_)) {
+            writer.added.push(exemplar);
+            writer.added_vectors.extend(vectors);
+        }
         Ok(())
     }
 
@@ -275,14 +297,25 @@ impl Router {
     }
 
     /// `state` with `exemplars` (its own followed by new ones, validated) and the new ones'
-    /// `vectors`; the graph is rebuilt when the scanned part has grown enough.
+    /// `vectors`: added to the in-process index (whose graph is rebuilt when the scanned part has
+    /// grown enough), or written to the shared store.
     fn grown(&self, state: &State, exemplars: ExemplarSet, vectors: Vec<Vec<f32>>) -> Result<State> {
-        let mut index = state.index.with_added(vectors)?;
-        if index.needs_rebuild() {
-            index = index.rebuilt()?;
-        }
+        let search = match &state.search {
+            Search::Local(index) => {
+                let mut index = index.with_added(vectors)?;
+                if index.needs_rebuild() {
+                    index = index.rebuilt()?;
+                }
+                Search::Local(index)
+            }
+            Search::Shared(store) => {
+                let new: Vec<Exemplar> = exemplars.iter().skip(state.exemplars.len()).cloned().collect();
+                store.insert(&new, &vectors)?;
+                Search::Shared(store.clone())
+            }
+        };
         let prior = Prior::from_exemplars(&exemplars, &state.prices, self.inner.settings.prior_strength);
-        Ok(State { exemplars, index, prices: state.prices.clone(), prior, fallback_model: state.fallback_model.clone() })
+        Ok(State { exemplars, search, prices: state.prices.clone(), prior, fallback_model: state.fallback_model.clone() })
     }
 
     /// Adds graded exemplars while routing goes on; decisions made after this returns use them.
@@ -307,8 +340,10 @@ impl Router {
         let vectors = inner.embedder.embed_batch(&prompts)?;
         let state = self.grown(&current, exemplars, vectors.clone())?;
         inner.state.store(Arc::new(state));
-        writer.added.extend(items);
-        writer.added_vectors.extend(vectors);
+        if matches!(current.search, Search::Local(_)) {
+            writer.added.extend(items);
+            writer.added_vectors.extend(vectors);
+        }
         Ok(())
     }
 
@@ -324,15 +359,21 @@ impl Router {
         // One snapshot for the whole decision, so a reload mid-way cannot mix old and new data.
         let state = inner.state.load();
         let quality_bar = constraints.quality_bar.unwrap_or(s.quality_bar);
-        let hits = state.index.search(vector, s.k);
-        let predictions = predict_with_prior(&state.exemplars, &hits, &state.prices, s.temperature, &state.prior);
+        let found: Vec<(Arc<Exemplar>, f32)> = match &state.search {
+            Search::Local(index) => {
+                index.search(vector, s.k).into_iter().map(|h| (state.exemplars.shared(h.position), h.similarity)).collect()
+            }
+            Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (h.exemplar, h.similarity)).collect(),
+        };
+        let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
+        let predictions = predict_from(&grades, &state.prices, s.temperature, &state.prior);
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         let choice = choose(
             ChoiceInput {
                 predictions: &predictions,
                 prices: &state.prices,
                 input_tokens,
-                top_similarity: hits.first().map(|h| h.similarity),
+                top_similarity: found.first().map(|h| h.1),
                 min_similarity: s.min_similarity,
                 quality_bar,
                 fallback_model: &state.fallback_model,
@@ -349,23 +390,20 @@ impl Router {
         let strongest = state.prices.strongest();
         let strongest_cost = choice.candidates.iter().find(|c| c.model == strongest).map_or(0.0, |c| c.expected_cost_usd);
         let saving = strongest_cost - c.expected_cost_usd;
-        let neighbours = hits
+        let neighbours = found
             .iter()
             .zip(&predictions.weights)
-            .map(|(h, &weight)| {
-                let ex = state.exemplars.get(h.position);
-                Neighbour {
-                    id: ex.id.clone(),
-                    similarity: h.similarity,
-                    weight,
-                    category: ex.category.clone(),
-                    language: ex.language.clone(),
-                    grade: match &ex.grade {
-                        Grade::Labelled(l) => format!("labelled:{}", l.tier),
-                        Grade::Measured { results } => format!("measured:{} models", results.len()),
-                    },
-                    prompt_preview: ex.prompt.chars().take(80).collect(),
-                }
+            .map(|((ex, similarity), &weight)| Neighbour {
+                id: ex.id.clone(),
+                similarity: *similarity,
+                weight,
+                category: ex.category.clone(),
+                language: ex.language.clone(),
+                grade: match &ex.grade {
+                    Grade::Labelled(l) => format!("labelled:{}", l.tier),
+                    Grade::Measured { results } => format!("measured:{} models", results.len()),
+                },
+                prompt_preview: ex.prompt.chars().take(80).collect(),
             })
             .collect();
         Ok(RouteDecision {
@@ -430,6 +468,7 @@ pub struct RouterBuilder {
     prior_strength: Option<f64>,
     cache: Option<Option<PathBuf>>,
     feedback_log: Option<PathBuf>,
+    store: Option<Arc<dyn ExemplarStore>>,
 }
 
 impl RouterBuilder {
@@ -511,6 +550,18 @@ impl RouterBuilder {
         self
     }
 
+    /// Finds neighbours in a shared [`ExemplarStore`] (such as [`PgStore`](crate::store) with
+    /// the `pgvector` feature) instead of an in-process index, so that many routers share one
+    /// collection: what any of them adds or learns, all of them use from their next decision.
+    /// At `build`, the router's exemplars (default: the built-in ones) are written to the store
+    /// if it lacks them; an exemplar it holds under the same id must be identical. The store must
+    /// hold vectors of the router's embedding model (checked). [`Router::reload`] writes new
+    /// exemplars to the store and swaps prices; it never deletes from the store.
+    pub fn store(mut self, store: Arc<dyn ExemplarStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Do not read or write cached exemplar vectors.
     pub fn no_cache(mut self) -> Self {
         self.cache = Some(None);
@@ -556,7 +607,15 @@ impl RouterBuilder {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
         };
-        let state = build_state(embedder.as_ref(), exemplars, prices, self.fallback_model.as_deref(), prior_strength, cache.as_ref())?;
+        let mut state = build_state(
+            embedder.as_ref(),
+            exemplars,
+            prices,
+            self.fallback_model.as_deref(),
+            prior_strength,
+            cache.as_ref(),
+            self.store.as_ref(),
+        )?;
         let mut writer = Writer { added: Vec::new(), added_vectors: Vec::new(), log: None };
         if let Some(path) = &self.feedback_log {
             let (log, found) = Journal::<Feedback>::open(path)?;
@@ -569,7 +628,8 @@ impl RouterBuilder {
                     continue;
                 }
                 let ex = fb.to_exemplar();
-                if state.exemplars.iter().any(|e| e.id == ex.id) {
+                // (A shared store holds what earlier runs learned: `seed` below compares those.)
+                if self.store.is_none() && state.exemplars.iter().any(|e| e.id == ex.id) {
                     tracing::warn!("{}: skipped feedback {:?}: its id is taken by an exemplar", path.display(), fb.id);
                     continue;
                 }
@@ -581,7 +641,12 @@ impl RouterBuilder {
                     }
                 }
             }
-            if !learned.is_empty() {
+            if let (Some(store), false) = (&self.store, learned.is_empty()) {
+                // The shared store keeps what was learned; it may have it already.
+                seed(embedder.as_ref(), store.as_ref(), learned, true)?;
+                state.exemplars = ExemplarSet::from_exemplars(store.all()?)?;
+                state.prior = Prior::from_exemplars(&state.exemplars, &state.prices, prior_strength);
+            } else if !learned.is_empty() {
                 let set = ExemplarSet::from_exemplars(learned.clone())?;
                 writer.added_vectors = exemplar_vectors(embedder.as_ref(), &set, cache.as_ref())?;
                 writer.added = learned;
@@ -602,6 +667,7 @@ impl RouterBuilder {
                 },
                 configured_fallback: self.fallback_model,
                 cache,
+                store: self.store,
                 state: ArcSwap::from_pointee(state),
                 writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
             }),
@@ -616,10 +682,15 @@ impl RouterBuilder {
     }
 }
 
-/// `state`'s exemplars followed by `items`: unique ids, every measured model priced.
+/// `state`'s exemplars followed by `items`: unique ids, every measured model priced. (A shared
+/// store may hold exemplars for models this router does not price; only the new ones must be.)
 fn validated(state: &State, items: Vec<Exemplar>, origin: &str) -> Result<ExemplarSet> {
+    let start = match state.search {
+        Search::Local(_) => 0,
+        Search::Shared(_) => state.exemplars.len(),
+    };
     let exemplars = state.exemplars.with_added(items, origin)?;
-    exemplars.check_models(&state.prices)?;
+    exemplars.check_models_from(start, &state.prices)?;
     Ok(exemplars)
 }
 
@@ -631,6 +702,7 @@ fn build_state(
     fallback: Option<&str>,
     prior_strength: f64,
     cache: Option<&VectorCache>,
+    store: Option<&Arc<dyn ExemplarStore>>,
 ) -> Result<State> {
     if exemplars.is_empty() {
         return Err(Error::Config("the exemplar set is empty".into()));
@@ -643,9 +715,61 @@ fn build_state(
         }
         None => default_fallback(&prices),
     };
-    let index = LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?);
+    let (exemplars, search) = match store {
+        None => {
+            let index = LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?);
+            (exemplars, Search::Local(index))
+        }
+        Some(store) => {
+            seed(embedder, store.as_ref(), exemplars.iter().cloned().collect(), false)?;
+            (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()))
+        }
+    };
     let prior = Prior::from_exemplars(&exemplars, &prices, prior_strength);
-    Ok(State { exemplars, index, prices: Arc::new(prices), prior, fallback_model })
+    Ok(State { exemplars, search, prices: Arc::new(prices), prior, fallback_model })
+}
+
+/// Writes to a shared store those of `items` it lacks (embedding only them). One it holds under
+/// the same id must be identical, else this fails naming it; with `keep_stored`, the stored one
+/// is kept with a warning instead (for replayed feedback, which the store may have seen).
+fn seed(embedder: &dyn Embedder, store: &dyn ExemplarStore, items: Vec<Exemplar>, keep_stored: bool) -> Result<()> {
+    store.attach(embedder.model_id(), embedder.dim())?;
+    let missing = |items: Vec<Exemplar>| -> Result<Vec<Exemplar>> {
+        let ids: Vec<&str> = items.iter().map(|e| e.id.as_str()).collect();
+        let stored: std::collections::HashMap<String, Exemplar> = store.existing(&ids)?.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut out = Vec::new();
+        for ex in items {
+            match stored.get(&ex.id) {
+                None => out.push(ex),
+                Some(old) if *old == ex => {}
+                Some(_) if keep_stored => tracing::warn!("{}: keeps its own exemplar `{}`", store.describe(), ex.id),
+                Some(_) => {
+                    return Err(Error::Store {
+                        store: store.describe(),
+                        message: format!("holds a different exemplar under id `{}` (change the id, or the store's copy)", ex.id),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    };
+    let todo = missing(items)?;
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let prompts: Vec<&str> = todo.iter().map(|e| e.prompt.as_str()).collect();
+    let mut vectors = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(256) {
+        vectors.extend(embedder.embed_batch(chunk)?);
+    }
+    match store.insert(&todo, &vectors) {
+        Ok(()) => Ok(()),
+        // Another router seeding the same store at the same moment: fine if it wrote the same.
+        Err(e) => match missing(todo) {
+            Ok(still) if still.is_empty() => Ok(()),
+            _ => Err(e),
+        },
+    }
 }
 
 /// The cheapest model (by output price) of the table's highest tier.

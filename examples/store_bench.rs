@@ -1,0 +1,158 @@
+//! The shared PostgreSQL + pgvector store next to the in-process index, on the same real
+//! vectors: recall@10 of each against exact search, and search and routing latency.
+//!
+//! ```text
+//! eval "$(bash examples/setup/pgvector.sh start)"
+//! cargo run --release --features pgvector --example store_bench -- --exemplars 10000 [--cache DIR]
+//! ```
+//! The exemplars are the `startup` example's (shared dataset prompts; the same `--exemplars` and
+//! `--cache` reuse its cached vectors). The queries are the prompts of the default and extended
+//! exemplar sets under `exemplars/` (hand-written, none of them in the datasets), embedded with
+//! the same model. The store is the table `bench_<n>` at `$SEMROUTE_PG_URL`, filled once and
+//! kept for later runs (`--refill` empties it first).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use semroute::embed::FastEmbedder;
+use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex, VectorCache};
+use semroute::store::{ExemplarStore, PgStore};
+use semroute::{Embedder, ExemplarSet, Router};
+
+#[path = "common/timing.rs"]
+mod timing;
+
+#[derive(Parser)]
+struct Args {
+    /// Number of exemplars.
+    #[arg(long, default_value_t = 10_000)]
+    exemplars: usize,
+    /// Vector cache folder (default: the router's, `<semroute home>/embeddings`).
+    #[arg(long)]
+    cache: Option<std::path::PathBuf>,
+    /// Folder of the shared datasets.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Empty the store's table and fill it again.
+    #[arg(long)]
+    refill: bool,
+}
+
+fn percentiles(mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!("p50 {:>7.3} ms   p90 {:>7.3} ms   p99 {:>7.3} ms", at(0.5), at(0.9), at(0.99))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let url = std::env::var("SEMROUTE_PG_URL")
+        .map_err(|_| "set SEMROUTE_PG_URL (eval \"$(bash examples/setup/pgvector.sh start)\" starts a server and prints it)")?;
+    let n = args.exemplars;
+    let (set, distinct) = timing::timing_set(n, args.data)?;
+    let embedder = Arc::new(FastEmbedder::load_default().map_err(|e| e.to_string())?);
+    let cache = VectorCache::new(args.cache.unwrap_or_else(|| semroute::embed::Home::from_env().cache_dir()));
+    let hash = set.content_hash();
+    let vectors = match cache.load(embedder.model_id(), &hash, n, embedder.dim()) {
+        Some(v) => v,
+        None => {
+            println!("embedding {n} exemplars (cached for the next run) ...");
+            let prompts: Vec<&str> = set.iter().map(|e| e.prompt.as_str()).collect();
+            let mut v = Vec::with_capacity(n);
+            for chunk in prompts.chunks(256) {
+                v.extend(embedder.embed_batch(chunk).map_err(|e| e.to_string())?);
+            }
+            cache.store(embedder.model_id(), &hash, &v).map_err(|e| e.to_string())?;
+            v
+        }
+    };
+    let queries_set = ExemplarSet::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/exemplars")).map_err(|e| e.to_string())?;
+    let query_texts: Vec<&str> = queries_set.iter().map(|e| e.prompt.as_str()).collect();
+    let queries = embedder.embed_batch(&query_texts).map_err(|e| e.to_string())?;
+    println!("{n} exemplars ({distinct} distinct dataset prompts), {} queries, k = {}", queries.len(), args.k);
+
+    let exact = ExactIndex::build(vectors.clone()).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let hnsw = HnswIndex::build(&vectors).map_err(|e| e.to_string())?;
+    println!("in-process HNSW built in {:.1} s", started.elapsed().as_secs_f64());
+
+    let store = Arc::new(PgStore::builder(&url).table(format!("bench_{n}")).build().map_err(|e| e.to_string())?);
+    if args.refill {
+        store.drop_table().map_err(|e| e.to_string())?;
+    }
+    store.attach(embedder.model_id(), embedder.dim()).map_err(|e| e.to_string())?;
+    let held = store.count().map_err(|e| e.to_string())?;
+    if held != n {
+        if held != 0 {
+            return Err(format!("{} holds {held} exemplars, not {n}: run with --refill", store.describe()));
+        }
+        let started = Instant::now();
+        let items: Vec<_> = set.iter().cloned().collect();
+        for (chunk, vs) in items.chunks(1000).zip(vectors.chunks(1000)) {
+            store.insert(chunk, vs).map_err(|e| e.to_string())?;
+        }
+        println!("pgvector: {n} rows inserted, HNSW index maintained as they went, in {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    let id_of = |i: usize| set.get(i).id.clone();
+    let (mut exact_ms, mut hnsw_ms, mut pg_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut hnsw_found, mut pg_found, mut same_first) = (0usize, 0usize, 0usize);
+    for q in &queries {
+        let t = Instant::now();
+        let truth = exact.search(q, args.k);
+        exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let truth: std::collections::HashSet<String> = truth.iter().map(|h| id_of(h.position)).collect();
+        let t = Instant::now();
+        let local = hnsw.search(q, args.k);
+        hnsw_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let shared = store.nearest(q, args.k).map_err(|e| e.to_string())?;
+        pg_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        hnsw_found += local.iter().filter(|h| truth.contains(&id_of(h.position))).count();
+        pg_found += shared.iter().filter(|h| truth.contains(&h.exemplar.id)).count();
+        same_first += usize::from(local.first().map(|h| id_of(h.position)) == shared.first().map(|h| h.exemplar.id.clone()));
+    }
+    let total = (queries.len() * args.k) as f64;
+    println!(
+        "recall@{} against exact search: in-process HNSW {:.4}, pgvector HNSW {:.4}",
+        args.k,
+        hnsw_found as f64 / total,
+        pg_found as f64 / total
+    );
+    println!("same nearest exemplar from both: {same_first}/{}", queries.len());
+    println!("search, {} queries, one at a time:", queries.len());
+    println!("  exact scan (in-process)   {}", percentiles(exact_ms));
+    println!("  in-process HNSW           {}", percentiles(hnsw_ms));
+    println!("  pgvector HNSW (loopback)  {}", percentiles(pg_ms));
+
+    // Whole decisions (embedding included) on the first 100 queries, both ways.
+    let local =
+        Router::builder().embedder(embedder.clone()).exemplars(set.clone()).cache_dir(cache.dir()).build().map_err(|e| e.to_string())?;
+    let shared =
+        Router::builder().embedder(embedder.clone()).exemplars(set.clone()).store(store.clone()).build().map_err(|e| e.to_string())?;
+    let (mut local_ms, mut shared_ms, mut same_model) = (Vec::new(), Vec::new(), 0usize);
+    for p in query_texts.iter().take(100) {
+        let t = Instant::now();
+        let a = local.route(p).map_err(|e| e.to_string())?;
+        local_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let b = shared.route(p).map_err(|e| e.to_string())?;
+        shared_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        same_model += usize::from(a.model == b.model);
+    }
+    println!("route(), 100 queries (embedding included):");
+    println!("  in-process index          {}", percentiles(local_ms));
+    println!("  pgvector store            {}", percentiles(shared_ms));
+    println!("  same model chosen: {same_model}/100");
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("store_bench: {e}");
+        std::process::exit(1);
+    }
+}

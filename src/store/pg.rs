@@ -1,0 +1,395 @@
+//! [`PgStore`]: exemplars in PostgreSQL with pgvector, shared by every router that connects.
+//!
+//! One table per store (default `semroute_exemplars`): the exemplar as its JSONL line (`jsonb`),
+//! its vector (`vector(dim)`) with an HNSW index under cosine distance (`vector_cosine_ops`), and
+//! an insertion sequence. A small `semroute_stores` table records which embedding model and
+//! dimension each store's vectors come from, so that a router with another model is refused
+//! instead of searching vectors it cannot compare with.
+
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pgvector::Vector;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::{ExemplarStore, StoreHit};
+use crate::error::{Error, Location, Result};
+use crate::exemplar::Exemplar;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Serialises schema changes across processes (any fixed number; pg_advisory_xact_lock's key).
+const SCHEMA_LOCK: i64 = 0x5e3_2007;
+
+/// An [`ExemplarStore`] on PostgreSQL with the pgvector extension. Connections are pooled
+/// (`r2d2`), so one store serves many routing threads at once. The pool is blocking: from async
+/// code, route on a blocking thread (as [`Router::route_async`](crate::Router::route_async) does).
+///
+/// ```no_run
+/// use semroute::store::{ExemplarStore, PgStore};
+///
+/// let store = PgStore::builder("postgresql://semroute@127.0.0.1:5432/routing")
+///     .table("team_exemplars")
+///     .pool_size(8)
+///     .build()?;
+/// store.attach("all-minilm-l6-v2", 384)?;
+/// println!("{} holds {} exemplars", store.describe(), store.count()?);
+/// # Ok::<(), semroute::Error>(())
+/// ```
+pub struct PgStore {
+    pool: Pool,
+    table: String,
+    place: String,
+    /// The model id and dimension once attached.
+    attached: OnceLock<(String, usize)>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `place` never holds the password; the pool's config (which does) is not shown.
+        f.debug_struct("PgStore").field("at", &self.place).field("attached", &self.attached.get()).finish()
+    }
+}
+
+/// Builds a [`PgStore`], validating everything at [`build`](PgStoreBuilder::build).
+#[derive(Clone)]
+pub struct PgStoreBuilder {
+    url: String,
+    table: String,
+    pool_size: u32,
+    ef_search: u32,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStoreBuilder")
+            .field("table", &self.table)
+            .field("pool_size", &self.pool_size)
+            .field("ef_search", &self.ef_search)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgresql://user[:password]@host[:port]/dbname`, or the
+    /// `host=... dbname=...` form) with the defaults: table `semroute_exemplars`, 8 pooled
+    /// connections, `hnsw.ef_search` 64, a 10 s connection timeout.
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for a store at `url`.
+    pub fn builder(url: impl Into<String>) -> PgStoreBuilder {
+        PgStoreBuilder {
+            url: url.into(),
+            table: "semroute_exemplars".into(),
+            pool_size: 8,
+            ef_search: 64,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The table this store uses.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Removes the store's table and its record (every exemplar in it, for every router that
+    /// shares it). Meant for tests and for starting over.
+    pub fn drop_table(&self) -> Result<()> {
+        let mut client = self.client()?;
+        client
+            .batch_execute(&format!(
+                "drop table if exists {t}; do $$ begin if to_regclass('semroute_stores') is not null then \
+                 delete from semroute_stores where name = '{t}'; end if; end $$;",
+                t = self.table
+            ))
+            .map_err(|e| self.error("could not drop the table", &e))
+    }
+
+    fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get().map_err(|e| Error::Store { store: self.place.clone(), message: format!("no database connection: {e}") })
+    }
+
+    fn error(&self, what: &str, e: &postgres::Error) -> Error {
+        Error::Store { store: self.place.clone(), message: format!("{what}: {}", describe_pg_error(e)) }
+    }
+
+    fn dim(&self) -> Result<usize> {
+        self.attached.get().map(|(_, dim)| *dim).ok_or_else(|| Error::Store {
+            store: self.place.clone(),
+            message: "not attached to an embedding model yet (call `attach`, or give the store to a router)".into(),
+        })
+    }
+
+    fn parse(&self, id: &str, line: &str) -> Result<Exemplar> {
+        Exemplar::from_line(line, &Location::file(format!("<{} id {id}>", self.place)))
+    }
+}
+
+impl PgStoreBuilder {
+    /// The table (default `semroute_exemplars`): lower-case letters, digits and `_`, starting
+    /// with a letter or `_`, at most 48 characters. Routers on the same table share exemplars.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// Pooled connections (default 8; 1..=256): how many searches run at once.
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// pgvector's `hnsw.ef_search` for this store's searches (default 64; 1..=1000): higher
+    /// finds the true nearest neighbours more often, at some speed.
+    pub fn ef_search(mut self, ef: u32) -> Self {
+        self.ef_search = ef;
+        self
+    }
+
+    /// How long to wait for a connection (default 10 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Checks the settings and connects (the server must be reachable now).
+    pub fn build(self) -> Result<PgStore> {
+        let mut config = postgres::Config::from_str(&self.url).map_err(|e| Error::Store {
+            store: "<postgres>".into(),
+            // The parser's message names the bad part, not the password.
+            message: format!("invalid connection URL: {e}"),
+        })?;
+        let place = format!("{} table {}", place(&config), self.table);
+        let bad = |message: String| Err(Error::Store { store: place.clone(), message });
+        let valid_name = self.table.len() <= 48
+            && self.table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && self.table.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_name {
+            return bad(format!(
+                "invalid table name {:?} (lower-case letters, digits and `_`, starting with a letter or `_`, at most 48 characters)",
+                self.table
+            ));
+        }
+        if !(1..=256).contains(&self.pool_size) {
+            return bad(format!("pool_size must be within 1..=256, got {}", self.pool_size));
+        }
+        if !(1..=1000).contains(&self.ef_search) {
+            return bad(format!("ef_search must be within 1..=1000, got {}", self.ef_search));
+        }
+        config.connect_timeout(self.connect_timeout);
+        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(self.connect_timeout)
+            .connection_customizer(Box::new(EfSearch(self.ef_search)))
+            // r2d2 logs failed connection attempts itself; its errors reach the caller below.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|e| {
+                // The pool only says it timed out; one direct attempt says why.
+                let why = match config.connect(NoTls) {
+                    Err(e) => describe_pg_error(&e),
+                    Ok(_) => e.to_string(),
+                };
+                Error::Store { store: place.clone(), message: format!("could not connect: {why}") }
+            })?;
+        Ok(PgStore { pool, table: self.table, place, attached: OnceLock::new() })
+    }
+}
+
+/// Sets the session's `hnsw.ef_search` on every new connection.
+#[derive(Debug)]
+struct EfSearch(u32);
+
+impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for EfSearch {
+    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
+        conn.batch_execute(&format!("set hnsw.ef_search = {}", self.0))
+    }
+}
+
+/// `host:port/dbname` from a config, for messages: no user, no password.
+fn place(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("postgres://{host}:{port}/{}", config.get_dbname().unwrap_or(""))
+}
+
+/// The server's own words when it sent some (`postgres::Error`'s display is often just "db error").
+fn describe_pg_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!("; {detail}"));
+            }
+            s
+        }
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+impl ExemplarStore for PgStore {
+    fn describe(&self) -> String {
+        self.place.clone()
+    }
+
+    fn attach(&self, model_id: &str, dim: usize) -> Result<()> {
+        if let Some((m, d)) = self.attached.get() {
+            if m == model_id && *d == dim {
+                return Ok(());
+            }
+            return Err(Error::Store {
+                store: self.place.clone(),
+                message: format!("already attached to {m} ({d} dimensions), not {model_id} ({dim})"),
+            });
+        }
+        if !(1..=16_000).contains(&dim) {
+            return Err(Error::Store { store: self.place.clone(), message: format!("pgvector stores 1..=16000 dimensions, not {dim}") });
+        }
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(|e| self.error("could not begin", &e))?;
+        // Two routers starting at once must not both create the schema.
+        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", &e))?;
+        tx.batch_execute("create extension if not exists vector")
+            .map_err(|e| self.error("the server lacks the pgvector extension (`create extension vector` failed)", &e))?;
+        tx.batch_execute(
+            "create table if not exists semroute_stores (name text primary key, model_id text not null, dim integer not null)",
+        )
+        .map_err(|e| self.error("could not create semroute_stores", &e))?;
+        tx.execute(
+            "insert into semroute_stores (name, model_id, dim) values ($1, $2, $3) on conflict (name) do nothing",
+            &[&self.table, &model_id, &(dim as i32)],
+        )
+        .map_err(|e| self.error("could not record the store", &e))?;
+        let row = tx
+            .query_one("select model_id, dim from semroute_stores where name = $1", &[&self.table])
+            .map_err(|e| self.error("could not read the store's record", &e))?;
+        let (their_model, their_dim): (String, i32) = (row.get(0), row.get(1));
+        if their_model != model_id || their_dim as usize != dim {
+            return Err(Error::Store {
+                store: self.place.clone(),
+                message: format!(
+                    "holds vectors of {their_model} ({their_dim} dimensions); this router embeds with {model_id} ({dim}): \
+                     use another table, or the same embedding model"
+                ),
+            });
+        }
+        tx.batch_execute(&format!(
+            "create table if not exists {t} (seq bigserial, id text primary key, exemplar jsonb not null, \
+             embedding vector({dim}) not null, added_at timestamptz not null default now());
+             create index if not exists {t}_embedding_hnsw on {t} using hnsw (embedding vector_cosine_ops) \
+             with (m = 16, ef_construction = 100);",
+            t = self.table
+        ))
+        .map_err(|e| self.error("could not create the table", &e))?;
+        tx.commit().map_err(|e| self.error("could not commit the schema", &e))?;
+        let _ = self.attached.set((model_id.to_string(), dim));
+        Ok(())
+    }
+
+    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<StoreHit>> {
+        let dim = self.dim()?;
+        if query.len() != dim {
+            return Err(Error::Store {
+                store: self.place.clone(),
+                message: format!("a query of {} dimensions, the store holds {dim}", query.len()),
+            });
+        }
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client()?;
+        let sql =
+            format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
+        let rows = client.query(&sql, &[&Vector::from(query.to_vec()), &(k as i64)]).map_err(|e| self.error("search failed", &e))?;
+        rows.iter()
+            .map(|row| {
+                let (id, line, distance): (String, String, f32) = (row.get(0), row.get(1), row.get(2));
+                Ok(StoreHit { exemplar: Arc::new(self.parse(&id, &line)?), similarity: 1.0 - distance })
+            })
+            .collect()
+    }
+
+    fn insert(&self, items: &[Exemplar], vectors: &[Vec<f32>]) -> Result<()> {
+        let dim = self.dim()?;
+        let bad = |message: String| Err(Error::Store { store: self.place.clone(), message });
+        if items.len() != vectors.len() {
+            return bad(format!("{} exemplars but {} vectors", items.len(), vectors.len()));
+        }
+        if let Some((ex, v)) = items.iter().zip(vectors).find(|(_, v)| v.len() != dim || v.iter().any(|x| !x.is_finite())) {
+            return bad(format!(
+                "exemplar `{}` has a vector of {} dimensions or a non-finite value (the store holds {dim})",
+                ex.id,
+                v.len()
+            ));
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(|e| self.error("could not begin", &e))?;
+        let ids: Vec<&str> = items.iter().map(|e| e.id.as_str()).collect();
+        let taken = tx
+            .query(&format!("select id from {} where id = any($1) order by id limit 5", self.table), &[&ids])
+            .map_err(|e| self.error("could not check ids", &e))?;
+        if !taken.is_empty() {
+            let names: Vec<String> = taken.iter().map(|r| format!("`{}`", r.get::<_, String>(0))).collect();
+            return bad(format!("already holds exemplar id {} (nothing was added)", names.join(", ")));
+        }
+        let stmt = tx
+            .prepare(&format!("insert into {} (id, exemplar, embedding) values ($1, $2::text::jsonb, $3)", self.table))
+            .map_err(|e| self.error("could not prepare the insert", &e))?;
+        for (ex, v) in items.iter().zip(vectors) {
+            tx.execute(&stmt, &[&ex.id, &ex.to_json_line(), &Vector::from(v.clone())]).map_err(|e| {
+                if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    Error::Store {
+                        store: self.place.clone(),
+                        message: format!("already holds exemplar id `{}` (nothing was added)", ex.id),
+                    }
+                } else {
+                    self.error(&format!("could not add exemplar `{}`", ex.id), &e)
+                }
+            })?;
+        }
+        tx.commit().map_err(|e| self.error("could not commit the new exemplars", &e))
+    }
+
+    fn existing(&self, ids: &[&str]) -> Result<Vec<Exemplar>> {
+        self.dim()?;
+        let mut client = self.client()?;
+        let rows = client
+            .query(&format!("select id, exemplar::text from {} where id = any($1)", self.table), &[&ids])
+            .map_err(|e| self.error("could not look up ids", &e))?;
+        rows.iter().map(|r| self.parse(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect()
+    }
+
+    fn all(&self) -> Result<Vec<Exemplar>> {
+        self.dim()?;
+        let mut client = self.client()?;
+        let rows = client
+            .query(&format!("select id, exemplar::text from {} order by seq", self.table), &[])
+            .map_err(|e| self.error("could not read the exemplars", &e))?;
+        rows.iter().map(|r| self.parse(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect()
+    }
+
+    fn count(&self) -> Result<usize> {
+        self.dim()?;
+        let mut client = self.client()?;
+        let row = client.query_one(&format!("select count(*) from {}", self.table), &[]).map_err(|e| self.error("could not count", &e))?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+}
