@@ -314,7 +314,7 @@ impl Router {
                 Search::Shared(store.clone())
             }
         };
-        let prior = Prior::from_exemplars(&exemplars, &state.prices, self.inner.settings.prior_strength);
+        let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
         Ok(State { exemplars, search, prices: state.prices.clone(), prior, fallback_model: state.fallback_model.clone() })
     }
 
@@ -590,6 +590,8 @@ impl RouterBuilder {
         if !(prior_strength.is_finite() && prior_strength >= 0.0) {
             return Err(Error::Config(format!("prior_strength must be a non-negative number, got {prior_strength}")));
         }
+        // The tokenizer's tables load (about 0.1 s) while the exemplars are indexed.
+        let tokens = std::thread::spawn(TokenCounter::cl100k);
         let prices = match self.prices {
             Some(p) => p,
             None => PriceTable::builtin()?,
@@ -645,7 +647,7 @@ impl RouterBuilder {
                 // The shared store keeps what was learned; it may have it already.
                 seed(embedder.as_ref(), store.as_ref(), learned, true)?;
                 state.exemplars = ExemplarSet::from_exemplars(store.all()?)?;
-                state.prior = Prior::from_exemplars(&state.exemplars, &state.prices, prior_strength);
+                state.prior = prior_of(&state.exemplars, &state.prices, prior_strength);
             } else if !learned.is_empty() {
                 let set = ExemplarSet::from_exemplars(learned.clone())?;
                 writer.added_vectors = exemplar_vectors(embedder.as_ref(), &set, cache.as_ref())?;
@@ -656,7 +658,7 @@ impl RouterBuilder {
         let router = Router {
             inner: Arc::new(Inner {
                 embedder,
-                tokens: TokenCounter::cl100k()?,
+                tokens: tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??,
                 settings: Settings {
                     k,
                     quality_bar,
@@ -725,7 +727,7 @@ fn build_state(
             (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()))
         }
     };
-    let prior = Prior::from_exemplars(&exemplars, &prices, prior_strength);
+    let prior = prior_of(&exemplars, &prices, prior_strength);
     Ok(State { exemplars, search, prices: Arc::new(prices), prior, fallback_model })
 }
 
@@ -769,6 +771,16 @@ fn seed(embedder: &dyn Embedder, store: &dyn ExemplarStore, items: Vec<Exemplar>
             Ok(still) if still.is_empty() => Ok(()),
             _ => Err(e),
         },
+    }
+}
+
+/// The prior routing uses: none when shrinkage is off (computing it costs a pass over every
+/// exemplar, noticeable at 100k).
+fn prior_of(exemplars: &ExemplarSet, prices: &PriceTable, strength: f64) -> Prior {
+    if strength > 0.0 {
+        Prior::from_exemplars(exemplars, prices, strength)
+    } else {
+        Prior::none()
     }
 }
 
