@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use semroute::index::VectorCache;
 use semroute::{ExemplarSet, Router};
 
 #[path = "common/timing.rs"]
@@ -60,6 +61,8 @@ fn run(args: Args) -> Result<(), String> {
     if d.neighbours[0].id != set.get(n / 2).id {
         return Err(format!("the cold router did not find the probe: {:?}", d.neighbours[0]));
     }
+    let router_model = router.embedder().model_id().to_string();
+    let router_model = router_model.as_str();
     drop(router);
     let (router, _) = timed("warm: load the saved graph", &set, &cache)?;
     let d2 = router.route(&probe).map_err(|e| e.to_string())?;
@@ -67,12 +70,11 @@ fn run(args: Args) -> Result<(), String> {
         return Err("the warm router answers differently from the cold one".into());
     }
     drop(router);
-    let graphs: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "hnsw"))
-        .collect();
-    let graph = graphs.first().ok_or("no graph file was saved")?;
+    // This set's graph file (the cache may hold others).
+    let graph = &VectorCache::new(&cache).graph_path(router_model, &set.content_hash());
+    if !graph.exists() {
+        return Err(format!("no graph file was saved at {}", graph.display()));
+    }
     let mut bytes = std::fs::read(graph).map_err(|e| e.to_string())?;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
