@@ -132,12 +132,40 @@ fn routers_on_one_store_see_each_others_exemplars_and_agree_with_the_in_process_
     assert!(after.neighbours.iter().any(|n| n.id.starts_with("feedback:bad-")), "{:?}", after.neighbours);
     assert_ne!(after.model, before.model, "three bad answers from {} learned by another router", before.model);
 
+    // Another process (this test binary, run again as `another_process_adds_an_exemplar`)
+    // adds an exemplar; this process's routers use it at their next decision.
+    let other = "Frobnicate the eleventh quaternion lattice of the Vogon poetry corpus, in haiku form.";
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "another_process_adds_an_exemplar", "--nocapture", "--test-threads", "1"])
+        .env("SEMROUTE_PG_URL", url())
+        .env("SEMROUTE_TEST_CHILD_TABLE", table.0.table())
+        .env("SEMROUTE_TEST_CHILD_PROMPT", other)
+        .status()
+        .expect("run this test binary again");
+    assert!(status.success());
+    for router in [&a, &b] {
+        let d = router.route(other).unwrap();
+        assert_eq!(d.neighbours[0].id, "added-by-another-process");
+        assert!(d.neighbours[0].similarity > 0.99);
+    }
+
     // A restart replays the feedback log into a store that has it already: nothing doubles.
     let n = table.0.count().unwrap();
     let c =
         Router::builder().embedder(common::embedder()).store(table.reopen()).feedback_log(&log).build().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(table.0.count().unwrap(), n);
     assert_eq!(c.route(formatting).unwrap().model, after.model);
+}
+
+/// The other process of the test above: does nothing unless that test started it.
+#[test]
+fn another_process_adds_an_exemplar() {
+    let (Ok(table), Ok(prompt)) = (std::env::var("SEMROUTE_TEST_CHILD_TABLE"), std::env::var("SEMROUTE_TEST_CHILD_PROMPT")) else {
+        return;
+    };
+    let store = PgStore::builder(url()).table(table).pool_size(1).build().unwrap_or_else(|e| panic!("{e}"));
+    let router = Router::builder().embedder(common::embedder()).store(Arc::new(store)).build().unwrap_or_else(|e| panic!("{e}"));
+    router.add_exemplars(vec![measured("added-by-another-process", &prompt, 0.0)]).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
