@@ -198,7 +198,10 @@ impl Router {
             .map_err(|e| Error::Embedding(format!("the routing task did not finish: {e}")))?
     }
 
-    /// The exemplars the router consults now (a snapshot: later additions are not in it).
+    /// The exemplars the router consults now (a snapshot: later additions are not in it). With a
+    /// shared [store](RouterBuilder::store), the store's exemplars as of the last build or reload
+    /// plus this router's own additions; other routers' later additions are searched but not
+    /// listed here.
     pub fn exemplars(&self) -> ExemplarSet {
         self.inner.state.load().exemplars.clone()
     }

@@ -145,7 +145,8 @@ impl PgStoreBuilder {
     }
 
     /// pgvector's `hnsw.ef_search` for this store's searches (default 64; 1..=1000): higher
-    /// finds the true nearest neighbours more often, at some speed.
+    /// finds the true nearest neighbours more often, at some speed. A search returns at most this
+    /// many exemplars, so keep it at or above the router's `k`.
     pub fn ef_search(mut self, ef: u32) -> Self {
         self.ef_search = ef;
         self
