@@ -64,6 +64,17 @@ struct Writer {
     log: Option<Journal<Feedback>>,
 }
 
+impl Writer {
+    /// Keeps what was just added or learned, so that a reload keeps it too (a shared store keeps
+    /// it by itself).
+    fn keep(&mut self, search: &Search, items: Vec<Exemplar>, vectors: Vec<Vec<f32>>) {
+        if let Search::Local(_) = search {
+            self.added.extend(items);
+            self.added_vectors.extend(vectors);
+        }
+    }
+}
+
 /// Exemplars, their index, prices: everything a reload or an addition replaces.
 #[derive(Clone)]
 struct State {
@@ -283,10 +294,7 @@ impl Router {
         }
         let state = self.grown(&current, exemplars, vectors.clone())?;
         inner.state.store(Arc::new(state));
-        if matches!(current.search, Search::Local(_)) {
-            writer.added.push(exemplar);
-            writer.added_vectors.extend(vectors);
-        }
+        writer.keep(&current.search, vec![exemplar], vectors);
         Ok(())
     }
 
@@ -343,10 +351,7 @@ impl Router {
         let vectors = inner.embedder.embed_batch(&prompts)?;
         let state = self.grown(&current, exemplars, vectors.clone())?;
         inner.state.store(Arc::new(state));
-        if matches!(current.search, Search::Local(_)) {
-            writer.added.extend(items);
-            writer.added_vectors.extend(vectors);
-        }
+        writer.keep(&current.search, items, vectors);
         Ok(())
     }
 
