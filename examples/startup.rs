@@ -23,15 +23,11 @@ mod timing;
 
 #[derive(Parser)]
 struct Args {
-    /// Number of exemplars.
-    #[arg(long, default_value_t = 10_000)]
-    exemplars: usize,
+    #[command(flatten)]
+    set: timing::SetArgs,
     /// Cache folder (default: a new temporary one).
     #[arg(long)]
     cache: Option<PathBuf>,
-    /// Folder of the shared datasets.
-    #[arg(long)]
-    data: Option<PathBuf>,
 }
 
 fn rss_mb() -> f64 {
@@ -50,8 +46,8 @@ fn timed(what: &str, set: &ExemplarSet, cache: &std::path::Path) -> Result<(Rout
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let (set, base) = timing::timing_set(args.exemplars, args.data)?;
-    let n = args.exemplars;
+    let (set, base) = args.set.load()?;
+    let n = args.set.exemplars;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cache = args.cache.unwrap_or_else(|| tmp.path().to_path_buf());
     println!("{n} exemplars ({base} distinct dataset prompts), cache {}", cache.display());

@@ -25,15 +25,11 @@ mod timing;
 
 #[derive(Parser)]
 struct Args {
-    /// Number of exemplars.
-    #[arg(long, default_value_t = 10_000)]
-    exemplars: usize,
+    #[command(flatten)]
+    set: timing::SetArgs,
     /// Vector cache folder (default: the router's, `<semroute home>/embeddings`).
     #[arg(long)]
     cache: Option<std::path::PathBuf>,
-    /// Folder of the shared datasets.
-    #[arg(long)]
-    data: Option<std::path::PathBuf>,
     /// Neighbours per query.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -51,8 +47,8 @@ fn percentiles(mut ms: Vec<f64>) -> String {
 fn run(args: Args) -> Result<(), String> {
     let url = std::env::var("SEMROUTE_PG_URL")
         .map_err(|_| "set SEMROUTE_PG_URL (eval \"$(bash examples/setup/pgvector.sh start)\" starts a server and prints it)")?;
-    let n = args.exemplars;
-    let (set, distinct) = timing::timing_set(n, args.data)?;
+    let n = args.set.exemplars;
+    let (set, distinct) = args.set.load()?;
     let embedder = Arc::new(FastEmbedder::load_default().map_err(|e| e.to_string())?);
     let cache = VectorCache::new(args.cache.unwrap_or_else(|| semroute::embed::Home::from_env().cache_dir()));
     let hash = set.content_hash();

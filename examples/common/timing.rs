@@ -32,9 +32,27 @@ pub fn prompts(dir: &std::path::Path) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The command-line arguments that choose a timing set.
+#[derive(clap::Args)]
+pub struct SetArgs {
+    /// Number of exemplars.
+    #[arg(long, default_value_t = 10_000)]
+    pub exemplars: usize,
+    /// Folder of the shared datasets (default: `$SEMROUTE_DATA`, else `../shared/data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl SetArgs {
+    /// The set these arguments choose, and how many distinct prompts it cycles through.
+    pub fn load(&self) -> Result<(ExemplarSet, usize), String> {
+        timing_set(self.exemplars, self.data.clone())
+    }
+}
+
 /// `n` timing exemplars from the datasets in `data` (default `$SEMROUTE_DATA`, else
 /// `../shared/data`), and how many distinct prompts they cycle through.
-pub fn timing_set(n: usize, data: Option<PathBuf>) -> Result<(ExemplarSet, usize), String> {
+fn timing_set(n: usize, data: Option<PathBuf>) -> Result<(ExemplarSet, usize), String> {
     let data = data
         .or_else(|| std::env::var_os("SEMROUTE_DATA").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")));

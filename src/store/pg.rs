@@ -42,6 +42,8 @@ pub struct PgStore {
     pool: Pool,
     table: String,
     place: String,
+    /// The search, written once (it runs on every routed prompt).
+    nearest_sql: String,
     /// The model id and dimension once attached.
     attached: OnceLock<(String, usize)>,
 }
@@ -200,7 +202,9 @@ impl PgStoreBuilder {
                 };
                 Error::Store { store: place.clone(), message: format!("could not connect: {why}") }
             })?;
-        Ok(PgStore { pool, table: self.table, place, attached: OnceLock::new() })
+        let nearest_sql =
+            format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
+        Ok(PgStore { pool, table: self.table, place, nearest_sql, attached: OnceLock::new() })
     }
 }
 
@@ -314,9 +318,8 @@ impl ExemplarStore for PgStore {
             return Ok(Vec::new());
         }
         let mut client = self.client()?;
-        let sql =
-            format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
-        let rows = client.query(&sql, &[&Vector::from(query.to_vec()), &(k as i64)]).map_err(|e| self.error("search failed", &e))?;
+        let rows =
+            client.query(&self.nearest_sql, &[&Vector::from(query.to_vec()), &(k as i64)]).map_err(|e| self.error("search failed", &e))?;
         rows.iter()
             .map(|row| {
                 let (id, line, distance): (String, String, f32) = (row.get(0), row.get(1), row.get(2));
