@@ -4,7 +4,10 @@
 //! ```text
 //! cargo run --release --example loo                     # built-in exemplars, default model
 //! cargo run --release --example loo -- --model multilingual-e5-small -k 8 --quality-bar 0.7
+//! cargo run --release --example loo -- --predictor neighbours   # the nearest exemplars alone
 //! ```
+//! With the kernel-ridge predictor (the router's default), the model is refitted without the
+//! held-out exemplar every time, so nothing it learned comes from the exemplar it is asked about.
 //! The predicted tier is the lowest tier whose best model's predicted quality clears the bar
 //! (prices do not enter, so the figure is about the exemplars and the embedding alone).
 //! "under" counts exemplars sent to a weaker tier than their label (a quality risk), "over"
@@ -17,7 +20,7 @@ use clap::Parser;
 use semroute::embed::{Embedder, FastEmbedder};
 use semroute::exemplar::Grade;
 use semroute::index::{ExactIndex, NeighbourIndex};
-use semroute::predict::{predict_with_prior, Prior};
+use semroute::predict::{predict_with_prior, Predictor, Prior, QualityModel, RidgeSettings};
 use semroute::{ExemplarSet, PriceTable, Tier};
 
 #[derive(Parser)]
@@ -41,6 +44,19 @@ struct Args {
     /// The mean is taken over the other exemplars only.
     #[arg(long, default_value_t = 0.0)]
     prior_strength: f64,
+    /// `blend` (the mean of the other two: the router's default for sets this size),
+    /// `kernel-ridge` or `neighbours`.
+    #[arg(long, default_value = "blend", value_parser = ["blend", "kernel-ridge", "neighbours"])]
+    predictor: String,
+    /// Kernel ridge: kernel width in units of 1 - cosine (0.5 suits MiniLM, about 0.1 e5).
+    #[arg(long, default_value_t = RidgeSettings::default().bandwidth)]
+    bandwidth: f64,
+    /// Kernel ridge: weight of the prompt features.
+    #[arg(long, default_value_t = RidgeSettings::default().feature_weight)]
+    feature_weight: f64,
+    /// Kernel ridge: ridge penalty.
+    #[arg(long, default_value_t = RidgeSettings::default().lambda)]
+    lambda: f64,
     /// Print the tables in Markdown (for the README).
     #[arg(long)]
     markdown: bool,
@@ -90,6 +106,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("embedded {} exemplars with {} in {:.2}s", set.len(), embedder.model_id(), started.elapsed().as_secs_f64());
     let index = ExactIndex::build(vectors.clone())?;
     let tiers = [Tier::Cheap, Tier::Mid, Tier::Strong];
+    let ridge = RidgeSettings { bandwidth: args.bandwidth, feature_weight: args.feature_weight, lambda: args.lambda };
+    let predictor = match args.predictor.as_str() {
+        "blend" => Some(Predictor::Blend(ridge)),
+        "kernel-ridge" => Some(Predictor::KernelRidge(ridge)),
+        _ => None,
+    };
 
     let mut overall = Tally::default();
     let mut by_category: BTreeMap<String, Tally> = BTreeMap::new();
@@ -102,7 +124,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let hits: Vec<_> = index.search(&vectors[i], args.k + 1).into_iter().filter(|h| h.position != i).take(args.k).collect();
         let others = ExemplarSet::from_exemplars(set.iter().filter(|e| e.id != ex.id).cloned().collect())?;
         let prior = Prior::from_exemplars(&others, &prices, args.prior_strength);
-        let p = predict_with_prior(&set, &hits, &prices, args.temperature, &prior);
+        let mut p = predict_with_prior(&set, &hits, &prices, args.temperature, &prior);
+        if let Some(predictor) = predictor {
+            let others_vectors = vectors.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v.clone()).collect();
+            let model = QualityModel::fit(&others, others_vectors, &prices, ridge)?;
+            for (m, q) in model.predict(&ex.prompt, &vectors[i]) {
+                if let Some(x) = p.per_model.get_mut(&m) {
+                    x.quality = predictor.combine(x.quality, q);
+                }
+            }
+        }
         let tier_quality = |t: Tier| {
             prices
                 .iter()
@@ -132,8 +163,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let md = args.markdown;
     println!(
-        "leave-one-out over {} exemplars, model {}, k {}, bar {}, temperature {}, prior strength {}",
-        overall.n, args.model, args.k, args.quality_bar, args.temperature, args.prior_strength
+        "leave-one-out over {} exemplars, model {}, k {}, bar {}, temperature {}, prior strength {}, predictor {}{} ({:.1}s)",
+        overall.n,
+        args.model,
+        args.k,
+        args.quality_bar,
+        args.temperature,
+        args.prior_strength,
+        args.predictor,
+        if predictor.is_some() { format!(" {ridge:?}") } else { String::new() },
+        started.elapsed().as_secs_f64()
     );
     let header = |what: &str| {
         if md {

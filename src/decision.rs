@@ -37,6 +37,12 @@ pub struct RouteDecision {
     pub fallback: bool,
     /// One sentence on why this model was chosen.
     pub reason: String,
+    /// What predicted the models' quality: `"neighbours"` (the nearest exemplars' weighted
+    /// grades), `"kernel-ridge"` (a model fitted on every exemplar, see
+    /// [`QualityModel`](crate::predict::QualityModel)) or `"kernel-ridge+neighbours"` (the mean of
+    /// the two, the default).
+    #[serde(default)]
+    pub quality_from: String,
     /// The nearest exemplars, most similar first.
     pub neighbours: Vec<Neighbour>,
     /// Every priced model with its prediction, cost and eligibility, cheapest first.

@@ -187,11 +187,16 @@ pub struct ExemplarSet {
     origins: Arc<Vec<Arc<Location>>>,
 }
 
-/// The starter exemplar files compiled into the crate.
-/// The default exemplar files, compiled in. The `work-*.jsonl` files beside `starter.jsonl` are
-/// the extended set (load the folder with [`ExemplarSet::load_dir`]); they are not the default yet
-/// because with them multilingual-e5-small's routing regresses (see the README).
-const BUILTIN: &[(&str, &str)] = &[("starter.jsonl", include_str!("../exemplars/starter.jsonl"))];
+/// The default exemplar files, compiled in: every `*.jsonl` under `exemplars/`, in name order (the
+/// order [`ExemplarSet::load_dir`] reads the folder in, so both give the same set).
+const BUILTIN: &[(&str, &str)] = &[
+    ("starter.jsonl", include_str!("../exemplars/starter.jsonl")),
+    ("work-code.jsonl", include_str!("../exemplars/work-code.jsonl")),
+    ("work-domain.jsonl", include_str!("../exemplars/work-domain.jsonl")),
+    ("work-extract.jsonl", include_str!("../exemplars/work-extract.jsonl")),
+    ("work-reasoning.jsonl", include_str!("../exemplars/work-reasoning.jsonl")),
+    ("work-text.jsonl", include_str!("../exemplars/work-text.jsonl")),
+];
 
 impl ExemplarSet {
     /// The default exemplars compiled into the crate (the files under `exemplars/`).

@@ -41,9 +41,76 @@
 
 use std::collections::BTreeMap;
 
+mod ridge;
+
+pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_MAX_EXEMPLARS};
+
+use crate::embed::Embedder;
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::index::Hit;
 use crate::pricing::PriceTable;
+
+/// How a router predicts each model's quality (its answer length always comes from the
+/// neighbours).
+///
+/// ```no_run
+/// use semroute::predict::{Predictor, RidgeSettings};
+/// use semroute::Router;
+///
+/// let knn = Router::builder().predictor(Predictor::Neighbours).build()?;
+/// let ridge_alone = Predictor::KernelRidge(RidgeSettings { lambda: 0.5, ..RidgeSettings::default() });
+/// # Ok::<(), semroute::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Predictor {
+    /// [`Blend`](Predictor::Blend) with [`RidgeSettings::for_embedder`] while the router holds
+    /// at most [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process;
+    /// [`Neighbours`](Predictor::Neighbours) above that, and with a shared store.
+    #[default]
+    Auto,
+    /// The similarity-weighted mean of the k nearest exemplars' grades ([`predict_from`]).
+    Neighbours,
+    /// A [`QualityModel`] alone: kernel ridge over every exemplar, calibrated. Needs the
+    /// in-process index (the exemplars' vectors).
+    KernelRidge(RidgeSettings),
+    /// The mean of the two: the [`QualityModel`] reads difficulty across the whole set, the
+    /// neighbours keep a near-duplicate exemplar decisive (the model alone smooths over it, and
+    /// over a single piece of feedback). On the built-in set this sends the fewest exemplars to
+    /// a weaker tier than their label (see the README).
+    Blend(RidgeSettings),
+}
+
+impl Predictor {
+    /// The kernel-ridge settings this predictor uses for `exemplars` in-process exemplars
+    /// embedded by `embedder`, or `None` when the neighbours alone predict.
+    pub fn ridge_for(&self, exemplars: usize, embedder: &dyn Embedder) -> Option<RidgeSettings> {
+        match self {
+            Predictor::Auto if exemplars <= KERNEL_RIDGE_MAX_EXEMPLARS => Some(RidgeSettings::for_embedder(embedder)),
+            Predictor::Auto | Predictor::Neighbours => None,
+            Predictor::KernelRidge(s) | Predictor::Blend(s) => Some(*s),
+        }
+    }
+
+    /// Each model's quality from the neighbours' (`neighbours`) and the model's (`model`)
+    /// predictions, by this predictor's rule.
+    pub fn combine(&self, neighbours: f64, model: f64) -> f64 {
+        match self {
+            Predictor::KernelRidge(_) => model,
+            Predictor::Neighbours => neighbours,
+            Predictor::Auto | Predictor::Blend(_) => 0.5 * (neighbours + model),
+        }
+    }
+
+    /// What [`RouteDecision::quality_from`](crate::RouteDecision::quality_from) says about this
+    /// predictor when it has a fitted model (`fitted`).
+    pub fn describe(&self, fitted: bool) -> &'static str {
+        match (self, fitted) {
+            (_, false) | (Predictor::Neighbours, _) => "neighbours",
+            (Predictor::KernelRidge(_), true) => "kernel-ridge",
+            (Predictor::Auto | Predictor::Blend(_), true) => "kernel-ridge+neighbours",
+        }
+    }
+}
 
 /// What the neighbours predict for one model.
 #[derive(Debug, Clone, Copy, PartialEq)]

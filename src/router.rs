@@ -29,7 +29,7 @@ use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
 use crate::policy::{choose, ChoiceInput, Constraints};
-use crate::predict::{predict_from, Prior};
+use crate::predict::{predict_from, Predictor, Prior, QualityModel};
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::store::ExemplarStore;
 
@@ -84,6 +84,8 @@ struct State {
     search: Search,
     prices: Arc<PriceTable>,
     prior: Prior,
+    /// The fitted quality model, when the predictor uses one for this many exemplars.
+    quality: Option<Arc<QualityModel>>,
     fallback_model: String,
 }
 
@@ -111,6 +113,8 @@ pub struct Settings {
     pub temperature: f64,
     /// Pseudo-neighbours given to each model's overall mean quality (0 = off).
     pub prior_strength: f64,
+    /// How each model's quality is predicted.
+    pub predictor: Predictor,
 }
 
 impl fmt::Debug for Router {
@@ -250,7 +254,7 @@ impl Router {
             exemplars,
             prices,
             inner.configured_fallback.as_deref(),
-            inner.settings.prior_strength,
+            &inner.settings,
             inner.cache.as_ref(),
             inner.store.as_ref(),
         )?;
@@ -311,6 +315,11 @@ impl Router {
     /// `vectors`: added to the in-process index (whose graph is rebuilt when the scanned part has
     /// grown enough), or written to the shared store.
     fn grown(&self, state: &State, exemplars: ExemplarSet, vectors: Vec<Vec<f32>>) -> Result<State> {
+        // The quality model is refitted on everything (about 0.1 s at 400 exemplars).
+        let quality = match (&state.quality, self.inner.settings.predictor.ridge_for(exemplars.len(), self.inner.embedder.as_ref())) {
+            (Some(model), Some(_)) => Some(Arc::new(model.with_added(&exemplars, vectors.clone(), &state.prices)?)),
+            _ => None,
+        };
         let search = match &state.search {
             Search::Local(index) => {
                 let mut index = index.with_added(vectors)?;
@@ -326,7 +335,7 @@ impl Router {
             }
         };
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
-        Ok(State { exemplars, search, prices: state.prices.clone(), prior, fallback_model: state.fallback_model.clone() })
+        Ok(State { exemplars, search, prices: state.prices.clone(), prior, quality, fallback_model: state.fallback_model.clone() })
     }
 
     /// Adds graded exemplars while routing goes on; decisions made after this returns use them.
@@ -374,7 +383,16 @@ impl Router {
             Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (h.exemplar, h.similarity)).collect(),
         };
         let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
-        let predictions = predict_from(&grades, &state.prices, s.temperature, &state.prior);
+        let mut predictions = predict_from(&grades, &state.prices, s.temperature, &state.prior);
+        if let Some(model) = &state.quality {
+            // Quality from the model fitted on every exemplar (with the neighbours', when
+            // blended); answer lengths from the neighbours.
+            for (name, q) in model.predict(prompt, vector) {
+                if let Some(p) = predictions.per_model.get_mut(&name) {
+                    p.quality = s.predictor.combine(p.quality, q);
+                }
+            }
+        }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         let choice = choose(
             ChoiceInput {
@@ -425,6 +443,7 @@ impl Router {
             quality_bar,
             fallback: choice.fallback,
             reason: choice.reason.clone(),
+            quality_from: s.predictor.describe(state.quality.is_some()).to_string(),
             neighbours,
             strongest_model: strongest.to_string(),
             strongest_cost_usd: strongest_cost,
@@ -474,6 +493,7 @@ pub struct RouterBuilder {
     fallback_model: Option<String>,
     temperature: Option<f64>,
     prior_strength: Option<f64>,
+    predictor: Option<Predictor>,
     cache: Option<Option<PathBuf>>,
     feedback_log: Option<PathBuf>,
     store: Option<Arc<dyn ExemplarStore>>,
@@ -542,6 +562,15 @@ impl RouterBuilder {
         self
     }
 
+    /// How each model's quality is predicted (default [`Predictor::Auto`]: the mean of a
+    /// kernel-ridge model fitted on every exemplar and the nearest neighbours' grades, for up to
+    /// 2,000 in-process exemplars; the neighbours alone above that and with a shared store). The
+    /// README has each predictor's leave-one-out tier agreement on the built-in set.
+    pub fn predictor(mut self, predictor: Predictor) -> Self {
+        self.predictor = Some(predictor);
+        self
+    }
+
     /// Folder for cached exemplar vectors (default: `<Home>/embeddings`).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache = Some(Some(dir.into()));
@@ -598,6 +627,16 @@ impl RouterBuilder {
         if !(prior_strength.is_finite() && prior_strength >= 0.0) {
             return Err(Error::Config(format!("prior_strength must be a non-negative number, got {prior_strength}")));
         }
+        let predictor = self.predictor.unwrap_or_default();
+        if let Predictor::KernelRidge(r) | Predictor::Blend(r) = &predictor {
+            r.check()?;
+            if self.store.is_some() {
+                return Err(Error::Config(
+                    "the kernel-ridge predictors need the in-process index; with a shared store use Predictor::Neighbours or Auto".into(),
+                ));
+            }
+        }
+        let settings = Settings { k, quality_bar, min_similarity: 0.0, fallback_model: String::new(), temperature, prior_strength, predictor };
         // The tokenizer's tables load (about 0.1 s) while the exemplars are indexed.
         let tokens = std::thread::spawn(TokenCounter::cl100k);
         let prices = match self.prices {
@@ -622,7 +661,7 @@ impl RouterBuilder {
             exemplars,
             prices,
             self.fallback_model.as_deref(),
-            prior_strength,
+            &settings,
             cache.as_ref(),
             self.store.as_ref(),
         )?;
@@ -667,14 +706,7 @@ impl RouterBuilder {
             inner: Arc::new(Inner {
                 embedder,
                 tokens: tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??,
-                settings: Settings {
-                    k,
-                    quality_bar,
-                    min_similarity,
-                    fallback_model: state.fallback_model.clone(),
-                    temperature,
-                    prior_strength,
-                },
+                settings: Settings { min_similarity, fallback_model: state.fallback_model.clone(), ..settings },
                 configured_fallback: self.fallback_model,
                 cache,
                 store: self.store,
@@ -710,7 +742,7 @@ fn build_state(
     exemplars: ExemplarSet,
     prices: PriceTable,
     fallback: Option<&str>,
-    prior_strength: f64,
+    settings: &Settings,
     cache: Option<&VectorCache>,
     store: Option<&Arc<dyn ExemplarStore>>,
 ) -> Result<State> {
@@ -725,18 +757,25 @@ fn build_state(
         }
         None => default_fallback(&prices),
     };
-    let (exemplars, search) = match store {
+    let (exemplars, search, quality) = match store {
         None => {
-            let index = LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?);
-            (exemplars, Search::Local(index))
+            let graph = exemplar_graph(embedder, &exemplars, cache)?;
+            let quality = match settings.predictor.ridge_for(exemplars.len(), embedder) {
+                Some(ridge) => {
+                    let vectors = graph.vectors().map(<[f32]>::to_vec).collect();
+                    Some(Arc::new(QualityModel::fit(&exemplars, vectors, &prices, ridge)?))
+                }
+                None => None,
+            };
+            (exemplars, Search::Local(LiveIndex::new(graph)), quality)
         }
         Some(store) => {
             seed(embedder, store.as_ref(), exemplars.iter().cloned().collect(), false)?;
-            (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()))
+            (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()), None)
         }
     };
-    let prior = prior_of(&exemplars, &prices, prior_strength);
-    Ok(State { exemplars, search, prices: Arc::new(prices), prior, fallback_model })
+    let prior = prior_of(&exemplars, &prices, settings.prior_strength);
+    Ok(State { exemplars, search, prices: Arc::new(prices), prior, quality, fallback_model })
 }
 
 /// Writes to a shared store those of `items` it lacks (embedding only them). One it holds under

