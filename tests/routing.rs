@@ -222,3 +222,41 @@ fn warm_start_reads_cached_vectors_and_graph() {
     assert_eq!(build().route(p).unwrap(), cold.route(p).unwrap());
     assert_eq!((std::fs::metadata(&vectors).unwrap().len(), std::fs::metadata(&graph).unwrap().len()), (vlen, glen));
 }
+
+/// The default predictor against the neighbours alone, on a quarter of the built-in exemplars
+/// held out (every fourth), with routers built on the other three quarters: the tier of the
+/// chosen model against the held-out label.
+#[test]
+fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
+    use semroute::exemplar::Grade;
+    use semroute::predict::Predictor;
+    use semroute::ExemplarSet;
+
+    let all = ExemplarSet::builtin().unwrap();
+    let (train, held): (Vec<_>, Vec<_>) = all.iter().cloned().enumerate().partition(|(i, _)| i % 4 != 0);
+    let train = ExemplarSet::from_exemplars(train.into_iter().map(|x| x.1).collect()).unwrap();
+    // One cache for both routers: the training set is embedded once.
+    let cache = tempfile::tempdir().unwrap();
+    let build = |p: Predictor| {
+        Router::builder().embedder(common::embedder()).exemplars(train.clone()).predictor(p).cache_dir(cache.path()).build().unwrap()
+    };
+    let prompts: Vec<&str> = held.iter().map(|(_, e)| e.prompt.as_str()).collect();
+    let score = |router: &Router| {
+        let (mut agree, mut under) = (0, 0);
+        for ((_, ex), d) in held.iter().zip(router.route_batch(&prompts, &Constraints::default())) {
+            let Grade::Labelled(label) = &ex.grade else { unreachable!("the built-in set is hand-labelled") };
+            let d = d.unwrap();
+            agree += usize::from(d.tier == label.tier);
+            under += usize::from(d.tier < label.tier);
+        }
+        (agree, under)
+    };
+    let blended = build(Predictor::Auto);
+    let neighbours = build(Predictor::Neighbours);
+    assert_eq!(blended.route("Sort a list in Python").unwrap().quality_from, "kernel-ridge+neighbours");
+    assert_eq!(neighbours.route("Sort a list in Python").unwrap().quality_from, "neighbours");
+    let (b, n) = (score(&blended), score(&neighbours));
+    eprintln!("held out {}: default predictor agrees {} (under {}), neighbours {} (under {})", held.len(), b.0, b.1, n.0, n.1);
+    assert!(b.0 > n.0, "agreement: default {} vs neighbours {}", b.0, n.0);
+    assert!(b.1 <= n.1, "sent to a weaker tier: default {} vs neighbours {}", b.1, n.1);
+}
