@@ -629,6 +629,11 @@ impl LiveIndex {
         Ok(LiveIndex { base: self.base.clone(), fresh: Arc::new(fresh) })
     }
 
+    /// Every vector, in position order (the graph's, then those added since).
+    pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
+        self.base.vectors().chain(self.fresh.iter().map(Vec::as_slice))
+    }
+
     /// Vectors searched by scanning (added since the graph was built).
     pub fn scanned(&self) -> usize {
         self.fresh.len()

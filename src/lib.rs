@@ -7,7 +7,8 @@
 //! prompt ──► tokens (pricing::TokenCounter, tiktoken cl100k)
 //!        └─► vector (embed::Embedder: all-MiniLM-L6-v2 on ONNX Runtime, local)
 //!               └─► neighbours (index: k nearest graded exemplars, HNSW)
-//!                      └─► predictions (predict: per-model quality and answer length)
+//!                      └─► predictions (predict: per-model quality and answer length, from the
+//!                          neighbours and a kernel-ridge model fitted on every exemplar)
 //!                             └─► priced candidates (pricing::PriceTable: expected USD)
 //!                                    └─► choice (policy: quality bar, constraints, fallback)
 //!                                           └─► decision::RouteDecision (model + the whole why)

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 
 mod ridge;
 
-pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_MAX_EXEMPLARS};
+pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS};
 
 use crate::embed::Embedder;
 use crate::exemplar::{ExemplarSet, Grade};
@@ -64,8 +64,8 @@ use crate::pricing::PriceTable;
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Predictor {
     /// [`Blend`](Predictor::Blend) with [`RidgeSettings::for_embedder`] while the router holds
-    /// at most [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process;
-    /// [`Neighbours`](Predictor::Neighbours) above that, and with a shared store.
+    /// from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in
+    /// process; [`Neighbours`](Predictor::Neighbours) otherwise, and with a shared store.
     #[default]
     Auto,
     /// The similarity-weighted mean of the k nearest exemplars' grades ([`predict_from`]).
@@ -85,7 +85,7 @@ impl Predictor {
     /// embedded by `embedder`, or `None` when the neighbours alone predict.
     pub fn ridge_for(&self, exemplars: usize, embedder: &dyn Embedder) -> Option<RidgeSettings> {
         match self {
-            Predictor::Auto if exemplars <= KERNEL_RIDGE_MAX_EXEMPLARS => Some(RidgeSettings::for_embedder(embedder)),
+            Predictor::Auto if (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&exemplars) => Some(RidgeSettings::for_embedder(embedder)),
             Predictor::Auto | Predictor::Neighbours => None,
             Predictor::KernelRidge(s) | Predictor::Blend(s) => Some(*s),
         }

@@ -315,11 +315,6 @@ impl Router {
     /// `vectors`: added to the in-process index (whose graph is rebuilt when the scanned part has
     /// grown enough), or written to the shared store.
     fn grown(&self, state: &State, exemplars: ExemplarSet, vectors: Vec<Vec<f32>>) -> Result<State> {
-        // The quality model is refitted on everything (about 0.1 s at 400 exemplars).
-        let quality = match (&state.quality, self.inner.settings.predictor.ridge_for(exemplars.len(), self.inner.embedder.as_ref())) {
-            (Some(model), Some(_)) => Some(Arc::new(model.with_added(&exemplars, vectors.clone(), &state.prices)?)),
-            _ => None,
-        };
         let search = match &state.search {
             Search::Local(index) => {
                 let mut index = index.with_added(vectors)?;
@@ -334,6 +329,8 @@ impl Router {
                 Search::Shared(store.clone())
             }
         };
+        // The quality model is refitted on everything (about 0.1 s at 427 exemplars).
+        let quality = quality_model(&search, &exemplars, &state.prices, &self.inner.settings, self.inner.embedder.as_ref())?;
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
         Ok(State { exemplars, search, prices: state.prices.clone(), prior, quality, fallback_model: state.fallback_model.clone() })
     }
@@ -757,25 +754,35 @@ fn build_state(
         }
         None => default_fallback(&prices),
     };
-    let (exemplars, search, quality) = match store {
+    let (exemplars, search) = match store {
         None => {
-            let graph = exemplar_graph(embedder, &exemplars, cache)?;
-            let quality = match settings.predictor.ridge_for(exemplars.len(), embedder) {
-                Some(ridge) => {
-                    let vectors = graph.vectors().map(<[f32]>::to_vec).collect();
-                    Some(Arc::new(QualityModel::fit(&exemplars, vectors, &prices, ridge)?))
-                }
-                None => None,
-            };
-            (exemplars, Search::Local(LiveIndex::new(graph)), quality)
+            let index = LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?);
+            (exemplars, Search::Local(index))
         }
         Some(store) => {
             seed(embedder, store.as_ref(), exemplars.iter().cloned().collect(), false)?;
-            (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()), None)
+            (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()))
         }
     };
+    let quality = quality_model(&search, &exemplars, &prices, settings, embedder)?;
     let prior = prior_of(&exemplars, &prices, settings.prior_strength);
     Ok(State { exemplars, search, prices: Arc::new(prices), prior, quality, fallback_model })
+}
+
+/// The quality model the predictor fits for these exemplars, if any (only over the in-process
+/// index, which holds every exemplar's vector).
+fn quality_model(
+    search: &Search,
+    exemplars: &ExemplarSet,
+    prices: &PriceTable,
+    settings: &Settings,
+    embedder: &dyn Embedder,
+) -> Result<Option<Arc<QualityModel>>> {
+    let (Search::Local(index), Some(ridge)) = (search, settings.predictor.ridge_for(exemplars.len(), embedder)) else {
+        return Ok(None);
+    };
+    let vectors = index.vectors().map(<[f32]>::to_vec).collect();
+    Ok(Some(Arc::new(QualityModel::fit(exemplars, vectors, prices, ridge)?)))
 }
 
 /// Writes to a shared store those of `items` it lacks (embedding only them). One it holds under

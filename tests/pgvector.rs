@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use semroute::exemplar::{Exemplar, Grade, ModelResult};
 use semroute::feedback::Feedback;
 use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex};
+use semroute::predict::{Predictor, RidgeSettings};
 use semroute::store::{ExemplarStore, PgStore};
 use semroute::{ExemplarSet, Router};
 
@@ -89,8 +90,9 @@ fn routers_on_one_store_see_each_others_exemplars_and_agree_with_the_in_process_
     assert_eq!(b.exemplars().len(), builtin.len());
 
     // The same decisions as the in-process index, on the built-in exemplars' own prompts (each
-    // finds itself first) and on new prompts.
-    let local = common::router();
+    // finds itself first) and on new prompts. A store router predicts from the neighbours, so the
+    // in-process one here does too.
+    let local = Router::builder().embedder(common::embedder()).predictor(Predictor::Neighbours).no_cache().build().unwrap();
     let mut prompts: Vec<String> = builtin.iter().map(|e| e.prompt.clone()).collect();
     prompts.extend(
         [
@@ -198,6 +200,12 @@ fn a_store_refuses_other_models_bad_settings_and_different_exemplars() {
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].exemplar.prompt, "one");
     assert!((hits[0].similarity - 1.0).abs() < 1e-6);
+
+    // The kernel-ridge predictors need every vector in process: refused with a store.
+    for p in [Predictor::KernelRidge(RidgeSettings::default()), Predictor::Blend(RidgeSettings::default())] {
+        let err = Router::builder().embedder(common::embedder()).store(table.reopen()).predictor(p).build().unwrap_err();
+        assert!(matches!(err, semroute::Error::Config(_)) && err.to_string().contains("in-process index"), "{err}");
+    }
 
     // Bad settings are refused at build, naming the setting; a dead server within the timeout.
     let e = PgStore::builder(url()).table("Bad-Name").build().unwrap_err().to_string();

@@ -260,3 +260,20 @@ fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
     assert!(b.0 > n.0, "agreement: default {} vs neighbours {}", b.0, n.0);
     assert!(b.1 <= n.1, "sent to a weaker tier: default {} vs neighbours {}", b.1, n.1);
 }
+
+/// `Predictor::Auto` fits the quality model only from 50 exemplars on: a router that starts below
+/// that predicts from the neighbours, and switches once additions carry it past.
+#[test]
+fn the_quality_model_is_fitted_once_there_are_enough_exemplars() {
+    use semroute::predict::KERNEL_RIDGE_MIN_EXEMPLARS;
+    use semroute::ExemplarSet;
+
+    let all: Vec<_> = ExemplarSet::builtin().unwrap().iter().cloned().collect();
+    let small = ExemplarSet::from_exemplars(all[..KERNEL_RIDGE_MIN_EXEMPLARS - 10].to_vec()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let r = Router::builder().embedder(common::embedder()).exemplars(small).cache_dir(cache.path()).build().unwrap();
+    let prompt = "Translate to English: 我明天去机场接朋友。";
+    assert_eq!(r.route(prompt).unwrap().quality_from, "neighbours");
+    r.add_exemplars(all[KERNEL_RIDGE_MIN_EXEMPLARS - 10..KERNEL_RIDGE_MIN_EXEMPLARS + 10].to_vec()).unwrap();
+    assert_eq!(r.route(prompt).unwrap().quality_from, "kernel-ridge+neighbours");
+}

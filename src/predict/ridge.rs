@@ -54,6 +54,11 @@ use super::evidence;
 /// the neighbours alone predict.
 pub const KERNEL_RIDGE_MAX_EXEMPLARS: usize = 2_000;
 
+/// Below this many exemplars, [`Predictor::Auto`](super::Predictor::Auto) does not fit the model:
+/// a regression over a handful of points (and its calibration) says little that the neighbours
+/// do not.
+pub const KERNEL_RIDGE_MIN_EXEMPLARS: usize = 50;
+
 /// Where all-MiniLM-L6-v2's unrelated text begins (the router's default fallback threshold), the
 /// scale [`RidgeSettings::default`]'s bandwidth was chosen on.
 const MINILM_UNRELATED: f32 = 0.3;
@@ -194,15 +199,6 @@ impl QualityModel {
             }
         }
         Ok(model)
-    }
-
-    /// The model refitted with `exemplars`, of which the last `new_vectors.len()` are new (the
-    /// others are those this model was fitted on, in the same order).
-    pub fn with_added(&self, exemplars: &ExemplarSet, new_vectors: Vec<Vec<f32>>, prices: &PriceTable) -> Result<Self> {
-        let mut vectors: Vec<Vec<f32>> = self.vectors.chunks(self.dim.max(1)).map(<[f32]>::to_vec).collect();
-        vectors.truncate(self.features.len());
-        vectors.extend(new_vectors);
-        Self::fit(exemplars, vectors, prices, self.settings)
     }
 
     /// How many exemplars the model was fitted on.
@@ -458,21 +454,6 @@ mod tests {
         // Half-way between the clusters the model is unsure.
         let middle = model.predict("prompt z", &unit(0.6))["small"];
         assert!(middle > 0.2 && middle < 0.8, "{middle}");
-    }
-
-    #[test]
-    fn refit_with_added_equals_a_fresh_fit() {
-        let (set, vectors) = clusters();
-        let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
-        let first: Vec<_> = set.iter().take(15).cloned().collect();
-        let base = QualityModel::fit(&ExemplarSet::from_exemplars(first).unwrap(), vectors[..15].to_vec(), &prices, RidgeSettings::default())
-            .unwrap();
-        let grown = base.with_added(&set, vectors[15..].to_vec(), &prices).unwrap();
-        let fresh = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default()).unwrap();
-        assert_eq!(grown.len(), 20);
-        for a in [0.0, 0.4, 0.9, 1.3] {
-            assert_eq!(grown.predict("p", &unit(a)), fresh.predict("p", &unit(a)));
-        }
     }
 
     #[test]
