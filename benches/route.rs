@@ -2,6 +2,10 @@
 //!
 //! - `route/*`: the whole `Router::route` on short and long prompts, English and Chinese, with the
 //!   real model and the built-in exemplars and prices;
+//! - `route_neighbours/*`: short prompts with the neighbours alone predicting quality (what the
+//!   default's kernel-ridge model adds is the difference to `route/*`);
+//! - `quality_model/predict_*`: the kernel-ridge model's prediction alone, over the built-in
+//!   exemplars (its fit time is printed once);
 //! - `route_e5/*`: the same with multilingual-e5-small, when it is installed;
 //! - `embed/short_en`: the embedding alone, to see its share;
 //! - `route_batch/{1,8,64}`: `Router::route_batch` over the first 64 built-in exemplar prompts
@@ -18,7 +22,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use semroute::embed::normalise;
 use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex};
-use semroute::{Constraints, ExemplarSet, Router};
+use semroute::embed::{Embedder, FastEmbedder, Home};
+use semroute::index::VectorCache;
+use semroute::predict::{Predictor, QualityModel, RidgeSettings};
+use semroute::{Constraints, ExemplarSet, PriceTable, Router};
 
 
 const SHORT_EN: &str = "Reformat this JSON so it is indented: {\"a\":1}";
@@ -32,6 +39,15 @@ fn bench_route(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5)).sample_size(50);
     for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH), ("long_en", long_en.as_str()), ("long_zh", long_zh.as_str())] {
         g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
+    }
+    g.finish();
+
+    // The same without the kernel-ridge quality model.
+    let neighbours = Router::builder().predictor(Predictor::Neighbours).build().expect("router");
+    let mut g = c.benchmark_group("route_neighbours");
+    g.measurement_time(Duration::from_secs(5)).sample_size(50);
+    for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH)] {
+        g.bench_function(name, |b| b.iter(|| neighbours.route(black_box(prompt)).unwrap()));
     }
     g.finish();
 
@@ -50,6 +66,26 @@ fn bench_route(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5)).sample_size(50);
     let embedder = router.embedder().clone();
     g.bench_function("short_en", |b| b.iter(|| embedder.embed(black_box(SHORT_EN)).unwrap()));
+    g.finish();
+}
+
+fn bench_quality_model(c: &mut Criterion) {
+    let embedder = FastEmbedder::load_default().expect("the default model (run examples/setup/setup-model.sh first)");
+    let set = ExemplarSet::builtin().expect("built-in exemplars");
+    let prices = PriceTable::builtin().expect("built-in prices");
+    let cache = VectorCache::new(Home::from_env().cache_dir());
+    let vectors = match cache.load(embedder.model_id(), &set.content_hash(), set.len(), embedder.dim()) {
+        Some(v) => v,
+        None => embedder.embed_batch(&set.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).expect("embedding"),
+    };
+    let started = std::time::Instant::now();
+    let model = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default()).expect("fit");
+    eprintln!("quality model fitted on {} exemplars in {:.1} ms", model.len(), started.elapsed().as_secs_f64() * 1e3);
+    let mut g = c.benchmark_group("quality_model");
+    for (name, prompt) in [("predict_short_en", SHORT_EN), ("predict_short_zh", SHORT_ZH)] {
+        let v = embedder.embed(prompt).expect("embedding");
+        g.bench_function(name, |b| b.iter(|| model.predict(black_box(prompt), black_box(&v))));
+    }
     g.finish();
 }
 
@@ -151,6 +187,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_route, bench_batch, bench_index
+    targets = bench_route, bench_quality_model, bench_batch, bench_index
 }
 criterion_main!(benches);

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use semroute::predict::{Predictor, RidgeSettings};
 use semroute::{Error, ExemplarSet, PriceTable, RouteDecision, Router};
 
 #[derive(Parser, Debug)]
@@ -49,13 +50,26 @@ struct Args {
     /// examples/setup/setup-model.sh).
     #[arg(long, value_name = "NAME")]
     embedding_model: Option<String>,
+    /// How quality is predicted: `auto` (default: the mean of a kernel-ridge model over every
+    /// exemplar and the neighbours), `blend` (the same at any size), `kernel-ridge` or `neighbours`.
+    #[arg(long, value_name = "P", default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours"])]
+    predictor: String,
 }
 
 fn build(args: &Args) -> Result<Router, Error> {
     let mut b = Router::builder();
+    let mut ridge = RidgeSettings::default();
     if let Some(name) = &args.embedding_model {
-        b = b.embedder(std::sync::Arc::new(semroute::FastEmbedder::load_installed(name)?));
+        let embedder = semroute::FastEmbedder::load_installed(name)?;
+        ridge = RidgeSettings::for_embedder(&embedder);
+        b = b.embedder(std::sync::Arc::new(embedder));
     }
+    b = b.predictor(match args.predictor.as_str() {
+        "blend" => Predictor::Blend(ridge),
+        "kernel-ridge" => Predictor::KernelRidge(ridge),
+        "neighbours" => Predictor::Neighbours,
+        _ => Predictor::Auto,
+    });
     if let Some(dir) = &args.exemplars {
         b = b.exemplars(if dir.is_file() { ExemplarSet::load_file(dir)? } else { ExemplarSet::load_dir(dir)? });
     }

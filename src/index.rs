@@ -64,7 +64,7 @@ impl Distance<f32> for UnitCosine {
 
 /// Dot product of two equally long vectors: AVX2+FMA when the CPU has it (checked at run time),
 /// portable code otherwise.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {

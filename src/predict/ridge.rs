@@ -114,7 +114,7 @@ impl RidgeSettings {
 pub struct QualityModel {
     settings: RidgeSettings,
     dim: usize,
-    /// Exemplar vectors, row after row (`n × dim`), and their raw prompt features.
+    /// Exemplar vectors, row after row (`n × dim`), and their standardised prompt features.
     vectors: Vec<f32>,
     features: Vec<[f64; FEATURES]>,
     /// Feature standardisation, fitted on the exemplars.
@@ -161,10 +161,12 @@ impl QualityModel {
         if let Some(i) = vectors.iter().position(|v| v.len() != dim) {
             return Err(Error::Config(format!("vector {i} has {} dimensions, the first has {dim}", vectors[i].len())));
         }
-        let features: Vec<[f64; FEATURES]> = exemplars.iter().map(|e| prompt_features(&e.prompt)).collect();
-        let (mean, scale) = standardisation(&features);
+        let raw: Vec<[f64; FEATURES]> = exemplars.iter().map(|e| prompt_features(&e.prompt)).collect();
+        let (mean, scale) = standardisation(&raw);
         let flat: Vec<f32> = vectors.into_iter().flatten().collect();
-        let mut model = QualityModel { settings, dim, vectors: flat, features, mean, scale, fits: Vec::new(), models: BTreeMap::new() };
+        let mut model =
+            QualityModel { settings, dim, vectors: flat, features: Vec::new(), mean, scale, fits: Vec::new(), models: BTreeMap::new() };
+        model.features = raw.iter().map(|f| model.standardise(f)).collect();
 
         // What each exemplar says about each model, and which exemplars speak about which model.
         let mut by_model: BTreeMap<&str, Vec<(usize, f64)>> = BTreeMap::new();
@@ -180,7 +182,6 @@ impl QualityModel {
             let rows: Vec<usize> = items.iter().map(|x| x.0).collect();
             groups.entry(rows).or_default().push((m, items.into_iter().map(|x| x.1).collect()));
         }
-        let z = model.standardised_features();
         for (rows, members) in groups {
             let mut distinct: Vec<Vec<f64>> = Vec::new();
             let mut index_of = Vec::with_capacity(members.len());
@@ -191,7 +192,7 @@ impl QualityModel {
                 });
                 index_of.push(at);
             }
-            let fit = model.fit_rows(&rows, &z, &distinct)?;
+            let fit = model.fit_rows(&rows, &distinct)?;
             let f = model.fits.len();
             model.fits.push(fit);
             for ((m, _), t) in members.into_iter().zip(index_of) {
@@ -220,8 +221,7 @@ impl QualityModel {
     /// speaks about are absent.
     pub fn predict(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
         let z = self.standardise(&prompt_features(prompt));
-        let z_all = self.standardised_features();
-        let row: Vec<f64> = (0..self.len()).map(|j| self.kernel(vector, self.vector(j), &z, &z_all[j])).collect();
+        let row: Vec<f64> = (0..self.len()).map(|j| self.kernel(vector, self.vector(j), &z, &self.features[j])).collect();
         let scores: Vec<Vec<f64>> = self
             .fits
             .iter()
@@ -249,7 +249,7 @@ impl QualityModel {
     }
 
     fn kernel(&self, a: &[f32], b: &[f32], za: &[f64; FEATURES], zb: &[f64; FEATURES]) -> f64 {
-        let cos: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        let cos = f64::from(crate::index::dot(a, b));
         let feat: f64 = za.iter().zip(zb).map(|(x, y)| x * y).sum::<f64>() / FEATURES as f64;
         ((cos - 1.0) / self.settings.bandwidth).exp() + self.settings.feature_weight * feat
     }
@@ -258,17 +258,13 @@ impl QualityModel {
         std::array::from_fn(|i| (f[i] - self.mean[i]) / self.scale[i])
     }
 
-    fn standardised_features(&self) -> Vec<[f64; FEATURES]> {
-        self.features.iter().map(|f| self.standardise(f)).collect()
-    }
-
     /// Kernel ridge on the exemplars at `rows`, for each target column (one value per row).
-    fn fit_rows(&self, rows: &[usize], z: &[[f64; FEATURES]], targets: &[Vec<f64>]) -> Result<Fit> {
+    fn fit_rows(&self, rows: &[usize], targets: &[Vec<f64>]) -> Result<Fit> {
         let n = rows.len();
         let mut k = DMatrix::<f64>::zeros(n, n);
         for a in 0..n {
             for b in a..n {
-                let v = self.kernel(self.vector(rows[a]), self.vector(rows[b]), &z[rows[a]], &z[rows[b]]);
+                let v = self.kernel(self.vector(rows[a]), self.vector(rows[b]), &self.features[rows[a]], &self.features[rows[b]]);
                 k[(a, b)] = v;
                 k[(b, a)] = v;
             }
