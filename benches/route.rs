@@ -20,10 +20,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use semroute::embed::normalise;
-use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex};
-use semroute::embed::{Embedder, FastEmbedder, Home};
-use semroute::index::VectorCache;
+use semroute::embed::{normalise, Embedder, FastEmbedder, Home};
+use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex, VectorCache};
 use semroute::predict::{Predictor, QualityModel, RidgeSettings};
 use semroute::{Constraints, ExemplarSet, PriceTable, Router};
 

@@ -187,6 +187,7 @@ fn explain(d: &RouteDecision) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "→ {} ({}, {} tier){}", d.model, d.provider, d.tier, if d.fallback { "  [fallback]" } else { "" });
     let _ = writeln!(s, "  why: {}", d.reason);
+    let _ = writeln!(s, "  quality predicted by: {}", d.quality_from);
     let _ = writeln!(
         s,
         "  prompt {} tokens, predicted answer {} tokens, expected cost ${:.6}",

@@ -6,8 +6,8 @@
 //! cargo run --release --features pgvector --example store_bench -- --exemplars 10000 [--cache DIR]
 //! ```
 //! The exemplars are the `startup` example's (shared dataset prompts; the same `--exemplars` and
-//! `--cache` reuse its cached vectors). The queries are the prompts of the default and extended
-//! exemplar sets under `exemplars/` (hand-written, none of them in the datasets), embedded with
+//! `--cache` reuse its cached vectors). The queries are the prompts of the built-in exemplar
+//! set under `exemplars/` (hand-written, none of them in the datasets), embedded with
 //! the same model. The store is the table `bench_<n>` at `$SEMROUTE_PG_URL`, filled once and
 //! kept for later runs (`--refill` empties it first).
 

@@ -85,7 +85,9 @@ impl Predictor {
     /// embedded by `embedder`, or `None` when the neighbours alone predict.
     pub fn ridge_for(&self, exemplars: usize, embedder: &dyn Embedder) -> Option<RidgeSettings> {
         match self {
-            Predictor::Auto if (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&exemplars) => Some(RidgeSettings::for_embedder(embedder)),
+            Predictor::Auto if (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&exemplars) => {
+                Some(RidgeSettings::for_embedder(embedder))
+            }
             Predictor::Auto | Predictor::Neighbours => None,
             Predictor::KernelRidge(s) | Predictor::Blend(s) => Some(*s),
         }

@@ -633,7 +633,8 @@ impl RouterBuilder {
                 ));
             }
         }
-        let settings = Settings { k, quality_bar, min_similarity: 0.0, fallback_model: String::new(), temperature, prior_strength, predictor };
+        let settings =
+            Settings { k, quality_bar, min_similarity: 0.0, fallback_model: String::new(), temperature, prior_strength, predictor };
         // The tokenizer's tables load (about 0.1 s) while the exemplars are indexed.
         let tokens = std::thread::spawn(TokenCounter::cl100k);
         let prices = match self.prices {

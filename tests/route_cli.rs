@@ -32,11 +32,12 @@ fn json_mode_prints_one_object_per_prompt() {
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 2);
     for d in &lines {
-        for key in ["model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback"] {
+        for key in ["model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback", "quality_from"] {
             assert!(d.get(key).is_some(), "missing {key} in {d}");
         }
     }
     assert_eq!(lines[0]["tier"], "cheap");
+    assert_eq!(lines[0]["quality_from"], "kernel-ridge+neighbours", "the default predictor on the built-in set");
 }
 
 #[test]

@@ -100,7 +100,7 @@ impl RidgeSettings {
 
     pub(crate) fn check(&self) -> Result<()> {
         let ok = |x: f64| x.is_finite() && x > 0.0;
-        if !ok(self.bandwidth) || !ok(self.lambda) || !(self.feature_weight.is_finite() && self.feature_weight >= 0.0) {
+        if !(ok(self.bandwidth) && ok(self.lambda) && self.feature_weight.is_finite() && self.feature_weight >= 0.0) {
             return Err(Error::Config(format!(
                 "kernel ridge settings must be positive (bandwidth, lambda) and non-negative (feature_weight), got {self:?}"
             )));
