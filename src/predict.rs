@@ -95,6 +95,14 @@ impl Predictor {
 
     /// Each model's quality from the neighbours' (`neighbours`) and the model's (`model`)
     /// predictions, by this predictor's rule.
+    ///
+    /// ```
+    /// use semroute::predict::{Predictor, RidgeSettings};
+    ///
+    /// assert_eq!(Predictor::Blend(RidgeSettings::default()).combine(1.0, 0.5), 0.75);
+    /// assert_eq!(Predictor::KernelRidge(RidgeSettings::default()).combine(1.0, 0.5), 0.5);
+    /// assert_eq!(Predictor::Neighbours.combine(1.0, 0.5), 1.0);
+    /// ```
     pub fn combine(&self, neighbours: f64, model: f64) -> f64 {
         match self {
             Predictor::KernelRidge(_) => model,

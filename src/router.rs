@@ -329,7 +329,7 @@ impl Router {
                 Search::Shared(store.clone())
             }
         };
-        // The quality model is refitted on everything (about 0.1 s at 427 exemplars).
+        // The quality model is refitted on everything (54 ms at 427 exemplars).
         let quality = quality_model(&search, &exemplars, &state.prices, &self.inner.settings, self.inner.embedder.as_ref())?;
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
         Ok(State { exemplars, search, prices: state.prices.clone(), prior, quality, fallback_model: state.fallback_model.clone() })
@@ -560,8 +560,8 @@ impl RouterBuilder {
     }
 
     /// How each model's quality is predicted (default [`Predictor::Auto`]: the mean of a
-    /// kernel-ridge model fitted on every exemplar and the nearest neighbours' grades, for up to
-    /// 2,000 in-process exemplars; the neighbours alone above that and with a shared store). The
+    /// kernel-ridge model fitted on every exemplar and the nearest neighbours' grades, for 50 to
+    /// 2,000 in-process exemplars; the neighbours alone otherwise and with a shared store). The
     /// README has each predictor's leave-one-out tier agreement on the built-in set.
     pub fn predictor(mut self, predictor: Predictor) -> Self {
         self.predictor = Some(predictor);
