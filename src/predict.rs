@@ -43,7 +43,9 @@ use std::collections::BTreeMap;
 
 mod ridge;
 
-pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS};
+pub use ridge::{
+    prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_LIMIT, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
+};
 
 use crate::embed::Embedder;
 use crate::exemplar::{ExemplarSet, Grade};

@@ -14,8 +14,10 @@
 //! of the training exemplars (no held-out data needed). A predicted quality is therefore a
 //! calibrated chance of a good answer, which is what the quality bar is compared with.
 //!
-//! Fitting costs one n×n Cholesky factorisation and inverse (54 ms for 427 exemplars), which is
-//! why [`Predictor::Auto`](super::Predictor::Auto) uses it only up to
+//! Fitting computes the n×n kernel once and factorises it once per set of exemplars that speak
+//! about a group of models (one for a hand-labelled set; feedback on a model gives that model its
+//! own set): 40 ms for the 427 built-in exemplars. The cost grows with the cube of the count,
+//! which is why [`Predictor::Auto`](super::Predictor::Auto) uses the model only up to
 //! [`KERNEL_RIDGE_MAX_EXEMPLARS`]. Predicting scans the exemplars once, like the exact index.
 //!
 //! ```
@@ -23,16 +25,23 @@
 //! use semroute::predict::{QualityModel, RidgeSettings};
 //! use semroute::pricing::PriceTable;
 //!
-//! let set = ExemplarSet::from_jsonl_str(r#"{"id":"a","prompt":"add 2 and 2","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":5}}
-//! {"id":"b","prompt":"prove the Riemann hypothesis","category":"c","language":"en","label":{"tier":"strong","reason":"r","output_tokens":900}}
-//! {"id":"c","prompt":"add 3 and 5","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":5}}"#, "x.jsonl")?;
+//! // Twelve exemplars: sums are cheap, proofs strong. Their vectors would come from the
+//! // embedder; two directions stand in for them here.
+//! let mut lines = Vec::new();
+//! let mut vectors = Vec::new();
+//! for i in 0..12 {
+//!     let (prompt, tier, v) = if i % 2 == 0 { (format!("add {i} and {i}"), "cheap", vec![1.0, 0.0]) }
+//!                             else { (format!("prove lemma {i}"), "strong", vec![0.0, 1.0]) };
+//!     lines.push(format!(r#"{{"id":"e{i}","prompt":"{prompt}","category":"c","language":"en","label":{{"tier":"{tier}","reason":"r","output_tokens":5}}}}"#));
+//!     vectors.push(v);
+//! }
+//! let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl")?;
 //! let prices = PriceTable::from_toml_str("[models.small]\nprovider = \"p\"\ninput_per_mtok = 0.1\noutput_per_mtok = 0.4\ntier = \"cheap\"\nsource = \"s\"\nas_of = \"2025\"\n[models.big]\nprovider = \"q\"\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\ntier = \"strong\"\nsource = \"s\"\nas_of = \"2025\"\n", "p.toml")?;
-//! // Vectors would come from the embedder; three unit vectors stand in here.
-//! let vectors = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.995, 0.0998]];
 //! let model = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default())?;
-//! let q = model.predict("add 4 and 4", &[0.999, 0.045]);
+//! let q = model.predict("add 4 and 5", &[0.999, 0.045]);
 //! assert_eq!(q["big"], 1.0); // every exemplar says the strong model answers well
-//! assert!(q["small"] > 0.0 && q["small"] < 1.0);
+//! assert!(q["small"] > 0.8, "{q:?}");
+//! assert!(model.predict("prove lemma 99", &[0.0, 1.0])["small"] < 0.2);
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
@@ -50,8 +59,8 @@ use crate::pricing::PriceTable;
 use super::evidence;
 
 /// Up to this many in-process exemplars, [`Predictor::Auto`](super::Predictor::Auto) fits the
-/// kernel-ridge model; above, fitting takes seconds (it grows with the cube of the count), and
-/// the neighbours alone predict.
+/// kernel-ridge model; above, the neighbours alone predict. (Fitting grows with the cube of the
+/// count: 40 ms measured at 427, so some seconds estimated at this size.)
 pub const KERNEL_RIDGE_MAX_EXEMPLARS: usize = 2_000;
 
 /// Below this many exemplars, [`Predictor::Auto`](super::Predictor::Auto) does not fit the model:
@@ -62,6 +71,13 @@ pub const KERNEL_RIDGE_MIN_EXEMPLARS: usize = 50;
 /// Where all-MiniLM-L6-v2's unrelated text begins (the router's default fallback threshold), the
 /// scale [`RidgeSettings::default`]'s bandwidth was chosen on.
 const MINILM_UNRELATED: f32 = 0.3;
+
+/// [`QualityModel::fit`] refuses more exemplars than this: two n×n matrices of this size take
+/// 1.6 GB and the factorisation minutes.
+pub const KERNEL_RIDGE_LIMIT: usize = 10_000;
+
+/// A model fewer exemplars than this speak about is left to the neighbours.
+const MIN_ROWS: usize = 10;
 
 /// How many prompt features [`prompt_features`] returns.
 pub const FEATURES: usize = 8;
@@ -157,9 +173,17 @@ impl QualityModel {
         if vectors.len() != n {
             return Err(Error::Config(format!("{} exemplars but {} vectors", n, vectors.len())));
         }
+        if n > KERNEL_RIDGE_LIMIT {
+            return Err(Error::Config(format!(
+                "the kernel-ridge model fits at most {KERNEL_RIDGE_LIMIT} exemplars (its cost grows with the cube of the count), got {n}"
+            )));
+        }
         let dim = vectors.first().map_or(0, Vec::len);
         if let Some(i) = vectors.iter().position(|v| v.len() != dim) {
             return Err(Error::Config(format!("vector {i} has {} dimensions, the first has {dim}", vectors[i].len())));
+        }
+        if let Some(i) = vectors.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
+            return Err(Error::Config(format!("vector {i} holds a non-finite value")));
         }
         let raw: Vec<[f64; FEATURES]> = exemplars.iter().map(|e| prompt_features(&e.prompt)).collect();
         let (mean, scale) = standardisation(&raw);
@@ -175,12 +199,22 @@ impl QualityModel {
                 by_model.entry(m).or_default().push((i, q));
             }
         }
-        // Models spoken about by the same exemplars share one kernel solve; models with the same
-        // targets (a hand label gives every model of a tier the same) share one fit of them.
+        // Models spoken about by the same exemplars share one factorisation; models with the same
+        // targets (a hand label gives every model of a tier the same) share one fit of them. A
+        // model too few exemplars speak about is left to the neighbours.
         let mut groups: BTreeMap<Vec<usize>, Vec<(&str, Vec<f64>)>> = BTreeMap::new();
-        for (m, items) in by_model {
+        for (m, items) in by_model.into_iter().filter(|(_, items)| items.len() >= MIN_ROWS) {
             let rows: Vec<usize> = items.iter().map(|x| x.0).collect();
             groups.entry(rows).or_default().push((m, items.into_iter().map(|x| x.1).collect()));
+        }
+        // The kernel over every exemplar, computed once; each group solves on its block.
+        let mut kernel = DMatrix::<f64>::zeros(if groups.is_empty() { 0 } else { n }, if groups.is_empty() { 0 } else { n });
+        for a in 0..kernel.nrows() {
+            for b in a..n {
+                let v = model.kernel(model.vector(a), model.vector(b), &model.features[a], &model.features[b]);
+                kernel[(a, b)] = v;
+                kernel[(b, a)] = v;
+            }
         }
         for (rows, members) in groups {
             let mut distinct: Vec<Vec<f64>> = Vec::new();
@@ -192,7 +226,7 @@ impl QualityModel {
                 });
                 index_of.push(at);
             }
-            let fit = model.fit_rows(&rows, &distinct)?;
+            let fit = model.fit_rows(&kernel, &rows, &distinct)?;
             let f = model.fits.len();
             model.fits.push(fit);
             for ((m, _), t) in members.into_iter().zip(index_of) {
@@ -217,9 +251,13 @@ impl QualityModel {
         self.settings
     }
 
-    /// Each model's predicted quality in `[0, 1]` for a prompt and its vector. Models no exemplar
-    /// speaks about are absent.
+    /// Each model's predicted quality in `[0, 1]` for a prompt and its vector. Models fewer than
+    /// ten exemplars speak about are absent (the neighbours judge them); so is every model when
+    /// the vector does not have the fitted dimension or holds a non-finite value.
     pub fn predict(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
+        if vector.len() != self.dim || vector.iter().any(|x| !x.is_finite()) {
+            return BTreeMap::new();
+        }
         let z = self.standardise(&prompt_features(prompt));
         let row: Vec<f64> = (0..self.len()).map(|j| self.kernel(vector, self.vector(j), &z, &self.features[j])).collect();
         let scores: Vec<Vec<f64>> = self
@@ -241,7 +279,11 @@ impl QualityModel {
                     .collect()
             })
             .collect();
-        self.models.iter().map(|(m, &(f, t))| (m.clone(), scores[f][t].clamp(0.0, 1.0))).collect()
+        self.models
+            .iter()
+            .filter(|(_, &(f, t))| scores[f][t].is_finite())
+            .map(|(m, &(f, t))| (m.clone(), scores[f][t].clamp(0.0, 1.0)))
+            .collect()
     }
 
     fn vector(&self, j: usize) -> &[f32] {
@@ -258,17 +300,11 @@ impl QualityModel {
         std::array::from_fn(|i| (f[i] - self.mean[i]) / self.scale[i])
     }
 
-    /// Kernel ridge on the exemplars at `rows`, for each target column (one value per row).
-    fn fit_rows(&self, rows: &[usize], targets: &[Vec<f64>]) -> Result<Fit> {
+    /// Kernel ridge on the exemplars at `rows` (a block of `kernel`), for each target column (one
+    /// value per row).
+    fn fit_rows(&self, kernel: &DMatrix<f64>, rows: &[usize], targets: &[Vec<f64>]) -> Result<Fit> {
         let n = rows.len();
-        let mut k = DMatrix::<f64>::zeros(n, n);
-        for a in 0..n {
-            for b in a..n {
-                let v = self.kernel(self.vector(rows[a]), self.vector(rows[b]), &self.features[rows[a]], &self.features[rows[b]]);
-                k[(a, b)] = v;
-                k[(b, a)] = v;
-            }
-        }
+        let k = kernel.select_rows(rows).select_columns(rows);
         let column_mean: Vec<f64> = (0..n).map(|c| k.column(c).sum() / n as f64).collect();
         let grand_mean = column_mean.iter().sum::<f64>() / n as f64;
         // Centring the kernel is fitting an unpenalised intercept.
@@ -280,13 +316,23 @@ impl QualityModel {
             }
             a[(i, i)] += lambda;
         }
+        let constant = |y: &[f64]| y.iter().all(|v| (v - y[0]).abs() < 1e-12);
+        if targets.iter().all(|y| constant(y)) {
+            let out = targets.iter().map(|y| Target::Constant(y[0])).collect();
+            return Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, targets: out });
+        }
         let chol = a.cholesky().ok_or_else(|| Error::Config("the kernel ridge system is not positive definite".into()))?;
-        // diag((K_c + λI)⁻¹) gives every training exemplar's exact leave-one-out score.
-        let inverse_diag: Vec<f64> = chol.inverse().diagonal().iter().copied().collect();
+        // diag((K_c + λI)⁻¹) gives every training exemplar's exact leave-one-out score; with
+        // K_c + λI = L·Lᵀ it is the squared column norms of L⁻¹.
+        let l_inv = chol
+            .l()
+            .solve_lower_triangular(&DMatrix::identity(n, n))
+            .ok_or_else(|| Error::Config("the kernel ridge system is singular".into()))?;
+        let inverse_diag: Vec<f64> = l_inv.column_iter().map(|c| c.norm_squared()).collect();
         let mut out = Vec::with_capacity(targets.len());
         for y in targets {
             let mean = y.iter().sum::<f64>() / n as f64;
-            if y.iter().all(|v| (v - y[0]).abs() < 1e-12) || n < 3 {
+            if constant(y) {
                 out.push(Target::Constant(mean));
                 continue;
             }
@@ -298,7 +344,11 @@ impl QualityModel {
                     y[i] - lambda * dual[i] / (1.0 - leverage).max(1e-9)
                 })
                 .collect();
-            out.push(Target::Fitted { intercept: mean, dual: dual.iter().copied().collect(), platt: platt(&loo, y) });
+            // Scores that do not rank the targets (the kernel told nothing) give the mean.
+            out.push(match platt(&loo, y) {
+                Some(p) => Target::Fitted { intercept: mean, dual: dual.iter().copied().collect(), platt: p },
+                None => Target::Constant(mean),
+            });
         }
         Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, targets: out })
     }
@@ -308,14 +358,31 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Platt scaling: `(a, b)` minimising the cross-entropy of `sigmoid(a·s + b)` against targets in
-/// `[0, 1]`, by Newton's method (two parameters; a tiny ridge keeps it defined when the scores
-/// separate the targets perfectly).
-fn platt(scores: &[f64], targets: &[f64]) -> (f64, f64) {
-    let (mut a, mut b) = (1.0, 0.0);
+/// Platt scaling: `(a, b)` minimising the cross-entropy of `sigmoid(a·s + b)` against the
+/// targets, with Platt's correction (each target pulled `1/(n+2)` towards ½, so that perfectly
+/// separated scores do not give certainties), by Newton's method with step halving. `None` when
+/// the scores do not rank the targets (slope not positive).
+fn platt(scores: &[f64], targets: &[f64]) -> Option<(f64, f64)> {
+    let n = scores.len() as f64;
+    let eps = 1.0 / (n + 2.0);
+    let t: Vec<f64> = targets.iter().map(|t| eps + (1.0 - 2.0 * eps) * t).collect();
+    let loss = |a: f64, b: f64| -> f64 {
+        scores
+            .iter()
+            .zip(&t)
+            .map(|(s, t)| {
+                let z = a * s + b;
+                // log(1 + e^z) − t·z, written to stay finite for large |z|.
+                z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z
+            })
+            .sum()
+    };
+    let mean = t.iter().sum::<f64>() / n;
+    let (mut a, mut b) = (0.0, (mean / (1.0 - mean)).ln());
+    let mut current = loss(a, b);
     for _ in 0..100 {
-        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-6, 0.0, 1e-6);
-        for (s, t) in scores.iter().zip(targets) {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
+        for (s, t) in scores.iter().zip(&t) {
             let p = sigmoid(a * s + b);
             let w = p * (1.0 - p);
             ga += (p - t) * s;
@@ -324,26 +391,44 @@ fn platt(scores: &[f64], targets: &[f64]) -> (f64, f64) {
             hab += w * s;
             hbb += w;
         }
-        ga += 1e-6 * a;
-        gb += 1e-6 * b;
         let det = haa * hbb - hab * hab;
         if !(det.is_finite() && det > 0.0) {
             break;
         }
         let (da, db) = ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det);
-        a -= da;
-        b -= db;
-        if da.abs() + db.abs() < 1e-10 {
+        let mut step = 1.0;
+        let mut improved = false;
+        while step > 1e-6 {
+            let next = loss(a - step * da, b - step * db);
+            if next <= current {
+                a -= step * da;
+                b -= step * db;
+                improved = current - next > 1e-12;
+                current = next;
+                break;
+            }
+            step /= 2.0;
+        }
+        if !improved {
             break;
         }
     }
-    (a, b)
+    (a.is_finite() && b.is_finite() && a > 0.0).then_some((a, b))
 }
 
 fn standardisation(features: &[[f64; FEATURES]]) -> ([f64; FEATURES], [f64; FEATURES]) {
     let n = features.len().max(1) as f64;
     let mean: [f64; FEATURES] = std::array::from_fn(|i| features.iter().map(|f| f[i]).sum::<f64>() / n);
-    let scale = std::array::from_fn(|i| (features.iter().map(|f| (f[i] - mean[i]).powi(2)).sum::<f64>() / n).sqrt() + 1e-9);
+    // A feature constant over the exemplars keeps scale 1, so that a prompt that differs in it
+    // gets a moderate value, not one blown up by a near-zero deviation.
+    let scale = std::array::from_fn(|i| {
+        let sd = (features.iter().map(|f| (f[i] - mean[i]).powi(2)).sum::<f64>() / n).sqrt();
+        if sd > 1e-6 {
+            sd + 1e-9
+        } else {
+            1.0
+        }
+    });
     (mean, scale)
 }
 
@@ -454,11 +539,11 @@ mod tests {
 
     #[test]
     fn measured_models_are_fitted_on_the_exemplars_that_measured_them() {
-        let text = (0..12)
+        let text = (0..14)
             .map(|i| {
-                let q = if i < 6 { 1.0 } else { 0.0 };
-                // `big` was measured on the first eight only.
-                let big = if i < 8 { r#","big":{"quality":1.0,"output_tokens":5}"# } else { "" };
+                let q = if i < 7 { 1.0 } else { 0.0 };
+                // `big` was measured on the first ten only.
+                let big = if i < 10 { r#","big":{"quality":1.0,"output_tokens":5}"# } else { "" };
                 format!(
                     r#"{{"id":"m{i}","prompt":"p{i}","category":"c","language":"en","results":{{"small":{{"quality":{q},"output_tokens":5}}{big}}}}}"#
                 )
@@ -466,13 +551,31 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let set = ExemplarSet::from_jsonl_str(&text, "m.jsonl").unwrap();
-        let vectors: Vec<Vec<f32>> = (0..12).map(|i| unit(if i < 6 { 0.0 } else { 1.3 } + i as f64 * 0.01)).collect();
+        let vectors: Vec<Vec<f32>> = (0..14).map(|i| unit(if i < 7 { 0.0 } else { 1.3 } + i as f64 * 0.01)).collect();
         let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
         let model = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default()).unwrap();
-        assert_eq!(model.fits.len(), 2, "two sets of rows: all twelve, and the eight that measured `big`");
+        assert_eq!(model.fits.len(), 2, "two sets of rows: all fourteen, and the ten that measured `big`");
         let q = model.predict("p", &unit(0.01));
         assert!(q["small"] > 0.7, "{q:?}");
         assert_eq!(q["big"], 1.0);
+        // Measured on fewer than ten exemplars, a model is left to the neighbours.
+        let few: Vec<_> = set.iter().skip(5).cloned().collect();
+        let vectors: Vec<Vec<f32>> = (5..14).map(|i| unit(if i < 7 { 0.0 } else { 1.3 } + i as f64 * 0.01)).collect();
+        let model = QualityModel::fit(&ExemplarSet::from_exemplars(few).unwrap(), vectors, &prices, RidgeSettings::default()).unwrap();
+        assert!(model.predict("p", &unit(0.0)).is_empty());
+    }
+
+    #[test]
+    fn a_vector_of_another_size_or_not_finite_predicts_nothing() {
+        let (set, vectors) = clusters();
+        let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
+        let model = QualityModel::fit(&set, vectors.clone(), &prices, RidgeSettings::default()).unwrap();
+        assert!(model.predict("p", &[1.0, 0.0, 0.0]).is_empty());
+        assert!(model.predict("p", &[f32::NAN, 0.0]).is_empty());
+        let mut bad = vectors;
+        bad[3][1] = f32::INFINITY;
+        let err = QualityModel::fit(&set, bad, &prices, RidgeSettings::default()).unwrap_err();
+        assert!(err.to_string().contains("vector 3 holds a non-finite value"), "{err}");
     }
 
     #[test]
@@ -500,9 +603,23 @@ mod tests {
         // Scores squeezed into [0.4, 0.6] that still order the targets: the fit spreads them out.
         let scores: Vec<f64> = (0..100).map(|i| 0.4 + 0.002 * i as f64).collect();
         let targets: Vec<f64> = (0..100).map(|i| f64::from(u8::from(i >= 50 && i % 7 != 0 || i < 50 && i % 9 == 0))).collect();
-        let (a, b) = platt(&scores, &targets);
+        let (a, b) = platt(&scores, &targets).unwrap();
         assert!(a > 10.0, "slope {a}");
         assert!(sigmoid(a * 0.41 + b) < 0.25 && sigmoid(a * 0.59 + b) > 0.75);
+        // Perfectly separated scores: a confident fit, but not certainty.
+        let (a, b) = platt(&[0.0, 0.1, 0.9, 1.0], &[0.0, 0.0, 1.0, 1.0]).unwrap();
+        assert!(sigmoid(a + b) < 0.99 && sigmoid(b) > 0.01, "({a}, {b})");
+        // Leave-one-out scores of a kernel that knows nothing are (Σy − y_i)/(n − 1): they rank
+        // the targets backwards, and Platt refuses them rather than invert them.
+        let y = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+        let sum: f64 = y.iter().sum();
+        let uninformed: Vec<f64> = y.iter().map(|v| (sum - v) / 9.0).collect();
+        assert_eq!(platt(&uninformed, &y), None);
+        // Widely spread scores (a small ridge penalty) converge instead of running away.
+        let spread: Vec<f64> = (0..40).map(|i| (i as f64 - 20.0) * 3.0).collect();
+        let t: Vec<f64> = (0..40).map(|i| f64::from(u8::from(i >= 20 && i != 25 || i == 3))).collect();
+        let (a, b) = platt(&spread, &t).unwrap();
+        assert!(a.is_finite() && a < 10.0 && b.is_finite(), "({a}, {b})");
     }
 
     #[test]
