@@ -499,20 +499,7 @@ impl HnswIndex {
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&out)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+        write_atomically(path, &out)
     }
 
     /// Reads a graph saved by [`save`](HnswIndex::save). It must have been built by `model_id`
@@ -671,6 +658,28 @@ impl NeighbourIndex for LiveIndex {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename, so that readers never see half
+/// a file. The temporary name is unique to the process and the call: two routers of one process
+/// saving the same file at once do not write into each other's.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
 /// Exemplar vectors cached on disk, one file per (embedding model, exemplar content) pair, so a
 /// warm start does not re-embed. A file that is truncated, of another dimension or count, or
 /// otherwise unreadable is treated as absent and rewritten.
@@ -720,9 +729,7 @@ impl VectorCache {
 
     /// Writes the vectors atomically (temp file, then rename), so readers never see half a file.
     pub fn store(&self, model_id: &str, content_hash: &str, vectors: &[Vec<f32>]) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let path = self.path(model_id, content_hash);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let dim = vectors.first().map_or(0, Vec::len);
         let mut out = Vec::with_capacity(24 + vectors.len() * dim * 4);
         out.extend_from_slice(MAGIC);
@@ -733,16 +740,7 @@ impl VectorCache {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&out)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(&path, e)
-        })
+        write_atomically(&path, &out)
     }
 
     /// The cache folder.

@@ -92,7 +92,8 @@ fn routers_on_one_store_see_each_others_exemplars_and_agree_with_the_in_process_
     // The same decisions as the in-process index, on the built-in exemplars' own prompts (each
     // finds itself first) and on new prompts. A store router predicts from the neighbours, so the
     // in-process one here does too.
-    let local = Router::builder().embedder(common::embedder()).predictor(Predictor::Neighbours).no_cache().build().unwrap();
+    let local =
+        Router::builder().embedder(common::embedder()).predictor(Predictor::Neighbours).cache_dir(common::vector_cache()).build().unwrap();
     let mut prompts: Vec<String> = builtin.iter().map(|e| e.prompt.clone()).collect();
     prompts.extend(
         [

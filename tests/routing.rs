@@ -63,7 +63,7 @@ fn decision_explains_itself() {
 
 #[test]
 fn unfamiliar_prompt_falls_back_to_the_safe_model() {
-    let r = Router::builder().embedder(common::embedder()).no_cache().min_similarity(0.95).build().unwrap();
+    let r = Router::builder().embedder(common::embedder()).cache_dir(common::vector_cache()).min_similarity(0.95).build().unwrap();
     let d = r.route("Write a limerick about a lighthouse keeper's cat.").unwrap();
     assert!(d.fallback);
     assert_eq!(d.model, r.settings().fallback_model);

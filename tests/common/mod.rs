@@ -33,11 +33,18 @@ pub fn installed(name: &str) -> Arc<FastEmbedder> {
     Arc::new(model.unwrap_or_else(|e| panic!("{e}")))
 }
 
-/// A router on the built-in exemplars and prices with the real model (its vectors are not
-/// cached, so every test binary really embeds the exemplars).
+/// A router on the built-in exemplars and prices with the real model. Its vectors are cached in
+/// [`vector_cache`], shared by the test binaries: the first to run embeds the 427 exemplars, the
+/// others read them (the warm-start test and the embedding tests embed for themselves).
 pub fn router() -> Router {
     static R: OnceLock<Router> = OnceLock::new();
-    R.get_or_init(|| Router::builder().embedder(embedder()).no_cache().build().unwrap_or_else(|e| panic!("{e}"))).clone()
+    R.get_or_init(|| Router::builder().embedder(embedder()).cache_dir(vector_cache()).build().unwrap_or_else(|e| panic!("{e}"))).clone()
+}
+
+/// The exemplar-vector cache the test binaries share (under Cargo's target folder; keyed by model
+/// and exemplar content, so it cannot go stale).
+pub fn vector_cache() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("semroute-test-vectors")
 }
 
 /// A reference-embedding fixture (tests/fixtures/*_reference.json).
