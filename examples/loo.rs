@@ -128,11 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(predictor) = predictor {
             let others_vectors = vectors.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v.clone()).collect();
             let model = QualityModel::fit(&others, others_vectors, &prices, ridge)?;
-            for (m, q) in model.predict(&ex.prompt, &vectors[i]) {
-                if let Some(x) = p.per_model.get_mut(&m) {
-                    x.quality = predictor.combine(x.quality, q);
-                }
-            }
+            predictor.apply(&model, &ex.prompt, &vectors[i], &mut p);
         }
         let tier_quality = |t: Tier| {
             prices

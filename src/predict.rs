@@ -113,6 +113,17 @@ impl Predictor {
         }
     }
 
+    /// Sets each model's quality in `predictions` (the neighbours') from `model`'s prediction for
+    /// `prompt` and its `vector`, by [`combine`](Predictor::combine). Answer lengths stay the
+    /// neighbours'; a model the neighbours say nothing about stays absent.
+    pub fn apply(&self, model: &QualityModel, prompt: &str, vector: &[f32], predictions: &mut Predictions) {
+        for (name, q) in model.predict(prompt, vector) {
+            if let Some(p) = predictions.per_model.get_mut(&name) {
+                p.quality = self.combine(p.quality, q);
+            }
+        }
+    }
+
     /// What [`RouteDecision::quality_from`](crate::RouteDecision::quality_from) says about this
     /// predictor when it has a fitted model (`fitted`).
     pub fn describe(&self, fitted: bool) -> &'static str {

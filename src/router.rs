@@ -384,11 +384,7 @@ impl Router {
         if let Some(model) = &state.quality {
             // Quality from the model fitted on every exemplar (with the neighbours', when
             // blended); answer lengths from the neighbours.
-            for (name, q) in model.predict(prompt, vector) {
-                if let Some(p) = predictions.per_model.get_mut(&name) {
-                    p.quality = s.predictor.combine(p.quality, q);
-                }
-            }
+            s.predictor.apply(model, prompt, vector, &mut predictions);
         }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         let choice = choose(
@@ -633,8 +629,6 @@ impl RouterBuilder {
                 ));
             }
         }
-        let settings =
-            Settings { k, quality_bar, min_similarity: 0.0, fallback_model: String::new(), temperature, prior_strength, predictor };
         // The tokenizer's tables load (about 0.1 s) while the exemplars are indexed.
         let tokens = std::thread::spawn(TokenCounter::cl100k);
         let prices = match self.prices {
@@ -650,6 +644,8 @@ impl RouterBuilder {
             None => Arc::new(FastEmbedder::load_default()?),
         };
         let min_similarity = self.min_similarity.or(embedder.suggested_min_similarity()).unwrap_or(0.3);
+        // The fallback model is the price table's, known once the state is built.
+        let settings = Settings { k, quality_bar, min_similarity, fallback_model: String::new(), temperature, prior_strength, predictor };
         let cache = match self.cache {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
@@ -704,7 +700,7 @@ impl RouterBuilder {
             inner: Arc::new(Inner {
                 embedder,
                 tokens: tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??,
-                settings: Settings { min_similarity, fallback_model: state.fallback_model.clone(), ..settings },
+                settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
                 configured_fallback: self.fallback_model,
                 cache,
                 store: self.store,

@@ -208,8 +208,9 @@ impl QualityModel {
             groups.entry(rows).or_default().push((m, items.into_iter().map(|x| x.1).collect()));
         }
         // The kernel over every exemplar, computed once; each group solves on its block.
-        let mut kernel = DMatrix::<f64>::zeros(if groups.is_empty() { 0 } else { n }, if groups.is_empty() { 0 } else { n });
-        for a in 0..kernel.nrows() {
+        let size = if groups.is_empty() { 0 } else { n };
+        let mut kernel = DMatrix::<f64>::zeros(size, size);
+        for a in 0..size {
             for b in a..n {
                 let v = model.kernel(model.vector(a), model.vector(b), &model.features[a], &model.features[b]);
                 kernel[(a, b)] = v;
