@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Objective;
 use crate::pricing::Tier;
 
 /// The router's answer for one prompt.
@@ -31,8 +32,11 @@ pub struct RouteDecision {
     pub predicted_output_tokens: u64,
     /// Prompt length in tokens (cl100k_base).
     pub input_tokens: u64,
-    /// The quality bar the choice had to clear.
+    /// The quality bar in force (the request's, else the router's); it binds only when
+    /// `objective` is a bar.
     pub quality_bar: f64,
+    /// What the policy optimised: `{"quality_bar": b}` or `{"usd_per_quality": u}`.
+    pub objective: Objective,
     /// `true` when no exemplar was similar enough and the safe fallback model was used.
     pub fallback: bool,
     /// One sentence on why this model was chosen.

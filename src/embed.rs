@@ -17,7 +17,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
 
@@ -50,6 +51,99 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let mut v = self.embed_batch(&[text])?;
         v.pop().ok_or_else(|| Error::Embedding("the embedder returned no vector".into()))
+    }
+}
+
+/// An [`Embedder`] that remembers every vector it has given: a text seen before is not embedded
+/// again. Benchmarks and leave-one-out runs wrap the real model in one, embed every prompt once
+/// ([`remember`](Memo::remember)), then build many routers over it, each embedding nothing.
+/// It keeps every text it sees (no bound): for evaluation runs, not for serving.
+///
+/// ```
+/// use std::sync::Arc;
+/// use semroute::embed::{Embedder, Memo};
+/// # struct Letters;
+/// # impl Embedder for Letters {
+/// #     fn model_id(&self) -> &str { "letters" }
+/// #     fn dim(&self) -> usize { 2 }
+/// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+/// #         Ok(t.iter().map(|s| if s.starts_with('a') { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect())
+/// #     }
+/// # }
+/// let memo = Memo::new(Arc::new(Letters));
+/// memo.remember(&["apple", "banana"])?;
+/// assert_eq!(memo.len(), 2);
+/// assert_eq!(memo.embed("apple")?, vec![1.0, 0.0]); // from memory
+/// assert_eq!(memo.model_id(), "letters");            // the same vectors as the model's
+/// # Ok::<(), semroute::Error>(())
+/// ```
+pub struct Memo {
+    inner: Arc<dyn Embedder>,
+    known: RwLock<HashMap<String, Arc<[f32]>>>,
+}
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memo").field("model", &self.inner.model_id()).field("texts", &self.len()).finish()
+    }
+}
+
+impl Memo {
+    /// Remembers the vectors `inner` gives.
+    pub fn new(inner: Arc<dyn Embedder>) -> Self {
+        Memo { inner, known: RwLock::new(HashMap::new()) }
+    }
+
+    /// Embeds those of `texts` not yet known, in batches, and remembers them.
+    pub fn remember(&self, texts: &[&str]) -> Result<()> {
+        self.embed_batch(texts).map(|_| ())
+    }
+
+    /// Number of texts remembered.
+    pub fn len(&self) -> usize {
+        self.known.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is remembered yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Embedder for Memo {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn suggested_min_similarity(&self) -> Option<f32> {
+        self.inner.suggested_min_similarity()
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let missing: Vec<&str> = {
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            let mut seen = std::collections::HashSet::new();
+            texts.iter().copied().filter(|t| !known.contains_key(*t) && seen.insert(*t)).collect()
+        };
+        if !missing.is_empty() {
+            let mut fresh = Vec::with_capacity(missing.len());
+            for chunk in missing.chunks(64) {
+                fresh.extend(self.inner.embed_batch(chunk)?);
+            }
+            if fresh.len() != missing.len() {
+                return Err(Error::Embedding(format!("the embedder returned {} vectors for {} texts", fresh.len(), missing.len())));
+            }
+            let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+            for (t, v) in missing.into_iter().zip(fresh) {
+                known.insert(t.to_string(), v.into());
+            }
+        }
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        texts.iter().map(|t| known.get(*t).map(|v| v.to_vec()).ok_or_else(|| Error::Embedding("a text was not remembered".into()))).collect()
     }
 }
 

@@ -36,6 +36,11 @@ pub struct ModelResult {
     pub quality: f64,
     /// Length of the model's answer in tokens.
     pub output_tokens: u32,
+    /// What the call really cost in USD, when measured (reasoning tokens, tool loops and cache
+    /// discounts included). Where neighbours carry it, the router predicts a model's cost from
+    /// it instead of from answer tokens × list price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// A hand-assigned label: the weakest tier that answers the prompt well.
@@ -156,6 +161,9 @@ impl Exemplar {
                 for (model, r) in &results {
                     if !(r.quality.is_finite() && (0.0..=1.0).contains(&r.quality)) {
                         return Err(err(Some(&format!("results.{model}.quality")), format!("must be within [0, 1], got {}", r.quality)));
+                    }
+                    if let Some(c) = r.cost_usd.filter(|c| !(c.is_finite() && *c >= 0.0)) {
+                        return Err(err(Some(&format!("results.{model}.cost_usd")), format!("must be a finite, non-negative USD amount, got {c}")));
                     }
                 }
                 Grade::Measured { results }

@@ -88,7 +88,7 @@ impl Feedback {
     /// The measured exemplar this feedback teaches: the prompt, with a result for one model.
     pub fn to_exemplar(&self) -> Exemplar {
         let mut results = BTreeMap::new();
-        results.insert(self.model.clone(), ModelResult { quality: self.quality, output_tokens: self.output_tokens });
+        results.insert(self.model.clone(), ModelResult { quality: self.quality, output_tokens: self.output_tokens, cost_usd: None });
         Exemplar {
             id: format!("feedback:{}", self.id),
             prompt: self.prompt.clone(),

@@ -136,6 +136,6 @@ pub use decision::{Candidate, Neighbour, RouteDecision};
 pub use embed::{Embedder, FastEmbedder};
 pub use error::{Error, Result};
 pub use exemplar::{Exemplar, ExemplarSet};
-pub use policy::Constraints;
+pub use policy::{Constraints, Objective};
 pub use pricing::{PriceTable, Tier};
-pub use router::{Router, RouterBuilder};
+pub use router::{Assessment, Router, RouterBuilder};

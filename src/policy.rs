@@ -38,6 +38,10 @@ pub struct Constraints {
     pub max_cost_usd: Option<f64>,
     /// Overrides the router's quality bar for this request.
     pub quality_bar: Option<f64>,
+    /// Chooses by utility instead of a bar: the model maximising predicted quality × this many
+    /// USD minus its expected cost (CARROT's rule; the USD one full point of quality, 0 → 1, is
+    /// worth to the caller on this prompt). Cannot be combined with `quality_bar`.
+    pub usd_per_quality: Option<f64>,
 }
 
 fn strings<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Vec<String> {
@@ -85,6 +89,20 @@ impl Constraints {
         self.quality_bar = Some(bar);
         self
     }
+    /// Choose by utility for this request: maximise predicted quality × `usd` − expected cost.
+    pub fn usd_per_quality(mut self, usd: f64) -> Self {
+        self.usd_per_quality = Some(usd);
+        self
+    }
+
+    /// The objective of this request, given the router's own.
+    pub fn objective(&self, default: Objective) -> Objective {
+        match (self.usd_per_quality, self.quality_bar) {
+            (Some(usd), _) => Objective::UsdPerQuality(usd),
+            (None, Some(bar)) => Objective::QualityBar(bar),
+            (None, None) => default,
+        }
+    }
 
     /// Why `model` is excluded by the provider / model / jurisdiction rules, if it is.
     fn rule_out(&self, model: &str, price: &ModelPrice) -> Option<String> {
@@ -109,6 +127,46 @@ impl Constraints {
             return Some(format!("jurisdiction {j} is blocked"));
         }
         None
+    }
+}
+
+/// What the policy optimises among the models that pass the constraints.
+///
+/// ```
+/// use semroute::policy::Objective;
+///
+/// assert_eq!(Objective::QualityBar(0.8).check(), Ok(()));
+/// assert!(Objective::UsdPerQuality(-1.0).check().is_err());
+/// assert_eq!(serde_json::to_string(&Objective::UsdPerQuality(0.01)).unwrap(), r#"{"usd_per_quality":0.01}"#);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The cheapest model whose predicted quality reaches this bar, in `[0, 1]`; when none does,
+    /// the highest predicted quality.
+    QualityBar(f64),
+    /// The model maximising `predicted quality × usd − expected cost`, where `usd` (≥ 0) is what
+    /// one full point of quality is worth: 0 picks the cheapest model, larger values buy quality.
+    UsdPerQuality(f64),
+}
+
+impl Objective {
+    /// Whether the knob is in range (a bar in `[0, 1]`, a finite non-negative USD amount).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match *self {
+            Objective::QualityBar(b) if !(0.0..=1.0).contains(&b) => Err(format!("quality_bar must be within [0, 1], got {b}")),
+            Objective::UsdPerQuality(u) if !(u.is_finite() && u >= 0.0) => {
+                Err(format!("usd_per_quality must be a finite, non-negative amount, got {u}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The knob's value (the bar, or the USD per quality point).
+    pub fn knob(&self) -> f64 {
+        match *self {
+            Objective::QualityBar(v) | Objective::UsdPerQuality(v) => v,
+        }
     }
 }
 
@@ -138,8 +196,8 @@ pub struct ChoiceInput<'a> {
     pub top_similarity: Option<f32>,
     /// Below this similarity the exemplars are not trusted and the fallback is used.
     pub min_similarity: f32,
-    /// The quality the chosen model must reach.
-    pub quality_bar: f64,
+    /// What the choice optimises.
+    pub objective: Objective,
     /// The safe model used when the exemplars are not trusted.
     pub fallback_model: &'a str,
     /// Answer length assumed for models without a prediction.
@@ -148,13 +206,19 @@ pub struct ChoiceInput<'a> {
 
 /// Chooses a model (see the module docs).
 pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
-    let ChoiceInput { predictions, prices, input_tokens, quality_bar, .. } = input;
+    let ChoiceInput { predictions, prices, input_tokens, objective, .. } = input;
+    // Only a bar is "cleared"; with a utility objective no model is held to one.
+    let bar = match objective {
+        Objective::QualityBar(b) => b,
+        Objective::UsdPerQuality(_) => f64::INFINITY,
+    };
     let mut candidates: Vec<Candidate> = prices
         .iter()
         .map(|(model, price)| {
             let p = predictions.per_model.get(model);
             let out = p.map_or(input.default_output_tokens, |p| p.output_tokens.round().max(0.0) as u64);
-            let cost = price.cost_usd(input_tokens, out);
+            // A measured cost (the neighbours') where known, else answer tokens × list price.
+            let cost = p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out));
             let mut excluded = constraints.rule_out(model, price);
             if let Some(window) = price.context_window.filter(|w| excluded.is_none() && input_tokens.saturating_add(out) > *w) {
                 excluded = Some(format!("prompt ({input_tokens} tokens) + answer ({out}) exceed its context window of {window}"));
@@ -171,7 +235,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
                 predicted_quality: p.map(|p| p.quality),
                 predicted_output_tokens: out,
                 expected_cost_usd: cost,
-                clears_bar: p.is_some_and(|p| p.quality + 1e-9 >= quality_bar),
+                clears_bar: p.is_some_and(|p| p.quality + 1e-9 >= bar),
                 excluded,
             }
         })
@@ -201,15 +265,32 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
         return Choice { candidates, chosen: Some(chosen), fallback: true, reason };
     }
 
-    if let Some(i) = candidates.iter().position(|c| eligible(c) && c.clears_bar) {
+    if let Objective::UsdPerQuality(usd) = objective {
+        if candidates.iter().any(|c| eligible(c) && c.predicted_quality.is_some()) {
+            let utility = |c: &Candidate| c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q * usd - c.expected_cost_usd);
+            let i = best_by(&candidates, utility).expect("some candidate is eligible");
+            let c = &candidates[i];
+            let q = c.predicted_quality.unwrap_or_default();
+            let reason = format!(
+                "highest utility at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${:.6})",
+                c.expected_cost_usd,
+                utility(c)
+            );
+            return Choice { candidates, chosen: Some(i), fallback: false, reason };
+        }
+    } else if let Some(i) = candidates.iter().position(|c| eligible(c) && c.clears_bar) {
         let q = candidates[i].predicted_quality.unwrap_or_default();
-        let reason = format!("cheapest model whose predicted quality {q:.2} clears the bar {quality_bar:.2}");
+        let reason = format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}");
         return Choice { candidates, chosen: Some(i), fallback: false, reason };
     }
-    // Nothing clears the bar: the best predicted quality, cheapest among equals.
+    // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
+    // among equals.
     let i = best_by(&candidates, |c| c.predicted_quality.unwrap_or(-1.0)).expect("some candidate is eligible");
     let q = candidates[i].predicted_quality.unwrap_or_default();
-    let reason = format!("no model is predicted to clear the bar {quality_bar:.2}; highest predicted quality {q:.2}");
+    let reason = match objective {
+        Objective::QualityBar(_) => format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}"),
+        Objective::UsdPerQuality(_) => format!("no model has a prediction; highest predicted quality {q:.2}"),
+    };
     Choice { candidates, chosen: Some(i), fallback: false, reason }
 }
 
@@ -224,4 +305,86 @@ fn best_by(candidates: &[Candidate], score: impl Fn(&Candidate) -> f64) -> Optio
         }
     }
     best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predict::ModelPrediction;
+
+    fn prices() -> PriceTable {
+        let m = |name: &str, out: f64, tier: &str| {
+            format!("[models.{name}]\nprovider = \"p{name}\"\ninput_per_mtok = 0.0\noutput_per_mtok = {out}\ntier = \"{tier}\"\nsource = \"test\"\nas_of = \"2025\"\n")
+        };
+        PriceTable::from_toml_str(&(m("a", 1.0, "cheap") + &m("b", 10.0, "mid") + &m("c", 100.0, "strong")), "t.toml").unwrap()
+    }
+
+    /// a: quality 0.5, $0.001; b: 0.8, $0.01; c: 0.9, $0.1 (1,000 answer tokens each).
+    fn predictions() -> Predictions {
+        let p = |q| ModelPrediction { quality: q, output_tokens: 1000.0, support: 1.0, cost_usd: None };
+        Predictions { per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(), weights: vec![1.0] }
+    }
+
+    fn pick(objective: Objective) -> (String, String) {
+        let (p, t) = (predictions(), prices());
+        let input = ChoiceInput {
+            predictions: &p,
+            prices: &t,
+            input_tokens: 0,
+            top_similarity: Some(0.9),
+            min_similarity: 0.3,
+            objective,
+            fallback_model: "c",
+            default_output_tokens: 500,
+        };
+        let c = choose(input, &Constraints::default());
+        let i = c.chosen.unwrap();
+        (c.candidates[i].model.clone(), c.reason)
+    }
+
+    #[test]
+    fn utility_trades_quality_for_cost_as_priced() {
+        // Utility q·u − cost: at u = 0 the cheapest; at u = $0.1 per point b (0.08 − 0.01 = 0.07)
+        // beats a (0.05 − 0.001) and c (0.09 − 0.1); at u = $10 the best, c.
+        assert_eq!(pick(Objective::UsdPerQuality(0.0)).0, "a");
+        assert_eq!(pick(Objective::UsdPerQuality(0.1)).0, "b");
+        let (m, reason) = pick(Objective::UsdPerQuality(10.0));
+        assert_eq!(m, "c");
+        assert!(reason.contains("utility"), "{reason}");
+        // The bar: the cheapest that clears it; none does at 0.95, so the best.
+        assert_eq!(pick(Objective::QualityBar(0.7)).0, "b");
+        assert_eq!(pick(Objective::QualityBar(0.95)).0, "c");
+    }
+
+    #[test]
+    fn a_measured_cost_replaces_tokens_times_price() {
+        // a's neighbours measured $0.50 a call (say, a long tool loop): a is now the dearest.
+        let mut p = predictions();
+        p.per_model.get_mut("a").unwrap().cost_usd = Some(0.5);
+        let t = prices();
+        let input = ChoiceInput {
+            predictions: &p,
+            prices: &t,
+            input_tokens: 0,
+            top_similarity: Some(0.9),
+            min_similarity: 0.3,
+            objective: Objective::UsdPerQuality(0.0),
+            fallback_model: "c",
+            default_output_tokens: 500,
+        };
+        let c = choose(input, &Constraints::default());
+        assert_eq!(c.candidates.last().unwrap().model, "a");
+        assert_eq!(c.candidates.last().unwrap().expected_cost_usd, 0.5);
+        assert_eq!(c.candidates[c.chosen.unwrap()].model, "b");
+    }
+
+    #[test]
+    fn a_requests_objective_wins_and_both_knobs_are_checked() {
+        let c = Constraints::default().usd_per_quality(1.0);
+        assert_eq!(c.objective(Objective::QualityBar(0.7)), Objective::UsdPerQuality(1.0));
+        assert_eq!(Constraints::default().objective(Objective::QualityBar(0.7)), Objective::QualityBar(0.7));
+        assert!(Objective::QualityBar(1.5).check().is_err());
+        assert!(Objective::UsdPerQuality(f64::NAN).check().is_err());
+        assert!(Objective::UsdPerQuality(f64::INFINITY).check().is_err());
+    }
 }

@@ -41,13 +41,17 @@
 
 use std::collections::BTreeMap;
 
+pub mod lowrank;
 mod ridge;
+
+pub use lowrank::{LowRankModel, LowRankSettings};
 
 pub use ridge::{
     prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_LIMIT, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
 };
 
 use crate::embed::Embedder;
+use crate::error::{Error, Result};
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::index::Hit;
 use crate::pricing::PriceTable;
@@ -80,6 +84,10 @@ pub enum Predictor {
     /// over a single piece of feedback). On the built-in set this sends the fewest exemplars to
     /// a weaker tier than their label (see the README).
     Blend(RidgeSettings),
+    /// A [`LowRankModel`] alone: a logistic factorisation of prompt × model shared by every
+    /// model (RouteLLM's matrix factorisation, an IRT model), fitted on every exemplar. Needs
+    /// the in-process index.
+    LowRank(LowRankSettings),
 }
 
 impl Predictor {
@@ -90,8 +98,20 @@ impl Predictor {
             Predictor::Auto if (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&exemplars) => {
                 Some(RidgeSettings::for_embedder(embedder))
             }
-            Predictor::Auto | Predictor::Neighbours => None,
+            Predictor::Auto | Predictor::Neighbours | Predictor::LowRank(_) => None,
             Predictor::KernelRidge(s) | Predictor::Blend(s) => Some(*s),
+        }
+    }
+
+    /// Fits the model this predictor uses for `exemplars` (with their unit `vectors`, in order)
+    /// embedded by `embedder`, if it uses one.
+    pub fn fit(&self, exemplars: &ExemplarSet, vectors: Vec<Vec<f32>>, prices: &PriceTable, embedder: &dyn Embedder) -> Result<Option<Fitted>> {
+        if let Predictor::LowRank(settings) = self {
+            return Fitted::low_rank(exemplars, &vectors, prices, *settings).map(Some);
+        }
+        match self.ridge_for(exemplars.len(), embedder) {
+            Some(ridge) => Ok(Some(Fitted::Ridge(QualityModel::fit(exemplars, vectors, prices, ridge)?))),
+            None => Ok(None),
         }
     }
 
@@ -107,7 +127,7 @@ impl Predictor {
     /// ```
     pub fn combine(&self, neighbours: f64, model: f64) -> f64 {
         match self {
-            Predictor::KernelRidge(_) => model,
+            Predictor::KernelRidge(_) | Predictor::LowRank(_) => model,
             Predictor::Neighbours => neighbours,
             Predictor::Auto | Predictor::Blend(_) => 0.5 * (neighbours + model),
         }
@@ -116,7 +136,7 @@ impl Predictor {
     /// Sets each model's quality in `predictions` (the neighbours') from `model`'s prediction for
     /// `prompt` and its `vector`, by [`combine`](Predictor::combine). Answer lengths stay the
     /// neighbours'; a model the neighbours say nothing about stays absent.
-    pub fn apply(&self, model: &QualityModel, prompt: &str, vector: &[f32], predictions: &mut Predictions) {
+    pub fn apply(&self, model: &Fitted, prompt: &str, vector: &[f32], predictions: &mut Predictions) {
         for (name, q) in model.predict(prompt, vector) {
             if let Some(p) = predictions.per_model.get_mut(&name) {
                 p.quality = self.combine(p.quality, q);
@@ -130,7 +150,54 @@ impl Predictor {
         match (self, fitted) {
             (_, false) | (Predictor::Neighbours, _) => "neighbours",
             (Predictor::KernelRidge(_), true) => "kernel-ridge",
+            (Predictor::LowRank(_), true) => "low-rank",
             (Predictor::Auto | Predictor::Blend(_), true) => "kernel-ridge+neighbours",
+        }
+    }
+}
+
+/// A quality model fitted on every exemplar: kernel ridge ([`QualityModel`]) or a low-rank
+/// factorisation ([`LowRankModel`]).
+#[derive(Debug, Clone)]
+pub enum Fitted {
+    /// Kernel ridge.
+    Ridge(QualityModel),
+    /// Low-rank, with the model name of each of its columns.
+    LowRank {
+        /// The fitted model.
+        model: LowRankModel,
+        /// Column names.
+        names: Vec<String>,
+    },
+}
+
+impl Fitted {
+    /// Fits a [`LowRankModel`] on `exemplars`: a measured exemplar gives its priced models'
+    /// qualities, a hand label 1 to the models at or above its tier and 0 below; models no
+    /// exemplar speaks about are left out (the neighbours keep them).
+    pub fn low_rank(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &PriceTable, settings: LowRankSettings) -> Result<Self> {
+        let names: Vec<&str> = prices.names().collect();
+        let mut targets: Vec<Vec<Option<f64>>> = Vec::with_capacity(exemplars.len());
+        for e in exemplars.iter() {
+            let mut row = vec![None; names.len()];
+            for (model, q, _, _) in evidence(&e.grade, prices) {
+                if let Ok(i) = names.binary_search(&model) {
+                    row[i] = Some(q.clamp(0.0, 1.0));
+                }
+            }
+            targets.push(row);
+        }
+        let keep: Vec<usize> = (0..names.len()).filter(|&m| targets.iter().any(|r| r[m].is_some())).collect();
+        let targets: Vec<Vec<Option<f64>>> = targets.into_iter().map(|r| keep.iter().map(|&m| r[m]).collect()).collect();
+        let model = LowRankModel::fit(vectors, &targets, settings).map_err(|e| Error::Config(format!("the low-rank quality model: {e}")))?;
+        Ok(Fitted::LowRank { model, names: keep.iter().map(|&m| names[m].to_string()).collect() })
+    }
+
+    /// Each model's predicted quality for `prompt` with its `vector`.
+    pub fn predict(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
+        match self {
+            Fitted::Ridge(m) => m.predict(prompt, vector),
+            Fitted::LowRank { model, names } => names.iter().cloned().zip(model.predict(vector)).collect(),
         }
     }
 }
@@ -144,6 +211,9 @@ pub struct ModelPrediction {
     pub output_tokens: f64,
     /// Total neighbour weight behind the prediction (in `(0, 1]`; lower means thinner evidence).
     pub support: f64,
+    /// Predicted USD of the call, from the neighbours' measured costs (weighted mean over those
+    /// that carry one); `None` when none does, and the cost is answer tokens × price.
+    pub cost_usd: Option<f64>,
 }
 
 /// Predictions for every model some neighbour speaks about, plus the neighbour weights used.
@@ -205,7 +275,7 @@ impl Prior {
     pub fn from_exemplars(set: &ExemplarSet, prices: &PriceTable, strength: f64) -> Self {
         let mut acc: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
         for e in set.iter() {
-            for (model, q, _) in evidence(&e.grade, prices) {
+            for (model, q, _, _) in evidence(&e.grade, prices) {
                 let a = acc.entry(model).or_default();
                 a.0 += q;
                 a.1 += 1.0;
@@ -226,18 +296,19 @@ impl Prior {
     }
 }
 
-/// What an exemplar's grade says about each priced model: (model, quality, output tokens).
-/// An iterator, not a collection: it runs for every neighbour of every routed prompt.
-fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> impl Iterator<Item = (&'a str, f64, f64)> + 'a {
+/// What an exemplar's grade says about each priced model: (model, quality, output tokens,
+/// measured cost). An iterator, not a collection: it runs for every neighbour of every routed
+/// prompt.
+fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> impl Iterator<Item = (&'a str, f64, f64, Option<f64>)> + 'a {
     let (measured, labelled) = match grade {
         Grade::Measured { results } => (Some(results), None),
         Grade::Labelled(label) => (None, Some(label)),
     };
     let measured = measured.into_iter().flat_map(move |results| {
-        results.iter().filter(|(m, _)| prices.get(m).is_some()).map(|(m, r)| (m.as_str(), r.quality, r.output_tokens as f64))
+        results.iter().filter(|(m, _)| prices.get(m).is_some()).map(|(m, r)| (m.as_str(), r.quality, r.output_tokens as f64, r.cost_usd))
     });
     let labelled = labelled.into_iter().flat_map(move |label| {
-        prices.iter().map(move |(m, p)| (m, if p.tier >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64))
+        prices.iter().map(move |(m, p)| (m, if p.tier >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64, None))
     });
     measured.chain(labelled)
 }
@@ -257,27 +328,32 @@ pub fn predict_with_prior(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceT
 /// in-process index or a shared [`store`](crate::store)).
 pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperature: f64, prior: &Prior) -> Predictions {
     let weights = softmax(neighbours.iter().map(|n| n.1), temperature);
-    // model -> (sum w*q, sum w*tokens, sum w, sum w²)
-    let mut acc: BTreeMap<&str, (f64, f64, f64, f64)> = BTreeMap::new();
+    // model -> (sum w*q, sum w*tokens, sum w, sum w², (sum w*cost, sum w) over measured costs)
+    let mut acc: BTreeMap<&str, (f64, f64, f64, f64, (f64, f64))> = BTreeMap::new();
     for (&(grade, _), &w) in neighbours.iter().zip(&weights) {
-        for (model, q, tokens) in evidence(grade, prices) {
+        for (model, q, tokens, cost) in evidence(grade, prices) {
             let e = acc.entry(model).or_default();
             e.0 += w * q;
             e.1 += w * tokens;
             e.2 += w;
             e.3 += w * w;
+            if let Some(c) = cost {
+                e.4 .0 += w * c;
+                e.4 .1 += w;
+            }
         }
     }
     let per_model = acc
         .into_iter()
         .filter(|(_, a)| a.2 > 0.0)
-        .map(|(m, (q, t, s, s2))| {
+        .map(|(m, (q, t, s, s2, (c, cw)))| {
             let mut quality = q / s;
             if let Some(mean) = (prior.strength > 0.0).then(|| prior.mean(m)).flatten() {
                 let n = s * s / s2;
                 quality = (n * quality + prior.strength * mean) / (n + prior.strength);
             }
-            (m.to_string(), ModelPrediction { quality, output_tokens: t / s, support: s })
+            let cost_usd = (cw > 0.0).then(|| c / cw);
+            (m.to_string(), ModelPrediction { quality, output_tokens: t / s, support: s, cost_usd })
         })
         .collect();
     Predictions { per_model, weights }

@@ -241,10 +241,16 @@ impl fmt::Debug for TokenCounter {
 }
 
 impl TokenCounter {
-    /// Builds the cl100k_base counter (tens of milliseconds; build once and share).
+    /// The cl100k_base counter (its tables load once per process, in tens of milliseconds).
     pub fn cl100k() -> Result<Self> {
-        let bpe = tiktoken_rs::cl100k_base().map_err(|e| Error::Config(format!("tiktoken: {e}")))?;
-        Ok(TokenCounter { bpe: Arc::new(bpe) })
+        // Built once per process and shared: routers built by the hundred (leave-one-out,
+        // cross-fitting) would otherwise each load the tables.
+        static BPE: std::sync::OnceLock<Arc<tiktoken_rs::CoreBPE>> = std::sync::OnceLock::new();
+        if let Some(bpe) = BPE.get() {
+            return Ok(TokenCounter { bpe: bpe.clone() });
+        }
+        let bpe = Arc::new(tiktoken_rs::cl100k_base().map_err(|e| Error::Config(format!("tiktoken: {e}")))?);
+        Ok(TokenCounter { bpe: BPE.get_or_init(|| bpe).clone() })
     }
 
     /// Number of tokens in `text`.

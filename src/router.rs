@@ -28,8 +28,8 @@ use crate::exemplar::{Exemplar, ExemplarSet, Grade};
 use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
-use crate::policy::{choose, ChoiceInput, Constraints};
-use crate::predict::{predict_from, Predictor, Prior, QualityModel};
+use crate::policy::{choose, Choice, ChoiceInput, Constraints, Objective};
+use crate::predict::{predict_from, Fitted, Predictions, Predictor, Prior};
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::store::ExemplarStore;
 
@@ -85,7 +85,7 @@ struct State {
     prices: Arc<PriceTable>,
     prior: Prior,
     /// The fitted quality model, when the predictor uses one for this many exemplars.
-    quality: Option<Arc<QualityModel>>,
+    quality: Option<Arc<Fitted>>,
     fallback_model: String,
 }
 
@@ -105,6 +105,8 @@ pub struct Settings {
     pub k: usize,
     /// Default quality bar.
     pub quality_bar: f64,
+    /// Default utility objective (USD per quality point), used instead of the bar when set.
+    pub usd_per_quality: Option<f64>,
     /// Below this top similarity, use the fallback model.
     pub min_similarity: f32,
     /// The safe model.
@@ -115,6 +117,13 @@ pub struct Settings {
     pub prior_strength: f64,
     /// How each model's quality is predicted.
     pub predictor: Predictor,
+}
+
+impl Settings {
+    /// The router's default objective: utility when `usd_per_quality` is set, else the bar.
+    pub fn objective(&self) -> Objective {
+        self.usd_per_quality.map_or(Objective::QualityBar(self.quality_bar), Objective::UsdPerQuality)
+    }
 }
 
 impl fmt::Debug for Router {
@@ -368,11 +377,44 @@ impl Router {
 
     /// `input_tokens`: the prompt's own count when `None`.
     fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints, input_tokens: Option<u64>) -> Result<RouteDecision> {
+        self.assess_embedded(prompt, vector, input_tokens)?.decide(constraints)
+    }
+
+    /// What the router knows about `prompt` before any policy chooses: its neighbours, each
+    /// model's predicted quality and answer length, its token count. [`Assessment::decide`] then
+    /// chooses under any constraints and objective, as [`route_with`](Router::route_with) does
+    /// (which is exactly `assess` then `decide`); deciding one assessment under many objectives
+    /// is how benchmarks sweep the quality knob without predicting again.
+    ///
+    /// ```no_run
+    /// use semroute::{Constraints, Router};
+    ///
+    /// let router = Router::builder().build()?;
+    /// let a = router.assess("Summarise this paragraph in one sentence: ...")?;
+    /// for bar in [0.5, 0.7, 0.9] {
+    ///     let d = a.decide(&Constraints::default().quality_bar(bar))?;
+    ///     println!("bar {bar}: {} for ${:.6}", d.model, d.expected_cost_usd);
+    /// }
+    /// let d = a.decide(&Constraints::default().usd_per_quality(0.05))?; // utility: quality × $0.05 − cost
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn assess(&self, prompt: &str) -> Result<Assessment> {
+        check_prompt(prompt)?;
+        let vector = self.inner.embedder.embed(prompt)?;
+        self.assess_embedded(prompt, &vector, None)
+    }
+
+    /// [`assess`](Router::assess) with the prompt's vector already computed by this router's
+    /// embedder (a benchmark embeds each prompt once), and optionally its token count.
+    pub fn assess_embedded(&self, prompt: &str, vector: &[f32], input_tokens: Option<u64>) -> Result<Assessment> {
+        check_prompt(prompt)?;
         let inner = &*self.inner;
+        if vector.len() != inner.embedder.dim() {
+            return Err(Error::Embedding(format!("a vector of length {} for an embedder of dimension {}", vector.len(), inner.embedder.dim())));
+        }
         let s = &inner.settings;
         // One snapshot for the whole decision, so a reload mid-way cannot mix old and new data.
-        let state = inner.state.load();
-        let quality_bar = constraints.quality_bar.unwrap_or(s.quality_bar);
+        let state = inner.state.load_full();
         let found: Vec<(Arc<Exemplar>, f32)> = match &state.search {
             Search::Local(index) => {
                 index.search(vector, s.k).into_iter().map(|h| (state.exemplars.shared(h.position), h.similarity)).collect()
@@ -387,31 +429,80 @@ impl Router {
             s.predictor.apply(model, prompt, vector, &mut predictions);
         }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
+        Ok(Assessment { router: self.clone(), state, found, predictions, input_tokens })
+    }
+}
+
+/// One prompt as the router sees it before choosing: see [`Router::assess`].
+pub struct Assessment {
+    router: Router,
+    state: Arc<State>,
+    found: Vec<(Arc<Exemplar>, f32)>,
+    predictions: Predictions,
+    input_tokens: u64,
+}
+
+impl fmt::Debug for Assessment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Assessment")
+            .field("neighbours", &self.found.len())
+            .field("predictions", &self.predictions.per_model)
+            .field("input_tokens", &self.input_tokens)
+            .finish()
+    }
+}
+
+impl Assessment {
+    /// Each model's predicted quality and answer length.
+    pub fn predictions(&self) -> &Predictions {
+        &self.predictions
+    }
+
+    /// Prompt (or conversation) tokens.
+    pub fn input_tokens(&self) -> u64 {
+        self.input_tokens
+    }
+
+    /// The policy's choice under `constraints` (every priced model as a candidate, cheapest
+    /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
+    pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
+        check_constraints(constraints)?;
+        let s = &self.router.inner.settings;
         let choice = choose(
             ChoiceInput {
-                predictions: &predictions,
-                prices: &state.prices,
-                input_tokens,
-                top_similarity: found.first().map(|h| h.1),
+                predictions: &self.predictions,
+                prices: &self.state.prices,
+                input_tokens: self.input_tokens,
+                top_similarity: self.found.first().map(|h| h.1),
                 min_similarity: s.min_similarity,
-                quality_bar,
-                fallback_model: &state.fallback_model,
+                objective: constraints.objective(s.objective()),
+                fallback_model: &self.state.fallback_model,
                 default_output_tokens: DEFAULT_OUTPUT_TOKENS,
             },
             constraints,
         );
-        let Some(chosen) = choice.chosen else {
+        if choice.chosen.is_none() {
             let why: Vec<String> =
                 choice.candidates.iter().map(|c| format!("{}: {}", c.model, c.excluded.as_deref().unwrap_or("eligible"))).collect();
             return Err(Error::NoEligibleModel(why.join("; ")));
-        };
+        }
+        Ok(choice)
+    }
+
+    /// The decision under `constraints`, with the whole why.
+    pub fn decide(&self, constraints: &Constraints) -> Result<RouteDecision> {
+        let choice = self.choose(constraints)?;
+        let chosen = choice.chosen.expect("choose refuses a choice without a model");
+        let s = &self.router.inner.settings;
+        let state = &self.state;
         let c = &choice.candidates[chosen];
         let strongest = state.prices.strongest();
         let strongest_cost = choice.candidates.iter().find(|c| c.model == strongest).map_or(0.0, |c| c.expected_cost_usd);
         let saving = strongest_cost - c.expected_cost_usd;
-        let neighbours = found
+        let neighbours = self
+            .found
             .iter()
-            .zip(&predictions.weights)
+            .zip(&self.predictions.weights)
             .map(|((ex, similarity), &weight)| Neighbour {
                 id: ex.id.clone(),
                 similarity: *similarity,
@@ -425,6 +516,7 @@ impl Router {
                 prompt_preview: ex.prompt.chars().take(80).collect(),
             })
             .collect();
+        let objective = constraints.objective(s.objective());
         Ok(RouteDecision {
             model: c.model.clone(),
             provider: c.provider.clone(),
@@ -432,8 +524,9 @@ impl Router {
             expected_cost_usd: c.expected_cost_usd,
             predicted_quality: c.predicted_quality.unwrap_or(0.0),
             predicted_output_tokens: c.predicted_output_tokens,
-            input_tokens,
-            quality_bar,
+            input_tokens: self.input_tokens,
+            quality_bar: constraints.quality_bar.unwrap_or(s.quality_bar),
+            objective,
             fallback: choice.fallback,
             reason: choice.reason.clone(),
             quality_from: s.predictor.describe(state.quality.is_some()).to_string(),
@@ -465,8 +558,14 @@ fn check_prompt(prompt: &str) -> Result<()> {
 }
 
 fn check_constraints(c: &Constraints) -> Result<()> {
-    if let Some(bar) = c.quality_bar.filter(|b| !(0.0..=1.0).contains(b)) {
-        return Err(Error::Config(format!("quality_bar must be within [0, 1], got {bar}")));
+    if c.quality_bar.is_some() && c.usd_per_quality.is_some() {
+        return Err(Error::Config("set quality_bar or usd_per_quality, not both: they are two objectives".into()));
+    }
+    if let Some(bar) = c.quality_bar {
+        Objective::QualityBar(bar).check().map_err(Error::Config)?;
+    }
+    if let Some(usd) = c.usd_per_quality {
+        Objective::UsdPerQuality(usd).check().map_err(Error::Config)?;
     }
     if let Some(max) = c.max_cost_usd.filter(|m| !m.is_finite() || *m < 0.0) {
         return Err(Error::Config(format!("max_cost_usd must be a non-negative amount, got {max}")));
@@ -482,6 +581,7 @@ pub struct RouterBuilder {
     prices: Option<PriceTable>,
     k: Option<usize>,
     quality_bar: Option<f64>,
+    usd_per_quality: Option<f64>,
     min_similarity: Option<f32>,
     fallback_model: Option<String>,
     temperature: Option<f64>,
@@ -520,6 +620,14 @@ impl RouterBuilder {
     /// The predicted quality a model must reach to be chosen, in `[0, 1]` (default 0.7).
     pub fn quality_bar(mut self, bar: f64) -> Self {
         self.quality_bar = Some(bar);
+        self
+    }
+
+    /// Chooses by utility by default instead of the bar: the model maximising predicted quality
+    /// × `usd` − expected cost (see [`Objective::UsdPerQuality`]). A request's own
+    /// [`Constraints`] objective still wins.
+    pub fn usd_per_quality(mut self, usd: f64) -> Self {
+        self.usd_per_quality = Some(usd);
         self
     }
 
@@ -609,6 +717,9 @@ impl RouterBuilder {
         if !(0.0..=1.0).contains(&quality_bar) {
             return Err(Error::Config(format!("quality_bar must be within [0, 1], got {quality_bar}")));
         }
+        if let Some(usd) = self.usd_per_quality {
+            Objective::UsdPerQuality(usd).check().map_err(Error::Config)?;
+        }
         if let Some(s) = self.min_similarity.filter(|s| !(-1.0..=1.0).contains(s)) {
             return Err(Error::Config(format!("min_similarity must be within [-1, 1], got {s}")));
         }
@@ -623,11 +734,14 @@ impl RouterBuilder {
         let predictor = self.predictor.unwrap_or_default();
         if let Predictor::KernelRidge(r) | Predictor::Blend(r) = &predictor {
             r.check()?;
-            if self.store.is_some() {
-                return Err(Error::Config(
-                    "the kernel-ridge predictors need the in-process index; with a shared store use Predictor::Neighbours or Auto".into(),
-                ));
-            }
+        }
+        if let Predictor::LowRank(l) = &predictor {
+            l.check().map_err(|e| Error::Config(format!("low-rank settings: {e}")))?;
+        }
+        if self.store.is_some() && !matches!(predictor, Predictor::Auto | Predictor::Neighbours) {
+            return Err(Error::Config(
+                "the kernel-ridge and low-rank predictors need the in-process index; with a shared store use Predictor::Neighbours or Auto".into(),
+            ));
         }
         // The tokenizer's tables load (about 0.1 s) while the exemplars are indexed.
         let tokens = std::thread::spawn(TokenCounter::cl100k);
@@ -645,7 +759,7 @@ impl RouterBuilder {
         };
         let min_similarity = self.min_similarity.or(embedder.suggested_min_similarity()).unwrap_or(0.3);
         // The fallback model is the price table's, known once the state is built.
-        let settings = Settings { k, quality_bar, min_similarity, fallback_model: String::new(), temperature, prior_strength, predictor };
+        let settings = Settings { k, quality_bar, usd_per_quality: self.usd_per_quality, min_similarity, fallback_model: String::new(), temperature, prior_strength, predictor };
         let cache = match self.cache {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
@@ -776,13 +890,16 @@ fn quality_model(
     prices: &PriceTable,
     settings: &Settings,
     embedder: &dyn Embedder,
-) -> Option<Arc<QualityModel>> {
-    let (Search::Local(index), Some(ridge)) = (search, settings.predictor.ridge_for(exemplars.len(), embedder)) else {
+) -> Option<Arc<Fitted>> {
+    let Search::Local(index) = search else {
         return None;
     };
+    if settings.predictor.ridge_for(exemplars.len(), embedder).is_none() && !matches!(settings.predictor, Predictor::LowRank(_)) {
+        return None;
+    }
     let vectors = index.vectors().map(<[f32]>::to_vec).collect();
-    match QualityModel::fit(exemplars, vectors, prices, ridge) {
-        Ok(model) => Some(Arc::new(model)),
+    match settings.predictor.fit(exemplars, vectors, prices, embedder) {
+        Ok(model) => model.map(Arc::new),
         Err(e) => {
             tracing::warn!("the neighbours alone predict quality: {e}");
             None

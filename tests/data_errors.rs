@@ -60,6 +60,7 @@ fn broken_json_unknown_tier_and_bad_quality_are_errors() {
         (r#"{"id":"x","prompt":"p""#, "x.jsonl:1"),
         (r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"medium","reason":"r","output_tokens":1}}"#, "medium"),
         (r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1.5,"output_tokens":3}}}"#, "results.m.quality"),
+        (r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1,"output_tokens":3,"cost_usd":-0.5}}}"#, "results.m.cost_usd"),
         (r#"{"id":"x","prompt":"p","category":"c","language":"en"}"#, "neither"),
         (r#"{"id":"x","prompt":"  ","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1}}"#, "`prompt`"),
         (r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1},"extra":1}"#, "extra"),

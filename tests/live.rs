@@ -86,7 +86,7 @@ fn reloads_under_load_drop_no_route_and_never_mix_generations() {
         if i % 10 == 5 {
             // A bad reload: measured results for a model the table lacks. Refused, old state kept.
             let mut results = std::collections::BTreeMap::new();
-            results.insert("no-such-model".to_string(), ModelResult { quality: 1.0, output_tokens: 5 });
+            results.insert("no-such-model".to_string(), ModelResult { quality: 1.0, output_tokens: 5, cost_usd: None });
             let bad = exemplars
                 .with_added(
                     vec![Exemplar {
@@ -208,7 +208,7 @@ fn many_added_exemplars_are_found_before_and_after_the_graph_is_rebuilt() {
     let model = router.prices().strongest().to_string();
     let make = |i: usize| {
         let mut results = std::collections::BTreeMap::new();
-        results.insert(model.clone(), ModelResult { quality: 1.0, output_tokens: 50 });
+        results.insert(model.clone(), ModelResult { quality: 1.0, output_tokens: 50, cost_usd: None });
         Exemplar {
             id: format!("added-{i}"),
             prompt: format!("Inventory note {i}: reorder part number ZX-{} for warehouse {}", i * 7919 % 10007, i % 13),

@@ -67,8 +67,8 @@ fn measured(id: &str, prompt: &str, cheap_quality: f64) -> Exemplar {
         pair: None,
         grade: Grade::Measured {
             results: [
-                ("kimi-k2.6".to_string(), ModelResult { quality: cheap_quality, output_tokens: 200 }),
-                ("claude-sonnet-5-5".to_string(), ModelResult { quality: 1.0, output_tokens: 200 }),
+                ("kimi-k2.6".to_string(), ModelResult { quality: cheap_quality, output_tokens: 200, cost_usd: None }),
+                ("claude-sonnet-5-5".to_string(), ModelResult { quality: 1.0, output_tokens: 200, cost_usd: None }),
             ]
             .into(),
         },

@@ -277,3 +277,28 @@ fn the_quality_model_is_fitted_once_there_are_enough_exemplars() {
     r.add_exemplars(all[KERNEL_RIDGE_MIN_EXEMPLARS - 10..KERNEL_RIDGE_MIN_EXEMPLARS + 10].to_vec()).unwrap();
     assert_eq!(r.route(prompt).unwrap().quality_from, "kernel-ridge+neighbours");
 }
+
+#[test]
+fn routing_is_assess_then_decide_under_any_objective() {
+    let r = common::router();
+    let prompt = "Summarise this paragraph in one sentence: the meeting moved to Tuesday because the venue flooded.";
+    let a = r.assess(prompt).unwrap();
+    // route_with is exactly assess + decide.
+    assert_eq!(a.decide(&Constraints::default()).unwrap(), r.route(prompt).unwrap());
+    let bar = Constraints::default().quality_bar(0.9);
+    assert_eq!(a.decide(&bar).unwrap(), r.route_with(prompt, &bar).unwrap());
+    // The utility objective: nothing is worth paying for at $0, so the cheapest model; a high
+    // price of quality buys the highest predicted quality.
+    let free = a.decide(&Constraints::default().usd_per_quality(0.0)).unwrap();
+    let cheapest = free.candidates.iter().find(|c| c.excluded.is_none()).unwrap();
+    assert_eq!(free.model, cheapest.model);
+    assert_eq!(free.objective, semroute::Objective::UsdPerQuality(0.0));
+    assert!(free.reason.contains("utility"), "{}", free.reason);
+    let dear = a.decide(&Constraints::default().usd_per_quality(1e6)).unwrap();
+    let best = dear.candidates.iter().filter_map(|c| c.predicted_quality).fold(f64::MIN, f64::max);
+    assert!((dear.predicted_quality - best).abs() < 1e-12);
+    assert_eq!(serde_json::to_value(&dear).unwrap()["objective"], serde_json::json!({"usd_per_quality": 1e6}));
+    // Both objectives at once are refused with a reason.
+    let both = Constraints::default().quality_bar(0.5).usd_per_quality(1.0);
+    assert!(matches!(a.decide(&both), Err(Error::Config(m)) if m.contains("not both")));
+}

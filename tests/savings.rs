@@ -1,33 +1,40 @@
-//! The savings benchmark: dataset handling, metrics, and the `savings` example on a real
-//! two-model dataset from ../shared/data (MT-Bench, 80 prompts).
+//! The savings benchmark (`semroute::eval::run`): data set handling, metrics on hand-computed
+//! cases, and the harness on a small committed fixture (200 CRUXEval prompts, 6 models; see
+//! tests/fixtures/routing/make.py), routed through a real `Router` with the real model. Nothing
+//! here needs ../shared.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
-use semroute::eval::{aiq, apgr, cpt, nondecreasing_hull, CurvePoint, Dataset};
+use semroute::embed::Embedder;
+use semroute::eval::{aiq, apgr, cpt, nondecreasing_hull, run, BenchSettings, CurvePoint, Dataset, Report};
+use semroute::PriceTable;
 
-/// The shared datasets: `$SEMROUTE_DATA`, else `../shared/data` beside the checkout (where CI
-/// and the developers' machines have them).
-fn shared(file: &str) -> PathBuf {
-    let dir = std::env::var_os("SEMROUTE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    let path = dir.join(file);
-    assert!(path.is_file(), "{} is missing: set SEMROUTE_DATA to the folder of the shared datasets", path.display());
-    path
+fn fixture(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/routing").join(file)
+}
+
+fn prices() -> PriceTable {
+    PriceTable::from_file(fixture("prices-crux-small.toml")).unwrap()
+}
+
+/// Fewer folds than the default, so the suite stays quick; the protocol is the same.
+fn quick() -> BenchSettings {
+    BenchSettings { folds: 3, ..BenchSettings::default() }
 }
 
 #[test]
 fn split_is_deterministic_disjoint_and_complete() {
-    let data = Dataset::load(shared("routellm-mtbench.jsonl")).unwrap();
+    let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
     let (a_train, a_test) = data.split(0.7, 42);
     let (b_train, b_test) = data.split(0.7, 42);
     assert_eq!(a_train.iter().map(|r| &r.id).collect::<Vec<_>>(), b_train.iter().map(|r| &r.id).collect::<Vec<_>>());
     assert_eq!(a_test.len(), b_test.len());
     assert_eq!(a_train.len() + a_test.len(), data.records.len());
-    assert_eq!(a_train.len(), 56);
+    assert_eq!(a_train.len(), 140);
     assert!(a_test.iter().all(|t| a_train.iter().all(|r| r.id != t.id)));
     let (c_train, _) = data.split(0.7, 43);
     assert_ne!(a_train.iter().map(|r| &r.id).collect::<Vec<_>>(), c_train.iter().map(|r| &r.id).collect::<Vec<_>>());
@@ -71,94 +78,194 @@ fn hull_and_aiq() {
     assert!(aiq(&[(1.0, 0.5), (1.5, 0.9)], 1.0, 4.0) > aiq(&pts, 1.0, 4.0));
 }
 
-fn savings(dataset: &std::path::Path, prices: &str, extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(common::example_bin("savings"))
-        .args(["--dataset", dataset.to_str().unwrap()])
-        .args(["--prices", &format!("{}/exemplars/benchmarks/{prices}", env!("CARGO_MANIFEST_DIR"))])
-        .args(["--train-fraction", "0.7", "--seed", "42", "--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str::<serde_json::Value>(text.lines().last().unwrap()).unwrap()
-}
-
-fn f(v: &serde_json::Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-#[test]
-fn savings_example_reports_the_metrics_on_the_test_split() {
-    let mtbench = shared("routellm-mtbench.jsonl");
-    let run = || savings(&mtbench, "prices-routellm.toml", &[]);
-    let r = run();
-    for key in ["apgr", "cpt50", "cpt80", "cost_usd", "quality", "strong_share", "always_strong", "always_cheap", "random", "oracle"] {
-        assert!(r.get(key).is_some(), "missing {key}");
-    }
-    assert_eq!(r["split"]["test"], 24);
-    let apgr = r["apgr"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&apgr), "{apgr}");
-    let strong = &r["always_strong"];
-    assert!(r["quality"].as_f64().unwrap() >= 0.95 * strong["quality"].as_f64().unwrap() - 1e-9);
-    assert!(r["cost_usd"].as_f64().unwrap() <= strong["cost_usd"].as_f64().unwrap());
-    assert!(r["oracle"]["quality"].as_f64().unwrap() >= strong["quality"].as_f64().unwrap());
-    // Same seed, same figures.
-    assert_eq!(run()["apgr"], r["apgr"]);
-}
-
-#[test]
-fn router_never_sees_test_scores() {
-    // Invert every test prompt's scores: the router's choices (so its costs and strong-call
-    // shares along the whole curve) must not change; only the qualities they earn may.
-    let data = Dataset::load(shared("routellm-mtbench.jsonl")).unwrap();
+/// Replaces every test-split score of the fixture by 1 - score.
+fn flipped_fixture(dir: &std::path::Path) -> Dataset {
+    let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
     let (_, test) = data.split(0.7, 42);
     let test_ids: Vec<&str> = test.iter().map(|r| r.id.as_str()).collect();
-    let text = std::fs::read_to_string(shared("routellm-mtbench.jsonl")).unwrap();
+    let text = std::fs::read_to_string(fixture("crux-small.jsonl")).unwrap();
     let mut lines = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
         if test_ids.contains(&v["id"].as_str().unwrap()) {
             for q in v["scores"].as_object_mut().unwrap().values_mut() {
-                *q = serde_json::json!(1.0 - f(q));
+                *q = serde_json::json!(1.0 - q.as_f64().unwrap());
             }
         }
         lines.push(v.to_string());
     }
-    let dir = tempfile::tempdir().unwrap();
-    let flipped = dir.path().join("flipped.jsonl");
-    std::fs::write(&flipped, lines.join("\n")).unwrap();
-    let a = savings(&shared("routellm-mtbench.jsonl"), "prices-routellm.toml", &[]);
-    let b = savings(&flipped, "prices-routellm.toml", &[]);
-    let shape = |r: &serde_json::Value| -> Vec<(String, String)> {
-        r["curve"].as_array().unwrap().iter().map(|p| (format!("{:.9}", f(&p[0])), format!("{:.6}", f(&p[2])))).collect()
-    };
-    assert_eq!(shape(&a), shape(&b));
-    assert_ne!(a["quality"], b["quality"]);
+    let path = dir.join("flipped.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    Dataset::load(&path).unwrap()
+}
+
+fn report(data: &Dataset) -> Report {
+    run(data, &prices(), common::embedder() as Arc<dyn Embedder>, &quick()).unwrap()
 }
 
 #[test]
-fn many_model_metrics_and_plot() {
-    // 800 prompts, 49 models, routed between those not dominated on the train split.
+fn harness_routes_the_test_split_through_a_router_built_on_train() {
+    let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
+    let r = report(&data);
+    assert_eq!((r.train, r.test), (140, 60));
+    assert_eq!(r.models.len(), 6);
+    // The reference is the best model on the train split.
+    assert_eq!(r.reference_model, "o1-preview-2024-09-12");
+    assert_eq!(r.cheap_model, "gemma-2-2b-it");
+    // Every candidate was scored out of fold, and the chosen one has the largest AIQ.
+    assert_eq!(r.candidates.len(), 8 * 2);
+    assert!(r.candidates.iter().all(|c| c.oof_aiq <= r.chosen.oof_aiq + 1e-12));
+    // One target per asked share, each with its test figures and the reference's.
+    assert_eq!(r.targets.iter().map(|t| t.target).collect::<Vec<_>>(), vec![0.90, 0.95, 0.98]);
+    for t in &r.targets {
+        assert!((t.kept - t.quality / t.reference_quality).abs() < 1e-12);
+        assert!(t.cost_usd > 0.0 && t.reference_cost_usd > 0.0);
+    }
+    // The oracle bounds everything, and AIQs are means of qualities.
+    for a in [r.aiq, r.zero_router_aiq] {
+        assert!((0.0..=1.0).contains(&a) && a <= r.oracle_aiq + 1e-12, "{a} {}", r.oracle_aiq);
+    }
+    // A curve point per knob, and the single models cheapest first.
+    assert!(r.curve.len() > 50 && r.curve.iter().all(|p| p.knob.is_some()));
+    assert!(r.single_models.windows(2).all(|w| w[0].cost_usd <= w[1].cost_usd));
+    // Calibration and answer-length errors are reported against their baselines.
+    assert!(r.calibration.brier > 0.0 && r.calibration.baseline_brier > 0.0);
+    assert_eq!(r.calibration.reliability.iter().map(|b| b.2).sum::<usize>(), 60 * 6);
+    let (mae, baseline) = r.output_tokens_mae.unwrap();
+    assert!(mae > 0.0 && baseline > 0.0);
+    // Same seed, same figures.
+    assert_eq!(serde_json::to_string(&report(&data).targets).unwrap(), serde_json::to_string(&r.targets).unwrap());
+}
+
+#[test]
+fn router_never_sees_test_scores() {
+    // Invert every test prompt's scores: what the router chose (the knobs, the configuration,
+    // the costs and reference shares along its whole curve) must not change; only the qualities
+    // those choices earn may.
+    let dir = tempfile::tempdir().unwrap();
+    let a = report(&Dataset::load(fixture("crux-small.jsonl")).unwrap());
+    let b = report(&flipped_fixture(dir.path()));
+    assert_eq!(a.chosen.config, b.chosen.config);
+    let shape = |r: &Report| r.curve.iter().map(|p| (format!("{:.12}", p.cost_usd), format!("{:.6}", p.reference_share))).collect::<Vec<_>>();
+    assert_eq!(shape(&a), shape(&b));
+    assert_eq!(a.targets.iter().map(|t| t.knob).collect::<Vec<_>>(), b.targets.iter().map(|t| t.knob).collect::<Vec<_>>());
+    assert_ne!(a.curve[50].quality, b.curve[50].quality);
+}
+
+/// A toy embedder (two letters' counts), for data tests that need no model.
+struct Letters;
+
+impl Embedder for Letters {
+    fn model_id(&self) -> &str {
+        "letters-test"
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+    fn embed_batch(&self, texts: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let (a, b) = (t.matches('a').count() as f32 + 0.1, t.matches('b').count() as f32 + 0.1);
+                let n = (a * a + b * b).sqrt();
+                vec![a / n, b / n]
+            })
+            .collect())
+    }
+}
+
+const TWO_MODELS: &str = r#"
+[models.small]
+provider = "a"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+tier = "cheap"
+source = "test"
+as_of = "2025"
+[models.big]
+provider = "b"
+input_per_mtok = 10.0
+output_per_mtok = 20.0
+tier = "strong"
+source = "test"
+as_of = "2025"
+"#;
+
+fn toy_dataset(dir: &std::path::Path, extra: impl Fn(usize) -> String) -> Dataset {
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let prompt = if i % 2 == 0 { format!("aaa a {i}") } else { format!("bbb b {i}") };
+            // The small model is right on the a-prompts only; the big one everywhere.
+            let small = if i % 2 == 0 { 1.0 } else { 0.0 };
+            format!(r#"{{"id":"r{i}","prompt":"{prompt}","scores":{{"small":{small},"big":1.0}}{}}}"#, extra(i))
+        })
+        .collect();
+    let path = dir.join("toy.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    Dataset::load(&path).unwrap()
+}
+
+#[test]
+fn missing_cost_data_is_an_error_or_a_stated_assumption() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = toy_dataset(dir.path(), |_| String::new());
+    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let msg = run(&data, &prices, Arc::new(Letters), &quick()).unwrap_err().to_string();
+    assert!(msg.contains("keeps neither the answer, its length nor the cost"), "{msg}");
+    let settings = BenchSettings { assume_output_tokens: Some(100), ..quick() };
+    let r = run(&data, &prices, Arc::new(Letters), &settings).unwrap();
+    assert!(r.assumption.as_deref().unwrap().contains("100 tokens"));
+    // Priced with the assumption: each prompt's input at list price plus 100 output tokens.
+    let big = r.single_models.iter().find(|s| s.model == "big").unwrap();
+    assert!(big.cost_usd > 12.0 * 100.0 * 20.0 / 1e6);
+}
+
+#[test]
+fn measured_cost_is_used_where_given() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every call's real cost is recorded: $0.72 a task for the big model, $0.01 for the small.
+    let data = toy_dataset(dir.path(), |_| r#","cost_usd":{"small":0.01,"big":0.72}"#.to_string());
+    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let r = run(&data, &prices, Arc::new(Letters), &quick()).unwrap();
+    assert_eq!(r.assumption, None);
+    let cost = |m: &str| r.single_models.iter().find(|s| s.model == m).unwrap().cost_usd;
+    assert!((cost("big") - 0.72 * r.test as f64).abs() < 1e-9, "{}", cost("big"));
+    assert!((cost("small") - 0.01 * r.test as f64).abs() < 1e-9);
+    // The two kinds of prompt are told apart: at 98% of the big model's quality the router keeps
+    // it, for much less than always calling it.
+    let t = r.targets.iter().find(|t| t.target == 0.98).unwrap();
+    assert!(t.kept >= 0.97 && t.cost_usd < 0.75 * t.reference_cost_usd, "{t:?}");
+}
+
+#[test]
+fn a_negative_measured_cost_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    std::fs::write(&path, "{\"id\":\"a\",\"prompt\":\"p\",\"scores\":{\"m\":0.5},\"cost_usd\":{\"m\":-1}}\n").unwrap();
+    let msg = Dataset::load(&path).unwrap_err().to_string();
+    assert!(msg.contains("d.jsonl:1") && msg.contains("cost_usd"), "{msg}");
+}
+
+#[test]
+fn savings_example_prints_one_json_object_per_seed_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("crux.png");
-    let r = savings(&shared("zeroeval-crux.jsonl"), "prices-2024.toml", &["--plot", png.to_str().unwrap()]);
-    for key in ["aiq", "best_model", "best_quality", "cost_at_95", "best_model_cost", "saving_at_95"] {
-        assert!(r.get(key).is_some(), "router: missing {key}");
-        assert!(r["oracle"].get(key).is_some(), "oracle: missing {key}");
+    let out = Command::new(common::example_bin("savings"))
+        .args(["--dataset", fixture("crux-small.jsonl").to_str().unwrap()])
+        .args(["--prices", fixture("prices-crux-small.toml").to_str().unwrap()])
+        .args(["--folds", "3", "--json", "--plot", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    let t = &v["targets"][1];
+    for key in ["target", "knob", "quality", "cost_usd", "reference_model", "reference_quality", "reference_cost_usd"] {
+        assert!(t.get(key).is_some(), "targets[1] lacks {key}: {t}");
     }
-    assert_eq!(r["models"].as_array().unwrap().len(), 49);
-    assert!(r["routed_between"].as_array().unwrap().len() < 49);
-    assert_eq!(r["best_model"], r["strong_model"]);
-    let (router, oracle, zero) = (f(&r["aiq"]), f(&r["oracle"]["aiq"]), f(&r["zero_router_aiq"]));
-    assert!(oracle >= router && oracle >= zero && (0.0..=1.0).contains(&router), "{router} {oracle} {zero}");
-    // The oracle reaches 95% of the best model far cheaper than the model itself.
-    assert!(f(&r["oracle"]["saving_at_95"]) > 0.5);
-    // Each single model's figures are there, cheapest first.
-    let single = r["single_models"].as_array().unwrap();
-    assert_eq!(single.len(), 49);
-    assert!(single.windows(2).all(|w| f(&w[0]["cost_usd"]) <= f(&w[1]["cost_usd"])));
-    // A real PNG.
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "{} bytes", bytes.len());
 }

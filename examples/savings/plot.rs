@@ -79,7 +79,7 @@ pub fn draw(path: &Path, fig: &Figure) -> Result<(), Box<dyn std::error::Error>>
     // The router's curve in the order of its quality bar: each bar is one operating point.
     chart
         .draw_series(LineSeries::new(fig.router.iter().copied(), ROUTER.stroke_width(3)))?
-        .label("semroute, quality bar 0 → 1")
+        .label("semroute (its knob swept)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ROUTER.stroke_width(3)));
     chart.draw_series(fig.router.iter().map(|&p| Circle::new(p, 2, ROUTER.filled())))?;
     chart
@@ -94,7 +94,7 @@ pub fn draw(path: &Path, fig: &Figure) -> Result<(), Box<dyn std::error::Error>>
     chart.draw_series(std::iter::once(Cross::new(fig.operating_point, 8, ROUTER.stroke_width(3))))?;
     chart.draw_series(std::iter::once(
         EmptyElement::at(fig.operating_point)
-            + Text::new("router at 95% of strong quality", (12, 6), ("sans-serif", 14).into_font().color(&ROUTER)),
+            + Text::new("router at the 95% target", (12, 6), ("sans-serif", 14).into_font().color(&ROUTER)),
     ))?;
     chart
         .configure_series_labels()

@@ -195,7 +195,7 @@ impl QualityModel {
         // What each exemplar says about each model, and which exemplars speak about which model.
         let mut by_model: BTreeMap<&str, Vec<(usize, f64)>> = BTreeMap::new();
         for (i, e) in exemplars.iter().enumerate() {
-            for (m, q, _) in evidence(&e.grade, prices) {
+            for (m, q, _, _) in evidence(&e.grade, prices) {
                 by_model.entry(m).or_default().push((i, q));
             }
         }

@@ -28,6 +28,12 @@ use crate::error::{Error, Location, Result};
 use crate::exemplar::{Exemplar, Grade, ModelResult};
 use crate::pricing::TokenCounter;
 
+mod bench;
+mod loo;
+
+pub use loo::{leave_one_out, LooOutcome, LooReport, Tally};
+pub use bench::{run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetResult};
+
 /// One dataset record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawRecord")]
@@ -44,6 +50,9 @@ pub struct Record {
     pub responses: BTreeMap<String, String>,
     /// Each model's answer length in tokens, when given instead of the answers.
     pub output_tokens: BTreeMap<String, u32>,
+    /// What each model's call really cost in USD, when measured (reasoning tokens, tool loops
+    /// and cache discounts included); used instead of tokens × price.
+    pub cost_usd: BTreeMap<String, f64>,
 }
 
 /// A line as written: the shared datasets' fields, or a measured exemplar's (`category`,
@@ -64,6 +73,8 @@ struct RawRecord {
     responses: BTreeMap<String, String>,
     #[serde(default)]
     output_tokens: BTreeMap<String, u32>,
+    #[serde(default)]
+    cost_usd: BTreeMap<String, f64>,
 }
 
 impl TryFrom<RawRecord> for Record {
@@ -80,6 +91,9 @@ impl TryFrom<RawRecord> for Record {
             (None, None) => return Err("missing field `scores` (or a measured exemplar's `results`)".into()),
         };
         output_tokens.retain(|m, _| scores.contains_key(m));
+        if let Some((m, c)) = r.cost_usd.iter().find(|(_, c)| !(c.is_finite() && **c >= 0.0)) {
+            return Err(format!("cost_usd of {m} is {c}: a measured cost is a finite, non-negative USD amount"));
+        }
         Ok(Record {
             id: r.id,
             task: r.task.or(r.category).unwrap_or_default(),
@@ -87,6 +101,7 @@ impl TryFrom<RawRecord> for Record {
             scores,
             responses: r.responses,
             output_tokens,
+            cost_usd: r.cost_usd,
         })
     }
 }
@@ -147,17 +162,18 @@ pub fn split_indices<'a>(ids: impl IntoIterator<Item = &'a str>, train_fraction:
     (keyed.into_iter().map(|k| k.1).collect(), test.into_iter().map(|k| k.1).collect())
 }
 
-/// A model's answer length on a record: given, else counted from its response, else 0 (the
-/// dataset kept neither, so only prompt tokens are priced).
-pub fn output_tokens(record: &Record, model: &str, counter: &TokenCounter) -> u32 {
+/// A model's answer length on a record: given, else counted from its response; `None` when the
+/// record keeps neither (the caller must say what it assumes instead, never price it at zero).
+pub fn output_tokens(record: &Record, model: &str, counter: &TokenCounter) -> Option<u32> {
     if let Some(&t) = record.output_tokens.get(model) {
-        return t;
+        return Some(t);
     }
-    record.responses.get(model).map_or(0, |r| counter.count(r) as u32)
+    record.responses.get(model).map(|r| counter.count(r) as u32)
 }
 
-/// Measured exemplars from records, restricted to `models` (the priced ones).
-pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter) -> Vec<Exemplar> {
+/// Measured exemplars from records, restricted to `models` (the priced ones). A model's answer
+/// length is the record's, else `assumed_output_tokens`.
+pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter, assumed_output_tokens: u32) -> Vec<Exemplar> {
     records
         .iter()
         .map(|r| Exemplar {
@@ -173,7 +189,10 @@ pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter
                     .scores
                     .iter()
                     .filter(|(m, _)| models.contains(&m.as_str()))
-                    .map(|(m, &q)| (m.clone(), ModelResult { quality: q, output_tokens: output_tokens(r, m, counter) }))
+                    .map(|(m, &q)| {
+                            let tokens = output_tokens(r, m, counter).unwrap_or(assumed_output_tokens);
+                            (m.clone(), ModelResult { quality: q, output_tokens: tokens, cost_usd: r.cost_usd.get(m).copied() })
+                        })
                     .collect(),
             },
         })

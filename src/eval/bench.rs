@@ -1,0 +1,696 @@
+//! The savings benchmark: routes a data set's test split with a real [`Router`] built from its
+//! train split, and measures what the decisions cost and earn against every single model, random
+//! routing and the oracle.
+//!
+//! Everything a router could tune is chosen on the train split alone, by cross-fitting: the train
+//! part is cut into folds; for each candidate [`RouterConfig`], a router built on all folds but
+//! one assesses the prompts of that fold ([`Router::assess_embedded`]), so every train prompt gets
+//! an out-of-fold assessment. Those assessments, decided under every knob of both [`Policy`]s,
+//! give out-of-fold cost–quality curves: the configuration and policy with the largest AIQ win,
+//! and each quality target ("keep X% of the best model's quality") becomes the cheapest knob
+//! whose out-of-fold quality clears X with a margin of one standard error. Then one router is
+//! built on the whole train split with that configuration, and the test split is routed through
+//! it. No test score is read before the routing is done.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{aiq, apgr, cpt, output_tokens, split_indices, to_exemplars, CurvePoint, Dataset, Record};
+use crate::embed::{Embedder, Memo};
+use crate::error::{Error, Result};
+use crate::exemplar::ExemplarSet;
+use crate::policy::Constraints;
+use crate::predict::{LowRankSettings, Predictor, RidgeSettings};
+use crate::pricing::{PriceTable, TokenCounter};
+use crate::router::{Assessment, Router};
+
+/// One way to configure a router's predictions, as a candidate for cross-fitting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouterConfig {
+    /// A short name for reports (`knn-8`, `kernel-ridge`, ...).
+    pub name: String,
+    /// How quality is predicted.
+    #[serde(skip)]
+    pub predictor: Predictor,
+    /// Neighbours consulted.
+    pub k: usize,
+    /// Softmax temperature of neighbour weights.
+    pub temperature: f64,
+    /// Pseudo-neighbours given to each model's overall mean.
+    pub prior_strength: f64,
+    /// The router's fallback threshold; `None` keeps the router's default (the embedder's).
+    pub min_similarity: Option<f32>,
+}
+
+impl RouterConfig {
+    /// The candidates tried by default, for `embedder`: the router exactly as built by default
+    /// (`default`: the blend below, with its fallback to the reference model for unfamiliar
+    /// prompts), then without the fallback (with measured exemplars an unfamiliar prompt's
+    /// smoothed predictions revert to each model's mean, and the objective decides): each
+    /// model's mean alone (neighbours outweighed by the prior: no per-prompt routing, the
+    /// candidate that wins where nothing about a prompt predicts its outcome), the nearest
+    /// neighbours (k 8, sharp weights), smoothed neighbours (k 32 and 128, flat weights, shrunk
+    /// towards each model's mean), the kernel-ridge model alone, its blend with the neighbours, and
+    /// the low-rank model (l2 1e-4).
+    pub fn defaults(embedder: &dyn Embedder) -> Vec<RouterConfig> {
+        let ridge = RidgeSettings::for_embedder(embedder);
+        let c = |name: &str, predictor, k, temperature, prior_strength| RouterConfig {
+            name: name.into(),
+            predictor,
+            k,
+            temperature,
+            prior_strength,
+            min_similarity: Some(-1.0),
+        };
+        vec![
+            RouterConfig { min_similarity: None, ..c("default", Predictor::Blend(ridge), 8, 0.05, 0.0) },
+            c("model-means", Predictor::Neighbours, 8, 0.05, 1e9),
+            c("knn-8", Predictor::Neighbours, 8, 0.05, 0.0),
+            c("knn-32-smoothed", Predictor::Neighbours, 32, 1.0, 4.0),
+            c("knn-128-smoothed", Predictor::Neighbours, 128, 1.0, 8.0),
+            c("kernel-ridge", Predictor::KernelRidge(ridge), 8, 0.05, 0.0),
+            c("blend", Predictor::Blend(ridge), 8, 0.05, 0.0),
+            c("low-rank", Predictor::LowRank(LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }), 8, 0.05, 0.0),
+        ]
+    }
+
+    fn router(&self, embedder: &Arc<dyn Embedder>, exemplars: ExemplarSet, prices: &PriceTable, fallback: &str) -> Result<Router> {
+        let mut b = Router::builder();
+        if let Some(s) = self.min_similarity {
+            b = b.min_similarity(s);
+        }
+        b.embedder(embedder.clone())
+            .exemplars(exemplars)
+            .prices(prices.clone())
+            .k(self.k)
+            .temperature(self.temperature)
+            .prior_strength(self.prior_strength)
+            .predictor(self.predictor)
+            .fallback_model(fallback)
+            .no_cache()
+            .build()
+    }
+}
+
+/// The knob a policy turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// [`Objective::QualityBar`], swept from 0 to 1.
+    QualityBar,
+    /// [`Objective::UsdPerQuality`], swept over a log scale around the prompts' typical cost.
+    UsdPerQuality,
+}
+
+impl Policy {
+    fn constraints(self, knob: f64) -> Constraints {
+        match self {
+            Policy::QualityBar => Constraints::default().quality_bar(knob),
+            Policy::UsdPerQuality => Constraints::default().usd_per_quality(knob),
+        }
+    }
+}
+
+/// What [`run`] needs besides the data.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// Share of the prompts in the train split (default 0.7).
+    pub train_fraction: f64,
+    /// Seed of the split (default 42).
+    pub seed: u64,
+    /// Folds of the cross-fitting on the train split (default 5).
+    pub folds: usize,
+    /// Quality targets, as shares of the best train model's quality (default 0.90, 0.95, 0.98).
+    pub targets: Vec<f64>,
+    /// Candidate configurations (default [`RouterConfig::defaults`]).
+    pub configs: Option<Vec<RouterConfig>>,
+    /// Policies tried (default both).
+    pub policies: Vec<Policy>,
+    /// Answer length assumed where a record keeps neither the answer, its length nor its cost:
+    /// `None` makes such a record an error (a missing cost is never priced as zero).
+    pub assume_output_tokens: Option<u32>,
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        BenchSettings {
+            train_fraction: 0.7,
+            seed: 42,
+            folds: 5,
+            targets: vec![0.90, 0.95, 0.98],
+            configs: None,
+            policies: vec![Policy::QualityBar, Policy::UsdPerQuality],
+            assume_output_tokens: None,
+        }
+    }
+}
+
+/// A point of a cost–quality curve in a report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CurvePointReport {
+    /// The knob (bar or USD per quality point); `None` for a point that is not a router's.
+    pub knob: Option<f64>,
+    /// Mean measured quality.
+    pub quality: f64,
+    /// Total USD.
+    pub cost_usd: f64,
+    /// Share of prompts sent to the reference model.
+    pub reference_share: f64,
+}
+
+/// One candidate configuration's out-of-fold figures on the train split.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigScore {
+    /// The configuration.
+    pub config: RouterConfig,
+    /// The policy.
+    pub policy: Policy,
+    /// AIQ of its out-of-fold curve over the train single models' cost range.
+    pub oof_aiq: f64,
+    /// Brier score of its out-of-fold quality predictions (every model, every train prompt).
+    pub oof_brier: f64,
+}
+
+/// A quality target met (or not) on the test split.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetResult {
+    /// The share of the reference model's quality asked for.
+    pub target: f64,
+    /// The knob chosen on the train split; `None` when no knob met the target out of fold, and the
+    /// reference model alone is used.
+    pub knob: Option<f64>,
+    /// The policy whose knob it is.
+    pub policy: Policy,
+    /// Mean quality of the routed test prompts.
+    pub quality: f64,
+    /// Total USD of the routed test prompts.
+    pub cost_usd: f64,
+    /// The reference model (best on train).
+    pub reference_model: String,
+    /// Its mean quality on the test prompts.
+    pub reference_quality: f64,
+    /// Its total USD on the test prompts.
+    pub reference_cost_usd: f64,
+    /// `quality / reference_quality`.
+    pub kept: f64,
+    /// The cheapest single model reaching `target` of the reference's test quality, chosen with
+    /// hindsight on the test split (name, cost), if any.
+    pub cheapest_single: Option<(String, f64)>,
+    /// The oracle's cost to reach the same quality as the target asks, on the test split.
+    pub oracle_cost_usd: Option<f64>,
+}
+
+/// A single model on the test split.
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleModel {
+    /// Name.
+    pub model: String,
+    /// Mean quality.
+    pub quality: f64,
+    /// Total USD.
+    pub cost_usd: f64,
+}
+
+/// Calibration of quality predictions: Brier score and a reliability table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Mean squared difference between predicted and measured quality.
+    pub brier: f64,
+    /// The same for predicting each model's train mean (the baseline).
+    pub baseline_brier: f64,
+    /// Ten bins of predicted quality: (predicted mean, measured mean, pairs).
+    pub reliability: Vec<(f64, f64, usize)>,
+}
+
+/// Everything [`run`] measured. Figures on the test split unless a field says otherwise.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Prompts in the train and test splits.
+    pub train: usize,
+    /// Prompts in the test split.
+    pub test: usize,
+    /// Seed of the split.
+    pub seed: u64,
+    /// The models routed between (every priced model scored on every prompt).
+    pub models: Vec<String>,
+    /// Priced models left out for lacking a score on some prompt.
+    pub models_left_out: Vec<String>,
+    /// The assumption made about missing answer lengths, if any was needed.
+    pub assumption: Option<String>,
+    /// The best model on the train split (mean quality; the cheaper on ties).
+    pub reference_model: String,
+    /// The cheapest model on the train split.
+    pub cheap_model: String,
+    /// Every candidate's out-of-fold score.
+    pub candidates: Vec<ConfigScore>,
+    /// The configuration chosen (largest out-of-fold AIQ).
+    pub chosen: ConfigScore,
+    /// The router's test curve under the chosen configuration and policy, one point per knob.
+    pub curve: Vec<CurvePointReport>,
+    /// AIQ of the router's test curve over the single models' test cost range.
+    pub aiq: f64,
+    /// AIQ of the single models' hull ("zero router").
+    pub zero_router_aiq: f64,
+    /// AIQ of the oracle.
+    pub oracle_aiq: f64,
+    /// APGR between the cheap and the reference model.
+    pub apgr: f64,
+    /// Share of reference calls needed to recover 50% of the gap (CPT(50%)).
+    pub cpt50: Option<f64>,
+    /// The same for 80%.
+    pub cpt80: Option<f64>,
+    /// The quality targets.
+    pub targets: Vec<TargetResult>,
+    /// Random routing between cheap and reference at the 95% target's reference share.
+    pub random_at_95: Option<CurvePointReport>,
+    /// The oracle's curve.
+    pub oracle_curve: Vec<CurvePointReport>,
+    /// Every model, cheapest first.
+    pub single_models: Vec<SingleModel>,
+    /// Calibration of the chosen configuration's predictions on the test split.
+    pub calibration: Calibration,
+    /// Mean absolute error of predicted answer tokens on the test split, and of each model's
+    /// train mean (the baseline); `None` when the data set has no answer lengths.
+    pub output_tokens_mae: Option<(f64, f64)>,
+    /// Seconds for the whole run (embedding included).
+    pub seconds: f64,
+}
+
+/// Measured quality and cost of every model on every prompt of a split.
+struct Outcomes {
+    q: Vec<Vec<f64>>,
+    c: Vec<Vec<f64>>,
+    input_tokens: Vec<u64>,
+    /// Known answer lengths, per prompt and model.
+    out_tokens: Vec<Vec<Option<u32>>>,
+}
+
+impl Outcomes {
+    fn new(records: &[&Record], models: &[String], prices: &PriceTable, counter: &TokenCounter, assumed: Option<u32>) -> Result<Self> {
+        let mut o = Outcomes { q: Vec::new(), c: Vec::new(), input_tokens: Vec::new(), out_tokens: Vec::new() };
+        for r in records {
+            let input = counter.count(&r.prompt);
+            let mut cs = Vec::with_capacity(models.len());
+            let mut outs = Vec::with_capacity(models.len());
+            for m in models {
+                let out = output_tokens(r, m, counter);
+                outs.push(out);
+                let cost = match (r.cost_usd.get(m), out.or(assumed)) {
+                    (Some(&c), _) => c,
+                    (None, Some(t)) => prices.require(m, "the benchmark")?.cost_usd(input, u64::from(t)),
+                    (None, None) => {
+                        return Err(Error::Config(format!(
+                            "record `{}` keeps neither the answer, its length nor the cost of `{m}`: its cost is unknown \
+                             (state an assumed answer length to price it anyway)",
+                            r.id
+                        )))
+                    }
+                };
+                cs.push(cost);
+            }
+            o.q.push(models.iter().map(|m| r.scores[m]).collect());
+            o.c.push(cs);
+            o.input_tokens.push(input);
+            o.out_tokens.push(outs);
+        }
+        Ok(o)
+    }
+
+    fn point(&self, pick: &[usize], reference: usize, knob: Option<f64>) -> CurvePointReport {
+        let n = pick.len().max(1) as f64;
+        let mut p = CurvePointReport { knob, quality: 0.0, cost_usd: 0.0, reference_share: 0.0 };
+        for (i, &m) in pick.iter().enumerate() {
+            p.quality += self.q[i][m] / n;
+            p.cost_usd += self.c[i][m];
+            p.reference_share += f64::from(u8::from(m == reference)) / n;
+        }
+        p
+    }
+
+    fn single(&self, m: usize, reference: usize) -> CurvePointReport {
+        self.point(&vec![m; self.q.len()], reference, None)
+    }
+
+    /// Per prompt, the model maximising `quality - lambda * cost`, the cheapest among ties.
+    fn oracle(&self, lambda: f64) -> Vec<usize> {
+        (0..self.q.len())
+            .map(|i| {
+                let (q, c) = (&self.q[i], &self.c[i]);
+                (0..q.len())
+                    .max_by(|&a, &b| (q[a] - lambda * c[a]).total_cmp(&(q[b] - lambda * c[b])).then(c[b].total_cmp(&c[a])))
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+fn cq(c: &[CurvePointReport]) -> Vec<(f64, f64)> {
+    c.iter().map(|p| (p.cost_usd, p.quality)).collect()
+}
+
+fn to_curve(c: &[CurvePointReport]) -> Vec<CurvePoint> {
+    c.iter().map(|p| CurvePoint { strong_share: p.reference_share, quality: p.quality, cost_usd: p.cost_usd }).collect()
+}
+
+fn cost_range(single: &[CurvePointReport]) -> (f64, f64) {
+    let lo = single.iter().map(|p| p.cost_usd).fold(f64::INFINITY, f64::min);
+    let hi = single.iter().map(|p| p.cost_usd).fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+/// The knobs swept for `policy`; `typical_cost` is a prompt's median cost over the models.
+fn knobs(policy: Policy, typical_cost: f64) -> Vec<f64> {
+    match policy {
+        Policy::QualityBar => (0..=100).map(|i| f64::from(i) / 100.0).collect(),
+        Policy::UsdPerQuality => {
+            let base = if typical_cost > 0.0 { typical_cost } else { 1e-4 };
+            std::iter::once(0.0).chain((0..=80).map(|j| base * 10f64.powf(-2.0 + f64::from(j) / 10.0))).collect()
+        }
+    }
+}
+
+/// The model index each assessment picks under every knob: `[knob][prompt]`.
+fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<usize>>> {
+    knobs
+        .iter()
+        .map(|&k| {
+            let c = policy.constraints(k);
+            assessments
+                .iter()
+                .map(|a| {
+                    let choice = a.choose(&c)?;
+                    let name = &choice.candidates[choice.chosen.expect("choose returns a chosen model")].model;
+                    index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Squared errors of quality predictions against measured qualities, with the baseline's.
+struct CalibrationAcc {
+    sq: f64,
+    base_sq: f64,
+    n: usize,
+    bins: [(f64, f64, usize); 10],
+}
+
+impl CalibrationAcc {
+    fn new() -> Self {
+        CalibrationAcc { sq: 0.0, base_sq: 0.0, n: 0, bins: [(0.0, 0.0, 0); 10] }
+    }
+
+    fn add(&mut self, a: &Assessment, q: &[f64], models: &[String], means: &[f64]) {
+        for (m, name) in models.iter().enumerate() {
+            let Some(p) = a.predictions().per_model.get(name) else { continue };
+            let p = p.quality.clamp(0.0, 1.0);
+            self.sq += (p - q[m]).powi(2);
+            self.base_sq += (means[m] - q[m]).powi(2);
+            self.n += 1;
+            let b = ((p * 10.0) as usize).min(9);
+            self.bins[b].0 += p;
+            self.bins[b].1 += q[m];
+            self.bins[b].2 += 1;
+        }
+    }
+
+    fn brier(&self) -> f64 {
+        self.sq / self.n.max(1) as f64
+    }
+
+    fn finish(&self) -> Calibration {
+        Calibration {
+            brier: self.brier(),
+            baseline_brier: self.base_sq / self.n.max(1) as f64,
+            reliability: self
+                .bins
+                .iter()
+                .filter(|b| b.2 > 0)
+                .map(|&(p, q, n)| (p / n as f64, q / n as f64, n))
+                .collect(),
+        }
+    }
+}
+
+/// Runs the benchmark (see the module docs). `embedder` embeds every prompt once.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use semroute::eval::{run, BenchSettings, Dataset};
+/// use semroute::{FastEmbedder, PriceTable};
+///
+/// let data = Dataset::load("../shared/data/zeroeval-crux.jsonl")?;
+/// let prices = PriceTable::from_file("exemplars/benchmarks/prices-2024.toml")?;
+/// let report = run(&data, &prices, Arc::new(FastEmbedder::load_default()?), &BenchSettings::default())?;
+/// for t in &report.targets {
+///     println!("keep {:.0}%: kept {:.1}% for ${:.2} (reference ${:.2})", 100.0 * t.target, 100.0 * t.kept, t.cost_usd, t.reference_cost_usd);
+/// }
+/// # Ok::<(), semroute::Error>(())
+/// ```
+pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, settings: &BenchSettings) -> Result<Report> {
+    let started = Instant::now();
+    if settings.folds < 2 {
+        return Err(Error::Config(format!("the cross-fitting needs at least 2 folds, got {}", settings.folds)));
+    }
+    if let Some(t) = settings.targets.iter().find(|t| !(**t > 0.0 && **t <= 1.0)) {
+        return Err(Error::Config(format!("a quality target is a share in (0, 1], got {t}")));
+    }
+    if settings.policies.is_empty() {
+        return Err(Error::Config("no policy to try".into()));
+    }
+    let (models, left_out): (Vec<String>, Vec<String>) =
+        prices.names().map(str::to_string).partition(|m| data.records.iter().all(|r| r.scores.contains_key(m)));
+    let left_out: Vec<String> = left_out.into_iter().filter(|m| data.records.iter().any(|r| r.scores.contains_key(m))).collect();
+    if models.len() < 2 {
+        return Err(Error::Config(format!("the price table and the data set share fewer than two models scored on every prompt ({models:?})")));
+    }
+    let prices = PriceTable::from_models(models.iter().map(|m| (m.clone(), prices.get(m).expect("listed").clone())))?;
+    let index: HashMap<&str, usize> = models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let counter = TokenCounter::cl100k()?;
+    let (train, test) = data.split(settings.train_fraction, settings.seed);
+    if train.len() < settings.folds * 2 || test.is_empty() {
+        return Err(Error::Config(format!(
+            "a train split of {} and a test split of {} prompts are too small for {} folds",
+            train.len(),
+            test.len(),
+            settings.folds
+        )));
+    }
+    let missing_lengths = train.iter().chain(&test).any(|r| models.iter().any(|m| !r.cost_usd.contains_key(m) && output_tokens(r, m, &counter).is_none()));
+    let assumption = match (missing_lengths, settings.assume_output_tokens) {
+        (false, _) => None,
+        (true, Some(t)) => Some(format!("answer lengths are not in the data set: every answer is assumed to be {t} tokens long")),
+        (true, None) => None, // Outcomes::new names the record.
+    };
+    let assumed = settings.assume_output_tokens.unwrap_or(0);
+    let train_out = Outcomes::new(&train, &models, &prices, &counter, settings.assume_output_tokens)?;
+    let test_out = Outcomes::new(&test, &models, &prices, &counter, settings.assume_output_tokens)?;
+
+    // Reference (best on train) and cheap model, from the train split only.
+    let train_single: Vec<CurvePointReport> = (0..models.len()).map(|m| train_out.single(m, usize::MAX)).collect();
+    let reference = (0..models.len())
+        .max_by(|&a, &b| train_single[a].quality.total_cmp(&train_single[b].quality).then(train_single[b].cost_usd.total_cmp(&train_single[a].cost_usd)))
+        .expect("two models");
+    let cheap = (0..models.len()).min_by(|&a, &b| train_single[a].cost_usd.total_cmp(&train_single[b].cost_usd)).expect("two models");
+    let train_means: Vec<f64> = train_single.iter().map(|p| p.quality).collect();
+    let typical_cost = {
+        let mut per_prompt: Vec<f64> = train_out.c.iter().map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
+        per_prompt.sort_by(f64::total_cmp);
+        per_prompt[per_prompt.len() / 2]
+    };
+
+    let memo = Arc::new(Memo::new(embedder));
+    let texts: Vec<&str> = train.iter().chain(&test).map(|r| r.prompt.as_str()).collect();
+    memo.remember(&texts)?;
+    let embedder: Arc<dyn Embedder> = memo.clone();
+    let configs = settings.configs.clone().unwrap_or_else(|| RouterConfig::defaults(embedder.as_ref()));
+    if configs.is_empty() {
+        return Err(Error::Config("no router configuration to try".into()));
+    }
+    let exemplars_of = |records: &[&Record]| ExemplarSet::from_exemplars(to_exemplars(records, &model_refs(&models), &counter, assumed));
+    let vector_of = |r: &Record| memo.embed(&r.prompt);
+
+    // Folds of the train split, by a hash of the seed and the id.
+    let (order, _) = split_indices(train.iter().map(|r| r.id.as_str()), 1.0, settings.seed.wrapping_add(1));
+    let mut fold_of = vec![0usize; train.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        fold_of[i] = rank % settings.folds;
+    }
+    let train_range = cost_range(&train_single);
+    let mut scores = Vec::new();
+    // Out-of-fold picks of every candidate: [config][policy] -> [knob][train prompt].
+    let mut oof_picks: Vec<Vec<Vec<Vec<usize>>>> = Vec::new();
+    for config in &configs {
+        let mut per_policy: Vec<Vec<Vec<usize>>> =
+            settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect();
+        let mut calibration = CalibrationAcc::new();
+        for fold in 0..settings.folds {
+            let (inside, held): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|&i| fold_of[i] != fold);
+            let part: Vec<&Record> = inside.iter().map(|&i| train[i]).collect();
+            let router = config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference])?;
+            let assessments: Vec<Assessment> = held
+                .iter()
+                .map(|&i| router.assess_embedded(&train[i].prompt, &vector_of(train[i])?, Some(train_out.input_tokens[i])))
+                .collect::<Result<_>>()?;
+            for (a, &i) in assessments.iter().zip(&held) {
+                calibration.add(a, &train_out.q[i], &models, &train_means);
+            }
+            for (p, &policy) in settings.policies.iter().enumerate() {
+                let fold_picks = picks(&assessments, policy, &knobs(policy, typical_cost), &index)?;
+                for (k, row) in fold_picks.into_iter().enumerate() {
+                    for (j, &i) in held.iter().enumerate() {
+                        per_policy[p][k][i] = row[j];
+                    }
+                }
+            }
+        }
+        for (p, &policy) in settings.policies.iter().enumerate() {
+            let curve: Vec<CurvePointReport> = per_policy[p].iter().map(|pick| train_out.point(pick, reference, None)).collect();
+            scores.push(ConfigScore {
+                config: config.clone(),
+                policy,
+                oof_aiq: aiq(&cq(&curve), train_range.0, train_range.1),
+                oof_brier: calibration.brier(),
+            });
+        }
+        oof_picks.push(per_policy);
+    }
+    // The largest out-of-fold AIQ wins; the earlier candidate on ties.
+    let best = (0..scores.len()).fold(0, |b, i| if scores[i].oof_aiq > scores[b].oof_aiq + 1e-12 { i } else { b });
+    let chosen = scores[best].clone();
+    let (ci, pi) = (best / settings.policies.len(), best % settings.policies.len());
+    let policy = chosen.policy;
+    let policy_knobs = knobs(policy, typical_cost);
+
+    // Each target's knob: the cheapest out of fold whose quality clears the target by one
+    // standard error of the paired difference with the reference.
+    let target_knobs: Vec<Option<usize>> = settings
+        .targets
+        .iter()
+        .map(|&x| {
+            let n = train.len() as f64;
+            (0..policy_knobs.len())
+                .filter(|&k| {
+                    let d: Vec<f64> = (0..train.len()).map(|i| train_out.q[i][oof_picks[ci][pi][k][i]] - x * train_out.q[i][reference]).collect();
+                    let mean = d.iter().sum::<f64>() / n;
+                    let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                    mean >= (var / n).sqrt()
+                })
+                .min_by(|&a, &b| {
+                    let cost = |k: usize| (0..train.len()).map(|i| train_out.c[i][oof_picks[ci][pi][k][i]]).sum::<f64>();
+                    cost(a).total_cmp(&cost(b))
+                })
+        })
+        .collect();
+
+    // The router users would run: the chosen configuration on the whole train split.
+    let router = configs[ci].router(&embedder, exemplars_of(&train)?, &prices, &models[reference])?;
+    let assessments: Vec<Assessment> = test
+        .iter()
+        .enumerate()
+        .map(|(i, r)| router.assess_embedded(&r.prompt, &vector_of(r)?, Some(test_out.input_tokens[i])))
+        .collect::<Result<_>>()?;
+    let test_picks = picks(&assessments, policy, &policy_knobs, &index)?;
+    let curve: Vec<CurvePointReport> =
+        test_picks.iter().zip(&policy_knobs).map(|(pick, &k)| test_out.point(pick, reference, Some(k))).collect();
+
+    // Test-split figures. Nothing above read a test score.
+    let mut calibration = CalibrationAcc::new();
+    let mut mae = (0.0, 0.0, 0usize);
+    let train_mean_tokens: Vec<Option<f64>> = (0..models.len())
+        .map(|m| {
+            let known: Vec<f64> = train_out.out_tokens.iter().filter_map(|o| o[m].map(f64::from)).collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+        })
+        .collect();
+    for (i, a) in assessments.iter().enumerate() {
+        calibration.add(a, &test_out.q[i], &models, &train_means);
+        for (m, name) in models.iter().enumerate() {
+            if let (Some(t), Some(p), Some(base)) = (test_out.out_tokens[i][m], a.predictions().per_model.get(name), train_mean_tokens[m]) {
+                mae.0 += (p.output_tokens - f64::from(t)).abs();
+                mae.1 += (base - f64::from(t)).abs();
+                mae.2 += 1;
+            }
+        }
+    }
+    let single: Vec<CurvePointReport> = (0..models.len()).map(|m| test_out.single(m, reference)).collect();
+    let range = cost_range(&single);
+    let oracle_curve: Vec<CurvePointReport> = std::iter::once(0.0)
+        .chain((0..=220).map(|i| 10f64.powf(-2.0 + f64::from(i) / 20.0)))
+        .map(|l| test_out.point(&test_out.oracle(l), reference, Some(l)))
+        .collect();
+    let (qw, qs) = (single[cheap].quality, single[reference].quality);
+    let mut by_cost: Vec<usize> = (0..models.len()).collect();
+    by_cost.sort_by(|&a, &b| single[a].cost_usd.total_cmp(&single[b].cost_usd));
+    let targets: Vec<TargetResult> = settings
+        .targets
+        .iter()
+        .zip(&target_knobs)
+        .map(|(&x, &k)| {
+            let point = match k {
+                Some(k) => curve[k],
+                None => single[reference],
+            };
+            let want = x * qs;
+            TargetResult {
+                target: x,
+                knob: k.map(|k| policy_knobs[k]),
+                policy,
+                quality: point.quality,
+                cost_usd: point.cost_usd,
+                reference_model: models[reference].clone(),
+                reference_quality: qs,
+                reference_cost_usd: single[reference].cost_usd,
+                kept: if qs > 0.0 { point.quality / qs } else { 1.0 },
+                cheapest_single: by_cost.iter().find(|&&m| single[m].quality >= want - 1e-12).map(|&m| (models[m].clone(), single[m].cost_usd)),
+                oracle_cost_usd: oracle_curve.iter().filter(|p| p.quality >= want - 1e-12).map(|p| p.cost_usd).min_by(f64::total_cmp),
+            }
+        })
+        .collect();
+    let random_at_95 = settings.targets.iter().position(|t| (t - 0.95).abs() < 1e-9).map(|i| {
+        let s = match target_knobs[i] {
+            Some(k) => curve[k].reference_share,
+            None => 1.0,
+        };
+        CurvePointReport {
+            knob: None,
+            quality: qw + s * (qs - qw),
+            cost_usd: single[cheap].cost_usd + s * (single[reference].cost_usd - single[cheap].cost_usd),
+            reference_share: s,
+        }
+    });
+    let router_curve = to_curve(&curve);
+    Ok(Report {
+        train: train.len(),
+        test: test.len(),
+        seed: settings.seed,
+        models: models.clone(),
+        models_left_out: left_out,
+        assumption,
+        reference_model: models[reference].clone(),
+        cheap_model: models[cheap].clone(),
+        candidates: scores,
+        chosen,
+        aiq: aiq(&cq(&curve), range.0, range.1),
+        zero_router_aiq: aiq(&cq(&single), range.0, range.1),
+        oracle_aiq: aiq(&cq(&oracle_curve), range.0, range.1),
+        apgr: apgr(&router_curve, qw, qs),
+        cpt50: cpt(&router_curve, qw, qs, 0.5),
+        cpt80: cpt(&router_curve, qw, qs, 0.8),
+        curve,
+        targets,
+        random_at_95,
+        oracle_curve,
+        single_models: by_cost.iter().map(|&m| SingleModel { model: models[m].clone(), quality: single[m].quality, cost_usd: single[m].cost_usd }).collect(),
+        calibration: calibration.finish(),
+        output_tokens_mae: (mae.2 > 0).then(|| (mae.0 / mae.2 as f64, mae.1 / mae.2 as f64)),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn model_refs(models: &[String]) -> Vec<&str> {
+    models.iter().map(String::as_str).collect()
+}
