@@ -8,7 +8,7 @@
 //!   [`JUDGE_RUBRIC`]), and appends one [`CallRecord`] per pair, durably, as it completes.
 //!   Killed at any point and run again, it finishes the remaining pairs: nothing already
 //!   recorded is lost or repeated, and a torn last line is detected and redone.
-//! - [`write_results`] turns the journal into exemplar JSONL with per-model quality and output
+//! - [`write_results`] turns the journal into exemplar JSONL with per-model quality, measured cost and output
 //!   tokens, plus each call's answer, latency, tokens, cost and error under `calls`.
 //!
 //! ```
@@ -476,7 +476,7 @@ pub fn write_results(tasks: &[Task], records: &[CallRecord], out: &Path, source:
         let mut calls = serde_json::Map::new();
         for r in recs {
             if let Some(q) = r.quality {
-                results.insert(r.model.clone(), serde_json::json!({"quality": q, "output_tokens": r.output_tokens}));
+                results.insert(r.model.clone(), serde_json::json!({"quality": q, "output_tokens": r.output_tokens, "cost_usd": r.cost_usd}));
             }
             let mut call = serde_json::to_value(r).expect("serialisable");
             let obj = call.as_object_mut().expect("an object");

@@ -7,10 +7,11 @@
 //! prompt ──► tokens (pricing::TokenCounter, tiktoken cl100k)
 //!        └─► vector (embed::Embedder: all-MiniLM-L6-v2 on ONNX Runtime, local)
 //!               └─► neighbours (index: k nearest graded exemplars, HNSW)
-//!                      └─► predictions (predict: per-model quality and answer length, from the
-//!                          neighbours and a kernel-ridge model fitted on every exemplar)
+//!                      └─► predictions (predict: per-model quality, answer length and measured
+//!                          cost, from the neighbours and a model fitted on every exemplar)
 //!                             └─► priced candidates (pricing::PriceTable: expected USD)
-//!                                    └─► choice (policy: quality bar, constraints, fallback)
+//!                                    └─► choice (policy: a quality bar or a utility, constraints,
+//!                                        fallback)
 //!                                           └─► decision::RouteDecision (model + the whole why)
 //! ```
 //! One module per concept; [`Router`] only composes them.
@@ -54,6 +55,14 @@
 //! - [`RouterBuilder::store`] shares one exemplar collection among many routers through an
 //!   [`store::ExemplarStore`]; the `pgvector` feature provides one on PostgreSQL
 //!   (`store::PgStore`).
+//!
+//! ## Measuring decisions
+//! [`Router::assess`] stops before the policy; [`Assessment::decide`] then chooses under any
+//! [`Constraints`] and [`Objective`] (a quality bar, or quality × USD − cost), which is how a
+//! knob is swept without predicting again. [`eval::run`] benchmarks a data set with per-model
+//! results through routers built on its train split (cross-fitting chooses the predictor, the
+//! policy and each quality target's knob on train alone), and [`eval::leave_one_out`] checks a
+//! hand-labelled set; both only drive [`Router`]s.
 //!
 //! ## Without the model
 //! Everything past the embedding is plain data and functions, usable with any [`Embedder`]:

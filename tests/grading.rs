@@ -323,6 +323,9 @@ fn every_fault_is_recorded_and_the_run_goes_on() {
     let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(line["results"]["good"]["quality"], 1.0);
     assert_eq!(line["results"]["good"]["output_tokens"], 5);
+    // The measured cost travels with the result, and the router reads it as the neighbours' cost.
+    assert_eq!(line["results"]["good"]["cost_usd"], line["calls"]["good"]["cost_usd"]);
+    assert!(line["results"]["good"]["cost_usd"].as_f64().unwrap() > 0.0);
     assert!(line["results"].get("slow").is_none());
     assert_eq!(line["calls"]["slow"]["error_kind"], "timeout");
     assert_eq!(line["calls"]["good"]["response"], "6 x 7 = 42. The answer is 42.");
@@ -330,6 +333,7 @@ fn every_fault_is_recorded_and_the_run_goes_on() {
     let data = Dataset::load(&out).unwrap();
     assert_eq!(data.records[0].scores["claude-good"], 1.0);
     assert_eq!(data.records[0].output_tokens["claude-good"], 7);
+    assert!(data.records[0].cost_usd["claude-good"] > 0.0);
 
     // Run again: nothing left to do, nothing repeated.
     let before = s.fake.all.load(Ordering::SeqCst);

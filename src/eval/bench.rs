@@ -6,9 +6,10 @@
 //! part is cut into folds; for each candidate [`RouterConfig`], a router built on all folds but
 //! one assesses the prompts of that fold ([`Router::assess_embedded`]), so every train prompt gets
 //! an out-of-fold assessment. Those assessments, decided under every knob of both [`Policy`]s,
-//! give out-of-fold cost–quality curves: the configuration and policy with the largest AIQ win,
-//! and each quality target ("keep X% of the best model's quality") becomes the cheapest knob
-//! whose out-of-fold quality clears X with a margin of one standard error. Then one router is
+//! give out-of-fold cost–quality curves: the configuration and policy with the largest AIQ win
+//! the report's curve, and each quality target ("keep X% of the best model's quality") becomes
+//! that candidate's cheapest knob that clears X out of fold with one-sided 95% confidence (1.645
+//! standard errors of the paired difference with the reference). Then one router is
 //! built on the whole train split with that configuration, and the test split is routed through
 //! it. No test score is read before the routing is done.
 
@@ -129,6 +130,14 @@ pub struct BenchSettings {
     pub configs: Option<Vec<RouterConfig>>,
     /// Policies tried (default both).
     pub policies: Vec<Policy>,
+    /// How sure the train split must be that a target is met: an operating point qualifies when
+    /// its out-of-fold quality minus the target exceeds this many standard errors (default
+    /// 1.645, one-sided 95%).
+    pub confidence_z: f64,
+    /// Where a target's operating point is searched: `false` (default), among the knobs of the
+    /// candidate chosen for the curve; `true`, among every candidate's knobs (cheaper on train,
+    /// but the wider search picks lucky points: on the shared sets it missed targets more often).
+    pub targets_from_every_candidate: bool,
     /// Answer length assumed where a record keeps neither the answer, its length nor its cost:
     /// `None` makes such a record an error (a missing cost is never priced as zero).
     pub assume_output_tokens: Option<u32>,
@@ -143,6 +152,8 @@ impl Default for BenchSettings {
             targets: vec![0.90, 0.95, 0.98],
             configs: None,
             policies: vec![Policy::QualityBar, Policy::UsdPerQuality],
+            confidence_z: 1.645,
+            targets_from_every_candidate: false,
             assume_output_tokens: None,
         }
     }
@@ -184,6 +195,8 @@ pub struct TargetResult {
     pub knob: Option<f64>,
     /// The policy whose knob it is.
     pub policy: Policy,
+    /// The candidate configuration whose router met it out of fold for the least cost.
+    pub config: String,
     /// Mean quality of the routed test prompts.
     pub quality: f64,
     /// Total USD of the routed test prompts.
@@ -196,6 +209,8 @@ pub struct TargetResult {
     pub reference_cost_usd: f64,
     /// `quality / reference_quality`.
     pub kept: f64,
+    /// Share of the test prompts sent to the reference model.
+    pub reference_share: f64,
     /// The cheapest single model reaching `target` of the reference's test quality, chosen with
     /// hindsight on the test split (name, cost), if any.
     pub cheapest_single: Option<(String, f64)>,
@@ -458,6 +473,9 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     if let Some(t) = settings.targets.iter().find(|t| !(**t > 0.0 && **t <= 1.0)) {
         return Err(Error::Config(format!("a quality target is a share in (0, 1], got {t}")));
     }
+    if !(settings.confidence_z.is_finite() && settings.confidence_z >= 0.0) {
+        return Err(Error::Config(format!("confidence_z must be a non-negative number, got {}", settings.confidence_z)));
+    }
     if settings.policies.is_empty() {
         return Err(Error::Config("no policy to try".into()));
     }
@@ -559,43 +577,79 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         oof_picks.push(per_policy);
     }
     // The largest out-of-fold AIQ wins; the earlier candidate on ties.
-    let best = (0..scores.len()).fold(0, |b, i| if scores[i].oof_aiq > scores[b].oof_aiq + 1e-12 { i } else { b });
-    let chosen = scores[best].clone();
-    let (ci, pi) = (best / settings.policies.len(), best % settings.policies.len());
+    let best_index = (0..scores.len()).fold(0, |b, i| if scores[i].oof_aiq > scores[b].oof_aiq + 1e-12 { i } else { b });
+    let chosen = scores[best_index].clone();
+    let ci = best_index / settings.policies.len();
     let policy = chosen.policy;
     let policy_knobs = knobs(policy, typical_cost);
 
-    // Each target's knob: the cheapest out of fold whose quality clears the target by one
-    // standard error of the paired difference with the reference.
-    let target_knobs: Vec<Option<usize>> = settings
+    // Each target's operating point: among the chosen candidate's knobs (or every candidate's),
+    // the cheapest out of fold whose quality clears the target by `confidence_z` standard errors
+    // of the paired difference with the reference (the chosen candidate on ties).
+    let n = train.len() as f64;
+    let target_points: Vec<Option<(usize, usize)>> = settings
         .targets
         .iter()
         .map(|&x| {
-            let n = train.len() as f64;
-            (0..policy_knobs.len())
-                .filter(|&k| {
-                    let d: Vec<f64> = (0..train.len()).map(|i| train_out.q[i][oof_picks[ci][pi][k][i]] - x * train_out.q[i][reference]).collect();
+            let mut best: Option<(f64, usize, usize)> = None;
+            for (s, score) in scores.iter().enumerate() {
+                if !settings.targets_from_every_candidate && s != best_index {
+                    continue;
+                }
+                let (c, p) = (s / settings.policies.len(), s % settings.policies.len());
+                for k in 0..knobs(score.policy, typical_cost).len() {
+                    let pick = &oof_picks[c][p][k];
+                    let d: Vec<f64> = (0..train.len()).map(|i| train_out.q[i][pick[i]] - x * train_out.q[i][reference]).collect();
                     let mean = d.iter().sum::<f64>() / n;
                     let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-                    mean >= (var / n).sqrt()
-                })
-                .min_by(|&a, &b| {
-                    let cost = |k: usize| (0..train.len()).map(|i| train_out.c[i][oof_picks[ci][pi][k][i]]).sum::<f64>();
-                    cost(a).total_cmp(&cost(b))
-                })
+                    if mean < settings.confidence_z * (var / n).sqrt() {
+                        continue;
+                    }
+                    let cost = (0..train.len()).map(|i| train_out.c[i][pick[i]]).sum::<f64>();
+                    let better = match best {
+                        None => true,
+                        Some((b, bs, _)) => cost < b * (1.0 - 1e-9) || (cost <= b * (1.0 + 1e-9) && s == best_index && bs != best_index),
+                    };
+                    if better {
+                        best = Some((cost, s, k));
+                    }
+                }
+            }
+            best.map(|(_, s, k)| (s, k))
         })
         .collect();
 
-    // The router users would run: the chosen configuration on the whole train split.
-    let router = configs[ci].router(&embedder, exemplars_of(&train)?, &prices, &models[reference])?;
-    let assessments: Vec<Assessment> = test
-        .iter()
-        .enumerate()
-        .map(|(i, r)| router.assess_embedded(&r.prompt, &vector_of(r)?, Some(test_out.input_tokens[i])))
-        .collect::<Result<_>>()?;
-    let test_picks = picks(&assessments, policy, &policy_knobs, &index)?;
+    // The routers users would run: a candidate's configuration on the whole train split, each
+    // built once and assessing every test prompt once.
+    let mut tested: HashMap<usize, Vec<Assessment>> = HashMap::new();
+    for c in std::iter::once(ci).chain(target_points.iter().flatten().map(|&(s, _)| s / settings.policies.len())) {
+        if tested.contains_key(&c) {
+            continue;
+        }
+        let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference])?;
+        let assessed: Vec<Assessment> = test
+            .iter()
+            .enumerate()
+            .map(|(i, r)| router.assess_embedded(&r.prompt, &vector_of(r)?, Some(test_out.input_tokens[i])))
+            .collect::<Result<_>>()?;
+        tested.insert(c, assessed);
+    }
+    let assessments = &tested[&ci];
+    let test_picks = picks(assessments, policy, &policy_knobs, &index)?;
     let curve: Vec<CurvePointReport> =
         test_picks.iter().zip(&policy_knobs).map(|(pick, &k)| test_out.point(pick, reference, Some(k))).collect();
+    let target_tests: Vec<Option<(CurvePointReport, &ConfigScore, f64)>> = target_points
+        .iter()
+        .map(|tp| {
+            tp.map(|(s, k)| {
+                let score = &scores[s];
+                let knob = knobs(score.policy, typical_cost)[k];
+                let pick = picks(&tested[&(s / settings.policies.len())], score.policy, &[knob], &index)?.remove(0);
+                Ok((test_out.point(&pick, reference, Some(knob)), score, knob))
+            })
+            .transpose()
+        })
+        .collect::<Result<_>>()?;
 
     // Test-split figures. Nothing above read a test score.
     let mut calibration = CalibrationAcc::new();
@@ -628,33 +682,29 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let targets: Vec<TargetResult> = settings
         .targets
         .iter()
-        .zip(&target_knobs)
-        .map(|(&x, &k)| {
-            let point = match k {
-                Some(k) => curve[k],
-                None => single[reference],
-            };
+        .zip(&target_tests)
+        .map(|(&x, t)| {
+            let point = t.as_ref().map_or(single[reference], |t| t.0);
             let want = x * qs;
             TargetResult {
                 target: x,
-                knob: k.map(|k| policy_knobs[k]),
-                policy,
+                knob: t.as_ref().map(|t| t.2),
+                policy: t.as_ref().map_or(policy, |t| t.1.policy),
+                config: t.as_ref().map_or_else(|| "reference model alone".to_string(), |t| t.1.config.name.clone()),
                 quality: point.quality,
                 cost_usd: point.cost_usd,
                 reference_model: models[reference].clone(),
                 reference_quality: qs,
                 reference_cost_usd: single[reference].cost_usd,
                 kept: if qs > 0.0 { point.quality / qs } else { 1.0 },
+                reference_share: point.reference_share,
                 cheapest_single: by_cost.iter().find(|&&m| single[m].quality >= want - 1e-12).map(|&m| (models[m].clone(), single[m].cost_usd)),
                 oracle_cost_usd: oracle_curve.iter().filter(|p| p.quality >= want - 1e-12).map(|p| p.cost_usd).min_by(f64::total_cmp),
             }
         })
         .collect();
-    let random_at_95 = settings.targets.iter().position(|t| (t - 0.95).abs() < 1e-9).map(|i| {
-        let s = match target_knobs[i] {
-            Some(k) => curve[k].reference_share,
-            None => 1.0,
-        };
+    let random_at_95 = targets.iter().find(|t| (t.target - 0.95).abs() < 1e-9).map(|t| {
+        let s = t.reference_share;
         CurvePointReport {
             knob: None,
             quality: qw + s * (qs - qw),

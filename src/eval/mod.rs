@@ -81,17 +81,21 @@ impl TryFrom<RawRecord> for Record {
     type Error = String;
 
     fn try_from(r: RawRecord) -> std::result::Result<Self, String> {
+        let mut cost_usd = r.cost_usd;
         let (scores, mut output_tokens) = match (r.scores, r.results) {
             (Some(s), None) => (s, r.output_tokens),
-            (None, Some(results)) => (
-                results.iter().map(|(m, x)| (m.clone(), x.quality)).collect(),
-                results.iter().map(|(m, x)| (m.clone(), x.output_tokens)).collect(),
-            ),
+            (None, Some(results)) => {
+                cost_usd.extend(results.iter().filter_map(|(m, x)| x.cost_usd.map(|c| (m.clone(), c))));
+                (
+                    results.iter().map(|(m, x)| (m.clone(), x.quality)).collect(),
+                    results.iter().map(|(m, x)| (m.clone(), x.output_tokens)).collect(),
+                )
+            }
             (Some(_), Some(_)) => return Err("has both `scores` and `results`; keep one".into()),
             (None, None) => return Err("missing field `scores` (or a measured exemplar's `results`)".into()),
         };
         output_tokens.retain(|m, _| scores.contains_key(m));
-        if let Some((m, c)) = r.cost_usd.iter().find(|(_, c)| !(c.is_finite() && **c >= 0.0)) {
+        if let Some((m, c)) = cost_usd.iter().find(|(_, c)| !(c.is_finite() && **c >= 0.0)) {
             return Err(format!("cost_usd of {m} is {c}: a measured cost is a finite, non-negative USD amount"));
         }
         Ok(Record {
@@ -101,7 +105,7 @@ impl TryFrom<RawRecord> for Record {
             scores,
             responses: r.responses,
             output_tokens,
-            cost_usd: r.cost_usd,
+            cost_usd,
         })
     }
 }
