@@ -89,8 +89,8 @@ pub enum Error {
         message: String,
     },
 
-    /// A journal (grading calls, feedback) holds a damaged line before its end (a torn last line
-    /// is recovered).
+    /// A journal (grading calls, feedback) holds a complete line that does not parse (a torn last
+    /// line, one without its newline, is recovered instead).
     #[error("{at}: damaged journal line: {message}")]
     Journal {
         /// File and line.

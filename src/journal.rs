@@ -2,9 +2,10 @@
 //! router's feedback log.
 //!
 //! Each record is one line, written with one `write` and synced to disk before
-//! [`Journal::append`] returns. On reopening, a torn last line (a write the crash cut short, so
-//! never acknowledged) is cut; a damaged line before the end is an error naming its line, and
-//! nothing is changed.
+//! [`Journal::append`] returns. On reopening, a torn last line (one without its terminating
+//! newline: a write the crash cut short, so never acknowledged) is cut, with a warning. A complete
+//! line that does not parse, the last one included, is an error naming the file and line, and
+//! nothing is changed: it was written whole, so it may have been acknowledged.
 //!
 //! ```
 //! use semroute::journal::Journal;
@@ -46,17 +47,22 @@ pub struct Journal<T> {
 pub struct Recovered<T> {
     /// The records already there, in order.
     pub records: Vec<T>,
-    /// Bytes of a torn last line that were cut (0 = none): a write that never completed, so never
-    /// acknowledged.
+    /// Bytes of a torn last line that were cut (0 = none): a last line without its newline, a
+    /// write that never completed, so never acknowledged.
     pub torn_bytes: u64,
 }
 
 impl<T: Serialize + DeserializeOwned> Journal<T> {
-    /// Opens (or creates) the journal at `path`, reads what it holds, and cuts a torn last line.
-    /// A damaged line that is not the last is an error naming it: nothing is dropped silently.
+    /// Opens (or creates) the journal at `path`, reads what it holds, and cuts a torn last line
+    /// (one without its newline), with a warning. A complete line that does not parse, even the
+    /// last, is an [`Error::Journal`] naming the file and line, and nothing is changed: nothing is
+    /// dropped silently. Something other than a regular file at `path` (a FIFO, a device) is an
+    /// [`Error::Io`], and is not read.
     pub fn open(path: impl AsRef<Path>) -> Result<(Journal<T>, Recovered<T>)> {
         let path = path.as_ref().to_path_buf();
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        let mut file = crate::index::open_regular(&path, options).map_err(|e| Error::io(&path, e))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
         let mut records = Vec::new();
@@ -76,29 +82,31 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
                 start = end + 1;
                 continue;
             }
+            if !complete {
+                // The last line without its newline: a write cut short, never acknowledged (a
+                // record is acknowledged only once its whole line, newline included, is on disk).
+                torn_bytes = (bytes.len() - good_end) as u64;
+                break;
+            }
             let parsed =
                 std::str::from_utf8(line).map_err(|e| e.to_string()).and_then(|t| serde_json::from_str::<T>(t).map_err(|e| e.to_string()));
             match parsed {
-                Ok(r) if complete => {
-                    records.push(r);
-                    good_end = end + 1;
-                }
-                // The last line, unfinished or unreadable: a write cut short, never acknowledged.
-                _ if end + 1 >= bytes.len() => {
-                    torn_bytes = (bytes.len() - good_end) as u64;
-                    break;
-                }
+                Ok(r) => records.push(r),
                 Err(e) => {
                     return Err(Error::Journal {
                         at: Location::line(&path, line_no),
                         message: format!("{e}; fix or remove it by hand (nothing was changed)"),
                     })
                 }
-                Ok(_) => unreachable!("an unfinished line is the last one"),
             }
+            good_end = end + 1;
             start = end + 1;
         }
         if torn_bytes > 0 {
+            tracing::warn!(
+                "{}: cut a torn last line ({torn_bytes} bytes without a newline, line {line_no}): a write a crash cut short, never acknowledged",
+                path.display()
+            );
             file.set_len(good_end as u64).map_err(|e| Error::io(&path, e))?;
             file.sync_all().map_err(|e| Error::io(&path, e))?;
         }
@@ -117,5 +125,66 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// The journal's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_last_line_that_does_not_parse_is_an_error_and_nothing_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        // Ends in a newline: it was written whole (and maybe acknowledged), then damaged.
+        for text in ["7\n{not json\n", "7\n\"text\"\n", "7\n8 9\n\n", "7\n\u{0}\u{0}\n"] {
+            std::fs::write(&path, text).unwrap();
+            let e = Journal::<u32>::open(&path).unwrap_err();
+            assert!(matches!(&e, Error::Journal { at, .. } if at.line == Some(2)), "{text:?}: {e:?}");
+            assert!(e.to_string().contains("log.jsonl:2"), "{e}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "nothing is changed");
+        }
+        // Bytes that are not UTF-8 on a complete last line, too.
+        std::fs::write(&path, b"7\n\xff\xfe\n").unwrap();
+        assert!(Journal::<u32>::open(&path).unwrap_err().to_string().contains("log.jsonl:2"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"7\n\xff\xfe\n");
+    }
+
+    #[test]
+    fn only_a_last_line_without_its_newline_is_torn_and_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        for (text, records, torn) in [
+            ("7\n{\"half", vec![7], 6),
+            ("7\n8", vec![7], 1),           // parses, but the write never finished
+            ("7\n\n  ", vec![7], 2),        // blank lines are skipped; the unfinished one is cut
+            ("\u{0}\u{0}\u{0}", vec![], 3), // what a crash can leave on some file systems
+            ("7\n8\n", vec![7, 8], 0),
+            ("", vec![], 0),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let (mut log, found) = Journal::<u32>::open(&path).unwrap();
+            assert_eq!((found.records.clone(), found.torn_bytes), (records.clone(), torn), "{text:?}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), &text[..text.len() - torn as usize]);
+            log.append(&9).unwrap();
+            drop(log);
+            let (_, again) = Journal::<u32>::open(&path).unwrap();
+            assert_eq!(again.records, records.into_iter().chain([9]).collect::<Vec<_>>());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_at_the_journal_path_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Journal::<u32>::open(&p).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let e = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("opening a FIFO blocked").unwrap_err();
+        assert!(e.contains("not a regular file") && e.contains("log.jsonl"), "{e}");
     }
 }

@@ -36,6 +36,9 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<Ve
         .into_iter()
         .map(|(name, value)| {
             let at = Location { file: origin.into(), line: header_line(text, &name) };
+            if name.trim().is_empty() {
+                return Err(ModelsError { at, model: None, message: format!("the model name {name:?} is empty: name the model") });
+            }
             match value.try_into::<T>() {
                 Ok(entry) => Ok((name, entry, at)),
                 Err(e) => Err(ModelsError { at, model: Some(name), message: e.message().to_string() }),

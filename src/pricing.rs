@@ -64,7 +64,7 @@ impl fmt::Display for Tier {
 pub struct ModelPrice {
     /// Who serves the model (`anthropic`, `openai`, `deepseek`, ...).
     pub provider: String,
-    /// USD per million input tokens.
+    /// USD per million input tokens (0 to [`MAX_USD_PER_MTOK`] in a loaded table, like every price).
     pub input_per_mtok: f64,
     /// USD per million output tokens.
     pub output_per_mtok: f64,
@@ -83,7 +83,8 @@ pub struct ModelPrice {
     pub jurisdiction: Option<String>,
     /// Where the price was read.
     pub source: String,
-    /// When the price was read or published (`YYYY-MM-DD`).
+    /// When the price was read or published: a calendar date `YYYY-MM-DD` (a day that exists), or
+    /// `YYYY-MM` or `YYYY` when only that is known.
     pub as_of: String,
     /// Whether the price was checked against a page; `false` marks an unconfirmed figure.
     #[serde(default = "yes")]
@@ -100,6 +101,11 @@ impl ModelPrice {
         (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok) / 1_000_000.0
     }
 }
+
+/// The most a price in a table may be, in USD per million tokens: over a hundred times the dearest
+/// price in the tables we ship ($75), and far enough inside `f64`'s range that no cost, saving or
+/// percentage computed from it overflows (a price of 1e308 once printed `$inf` and `NaN%`).
+pub const MAX_USD_PER_MTOK: f64 = 10_000.0;
 
 /// Per-model prices, keyed by model name. Cheap to clone (shared).
 #[derive(Debug, Clone, PartialEq)]
@@ -137,8 +143,11 @@ impl PriceTable {
                 ("cached_input_per_mtok", price.cached_input_per_mtok),
             ] {
                 let Some(v) = v else { continue };
-                if !v.is_finite() || v < 0.0 {
-                    return Err(bad(format!("field `{field}` must be a finite, non-negative USD amount, got {v}")));
+                // (NaN and infinities are outside the range too.)
+                if !(0.0..=MAX_USD_PER_MTOK).contains(&v) {
+                    return Err(bad(format!(
+                        "field `{field}` must be a USD amount from 0 to 10,000 per million tokens (the most any price may be), got {v}"
+                    )));
                 }
             }
             if price.context_window == Some(0) {
@@ -152,7 +161,7 @@ impl PriceTable {
             }
             if !is_date(&price.as_of) {
                 return Err(bad(format!(
-                    "field `as_of` must be a date YYYY-MM-DD (or YYYY-MM, YYYY when only that is known), got {:?}",
+                    "field `as_of` must be a calendar date YYYY-MM-DD (or YYYY-MM, YYYY when only that is known), got {:?}",
                     price.as_of
                 )));
             }
@@ -219,10 +228,34 @@ impl PriceTable {
     }
 }
 
-/// `YYYY-MM-DD`, or a coarser `YYYY-MM` / `YYYY` for prices only dated that precisely.
+/// `YYYY-MM-DD` naming a day that exists (leap years counted), or a coarser `YYYY-MM` / `YYYY` for
+/// prices only dated that precisely.
 fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    matches!(b.len(), 4 | 7 | 10) && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+    let shaped = b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
+    if !(shaped && matches!(b.len(), 4 | 7 | 10)) {
+        return false;
+    }
+    // (`get`: `None` past the end, for the coarser forms.)
+    let number = |r: std::ops::Range<usize>| s.get(r).and_then(|t| t.parse::<u32>().ok());
+    let (Some(year), month, day) = (number(0..4), number(5..7), number(8..10)) else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    match (month, day) {
+        (None, _) => true,
+        (Some(m), None) => (1..=12).contains(&m),
+        (Some(m), Some(d)) => {
+            let days = match m {
+                1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+                4 | 6 | 9 | 11 => 30,
+                2 if leap => 29,
+                2 => 28,
+                _ => return false,
+            };
+            (1..=days).contains(&d)
+        }
+    }
 }
 
 /// Counts prompt tokens with OpenAI's `cl100k_base` BPE (via `tiktoken-rs`).

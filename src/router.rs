@@ -679,10 +679,11 @@ impl RouterBuilder {
     }
 
     /// Keeps a durable feedback log at `path` (JSONL): [`Router::learn`] appends to it, and
-    /// `build` replays it, so what was learned survives restarts. A torn last line (a crash
-    /// mid-write, never acknowledged) is cut; a damaged line before the end is an error naming
-    /// it. Feedback for a model the price table no longer lists is skipped with a warning (it
-    /// stays in the log).
+    /// `build` replays it, so what was learned survives restarts. A torn last line (one without
+    /// its newline: a crash mid-write, never acknowledged) is cut with a warning; a complete line
+    /// that does not parse, the last one included, is an error naming it, and nothing is cut.
+    /// Feedback for a model the price table no longer lists is skipped with a warning (it stays
+    /// in the log).
     pub fn feedback_log(mut self, path: impl Into<PathBuf>) -> Self {
         self.feedback_log = Some(path.into());
         self

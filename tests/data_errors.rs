@@ -188,3 +188,37 @@ fn builtin_exemplar_set_is_the_folder_and_broad_bilingual_and_consistent() {
         assert!(members.len() >= 2 && members.iter().all(|m| m.1 == members[0].1), "{p}: {members:?}");
     }
 }
+
+#[test]
+fn prices_that_overflow_impossible_dates_and_empty_model_names_are_refused() {
+    // A price is at most 10,000 USD per million tokens: 1e308 would make every cost `inf`.
+    for field in ["input_per_mtok = 1.0", "output_per_mtok = 2.0", "cached_input_per_mtok = 0.1"] {
+        let name = field.split(' ').next().unwrap();
+        for huge in ["1e308", "10000.01", "1.7976931348623157e308"] {
+            let body = BODY.replace(field, &format!("{name} = {huge}"));
+            let msg = PriceTable::from_toml_str(&format!("# header\n{}", price("big", &body)), "prices.toml").unwrap_err().to_string();
+            assert!(msg.contains("prices.toml:2") && msg.contains("`big`") && msg.contains(name) && msg.contains("10,000"), "{msg}");
+        }
+        let body = BODY.replace(field, &format!("{name} = 10000.0"));
+        PriceTable::from_toml_str(&price("dear", &body), "prices.toml").unwrap();
+    }
+
+    // Dates are real calendar days; a month or a year alone stays allowed.
+    for good in ["2024-02-29", "2000-02-29", "2026-01-31", "2026-04-30", "2026-12-31", "2026-02", "2026-12", "2026"] {
+        PriceTable::from_toml_str(&price("d", &BODY.replace("2025-01-01", good)), "p.toml").unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    let impossible = ["2026-02-31", "2025-02-29", "1900-02-29", "2026-04-31", "2026-13-01", "2026-00-10", "2026-01-00"];
+    let malformed = ["2026-13", "2026-00", "2026-1-01", "26-01-01", "２０２６-01-01"];
+    for bad in impossible.into_iter().chain(malformed) {
+        let text = format!("\n{}", price("d", &BODY.replace("2025-01-01", bad)));
+        let msg = PriceTable::from_toml_str(&text, "p.toml").unwrap_err().to_string();
+        assert!(msg.contains("p.toml:2") && msg.contains("as_of") && msg.contains(bad), "{bad}: {msg}");
+    }
+
+    // A model needs a name: empty or blank is refused, naming file and line.
+    for name in ["", "   ", "\t"] {
+        let text = format!("{}\n{}", price("ok", BODY), price(name, BODY));
+        let msg = PriceTable::from_toml_str(&text, "prices.toml").unwrap_err().to_string();
+        assert!(msg.contains("prices.toml:11") && msg.contains("model name"), "{name:?}: {msg}");
+    }
+}

@@ -302,3 +302,88 @@ fn routing_is_assess_then_decide_under_any_objective() {
     let both = Constraints::default().quality_bar(0.5).usd_per_quality(1.0);
     assert!(matches!(a.decide(&both), Err(Error::Config(m)) if m.contains("not both")));
 }
+
+/// The first 60 built-in exemplars: enough for the quality model, quick to embed.
+fn small_set() -> semroute::ExemplarSet {
+    let all = semroute::ExemplarSet::builtin().unwrap();
+    semroute::ExemplarSet::from_exemplars(all.iter().take(60).cloned().collect()).unwrap()
+}
+
+const PROBES: [&str; 6] = [
+    "Reformat this JSON so it is indented: {\"a\":1}",
+    "把这句话翻译成英文：我们下周一开会讨论预算。",
+    "Prove that there are infinitely many primes.",
+    "Write a SQL query that lists customers with more than three orders.",
+    "Summarise this paragraph in one sentence: the meeting moved to Tuesday because the venue flooded.",
+    "设计一个支持百万并发连接的分布式消息队列，说明一致性与容错的取舍。",
+];
+
+/// `set`'s cached-vector file and saved graph in the cache folder `dir`.
+fn cache_files(dir: &std::path::Path, set: &semroute::ExemplarSet) -> (std::path::PathBuf, std::path::PathBuf) {
+    use semroute::Embedder;
+    let graph = semroute::index::VectorCache::new(dir).graph_path(common::embedder().model_id(), &set.content_hash());
+    (graph.with_extension("vec"), graph)
+}
+
+#[test]
+fn a_flipped_bit_in_cached_vectors_is_refused_and_decisions_are_unaffected() {
+    use semroute::Embedder;
+    let set = small_set();
+    let dir = tempfile::tempdir().unwrap();
+    let build = || Router::builder().embedder(common::embedder()).exemplars(set.clone()).cache_dir(dir.path()).build().unwrap();
+    let decide = |r: &Router| PROBES.iter().map(|p| r.route(p).unwrap()).collect::<Vec<_>>();
+    let want = decide(&Router::builder().embedder(common::embedder()).exemplars(set.clone()).no_cache().build().unwrap());
+    drop(build());
+    let (vectors, graph) = cache_files(dir.path(), &set);
+    let good = std::fs::read(&vectors).unwrap();
+    let dim = common::embedder().dim();
+    // With the graph absent, then refused (damaged), the vectors are read from the cache.
+    for graph_state in ["absent", "damaged"] {
+        // One exponent bit of component 7 of vector 5 (after the 24-byte header): a component
+        // of about 0.05 becomes about 1e37.
+        let mut bytes = good.clone();
+        bytes[24 + 4 * (5 * dim + 7) + 3] ^= 0x40;
+        std::fs::write(&vectors, &bytes).unwrap();
+        match graph_state {
+            "absent" => std::fs::remove_file(&graph).unwrap(),
+            _ => std::fs::write(&graph, b"garbage").unwrap(),
+        }
+        let got = decide(&build());
+        for d in &got {
+            assert!(d.neighbours.iter().all(|n| n.similarity <= 1.0 + 1e-4), "graph {graph_state}: {:?}", d.neighbours[0]);
+        }
+        assert_eq!(got, want, "graph {graph_state}");
+        // The vectors were re-embedded and cached whole, and the graph saved over them loads.
+        let cached = semroute::index::VectorCache::new(dir.path()).load(common::embedder().model_id(), &set.content_hash(), set.len(), dim);
+        assert!(cached.is_some(), "graph {graph_state}: the cache was not rewritten");
+        assert_eq!(decide(&build()), want, "graph {graph_state}: warm start");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_cache_folder_does_not_hang_start_up_nor_a_changed_graph_file_crash_routing() {
+    let set = small_set();
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, graph) = cache_files(dir.path(), &set);
+    for p in [&graph, &vectors] {
+        assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success());
+    }
+    let build = |set: semroute::ExemplarSet, dir: std::path::PathBuf| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Router::builder().embedder(common::embedder()).exemplars(set).cache_dir(dir).build());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(120)).expect("start-up hung on a FIFO in the cache folder").unwrap()
+    };
+    let router = build(set.clone(), dir.path().to_path_buf());
+    let want: Vec<_> = PROBES.iter().map(|p| router.route(p).unwrap()).collect();
+    // The FIFOs were replaced by the saved files, which a warm start loads.
+    assert!(std::fs::metadata(&graph).unwrap().is_file() && std::fs::metadata(&vectors).unwrap().is_file());
+    let warm = build(set, dir.path().to_path_buf());
+    // Another process truncates the loaded graph file, then writes other bytes into it in place.
+    std::fs::OpenOptions::new().write(true).open(&graph).unwrap().set_len(0).unwrap();
+    assert_eq!(PROBES.iter().map(|p| warm.route(p).unwrap()).collect::<Vec<_>>(), want);
+    std::fs::write(&graph, vec![0x5a; 1 << 16]).unwrap();
+    assert_eq!(PROBES.iter().map(|p| warm.route(p).unwrap()).collect::<Vec<_>>(), want);
+}
