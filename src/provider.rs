@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
@@ -75,7 +76,29 @@ pub struct Endpoint {
     /// Name of the concurrency group (default: the host of `base_url`): calls are bounded per group.
     #[serde(default)]
     pub provider: Option<String>,
+    /// Largest whole (non-streamed) answer body read, in bytes (default 16 MiB): a larger one
+    /// fails with [`CallError::TooLarge`] as soon as it passes the limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Largest streamed answer passed on, in bytes of the provider's event stream (default
+    /// 64 MiB).
+    #[serde(default)]
+    pub max_stream_bytes: Option<u64>,
+    /// Longest a streamed answer may run, in seconds from its first byte (default 600); the
+    /// timeout still bounds each wait between events.
+    #[serde(default)]
+    pub max_stream_secs: Option<f64>,
 }
+
+/// Default of [`Endpoint::max_body_bytes`].
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
+/// Default of [`Endpoint::max_stream_bytes`].
+pub const DEFAULT_MAX_STREAM_BYTES: u64 = 64 << 20;
+/// Default of [`Endpoint::max_stream_secs`].
+pub const DEFAULT_MAX_STREAM_SECS: f64 = 600.0;
+/// Longest line of a provider's event stream (an SSE field); a provider that never ends a line
+/// is cut off here instead of growing the parser's buffer without end.
+pub const MAX_EVENT_LINE_BYTES: usize = 1 << 20;
 
 impl Endpoint {
     /// The concurrency group: `provider`, else the host of `base_url`.
@@ -95,6 +118,21 @@ impl Endpoint {
     /// The call timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_secs.unwrap_or(60.0))
+    }
+
+    /// The whole-answer size limit.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    /// The streamed-answer size limit.
+    pub fn max_stream_bytes(&self) -> u64 {
+        self.max_stream_bytes.unwrap_or(DEFAULT_MAX_STREAM_BYTES)
+    }
+
+    /// The streamed-answer duration limit.
+    pub fn max_stream_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.max_stream_secs.unwrap_or(DEFAULT_MAX_STREAM_SECS))
     }
 }
 
@@ -137,6 +175,14 @@ impl Providers {
             }
             if ep.max_tokens == Some(0) {
                 return Err(bad("field `max_tokens` must be positive".into()));
+            }
+            if let Some(t) = ep.max_stream_secs.filter(|t| !(t.is_finite() && *t > 0.0)) {
+                return Err(bad(format!("field `max_stream_secs` must be positive, got {t}")));
+            }
+            for (field, v) in [("max_body_bytes", ep.max_body_bytes), ("max_stream_bytes", ep.max_stream_bytes)] {
+                if v == Some(0) {
+                    return Err(bad(format!("field `{field}` must be positive")));
+                }
             }
             models.insert(name, ep);
         }
@@ -267,6 +313,10 @@ pub enum CallError {
     /// A streamed answer broke off after it had started (an error event, or no end marker).
     #[error("the stream broke off: {0}")]
     Stream(String),
+    /// The answer passed one of the endpoint's limits (body or stream size, stream duration,
+    /// event line length) and was cut off there.
+    #[error("the answer is too large: {0}")]
+    TooLarge(String),
 }
 
 impl CallError {
@@ -285,6 +335,7 @@ impl CallError {
             CallError::Empty => "empty",
             CallError::Request(_) => "invalid_request",
             CallError::Stream(_) => "stream",
+            CallError::TooLarge(_) => "too_large",
         }
     }
 
@@ -382,11 +433,7 @@ impl Client {
         }
         let (resp, attempts, started) = self.send(endpoint, key, &body, true).await?;
         let status = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return Err(CallError::Timeout(endpoint.timeout())),
-            Err(e) => return Err(CallError::Truncated(describe(e))),
-        };
+        let bytes = read_bounded(resp, endpoint).await?;
         if !(200..300).contains(&status) {
             let body: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
             return Err(CallError::Http { status, body });
@@ -426,7 +473,7 @@ impl Client {
             };
             return Err(CallError::Http { status, body: text });
         }
-        Ok(ChatStream::new(resp, endpoint.protocol, endpoint.timeout()))
+        Ok(ChatStream::new(resp, endpoint.protocol, endpoint.timeout(), Limits::of(endpoint)))
     }
 
     /// Posts `body` to the endpoint's protocol path, retrying 429/5xx and failed connections;
@@ -503,6 +550,103 @@ impl Client {
     }
 }
 
+/// A whole answer's body, read chunk by chunk and refused as soon as it passes the endpoint's
+/// limit (a provider sending without end cannot grow memory past it).
+async fn read_bounded(mut resp: reqwest::Response, endpoint: &Endpoint) -> std::result::Result<Vec<u8>, CallError> {
+    let limit = endpoint.max_body_bytes();
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(CallError::TooLarge(format!("the body announces {} bytes, over the limit of {limit}", resp.content_length().unwrap_or(0))));
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(CallError::TooLarge(format!("the body passed the limit of {limit} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => return Err(CallError::Timeout(endpoint.timeout())),
+            Err(e) => return Err(CallError::Truncated(describe(e))),
+        }
+    }
+}
+
+/// What a stream may not pass.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    bytes: u64,
+    duration: Duration,
+}
+
+impl Limits {
+    fn of(endpoint: &Endpoint) -> Self {
+        Limits { bytes: endpoint.max_stream_bytes(), duration: endpoint.max_stream_duration() }
+    }
+}
+
+/// The provider's bytes, cut off (with the reason kept in `hit`) past `limits.bytes` in total or
+/// [`MAX_EVENT_LINE_BYTES`] without a line end.
+fn limited_bytes(
+    resp: reqwest::Response,
+    limits: Limits,
+    hit: Arc<Mutex<Option<String>>>,
+) -> impl Stream<Item = std::result::Result<bytes::Bytes, LimitError>> + Send {
+    struct St<S> {
+        inner: S,
+        total: u64,
+        line: usize,
+        hit: Arc<Mutex<Option<String>>>,
+        limits: Limits,
+        stopped: bool,
+    }
+    let st = St { inner: Box::pin(resp.bytes_stream()), total: 0, line: 0, hit, limits, stopped: false };
+    futures_util::stream::unfold(st, |mut st| async move {
+        if st.stopped {
+            return None;
+        }
+        let item = match st.inner.next().await? {
+            Err(e) => Err(LimitError(describe(e))),
+            Ok(chunk) => {
+                st.total += chunk.len() as u64;
+                st.line = match chunk.iter().rposition(|&b| b == b'\n' || b == b'\r') {
+                    Some(i) => chunk.len() - i - 1,
+                    None => st.line + chunk.len(),
+                };
+                let over = if st.total > st.limits.bytes {
+                    Some(format!("the stream passed the limit of {} bytes", st.limits.bytes))
+                } else if st.line > MAX_EVENT_LINE_BYTES {
+                    Some(format!("an event line passed {MAX_EVENT_LINE_BYTES} bytes without ending"))
+                } else {
+                    None
+                };
+                match over {
+                    Some(why) => {
+                        *st.hit.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                        st.stopped = true;
+                        Err(LimitError(why))
+                    }
+                    None => Ok(chunk),
+                }
+            }
+        };
+        Some((item, st))
+    })
+}
+
+/// Why the byte stream under a [`ChatStream`] stopped.
+#[derive(Debug)]
+struct LimitError(String);
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LimitError {}
+
 /// The request in the endpoint's protocol, for the endpoint's own model id.
 fn wire_body(endpoint: &Endpoint, request: &ChatRequest) -> std::result::Result<Value, CallError> {
     let max = u64::from(endpoint.max_tokens());
@@ -552,13 +696,31 @@ struct StreamState {
     anthropic: AnthropicStream,
     pending: VecDeque<Value>,
     idle: Duration,
+    /// When the stream must have ended ([`Endpoint::max_stream_secs`] from its start).
+    deadline: tokio::time::Instant,
+    limits: Limits,
+    /// Set when the byte stream was cut off at a limit.
+    hit: Arc<Mutex<Option<String>>>,
     done: bool,
 }
 
 impl ChatStream {
-    fn new(resp: reqwest::Response, protocol: Protocol, idle: Duration) -> Self {
-        let events: EventStream = Box::pin(resp.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())));
-        let state = StreamState { events, protocol, anthropic: AnthropicStream::default(), pending: VecDeque::new(), idle, done: false };
+    fn new(resp: reqwest::Response, protocol: Protocol, idle: Duration, limits: Limits) -> Self {
+        let hit = Arc::new(Mutex::new(None));
+        let bytes = limited_bytes(resp, limits, hit.clone());
+        let events: EventStream = Box::pin(bytes.eventsource().map(|e| e.map_err(|e| e.to_string())));
+        let deadline = tokio::time::Instant::now() + limits.duration;
+        let state = StreamState {
+            events,
+            protocol,
+            anthropic: AnthropicStream::default(),
+            pending: VecDeque::new(),
+            idle,
+            deadline,
+            limits,
+            hit,
+            done: false,
+        };
         let inner = futures_util::stream::unfold(state, |mut st| async move {
             loop {
                 if let Some(chunk) = st.pending.pop_front() {
@@ -567,10 +729,17 @@ impl ChatStream {
                 if st.done {
                     return None;
                 }
-                let next = match tokio::time::timeout(st.idle, st.events.next()).await {
+                let left = st.deadline.saturating_duration_since(tokio::time::Instant::now());
+                let next = match tokio::time::timeout(st.idle.min(left), st.events.next()).await {
+                    Err(_) if left <= st.idle => {
+                        Err(CallError::TooLarge(format!("the stream ran longer than {:?}", st.limits.duration)))
+                    }
                     Err(_) => Err(CallError::Timeout(st.idle)),
                     Ok(None) => Err(CallError::Truncated("the stream ended without its end marker".into())),
-                    Ok(Some(Err(e))) => Err(CallError::Truncated(e)),
+                    Ok(Some(Err(e))) => match st.hit.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        Some(why) => Err(CallError::TooLarge(why)),
+                        None => Err(CallError::Truncated(e)),
+                    },
                     Ok(Some(Ok(ev))) => Ok(ev),
                 };
                 let ev = match next {

@@ -508,13 +508,36 @@ struct StreamTally {
     failovers: Vec<(String, &'static str)>,
     chat: ChatRequest,
     usage: Option<Usage>,
+    /// The answer's text not yet counted (at most [`TALLY_BLOCK`] bytes): it is counted in
+    /// blocks as it passes, so memory stays bounded and little is left to count at the end.
     text: String,
+    /// Tokens of the text already counted.
+    counted: u64,
     outcome: Option<&'static str>,
+}
+
+/// Answer text counted at once while a stream passes (tiktoken on 64 KiB takes a few ms).
+const TALLY_BLOCK: usize = 64 << 10;
+
+impl StreamTally {
+    fn add(&mut self, text: &str) {
+        // Counting is only needed when the provider reports no usage; until its last chunk that
+        // is unknown, so the text is kept, but never more than one block of it.
+        self.text.push_str(text);
+        if self.text.len() >= TALLY_BLOCK {
+            self.counted += self.app.tokens.count(&self.text);
+            self.text.clear();
+        }
+    }
 }
 
 impl Drop for StreamTally {
     fn drop(&mut self) {
-        let usage = self.usage.unwrap_or_else(|| count_text(&self.app, &self.chat, &self.text));
+        // At most one block is left to count, whether the stream ended or the client left.
+        let usage = self.usage.unwrap_or_else(|| {
+            let u = count_text(&self.app, &self.chat, &self.text);
+            Usage { output_tokens: u.output_tokens + self.counted, ..u }
+        });
         let outcome = self.outcome.unwrap_or("client_closed");
         Finish { app: &self.app, plan: &self.plan, model: &self.model, failovers: &self.failovers }.record(
             outcome,
@@ -540,7 +563,7 @@ fn stream_response(
     app.metrics.decisions.get_or_create(&Served { model: model.clone(), routed: routed_label(&plan) }).inc();
     let headers = decision_headers(&plan, &model, &failovers);
     let include_usage = chat.include_usage();
-    let tally = StreamTally { app, plan, model, failovers, chat, usage: None, text: String::new(), outcome: None };
+    let tally = StreamTally { app, plan, model, failovers, chat, usage: None, text: String::new(), counted: 0, outcome: None };
     let chunks = futures_util::stream::once(async move { Ok(first) }).chain(rest);
     struct St {
         chunks: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Value, CallError>> + Send>>,
@@ -574,8 +597,10 @@ fn stream_response(
                     if let Some(u) = Usage::of(&chunk) {
                         st.tally.usage = Some(u);
                     }
-                    if let Some(t) = chunk["choices"][0]["delta"]["content"].as_str() {
-                        st.tally.text.push_str(t);
+                    if st.tally.usage.is_none() {
+                        if let Some(t) = chunk["choices"][0]["delta"]["content"].as_str() {
+                            st.tally.add(t);
+                        }
                     }
                     let usage_only = chunk["choices"].as_array().is_some_and(Vec::is_empty);
                     if usage_only && !st.include_usage {

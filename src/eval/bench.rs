@@ -100,9 +100,10 @@ impl RouterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
-    /// [`Objective::QualityBar`], swept from 0 to 1.
+    /// [`Objective::QualityBar`](crate::policy::Objective::QualityBar), swept from 0 to 1.
     QualityBar,
-    /// [`Objective::UsdPerQuality`], swept over a log scale around the prompts' typical cost.
+    /// [`Objective::UsdPerQuality`](crate::policy::Objective::UsdPerQuality), swept over a log scale around the
+    /// prompts' typical cost.
     UsdPerQuality,
 }
 
