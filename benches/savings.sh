@@ -44,9 +44,9 @@ run() {
 run routellm-gsm8k --prices exemplars/benchmarks/prices-routellm.toml
 # MT-Bench keeps no answers, so their length is an assumption the report states.
 run routellm-mtbench --prices exemplars/benchmarks/prices-routellm.toml --assume-output-tokens 500
-run zeroeval-gsm --prices exemplars/benchmarks/prices-2024.toml
-run zeroeval-crux --prices exemplars/benchmarks/prices-2024.toml
-run alpacaeval --prices exemplars/benchmarks/prices-2024.toml
-run llmeval2-zh --prices exemplars/benchmarks/prices-zh-2023.toml
-run halluqa-zh --prices exemplars/benchmarks/prices-zh-2023.toml
+run zeroeval-gsm --prices "$data/prices-2024.toml"
+run zeroeval-crux --prices "$data/prices-2024.toml"
+run alpacaeval --prices "$data/prices-2024.toml"
+run llmeval2-zh --prices "$data/prices-zh-2023.toml"
+run halluqa-zh --prices "$data/prices-zh-2023.toml"
 python3 benches/savings_table.py "$out"

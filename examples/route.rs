@@ -185,7 +185,8 @@ fn main() -> ExitCode {
 fn explain(d: &RouteDecision) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "→ {} ({}, {} tier){}", d.model, d.provider, d.tier, if d.fallback { "  [fallback]" } else { "" });
+    let tier = d.tier.map_or("no".to_string(), |t| t.to_string());
+    let _ = writeln!(s, "→ {} ({}, {tier} tier){}", d.model, d.provider, if d.fallback { "  [fallback]" } else { "" });
     let _ = writeln!(s, "  why: {}", d.reason);
     let _ = writeln!(s, "  quality predicted by: {}", d.quality_from);
     let _ = writeln!(
@@ -231,7 +232,7 @@ fn explain(d: &RouteDecision) -> String {
         let _ = writeln!(
             s,
             "    {:<24} {:<7} {:>8} {:>8} {:>12.6}  {}",
-            c.model, c.tier.to_string(), q, c.predicted_output_tokens, c.expected_cost_usd, mark
+            c.model, c.tier.map_or("-".to_string(), |t| t.to_string()), q, c.predicted_output_tokens, c.expected_cost_usd, mark
         );
     }
     s.push('\n');

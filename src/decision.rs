@@ -22,8 +22,8 @@ pub struct RouteDecision {
     pub model: String,
     /// Its provider.
     pub provider: String,
-    /// Its tier.
-    pub tier: Tier,
+    /// Its tier (`None` when the price table gives none).
+    pub tier: Option<Tier>,
     /// Expected USD for this prompt on the chosen model.
     pub expected_cost_usd: f64,
     /// Predicted quality in `[0, 1]` of the chosen model on this prompt.
@@ -87,8 +87,8 @@ pub struct Candidate {
     pub model: String,
     /// Provider.
     pub provider: String,
-    /// Tier.
-    pub tier: Tier,
+    /// Tier (`None` when the price table gives none).
+    pub tier: Option<Tier>,
     /// Predicted quality, or `None` when no neighbour says anything about this model.
     pub predicted_quality: Option<f64>,
     /// Predicted answer length in tokens.

@@ -332,14 +332,25 @@ impl ExemplarSet {
         Ok(ExemplarSet { items: Arc::new(items), origins: Arc::new(origins) })
     }
 
-    /// Checks that every measured result names a model the price table lists.
+    /// Checks that every measured result names a model the price table lists, and that every
+    /// priced model has a tier when a hand label needs one.
     pub fn check_models(&self, prices: &PriceTable) -> Result<()> {
         self.check_models_from(0, prices)
     }
 
     /// [`check_models`](ExemplarSet::check_models) for the exemplars from position `start` on.
     pub(crate) fn check_models_from(&self, start: usize, prices: &PriceTable) -> Result<()> {
+        let untiered = prices.iter().find(|(_, p)| p.tier.is_none()).map(|(m, _)| m);
         for (ex, at) in self.items.iter().zip(self.origins.iter()).skip(start) {
+            if let (Grade::Labelled(_), Some(model)) = (&ex.grade, untiered) {
+                return Err(Error::Exemplar {
+                    at: (**at).clone(),
+                    field: Some("label.tier".into()),
+                    message: format!(
+                        "a hand label names a tier, but the price table gives model `{model}` none: give every priced model a `tier`, or grade this exemplar by measurement"
+                    ),
+                });
+            }
             if let Grade::Measured { results } = &ex.grade {
                 if let Some(model) = results.keys().find(|m| prices.get(m).is_none()) {
                     return Err(Error::Exemplar {

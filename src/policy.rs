@@ -258,7 +258,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
             Some(i) => (i, format!("fallback to the safe model {}: {why}", input.fallback_model)),
             None => {
                 // The fallback itself is excluded: take the highest tier allowed, cheapest within it.
-                let i = best_by(&candidates, |c| (c.tier as u8) as f64).expect("some candidate is eligible");
+                let i = best_by(&candidates, |c| c.tier.map_or(-1.0, |t| f64::from(t as u8))).expect("some candidate is eligible");
                 (i, format!("fallback: {why}; the safe model {} is excluded, so the strongest allowed tier", input.fallback_model))
             }
         };

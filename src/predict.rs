@@ -308,7 +308,10 @@ fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> impl Iterator<Item 
         results.iter().filter(|(m, _)| prices.get(m).is_some()).map(|(m, r)| (m.as_str(), r.quality, r.output_tokens as f64, r.cost_usd))
     });
     let labelled = labelled.into_iter().flat_map(move |label| {
-        prices.iter().map(move |(m, p)| (m, if p.tier >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64, None))
+        prices.iter().filter_map(move |(m, p)| {
+            // A model without a tier is not spoken for by a label (the set is checked at build).
+            p.tier.map(|t| (m, if t >= label.tier { 1.0 } else { 0.0 }, label.output_tokens as f64, None))
+        })
     });
     measured.chain(labelled)
 }

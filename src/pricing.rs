@@ -20,7 +20,7 @@
 //! as_of = "2025-09-29"
 //! "#, "prices.toml")?;
 //! let price = table.get("deepseek-chat").unwrap();
-//! assert_eq!(price.tier, Tier::Cheap);
+//! assert_eq!(price.tier, Some(Tier::Cheap));
 //! // 1,000 input tokens and 500 output tokens:
 //! assert!((price.cost_usd(1_000, 500) - 0.00049).abs() < 1e-12);
 //! # Ok::<(), semroute::Error>(())
@@ -76,8 +76,10 @@ pub struct ModelPrice {
     /// no context-fit check applies to the model).
     #[serde(default)]
     pub context_window: Option<u64>,
-    /// Capability tier.
-    pub tier: Tier,
+    /// Capability tier, when known. Only hand-labelled exemplars need it (a label names the
+    /// weakest tier that answers well); measured exemplars and benchmarks do without.
+    #[serde(default)]
+    pub tier: Option<Tier>,
     /// The provider's legal home (ISO code such as `US`, `CN`, `FR`), for data-residency rules.
     #[serde(default)]
     pub jurisdiction: Option<String>,

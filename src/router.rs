@@ -961,9 +961,13 @@ fn prior_of(exemplars: &ExemplarSet, prices: &PriceTable, strength: f64) -> Prio
     }
 }
 
-/// The cheapest model (by output price) of the table's highest tier.
+/// The cheapest model (by output price) of the table's highest tier; without any tier, the model
+/// with the highest output price.
 fn default_fallback(prices: &PriceTable) -> String {
     let top = prices.iter().map(|(_, p)| p.tier).max().expect("a PriceTable is never empty");
+    if top.is_none() {
+        return prices.strongest().to_string();
+    }
     prices
         .iter()
         .filter(|(_, p)| p.tier == top)

@@ -122,6 +122,16 @@ fn bad_price_tables_name_line_model_and_field() {
     let zero = price("z", &BODY.replace("context_window = 1000", "context_window = 0"));
     assert!(PriceTable::from_toml_str(&zero, "p.toml").unwrap_err().to_string().contains("context_window"));
 
+    // A tier is optional; only hand labels need one for every model.
+    let untiered = price("n", &BODY.replace("tier = \"cheap\"\n", ""));
+    let table = PriceTable::from_toml_str(&untiered, "prices.toml").unwrap();
+    assert_eq!(table.get("n").unwrap().tier, None);
+    let labelled = ExemplarSet::from_jsonl_str(GOOD, "x.jsonl").unwrap();
+    let msg = labelled.check_models(&table).unwrap_err().to_string();
+    assert!(msg.contains("x.jsonl:1") && msg.contains("label.tier") && msg.contains("`n`"), "{msg}");
+    let measured = r#"{"id":"m","prompt":"p","category":"c","language":"en","results":{"n":{"quality":1,"output_tokens":3}}}"#;
+    ExemplarSet::from_jsonl_str(measured, "m.jsonl").unwrap().check_models(&table).unwrap();
+
     let tier = price("t", &BODY.replace("\"cheap\"", "\"premium\""));
     let msg = PriceTable::from_toml_str(&tier, "prices.toml").unwrap_err().to_string();
     assert!(msg.contains("premium"), "{msg}");

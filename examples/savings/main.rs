@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example savings -- --dataset ../shared/data/zeroeval-crux.jsonl \
-//!     --prices exemplars/benchmarks/prices-2024.toml [--seed 42] [--seeds 5] [--json] [--plot out.png]
+//!     --prices ../shared/data/prices-2024.toml [--seed 42] [--seeds 5] [--json] [--plot out.png]
 //! ```
 //! Argument parsing and printing only: the split, the cross-fitting, the router and the metrics
 //! are the library's.

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Writes a price table in semroute's format from one of ../shared/data's (default prices-2024.toml;
-prices-zh-2023.toml is converted the same way into prices-zh-2023.toml).
+"""Writes a price table in semroute's format from one of ../shared/data's (default prices-2024.toml),
+adding a tier by a stated price rule. semroute no longer needs a tier for measured data (the
+benchmark reads the shared tables directly); this copy remains for the test fixture
+tests/fixtures/routing/prices-crux-small.toml and the price-table test.
 
     python3 exemplars/benchmarks/convert_prices.py [SOURCE] [OUT]
 

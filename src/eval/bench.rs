@@ -459,7 +459,7 @@ impl CalibrationAcc {
 /// use semroute::{FastEmbedder, PriceTable};
 ///
 /// let data = Dataset::load("../shared/data/zeroeval-crux.jsonl")?;
-/// let prices = PriceTable::from_file("exemplars/benchmarks/prices-2024.toml")?;
+/// let prices = PriceTable::from_file("../shared/data/prices-2024.toml")?;
 /// let report = run(&data, &prices, Arc::new(FastEmbedder::load_default()?), &BenchSettings::default())?;
 /// for t in &report.targets {
 ///     println!("keep {:.0}%: kept {:.1}% for ${:.2} (reference ${:.2})", 100.0 * t.target, 100.0 * t.kept, t.cost_usd, t.reference_cost_usd);
