@@ -24,6 +24,8 @@ use serde_json::{json, Value};
 /// Close to a built-in formatting exemplar, so it is routed, not sent to the fallback model.
 const PROMPT: &str = r#"Reformat this JSON so it is indented: {"id": 7, "tags": ["a", "b"]}"#;
 const CLIENT_KEY: &str = "client-key-for-tests-abcdef123456";
+/// A second client of the same server.
+const OTHER_KEY: &str = "client-key-of-another-client-7890";
 
 /// A running `serve`; killed on drop.
 struct Serve {
@@ -67,6 +69,13 @@ impl Serve {
 /// Starts `serve` with one endpoint per `(price-table name, protocol, provider model id)` on the
 /// fake, and waits for its "listening on" line.
 fn serve(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str]) -> Serve {
+    serve_with(fake, models, extra, true)
+}
+
+/// [`serve`], in its own temporary folder (its working directory), with a learning log there
+/// unless `learn_log` is false or `extra` names one; with both client keys unless `extra` has
+/// `--no-auth` or its own `--client-keys`.
+fn serve_with(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str], learn_log: bool) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let mut providers = String::new();
     for (name, protocol, id) in models {
@@ -77,18 +86,20 @@ fn serve(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str]) -> Serve
     }
     std::fs::write(dir.path().join("providers.toml"), providers).unwrap();
     std::fs::write(dir.path().join("prices.toml"), PRICES).unwrap();
-    std::fs::write(dir.path().join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n")).unwrap();
+    std::fs::write(dir.path().join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n{OTHER_KEY}\n")).unwrap();
     let mut cmd = Command::new(common::example_bin("serve"));
-    if !extra.contains(&"--learn-log") {
+    if learn_log && !extra.contains(&"--learn-log") {
         cmd.arg("--learn-log").arg(dir.path().join("learned.jsonl"));
     }
+    if !extra.contains(&"--no-auth") && !extra.contains(&"--client-keys") {
+        cmd.arg("--client-keys").arg(dir.path().join("client-keys"));
+    }
     let mut child = cmd
+        .current_dir(dir.path())
         .arg("--providers")
         .arg(dir.path().join("providers.toml"))
         .arg("--prices")
         .arg(dir.path().join("prices.toml"))
-        .arg("--client-keys")
-        .arg(dir.path().join("client-keys"))
         .arg("--usage-log")
         .arg(dir.path().join("usage.jsonl"))
         .args(["--listen", "127.0.0.1:0"])
@@ -249,7 +260,7 @@ async fn openai_client_whole_and_streamed_on_both_protocols() {
     assert!((strong["cost_usd"].as_f64().unwrap() - (20.0 * 3.0 + f64::from(words) * 15.0) / 1e6).abs() < 1e-12);
 
     // Metrics: requests, decisions per model, spend against always-strongest.
-    let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = http().get(s.url("/metrics")).bearer_auth(CLIENT_KEY).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("semroute_requests_total{outcome=\"ok\"} 6"), "{m}");
     assert!(m.contains("semroute_decisions_total{model=\"fake-cheap\",routed=\"true\"} 4"), "{m}");
     assert!(m.contains("semroute_request_duration_seconds_bucket"), "{m}");
@@ -290,7 +301,7 @@ async fn failover_before_the_first_byte() {
         let fb = s.usage_n(2).await;
         assert_eq!(fb.len(), 2);
         assert!(fb.iter().all(|r| r["failovers"][0]["model"] == "fake-cheap" && r["model"] == "fake-mid"));
-        let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let m = http().get(s.url("/metrics")).bearer_auth(CLIENT_KEY).send().await.unwrap().text().await.unwrap();
         assert!(m.contains(&format!("semroute_upstream_failures_total{{model=\"fake-cheap\",kind=\"{kind}\"}} 2")), "{m}");
         assert!(m.contains("semroute_failovers_total 2"), "{m}");
     }
@@ -391,7 +402,7 @@ async fn bad_requests_get_clear_errors() {
     assert!(s.stderr.lock().unwrap().contains("capital of France"));
     let fb = s.usage_n(1).await;
     assert_eq!(fb[0]["prompt"], "What is the capital of France?");
-    let m = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = http().get(s.url("/metrics")).bearer_auth(CLIENT_KEY).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("semroute_requests_total{outcome=\"unauthorized\"} 2"), "{m}");
 }
 
@@ -569,4 +580,207 @@ async fn tool_calls_round_trip_through_an_anthropic_model() {
     assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "Oslo"}), "{text}");
     assert!(chunks.iter().any(|c| c["choices"][0]["delta"]["tool_calls"][0]["id"] == "toolu_fake"));
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+}
+
+/// Waits up to `limit` for `child` to exit; how long it took, or `None` if it still runs.
+fn exited_within(child: &mut Child, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Reads from `conn` until the server closes it (EOF or reset); the time that took, or `None`
+/// when it was still open after `limit`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), conn.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {} // a 408 or similar before the close is fine
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_half_a_header_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &["--header-timeout-secs", "1"]);
+    let mut conn = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let took = closed_within(&mut conn, Duration::from_secs(6)).await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(4)), "a half-sent header held the connection: {took:?}");
+    // Whole requests are still served.
+    let ok = json!({"model": "fake-cheap", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post(&s, Some(CLIENT_KEY), ok.to_string()).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_finish_but_stops_within_the_shutdown_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeLlm::start().await;
+
+    // A request in flight at SIGTERM (a stream of ~3 s) is answered whole, then the server exits.
+    let mut s = serve(&fake, &[("fake-cheap", "openai", "cheap-drip")], &["--shutdown-secs", "10"]);
+    let body = json!({"model": "fake-cheap", "stream": true, "messages": [{"role": "user", "content": "one two three four five six"}]});
+    let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    sigterm(&s.child);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "the request in flight was cut: {text}");
+    assert!(exited_within(&mut s.child, Duration::from_secs(5)).is_some(), "serve still runs after its last request ended");
+    let usage = s.usage();
+    assert!(usage.len() == 1 && usage[0]["outcome"] == "ok", "the usage log was not drained before the exit: {usage:?}");
+
+    // A request whose body never comes does not keep the server up past --shutdown-secs.
+    let mut s = serve(&fake, ALL_OK, &["--shutdown-secs", "1"]);
+    let mut conn = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\""
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&s.child);
+    let took = exited_within(&mut s.child, Duration::from_secs(10));
+    assert!(took.is_some_and(|t| t < Duration::from_secs(4)), "serve did not exit within its shutdown deadline: {took:?}");
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(!log.contains(CLIENT_KEY), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_unguessable_and_feedback_is_bound_to_the_client_that_asked() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &[]);
+    let ask = json!({"model": "auto", "messages": [{"role": "user", "content": PROMPT}]});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, h, _) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+        assert_eq!(status, 200);
+        ids.push(header(&h, "x-request-id").to_string());
+    }
+    for id in &ids {
+        let hex = id.strip_prefix("sr-").unwrap_or_else(|| panic!("{id}"));
+        assert!(hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()), "not 128 random bits: {id}");
+    }
+    assert_ne!(ids[0], ids[1]);
+    let fb = |key: &'static str, body: Value| {
+        let url = s.url("/v1/feedback");
+        async move {
+            let resp = http().post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    // Another client's key: answered as if the id were unknown, so nothing says it exists.
+    let (status, other) = fb(OTHER_KEY, json!({"request_id": ids[0], "good": false})).await;
+    assert_eq!((status, other["error"]["code"].as_str()), (404, Some("unknown_request")), "{other}");
+    let unknown_id = format!("sr-{}", "0".repeat(32));
+    let (_, unknown) = fb(OTHER_KEY, json!({"request_id": unknown_id, "good": false})).await;
+    assert_eq!(
+        other["error"]["message"].as_str().unwrap().replace(&ids[0], "ID"),
+        unknown["error"]["message"].as_str().unwrap().replace(&unknown_id, "ID")
+    );
+    // The client that asked can.
+    let (status, v) = fb(CLIENT_KEY, json!({"request_id": ids[0], "good": false})).await;
+    assert_eq!(status, 200, "{v}");
+
+    // Without client keys there is nothing to bind to: any caller may give feedback.
+    let open = serve(&fake, ALL_OK, &["--no-auth"]);
+    let (status, h, _) = post(&open, None, ask.to_string()).await;
+    assert_eq!(status, 200);
+    let resp =
+        http().post(open.url("/v1/feedback")).json(&json!({"request_id": header(&h, "x-request-id"), "good": true})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_text_reaches_disk_only_with_a_learning_log_that_was_asked_for() {
+    let fake = FakeLlm::start().await;
+    // No --learn-log: feedback is learned in memory, and no file holds the prompt.
+    let s = serve_with(&fake, ALL_OK, &[], false);
+    let ask = json!({"model": "auto", "messages": [{"role": "user", "content": PROMPT}]});
+    let (status, h, _) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!(status, 200);
+    let resp = http()
+        .post(s.url("/v1/feedback"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&json!({"request_id": header(&h, "x-request-id"), "good": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    s.usage_n(1).await;
+    for entry in std::fs::read_dir(s.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(!text.contains("Reformat this JSON"), "{} holds prompt text without --learn-log or --log-prompts", path.display());
+    }
+    assert!(s.stderr.lock().unwrap().contains("in memory only"), "{}", s.stderr.lock().unwrap());
+
+    // With --learn-log the start-up log says plainly that prompts are kept there.
+    let s = serve(&fake, ALL_OK, &[]);
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(log.contains("learned.jsonl") && log.contains("prompt text"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_client_key_unless_made_public() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &[]);
+    let status = |s: &Serve, key: Option<&'static str>| {
+        let mut req = http().get(s.url("/metrics"));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let resp = status(&s, None).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "invalid_api_key");
+    assert_eq!(status(&s, Some("client-key-that-is-wrong-00000")).await.status(), 401);
+    assert_eq!(status(&s, Some(CLIENT_KEY)).await.status(), 200);
+    let public = serve(&fake, ALL_OK, &["--public-metrics"]);
+    assert_eq!(status(&public, None).await.status(), 200);
+    let open = serve(&fake, ALL_OK, &["--no-auth"]);
+    assert_eq!(status(&open, None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_feedback_is_413_and_the_bearer_scheme_is_case_insensitive() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &["--max-body-bytes", "65536"]);
+    let big = json!({"request_id": "x".repeat(70_000), "good": true});
+    let resp = http().post(s.url("/v1/feedback")).bearer_auth(CLIENT_KEY).json(&big).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+
+    let ok = json!({"model": "fake-cheap", "messages": [{"role": "user", "content": "hi"}]});
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let resp = http().get(s.url("/v1/models")).header("authorization", format!("{scheme} {CLIENT_KEY}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{scheme}");
+        let resp = http()
+            .post(s.url("/v1/chat/completions"))
+            .header("authorization", format!("{scheme} {CLIENT_KEY}"))
+            .json(&ok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{scheme}");
+    }
+    let resp = http().get(s.url("/v1/models")).header("authorization", format!("Basic {CLIENT_KEY}")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
 }

@@ -14,15 +14,20 @@
 //!   that asked for `stream_options.include_usage`).
 //! - If the chosen provider times out, rate-limits or fails (5xx, connection) before the first
 //!   byte, the request goes to the next cheapest model that clears the bar.
-//! - `GET /v1/models` lists `auto` and the models served; `GET /metrics` is Prometheus text.
-//! - Clients send `Authorization: Bearer <key>` (or `x-api-key`) with a key of the
-//!   `--client-keys` file (one per line), compared in constant time. Provider keys stay in the
-//!   server's environment (the variables the providers file names) and are never logged;
-//!   prompts are logged only with `--log-prompts`.
+//! - `GET /v1/models` lists `auto` and the models served; `GET /metrics` is Prometheus text
+//!   (it needs a client key too, unless `--public-metrics`).
+//! - Clients send `Authorization: Bearer <key>` (the scheme in any case, or `x-api-key`) with a
+//!   key of the `--client-keys` file (one per line), compared in constant time. Provider keys
+//!   stay in the server's environment (the variables the providers file names) and are never
+//!   logged; prompts are logged only with `--log-prompts`.
 //! - Every answer's real tokens and cost are appended to the usage log (`--usage-log`, JSONL).
 //! - `POST /v1/feedback {"request_id": ..., "quality": 0..1}` teaches the router how well the
-//!   model that answered did (synced to `--learn-log` before the reply, replayed at start);
+//!   model that answered did. Request ids are 128 random bits, and only the client key that made
+//!   a request can give feedback on it. Learned in memory, and with `--learn-log` synced there
+//!   before the reply and replayed at start (that log keeps the prompt text: replay embeds it).
 //!   `POST /admin/reload` or SIGHUP re-reads exemplars and prices without dropping a request.
+//! - A request head must arrive within `--header-timeout-secs`; on SIGTERM or SIGINT the server
+//!   stops accepting, and exits when its requests are done or `--shutdown-secs` have passed.
 
 mod metrics;
 
@@ -30,9 +35,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -51,7 +55,7 @@ use semroute::{Constraints, Error, ExemplarSet, PriceTable, RouteDecision, Route
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(about = "OpenAI-compatible server that routes each request to the cheapest good-enough model")]
@@ -86,19 +90,31 @@ struct Args {
     /// Log prompt text (off by default) and put it in the usage log.
     #[arg(long)]
     log_prompts: bool,
+    /// Serve `/metrics` without a client key (by default it needs one, like every endpoint).
+    #[arg(long)]
+    public_metrics: bool,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
     /// The router's durable learning log (JSONL): feedback posted to `/v1/feedback` is synced
-    /// here before it is acknowledged, and replayed at start.
-    #[arg(long, default_value = "semroute-learned.jsonl")]
-    learn_log: PathBuf,
+    /// here before it is acknowledged, and replayed at start. It keeps the prompt text (the last
+    /// user message) of each request given feedback, since replay embeds it again. Without it,
+    /// feedback is learned in memory only and lost at restart.
+    #[arg(long, value_name = "FILE")]
+    learn_log: Option<PathBuf>,
     /// Answered requests remembered (in memory only) so feedback can name them by request id.
     #[arg(long, default_value_t = 10_000)]
     remember: usize,
     /// Attempts per model for 429 / 5xx before failing over to the next model.
     #[arg(long, default_value_t = 1)]
     max_attempts: u32,
+    /// Seconds a client has to send a request's head (line and headers); a connection that
+    /// sends less is closed. Also how long an idle kept-alive connection stays open.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    header_timeout_secs: f64,
+    /// On SIGTERM or SIGINT: seconds requests in flight get to finish before the server exits anyway.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    shutdown_secs: f64,
 }
 
 struct App {
@@ -112,10 +128,10 @@ struct App {
     /// SHA-256 of each client key (compared in constant time; hashing fixes the length).
     client_keys: Vec<[u8; 32]>,
     auth: bool,
+    public_metrics: bool,
     metrics: Metrics,
     usage_log: std::sync::mpsc::Sender<Value>,
     log_prompts: bool,
-    next_id: AtomicU64,
     tokens: TokenCounter,
     /// Recent answers by request id: what feedback on them teaches (prompts stay in memory).
     recent: std::sync::Mutex<lru::LruCache<String, Answered>>,
@@ -124,9 +140,15 @@ struct App {
     prices_path: Option<PathBuf>,
 }
 
+/// Who made a request: the SHA-256 digest of its client key (the key itself is never kept);
+/// `None` with `--no-auth`.
+type Caller = Option<[u8; 32]>;
+
 /// One answered request, kept so that feedback on it can be learned.
 #[derive(Clone)]
 struct Answered {
+    /// Only this client may give feedback on it.
+    caller: Caller,
     prompt: String,
     model: String,
     output_tokens: u64,
@@ -139,29 +161,52 @@ fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>)
     (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
+/// The error for a request body that could not be read: 413 past `--max-body-bytes`.
+fn body_rejected(rej: &BytesRejection) -> Response {
+    let status = rej.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "bad_body" };
+    error(status, "invalid_request_error", code, rej.body_text())
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A request id no client can guess: 128 bits from the operating system's CSPRNG.
+fn new_request_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("sr-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// The client key a request carries: `Authorization: <scheme> <key>` with the scheme `Bearer` in
+/// any case (RFC 7235), else `x-api-key`.
+fn given_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, key) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(key)
+    });
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
 impl App {
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    /// Who sent a request, if it may be served: `Some(None)` with `--no-auth`, `None` without a
+    /// valid client key.
+    fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
         if !self.auth {
-            return true;
+            return Some(None);
         }
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .map(str::trim);
-        let Some(given) = given else { return false };
-        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(given_key(headers)?.as_bytes()).into();
         // Every key is compared, whatever matched, so the time says nothing about which.
         let mut ok = subtle::Choice::from(0);
         for k in &self.client_keys {
             ok |= k.ct_eq(&digest);
         }
-        bool::from(ok)
+        bool::from(ok).then_some(Some(digest))
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        self.caller(headers).is_some()
     }
 
     fn cost(&self, model: &str, usage: Usage) -> f64 {
@@ -177,6 +222,8 @@ impl App {
 #[derive(Clone)]
 struct Plan {
     request_id: String,
+    /// Who asked (the only client whose feedback on this answer counts).
+    caller: Caller,
     decision: Option<Arc<RouteDecision>>,
     quality_bar: Option<f64>,
     /// Models to try, in order.
@@ -244,8 +291,13 @@ impl Finish<'_> {
         // The writer thread only stops at shutdown; a record sent after that is lost on purpose.
         let _ = app.usage_log.send(rec);
         if let (Some(text), "ok") = (&self.plan.text, outcome) {
-            let answered =
-                Answered { prompt: text.clone(), model: self.model.to_string(), output_tokens: usage.output_tokens, cost_usd: cost };
+            let answered = Answered {
+                caller: self.plan.caller,
+                prompt: text.clone(),
+                model: self.model.to_string(),
+                output_tokens: usage.output_tokens,
+                cost_usd: cost,
+            };
             app.recent.lock().unwrap_or_else(|p| p.into_inner()).put(self.plan.request_id.clone(), answered);
         }
         info!(
@@ -315,7 +367,7 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
         app.metrics.requests.get_or_create(&Outcome { outcome: "client_error" }).inc();
         error(status, "invalid_request_error", code, msg)
     };
-    if !app.authorized(&headers) {
+    let Some(caller) = app.caller(&headers) else {
         app.metrics.requests.get_or_create(&Outcome { outcome: "unauthorized" }).inc();
         return error(
             StatusCode::UNAUTHORIZED,
@@ -323,13 +375,12 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
             "invalid_api_key",
             "missing or invalid client key (send `Authorization: Bearer <key>`)",
         );
-    }
+    };
     let bytes = match body {
         Ok(b) => b,
         Err(rej) => {
-            let status = rej.status();
-            let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "request_too_large" } else { "bad_body" };
-            return client_error(status, code, rej.body_text());
+            app.metrics.requests.get_or_create(&Outcome { outcome: "client_error" }).inc();
+            return body_rejected(&rej);
         }
     };
     let json: Value = match serde_json::from_slice(&bytes) {
@@ -343,13 +394,20 @@ async fn chat_completions(State(app): State<Arc<App>>, headers: HeaderMap, body:
     let Some(asked) = chat.model().map(str::to_string) else {
         return client_error(StatusCode::BAD_REQUEST, "missing_model", "field `model` is missing (use \"auto\" to route)".into());
     };
-    let request_id = format!("sr-{:x}-{}", now() as u64, app.next_id.fetch_add(1, Ordering::Relaxed));
+    let request_id = match new_request_id() {
+        Ok(id) => id,
+        Err(e) => {
+            app.metrics.requests.get_or_create(&Outcome { outcome: "server_error" }).inc();
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "no_randomness", format!("cannot make a request id: {e}"));
+        }
+    };
     let prompt = if app.log_prompts { chat.last_user_text() } else { None };
     if let Some(p) = &prompt {
         info!(request_id = %request_id, prompt = %p, "prompt");
     }
     let text = chat.last_user_text();
-    let mut plan = Plan { request_id, decision: None, quality_bar: None, order: Vec::new(), prompt, text, started, stream: chat.stream() };
+    let mut plan =
+        Plan { request_id, caller, decision: None, quality_bar: None, order: Vec::new(), prompt, text, started, stream: chat.stream() };
 
     if asked == "auto" || asked.starts_with("auto:") {
         let bar = match asked.strip_prefix("auto:").map(str::parse::<f64>) {
@@ -634,11 +692,15 @@ fn stream_response(
 /// `POST /v1/feedback` `{"request_id": "...", "quality": 0.0..1.0}` (or `"good": true|false`):
 /// the router learns how well the model that answered did there.
 async fn feedback(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    if !app.authorized(&headers) {
+    let Some(caller) = app.caller(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key");
-    }
+    };
     let bad = |code: &str, msg: String| error(StatusCode::BAD_REQUEST, "invalid_request_error", code, msg);
-    let v: Value = match body.map_err(|e| e.body_text()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(rej) => return body_rejected(&rej),
+    };
+    let v: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => return bad("invalid_json", format!("the body is not valid JSON: {e}")),
     };
@@ -653,7 +715,9 @@ async fn feedback(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<
         (None, Some(Value::Bool(g))) => f64::from(u8::from(*g)),
         _ => return bad("invalid_request", "give exactly one of `quality` (0..1) and `good` (true/false)".into()),
     };
-    let Some(answered) = app.recent.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned() else {
+    // Another client's request is answered as if it were unknown: nothing says it exists.
+    let remembered = app.recent.lock().unwrap_or_else(|p| p.into_inner()).peek(id).filter(|a| a.caller == caller).cloned();
+    let Some(answered) = remembered else {
         return error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -747,7 +811,10 @@ async fn list_models(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !app.public_metrics && !app.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", "missing or invalid client key");
+    }
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render()).into_response()
 }
 
@@ -814,10 +881,18 @@ fn build_router(args: &Args) -> Result<Router, Error> {
     if let Some(x) = args.quality_bar {
         b = b.quality_bar(x);
     }
-    b.feedback_log(&args.learn_log).build()
+    if let Some(log) = &args.learn_log {
+        b = b.feedback_log(log);
+    }
+    b.build()
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let header_timeout = secs("--header-timeout-secs", args.header_timeout_secs)?;
+    if header_timeout.is_zero() {
+        return Err("--header-timeout-secs must be more than 0".into());
+    }
+    let deadline = secs("--shutdown-secs", args.shutdown_secs)?;
     let client_keys = match (&args.client_keys, args.no_auth) {
         (Some(path), _) => read_client_keys(path)?,
         (None, true) => Vec::new(),
@@ -854,8 +929,8 @@ async fn run(args: Args) -> Result<(), String> {
         client_keys,
         metrics: Metrics::new(),
         usage_log,
+        public_metrics: args.public_metrics,
         log_prompts: args.log_prompts,
-        next_id: AtomicU64::new(0),
         tokens: TokenCounter::cl100k().map_err(|e| e.to_string())?,
         recent: std::sync::Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(args.remember.max(1)).expect("at least 1"))),
         exemplars_path: args.exemplars.clone(),
@@ -863,7 +938,7 @@ async fn run(args: Args) -> Result<(), String> {
     });
     // SIGHUP reloads exemplars and prices, like `POST /admin/reload`.
     let hup = app.clone();
-    tokio::spawn(async move {
+    let hup_task = tokio::spawn(async move {
         let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             return;
         };
@@ -889,30 +964,105 @@ async fn run(args: Args) -> Result<(), String> {
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = stop_signal()?;
+    match &args.learn_log {
+        Some(log) => info!(
+            "feedback is learned and synced to {}; that log keeps the prompt text (last user message) of every request given \
+             feedback, because a restart embeds it again to replay what was learned",
+            log.display()
+        ),
+        None => info!("no --learn-log: feedback is learned in memory only (lost at restart), and no prompt text is written for it"),
+    }
     eprintln!(
         "semroute serve: listening on http://{addr} ({} models: {}; client keys: {})",
         served.len(),
         served.join(", "),
         if app.auth { app.client_keys.len().to_string() } else { "none, --no-auth".into() }
     );
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(async {
-            let ctrl_c = tokio::signal::ctrl_c();
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    // Close the channel (the last sender is in `app`) and let the writer drain; every connection
-    // has ended, so nothing else holds the state.
-    if Arc::strong_count(&app) == 1 {
+    let finished = serve_until(listener, routes, header_timeout, stop, deadline).await;
+    hup_task.abort();
+    let _ = hup_task.await;
+    // Close the channel (the last sender is in `app`) and let the writer drain, when every
+    // connection has ended and nothing else holds the state (a connection's task lets go of it
+    // just after the connection ends).
+    for _ in 0..100 {
+        if !finished || Arc::strong_count(&app) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if finished && Arc::strong_count(&app) == 1 {
         drop(app);
         let _ = writer.join();
     }
     Ok(())
+}
+
+/// A flag's seconds as a duration (finite, not negative).
+fn secs(flag: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("{flag}: {s} is not a number of seconds"))
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Serves HTTP/1 connections until `stop`, each given `header_timeout` to send a request head
+/// (and that long idle between requests); then stops accepting and waits at most `deadline` for
+/// the requests in flight. Whether every connection ended in time.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    routes: axum::Router,
+    header_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+    deadline: Duration,
+) -> bool {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(routes.clone())));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                // Slow or broken clients (a header that took too long, a reset): not the server's fault.
+                debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    drop(routes);
+    info!("shutting down: no new connections; waiting up to {deadline:?} for requests in flight");
+    match tokio::time::timeout(deadline, graceful.shutdown()).await {
+        Ok(()) => true,
+        Err(_) => {
+            warn!("requests still in flight after {deadline:?} (--shutdown-secs): exiting anyway");
+            false
+        }
+    }
 }
 
 fn main() {
@@ -922,7 +1072,10 @@ fn main() {
         .init();
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    if let Err(e) = rt.block_on(run(args)) {
+    let result = rt.block_on(run(args));
+    // Connections still open after the shutdown deadline are dropped here, not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if let Err(e) = result {
         eprintln!("serve: {e}");
         std::process::exit(1);
     }
