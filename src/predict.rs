@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 
 pub mod lowrank;
 mod ridge;
+pub mod select;
 
 pub use lowrank::{LowRankModel, LowRankSettings};
 
@@ -69,9 +70,13 @@ use crate::pricing::PriceTable;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Predictor {
-    /// [`Blend`](Predictor::Blend) with [`RidgeSettings::for_embedder`] while the router holds
-    /// from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in
-    /// process; [`Neighbours`](Predictor::Neighbours) otherwise, and with a shared store.
+    /// While the router holds from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to
+    /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the
+    /// predictor that cross-validation on the exemplars finds most accurate ([`select`]: blend,
+    /// neighbours, kernel ridge or low rank, by Brier score; chosen once at build, about 1 s at
+    /// 560 exemplars × 49 models); otherwise (hand labels) [`Blend`](Predictor::Blend) with
+    /// [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
+    /// and with a shared store.
     #[default]
     Auto,
     /// The similarity-weighted mean of the k nearest exemplars' grades ([`predict_from`]).

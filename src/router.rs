@@ -29,7 +29,10 @@ use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
 use crate::policy::{choose, Choice, ChoiceInput, Constraints, Objective};
-use crate::predict::{predict_from, Fitted, Predictions, Predictor, Prior};
+use crate::predict::{
+    predict_from, select, Fitted, LowRankSettings, Predictions, Predictor, Prior, RidgeSettings, KERNEL_RIDGE_MAX_EXEMPLARS,
+    KERNEL_RIDGE_MIN_EXEMPLARS,
+};
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::store::ExemplarStore;
 
@@ -86,6 +89,10 @@ struct State {
     prior: Prior,
     /// The fitted quality model, when the predictor uses one for this many exemplars.
     quality: Option<Arc<Fitted>>,
+    /// The predictor in force: the configured one, or what [`Predictor::Auto`] resolved to.
+    predictor: Predictor,
+    /// What cross-validation chose, when `Auto` ran it (kept across additions: it is not rerun).
+    selected: Option<Predictor>,
     fallback_model: String,
 }
 
@@ -339,9 +346,19 @@ impl Router {
             }
         };
         // The quality model is refitted on everything (40 ms at 427 exemplars).
-        let quality = quality_model(&search, &exemplars, &state.prices, &self.inner.settings, self.inner.embedder.as_ref());
+        let (predictor, selected, quality) =
+            quality_model(&search, &exemplars, &state.prices, &self.inner.settings, state.selected, self.inner.embedder.as_ref());
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
-        Ok(State { exemplars, search, prices: state.prices.clone(), prior, quality, fallback_model: state.fallback_model.clone() })
+        Ok(State {
+            exemplars,
+            search,
+            prices: state.prices.clone(),
+            prior,
+            quality,
+            predictor,
+            selected,
+            fallback_model: state.fallback_model.clone(),
+        })
     }
 
     /// Adds graded exemplars while routing goes on; decisions made after this returns use them.
@@ -426,7 +443,7 @@ impl Router {
         if let Some(model) = &state.quality {
             // Quality from the model fitted on every exemplar (with the neighbours', when
             // blended); answer lengths from the neighbours.
-            s.predictor.apply(model, prompt, vector, &mut predictions);
+            state.predictor.apply(model, prompt, vector, &mut predictions);
         }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         Ok(Assessment { router: self.clone(), state, found, predictions, input_tokens })
@@ -529,7 +546,7 @@ impl Assessment {
             objective,
             fallback: choice.fallback,
             reason: choice.reason.clone(),
-            quality_from: s.predictor.describe(state.quality.is_some()).to_string(),
+            quality_from: state.predictor.describe(state.quality.is_some()).to_string(),
             neighbours,
             strongest_model: strongest.to_string(),
             strongest_cost_usd: strongest_cost,
@@ -876,34 +893,69 @@ fn build_state(
             (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()))
         }
     };
-    let quality = quality_model(&search, &exemplars, &prices, settings, embedder);
+    let (predictor, selected, quality) = quality_model(&search, &exemplars, &prices, settings, None, embedder);
     let prior = prior_of(&exemplars, &prices, settings.prior_strength);
-    Ok(State { exemplars, search, prices: Arc::new(prices), prior, quality, fallback_model })
+    Ok(State { exemplars, search, prices: Arc::new(prices), prior, quality, predictor, selected, fallback_model })
 }
 
-/// The quality model the predictor fits for these exemplars, if any (only over the in-process
-/// index, which holds every exemplar's vector). A fit that fails (too many exemplars for an
-/// explicit kernel predictor, say) leaves the neighbours to predict, with a warning: refusing
-/// would make an exemplar or a piece of feedback, already kept, stop the router from starting.
+/// The predictor in force for these exemplars and the model it fits, if any (only over the
+/// in-process index, which holds every exemplar's vector). With [`Predictor::Auto`] and a set of
+/// measured exemplars only (50 to 2,000), cross-validation on the exemplars chooses among blend,
+/// neighbours, kernel ridge and low rank ([`select`]); once chosen (`selected`), the choice is
+/// kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
+/// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
+/// exemplar or a piece of feedback, already kept, stop the router from starting.
 fn quality_model(
     search: &Search,
     exemplars: &ExemplarSet,
     prices: &PriceTable,
     settings: &Settings,
+    selected: Option<Predictor>,
     embedder: &dyn Embedder,
-) -> Option<Arc<Fitted>> {
+) -> (Predictor, Option<Predictor>, Option<Arc<Fitted>>) {
     let Search::Local(index) = search else {
-        return None;
+        return (settings.predictor, selected, None);
     };
-    if settings.predictor.ridge_for(exemplars.len(), embedder).is_none() && !matches!(settings.predictor, Predictor::LowRank(_)) {
-        return None;
+    let n = exemplars.len();
+    let in_range = (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&n);
+    let mut selected = selected;
+    let predictor = match (settings.predictor, selected) {
+        (Predictor::Auto, Some(p)) => p,
+        (Predictor::Auto, None) if in_range && exemplars.iter().all(|e| matches!(e.grade, Grade::Measured { .. })) => {
+            let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+            let candidates = select::Candidates {
+                k: settings.k,
+                temperature: settings.temperature,
+                prior: prior_of(exemplars, prices, settings.prior_strength),
+                ridge: RidgeSettings::for_embedder(embedder),
+                low_rank: LowRankSettings { l2: 1e-4, ..LowRankSettings::default() },
+            };
+            match select::cross_validate(exemplars, &vectors, prices, &candidates, 5) {
+                Ok(scores) => {
+                    let best = scores.best().0;
+                    tracing::info!("Predictor::Auto chose {} by cross-validation: {:?}", best.describe(true), scores.scores);
+                    selected = Some(best);
+                    best
+                }
+                Err(e) => {
+                    tracing::warn!("Predictor::Auto could not cross-validate, so it blends: {e}");
+                    Predictor::Blend(RidgeSettings::for_embedder(embedder))
+                }
+            }
+        }
+        (Predictor::Auto, None) if in_range => Predictor::Blend(RidgeSettings::for_embedder(embedder)),
+        (Predictor::Auto, None) => Predictor::Neighbours,
+        (explicit, _) => explicit,
+    };
+    if matches!(predictor, Predictor::Neighbours | Predictor::Auto) {
+        return (predictor, selected, None);
     }
     let vectors = index.vectors().map(<[f32]>::to_vec).collect();
-    match settings.predictor.fit(exemplars, vectors, prices, embedder) {
-        Ok(model) => model.map(Arc::new),
+    match predictor.fit(exemplars, vectors, prices, embedder) {
+        Ok(model) => (predictor, selected, model.map(Arc::new)),
         Err(e) => {
             tracing::warn!("the neighbours alone predict quality: {e}");
-            None
+            (predictor, selected, None)
         }
     }
 }

@@ -269,3 +269,40 @@ fn savings_example_prints_one_json_object_per_seed_and_a_plot() {
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "{} bytes", bytes.len());
 }
+
+#[test]
+fn auto_cross_validates_the_predictor_on_measured_exemplars() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::predict::{select, LowRankSettings, Predictor, Prior, RidgeSettings};
+    // 80 measured exemplars of two kinds: the small model is right on the a-prompts only.
+    let lines: Vec<String> = (0..80)
+        .map(|i| {
+            let prompt = if i % 2 == 0 { format!("aaa a {i}") } else { format!("bbb b {i}") };
+            format!(
+                r#"{{"id":"r{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#,
+                u8::from(i % 2 == 0)
+            )
+        })
+        .collect();
+    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "m.jsonl").unwrap();
+    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let router = semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
+    // What the router chose is what cross-validation on its exemplars finds most accurate.
+    let vectors = Letters.embed_batch(&set.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).unwrap();
+    let candidates = select::Candidates {
+        k: 8,
+        temperature: 0.05,
+        prior: Prior::none(),
+        ridge: RidgeSettings::for_embedder(&Letters),
+        low_rank: LowRankSettings { l2: 1e-4, ..LowRankSettings::default() },
+    };
+    let scores = select::cross_validate(&set, &vectors, &prices, &candidates, 5).unwrap();
+    assert_eq!(scores.scores.len(), 4);
+    let d = router.route("aaaa a").unwrap();
+    assert_eq!(d.quality_from, scores.best().0.describe(true), "{:?}", scores.scores);
+    assert_eq!(d.model, "small", "{}", d.reason);
+    assert_eq!(router.route("bbbb b").unwrap().model, "big");
+    // An explicit predictor is not second-guessed; a hand-labelled set keeps the blend.
+    let knn = semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set).prices(prices).predictor(Predictor::Neighbours).no_cache();
+    assert_eq!(knn.build().unwrap().route("aaaa a").unwrap().quality_from, "neighbours");
+}

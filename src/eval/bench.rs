@@ -48,8 +48,8 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     /// The candidates tried by default, for `embedder`: the router exactly as built by default
-    /// (`default`: the blend below, with its fallback to the reference model for unfamiliar
-    /// prompts), then without the fallback (with measured exemplars an unfamiliar prompt's
+    /// (`default`: [`Predictor::Auto`], which cross-validates the predictor on the measured
+    /// exemplars it is given, with its fallback to the reference model for unfamiliar prompts), then without the fallback (with measured exemplars an unfamiliar prompt's
     /// smoothed predictions revert to each model's mean, and the objective decides): each
     /// model's mean alone (neighbours outweighed by the prior: no per-prompt routing, the
     /// candidate that wins where nothing about a prompt predicts its outcome), the nearest
@@ -67,7 +67,7 @@ impl RouterConfig {
             min_similarity: Some(-1.0),
         };
         vec![
-            RouterConfig { min_similarity: None, ..c("default", Predictor::Blend(ridge), 8, 0.05, 0.0) },
+            RouterConfig { min_similarity: None, ..c("default", Predictor::Auto, 8, 0.05, 0.0) },
             c("model-means", Predictor::Neighbours, 8, 0.05, 1e9),
             c("knn-8", Predictor::Neighbours, 8, 0.05, 0.0),
             c("knn-32-smoothed", Predictor::Neighbours, 32, 1.0, 4.0),

@@ -1,0 +1,112 @@
+//! How [`Predictor::Auto`](super::Predictor::Auto) chooses for a set of measured exemplars: by
+//! cross-validation on the exemplars themselves.
+//!
+//! The set is cut into folds; each candidate predictor is fitted on all folds but one and
+//! predicts every model's quality on the exemplars of the remaining fold, which it has not seen.
+//! The candidate whose out-of-fold predictions are closest to the measured qualities (Brier
+//! score: the mean squared difference over every measured exemplar × model pair) wins; on a tie
+//! the earlier of blend, neighbours, kernel ridge, low rank. Nothing but the exemplars is read,
+//! so a benchmark that builds a router on its train split chooses on the train split alone.
+//!
+//! ```
+//! use semroute::predict::select::{cross_validate, Candidates};
+//! # use semroute::exemplar::ExemplarSet;
+//! # use semroute::pricing::PriceTable;
+//! # use semroute::predict::Prior;
+//! // Two kinds of prompt: model "a" is right on the first kind only, "b" on both.
+//! let lines: Vec<String> = (0..60)
+//!     .map(|i| format!(r#"{{"id":"e{i}","prompt":"p{i}","category":"c","language":"en","results":{{"a":{{"quality":{},"output_tokens":5}},"b":{{"quality":1,"output_tokens":5}}}}}}"#, (i % 2 == 0) as u8))
+//!     .collect();
+//! let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl")?;
+//! let vectors: Vec<Vec<f32>> = (0..60).map(|i| if i % 2 == 0 { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect();
+//! let prices = PriceTable::from_toml_str("[models.a]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\nsource = \"s\"\nas_of = \"2025\"\n[models.b]\nprovider = \"p\"\ninput_per_mtok = 2.0\noutput_per_mtok = 2.0\nsource = \"s\"\nas_of = \"2025\"\n", "p.toml")?;
+//! let scores = cross_validate(&set, &vectors, &prices, &Candidates { k: 8, temperature: 0.05, prior: Prior::none(), ridge: Default::default(), low_rank: Default::default() }, 5)?;
+//! assert!(scores.best().1 < 0.05); // the kinds are told apart out of fold
+//! # Ok::<(), semroute::Error>(())
+//! ```
+
+use super::{predict_from, Fitted, LowRankSettings, Predictor, Prior, QualityModel, RidgeSettings};
+use crate::error::{Error, Result};
+use crate::exemplar::{ExemplarSet, Grade};
+use crate::index::{ExactIndex, NeighbourIndex};
+use crate::pricing::PriceTable;
+
+/// What the candidates share: the router's neighbour settings and each model's settings.
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    /// Neighbours consulted.
+    pub k: usize,
+    /// Softmax temperature of neighbour weights.
+    pub temperature: f64,
+    /// Shrinkage towards each model's mean (recomputed on each fold's exemplars).
+    pub prior: Prior,
+    /// Kernel-ridge settings (for the kernel-ridge and blend candidates).
+    pub ridge: RidgeSettings,
+    /// Low-rank settings.
+    pub low_rank: LowRankSettings,
+}
+
+/// Each candidate's out-of-fold Brier score, in the order tried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// (candidate, Brier score).
+    pub scores: Vec<(Predictor, f64)>,
+}
+
+impl Scores {
+    /// The candidate with the lowest Brier score (the earlier on ties).
+    pub fn best(&self) -> (Predictor, f64) {
+        self.scores.iter().copied().fold((self.scores[0].0, f64::INFINITY), |b, s| if s.1 < b.1 - 1e-12 { s } else { b })
+    }
+}
+
+/// Cross-validates blend, neighbours, kernel ridge and low rank on `exemplars` (every one
+/// measured) with their unit `vectors`, over `folds` folds (position modulo `folds`).
+pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &PriceTable, c: &Candidates, folds: usize) -> Result<Scores> {
+    let n = exemplars.len();
+    if vectors.len() != n || folds < 2 || n < 2 * folds {
+        return Err(Error::Config(format!("cross-validation needs at least {} exemplars with a vector each, got {n}", 2 * folds)));
+    }
+    let ridge = Predictor::Blend(c.ridge);
+    let candidates = [ridge, Predictor::Neighbours, Predictor::KernelRidge(c.ridge), Predictor::LowRank(c.low_rank)];
+    // (sum of squared errors, pairs) per candidate.
+    let mut acc = [(0.0f64, 0usize); 4];
+    for fold in 0..folds {
+        let (inside, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % folds != fold);
+        let part = ExemplarSet::from_exemplars(inside.iter().map(|&i| exemplars.get(i).clone()).collect())?;
+        let part_vectors: Vec<Vec<f32>> = inside.iter().map(|&i| vectors[i].clone()).collect();
+        let index = ExactIndex::build(part_vectors.clone())?;
+        let prior = if c.prior.strength() > 0.0 { Prior::from_exemplars(&part, prices, c.prior.strength()) } else { Prior::none() };
+        // A model that cannot be fitted on a fold (too few exemplars speak about it, say) leaves
+        // that candidate to the neighbours there, as the router does.
+        let fitted_ridge = QualityModel::fit(&part, part_vectors.clone(), prices, c.ridge).ok().map(Fitted::Ridge);
+        let fitted_low = Fitted::low_rank(&part, &part_vectors, prices, c.low_rank).ok();
+        for &i in &held {
+            let ex = exemplars.get(i);
+            let Grade::Measured { results } = &ex.grade else {
+                return Err(Error::Config("cross-validation of predictors needs measured exemplars".into()));
+            };
+            let hits = index.search(&vectors[i], c.k);
+            let grades: Vec<(&Grade, f32)> = hits.iter().map(|h| (&part.get(h.position).grade, h.similarity)).collect();
+            let neighbours = predict_from(&grades, prices, c.temperature, &prior);
+            for (slot, p) in candidates.iter().enumerate() {
+                let mut pred = neighbours.clone();
+                let model = match p {
+                    Predictor::LowRank(_) => fitted_low.as_ref(),
+                    Predictor::Neighbours => None,
+                    _ => fitted_ridge.as_ref(),
+                };
+                if let Some(m) = model {
+                    p.apply(m, &ex.prompt, &vectors[i], &mut pred);
+                }
+                for (model, r) in results.iter().filter(|(m, _)| prices.get(m).is_some()) {
+                    if let Some(q) = pred.per_model.get(model) {
+                        acc[slot].0 += (q.quality.clamp(0.0, 1.0) - r.quality).powi(2);
+                        acc[slot].1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Scores { scores: candidates.iter().zip(acc).map(|(&p, (sq, k))| (p, if k > 0 { sq / k as f64 } else { f64::INFINITY })).collect() })
+}
