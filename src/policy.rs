@@ -325,10 +325,11 @@ mod tests {
         Predictions { per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(), weights: vec![1.0] }
     }
 
-    fn pick(objective: Objective) -> (String, String) {
-        let (p, t) = (predictions(), prices());
+    /// The choice for `p` under `objective`, a close neighbour known.
+    fn choice(p: &Predictions, objective: Objective) -> Choice {
+        let t = prices();
         let input = ChoiceInput {
-            predictions: &p,
+            predictions: p,
             prices: &t,
             input_tokens: 0,
             top_similarity: Some(0.9),
@@ -337,7 +338,11 @@ mod tests {
             fallback_model: "c",
             default_output_tokens: 500,
         };
-        let c = choose(input, &Constraints::default());
+        choose(input, &Constraints::default())
+    }
+
+    fn pick(objective: Objective) -> (String, String) {
+        let c = choice(&predictions(), objective);
         let i = c.chosen.unwrap();
         (c.candidates[i].model.clone(), c.reason)
     }
@@ -361,18 +366,7 @@ mod tests {
         // a's neighbours measured $0.50 a call (say, a long tool loop): a is now the dearest.
         let mut p = predictions();
         p.per_model.get_mut("a").unwrap().cost_usd = Some(0.5);
-        let t = prices();
-        let input = ChoiceInput {
-            predictions: &p,
-            prices: &t,
-            input_tokens: 0,
-            top_similarity: Some(0.9),
-            min_similarity: 0.3,
-            objective: Objective::UsdPerQuality(0.0),
-            fallback_model: "c",
-            default_output_tokens: 500,
-        };
-        let c = choose(input, &Constraints::default());
+        let c = choice(&p, Objective::UsdPerQuality(0.0));
         assert_eq!(c.candidates.last().unwrap().model, "a");
         assert_eq!(c.candidates.last().unwrap().expected_cost_usd, 0.5);
         assert_eq!(c.candidates[c.chosen.unwrap()].model, "b");

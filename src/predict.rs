@@ -73,7 +73,7 @@ pub enum Predictor {
     /// While the router holds from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to
     /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the
     /// predictor that cross-validation on the exemplars finds most accurate ([`select`]: blend,
-    /// neighbours, kernel ridge or low rank, by Brier score; chosen once at build, about 1 s at
+    /// neighbours, kernel ridge or low rank, by Brier score; chosen once at build, 1.15 s at
     /// 560 exemplars × 49 models); otherwise (hand labels) [`Blend`](Predictor::Blend) with
     /// [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
     /// and with a shared store.
