@@ -149,5 +149,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         args.out.display(),
         if left_out > 0 { format!(" ({left_out} left out: no model was scored on them)") } else { String::new() }
     );
+    // A run in which every call failed graded nothing: that is a failure, whatever was written.
+    if estimate.calls > 0 && failures == estimate.calls {
+        return Err(format!("every one of this run's {failures} calls failed (outcomes above); nothing was graded").into());
+    }
     Ok(())
 }

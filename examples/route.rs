@@ -91,14 +91,28 @@ fn build(args: &Args) -> Result<Router, Error> {
     b.build()
 }
 
+/// The models `examples/setup/setup-model.sh` can install.
+const INSTALLABLE: [&str; 2] = [semroute::embed::DEFAULT_MODEL, "multilingual-e5-small"];
+
 /// Installs the model with the project's set-up script when it is missing, once.
 fn build_with_setup(args: &Args) -> Result<Router, String> {
     match build(args) {
-        Err(Error::ModelMissing { .. }) => {
+        Err(Error::ModelMissing { dir, what }) => {
+            // Only a model the set-up script knows is installed, under its own name: an unknown
+            // name (or a path such as ../../etc) is an error before anything runs.
+            let name = args.embedding_model.as_deref().unwrap_or(semroute::embed::DEFAULT_MODEL);
+            if !INSTALLABLE.contains(&name) {
+                return Err(format!(
+                    "the embedding model `{name}` is not installed ({what} in {}); the set-up script installs only: {}",
+                    dir.display(),
+                    INSTALLABLE.join(", ")
+                ));
+            }
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/setup/setup-model.sh");
-            eprintln!("semroute: the embedding model is not installed yet; running {}", script.display());
+            eprintln!("semroute: the embedding model {name} is not installed yet; running {}", script.display());
             let status = std::process::Command::new("bash")
                 .arg(&script)
+                .arg(name)
                 .status()
                 .map_err(|e| format!("could not run {}: {e}", script.display()))?;
             if !status.success() {

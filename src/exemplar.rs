@@ -233,7 +233,7 @@ impl ExemplarSet {
         files.sort();
         let mut parts = Vec::new();
         for file in &files {
-            let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+            let text = read_text(file)?;
             parts.push(parse_jsonl(&text, file)?);
         }
         let set = Self::merge(parts)?;
@@ -246,7 +246,7 @@ impl ExemplarSet {
     /// Loads one JSONL file.
     pub fn load_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_text(path)?;
         let set = Self::merge(vec![parse_jsonl(&text, path)?])?;
         if set.is_empty() {
             return Err(Error::NoExemplars(path.to_path_buf()));
@@ -407,6 +407,25 @@ impl ExemplarSet {
             h.update(ex.prompt.as_bytes());
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A JSONL file's text: a leading byte-order mark is dropped; bytes that are not UTF-8 are an
+/// error naming the line and the byte where they start.
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    match std::str::from_utf8(body) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            let at = e.valid_up_to();
+            let line = body[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(Error::Exemplar {
+                at: Location::line(path, line),
+                field: None,
+                message: format!("not UTF-8 text: byte {:#04x} at offset {at} (is this a binary file?)", body[at]),
+            })
+        }
     }
 }
 

@@ -399,13 +399,17 @@ impl Grader {
             error_kind: None,
             error: None,
         };
-        let answer = {
+        let (answer, waited) = {
             let _permit = limits[ep.group()].acquire().await.expect("semaphores are never closed");
-            self.client.complete(ep, &keys[&ep.api_key_env], &task.prompt).await
+            let started = std::time::Instant::now();
+            let answer = self.client.complete(ep, &keys[&ep.api_key_env], &task.prompt).await;
+            (answer, started.elapsed())
         };
         let c = match answer {
             Ok(c) => c,
             Err(e) => {
+                // A failed call still took time (a timeout its whole length): record it.
+                rec.latency_ms = waited.as_millis() as u64;
                 rec.attempts = attempts_of(&e);
                 rec.error_kind = Some(e.kind().into());
                 rec.error = Some(e.to_string());

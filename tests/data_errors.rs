@@ -232,3 +232,16 @@ fn prices_that_overflow_impossible_dates_and_empty_model_names_are_refused() {
         assert!(msg.contains("prices.toml:11") && msg.contains("model name"), "{name:?}: {msg}");
     }
 }
+
+#[test]
+fn a_binary_file_names_its_line_and_a_byte_order_mark_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("b.jsonl");
+    std::fs::write(&bin, [GOOD.as_bytes(), b"\n\xff\xfe\x00binary"].concat()).unwrap();
+    let msg = ExemplarSet::load_file(&bin).unwrap_err().to_string();
+    assert!(msg.contains("b.jsonl:2") && msg.contains("not UTF-8") && msg.contains("0xff"), "{msg}");
+    let bom = dir.path().join("bom.jsonl");
+    std::fs::write(&bom, ["\u{feff}", GOOD, "\n"].concat()).unwrap();
+    assert_eq!(ExemplarSet::load_file(&bom).unwrap().len(), 1);
+    assert_eq!(ExemplarSet::load_dir(dir.path()).unwrap_err().to_string(), msg);
+}

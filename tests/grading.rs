@@ -310,6 +310,8 @@ fn every_fault_is_recorded_and_the_run_goes_on() {
             assert_eq!(get(task, model).quality, None);
         }
     }
+    // A timed-out call took its whole timeout (0.5 s), and says so.
+    assert!(get("ref", "slow").latency_ms >= 450, "{}", get("ref", "slow").latency_ms);
     let nu = get("ref", "no-usage");
     assert_eq!((nu.quality, nu.tokens_from.as_str()), (Some(1.0), "tiktoken"));
     assert!(nu.input_tokens > 0 && nu.output_tokens > 0);
@@ -446,6 +448,24 @@ fn the_example_providers_file_matches_the_price_table() {
     let bad = "[models.\"x\"]\nprotocol = \"openai\"\nbase_url = \"ftp://nope\"\nmodel = \"x\"\napi_key_env = \"K\"\n";
     let msg = semroute::provider::Providers::from_toml_str(bad, "providers.toml").unwrap_err().to_string();
     assert!(msg.contains("providers.toml:1") && msg.contains("`x`") && msg.contains("base_url"), "{msg}");
+}
+
+#[test]
+fn a_run_in_which_every_call_fails_exits_non_zero() {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    let oa = format!("{}/openai/v1", s.base);
+    let entries = vec![("bad-key", "openai", oa.clone(), "WRONG_KEY", ""), ("always-429", "openai", oa, "FAKE_KEY", "")];
+    let (providers, prices) = write_config(dir.path(), &entries);
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(&tasks, r#"{"id":"ref","prompt":"What is 6 x 7?","reference":"42"}"#).unwrap();
+    let out = dir.path().join("results.jsonl");
+    let run = grade_cmd(&providers, &prices, &tasks, &out, &["--max-attempts", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "exit 0 although every call failed: {stderr}");
+    assert!(stderr.contains("every one of this run's 2 calls failed"), "{stderr}");
+    // What was recorded stays recorded (a rerun can retry).
+    assert_eq!(records(&out).len(), 2);
 }
 
 #[test]

@@ -84,3 +84,16 @@ fn bad_data_is_a_clear_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("quality_bar"));
 }
+
+#[test]
+fn an_unknown_embedding_model_is_an_error_before_any_set_up_runs() {
+    for name in ["no-such-model", "../../etc"] {
+        let started = std::time::Instant::now();
+        let out = run(&["--embedding-model", name, "hello"], b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(err.contains("installs only") && err.contains(name), "{name}: {err}");
+        assert!(!err.contains("running"), "{name}: the set-up script ran: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+}
