@@ -75,7 +75,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         base_delay: std::time::Duration::from_millis(args.retry_base_ms),
         ..RetryPolicy::default()
     };
-    let grader = Grader { providers, prices, models, judge: args.judge.clone(), concurrency: args.concurrency, client: Client::new(retry)? };
+    let grader =
+        Grader { providers, prices, models, judge: args.judge.clone(), concurrency: args.concurrency, client: Client::new(retry)? };
     grader.check(&tasks)?;
     let jpath = journal_path(&args.out);
     let (mut journal, recovered) = Journal::open(&jpath)?;

@@ -246,7 +246,12 @@ fn explain(d: &RouteDecision) -> String {
         let _ = writeln!(
             s,
             "    {:<24} {:<7} {:>8} {:>8} {:>12.6}  {}",
-            c.model, c.tier.map_or("-".to_string(), |t| t.to_string()), q, c.predicted_output_tokens, c.expected_cost_usd, mark
+            c.model,
+            c.tier.map_or("-".to_string(), |t| t.to_string()),
+            q,
+            c.predicted_output_tokens,
+            c.expected_cost_usd,
+            mark
         );
     }
     s.push('\n');

@@ -15,9 +15,9 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
@@ -143,7 +143,10 @@ impl Embedder for Memo {
             }
         }
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        texts.iter().map(|t| known.get(*t).map(|v| v.to_vec()).ok_or_else(|| Error::Embedding("a text was not remembered".into()))).collect()
+        texts
+            .iter()
+            .map(|t| known.get(*t).map(|v| v.to_vec()).ok_or_else(|| Error::Embedding("a text was not remembered".into())))
+            .collect()
     }
 }
 

@@ -163,7 +163,10 @@ impl Exemplar {
                         return Err(err(Some(&format!("results.{model}.quality")), format!("must be within [0, 1], got {}", r.quality)));
                     }
                     if let Some(c) = r.cost_usd.filter(|c| !(c.is_finite() && *c >= 0.0)) {
-                        return Err(err(Some(&format!("results.{model}.cost_usd")), format!("must be a finite, non-negative USD amount, got {c}")));
+                        return Err(err(
+                            Some(&format!("results.{model}.cost_usd")),
+                            format!("must be a finite, non-negative USD amount, got {c}"),
+                        ));
                     }
                 }
                 Grade::Measured { results }

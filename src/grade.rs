@@ -480,7 +480,8 @@ pub fn write_results(tasks: &[Task], records: &[CallRecord], out: &Path, source:
         let mut calls = serde_json::Map::new();
         for r in recs {
             if let Some(q) = r.quality {
-                results.insert(r.model.clone(), serde_json::json!({"quality": q, "output_tokens": r.output_tokens, "cost_usd": r.cost_usd}));
+                results
+                    .insert(r.model.clone(), serde_json::json!({"quality": q, "output_tokens": r.output_tokens, "cost_usd": r.cost_usd}));
             }
             let mut call = serde_json::to_value(r).expect("serialisable");
             let obj = call.as_object_mut().expect("an object");

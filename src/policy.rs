@@ -322,7 +322,10 @@ mod tests {
     /// a: quality 0.5, $0.001; b: 0.8, $0.01; c: 0.9, $0.1 (1,000 answer tokens each).
     fn predictions() -> Predictions {
         let p = |q| ModelPrediction { quality: q, output_tokens: 1000.0, support: 1.0, cost_usd: None };
-        Predictions { per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(), weights: vec![1.0] }
+        Predictions {
+            per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),
+            weights: vec![1.0],
+        }
     }
 
     /// The choice for `p` under `objective`, a close neighbour known.

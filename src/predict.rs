@@ -110,7 +110,13 @@ impl Predictor {
 
     /// Fits the model this predictor uses for `exemplars` (with their unit `vectors`, in order)
     /// embedded by `embedder`, if it uses one.
-    pub fn fit(&self, exemplars: &ExemplarSet, vectors: Vec<Vec<f32>>, prices: &PriceTable, embedder: &dyn Embedder) -> Result<Option<Fitted>> {
+    pub fn fit(
+        &self,
+        exemplars: &ExemplarSet,
+        vectors: Vec<Vec<f32>>,
+        prices: &PriceTable,
+        embedder: &dyn Embedder,
+    ) -> Result<Option<Fitted>> {
         if let Predictor::LowRank(settings) = self {
             return Fitted::low_rank(exemplars, &vectors, prices, *settings).map(Some);
         }
@@ -194,7 +200,8 @@ impl Fitted {
         }
         let keep: Vec<usize> = (0..names.len()).filter(|&m| targets.iter().any(|r| r[m].is_some())).collect();
         let targets: Vec<Vec<Option<f64>>> = targets.into_iter().map(|r| keep.iter().map(|&m| r[m]).collect()).collect();
-        let model = LowRankModel::fit(vectors, &targets, settings).map_err(|e| Error::Config(format!("the low-rank quality model: {e}")))?;
+        let model =
+            LowRankModel::fit(vectors, &targets, settings).map_err(|e| Error::Config(format!("the low-rank quality model: {e}")))?;
         Ok(Fitted::LowRank { model, names: keep.iter().map(|&m| names[m].to_string()).collect() })
     }
 

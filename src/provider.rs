@@ -555,7 +555,10 @@ impl Client {
 async fn read_bounded(mut resp: reqwest::Response, endpoint: &Endpoint) -> std::result::Result<Vec<u8>, CallError> {
     let limit = endpoint.max_body_bytes();
     if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(CallError::TooLarge(format!("the body announces {} bytes, over the limit of {limit}", resp.content_length().unwrap_or(0))));
+        return Err(CallError::TooLarge(format!(
+            "the body announces {} bytes, over the limit of {limit}",
+            resp.content_length().unwrap_or(0)
+        )));
     }
     let mut body = Vec::new();
     loop {
@@ -731,9 +734,7 @@ impl ChatStream {
                 }
                 let left = st.deadline.saturating_duration_since(tokio::time::Instant::now());
                 let next = match tokio::time::timeout(st.idle.min(left), st.events.next()).await {
-                    Err(_) if left <= st.idle => {
-                        Err(CallError::TooLarge(format!("the stream ran longer than {:?}", st.limits.duration)))
-                    }
+                    Err(_) if left <= st.idle => Err(CallError::TooLarge(format!("the stream ran longer than {:?}", st.limits.duration))),
                     Err(_) => Err(CallError::Timeout(st.idle)),
                     Ok(None) => Err(CallError::Truncated("the stream ended without its end marker".into())),
                     Ok(Some(Err(e))) => match st.hit.lock().unwrap_or_else(|p| p.into_inner()).take() {

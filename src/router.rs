@@ -427,7 +427,11 @@ impl Router {
         check_prompt(prompt)?;
         let inner = &*self.inner;
         if vector.len() != inner.embedder.dim() {
-            return Err(Error::Embedding(format!("a vector of length {} for an embedder of dimension {}", vector.len(), inner.embedder.dim())));
+            return Err(Error::Embedding(format!(
+                "a vector of length {} for an embedder of dimension {}",
+                vector.len(),
+                inner.embedder.dim()
+            )));
         }
         let s = &inner.settings;
         // One snapshot for the whole decision, so a reload mid-way cannot mix old and new data.
@@ -758,7 +762,8 @@ impl RouterBuilder {
         }
         if self.store.is_some() && !matches!(predictor, Predictor::Auto | Predictor::Neighbours) {
             return Err(Error::Config(
-                "the kernel-ridge and low-rank predictors need the in-process index; with a shared store use Predictor::Neighbours or Auto".into(),
+                "the kernel-ridge and low-rank predictors need the in-process index; with a shared store use Predictor::Neighbours or Auto"
+                    .into(),
             ));
         }
         // The tokenizer's tables load (about 0.1 s) while the exemplars are indexed.
@@ -777,7 +782,16 @@ impl RouterBuilder {
         };
         let min_similarity = self.min_similarity.or(embedder.suggested_min_similarity()).unwrap_or(0.3);
         // The fallback model is the price table's, known once the state is built.
-        let settings = Settings { k, quality_bar, usd_per_quality: self.usd_per_quality, min_similarity, fallback_model: String::new(), temperature, prior_strength, predictor };
+        let settings = Settings {
+            k,
+            quality_bar,
+            usd_per_quality: self.usd_per_quality,
+            min_similarity,
+            fallback_model: String::new(),
+            temperature,
+            prior_strength,
+            predictor,
+        };
         let cache = match self.cache {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),

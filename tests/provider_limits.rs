@@ -17,7 +17,9 @@ use semroute::provider::{ApiKey, CallError, Client, Providers, RetryPolicy};
 async fn hostile() -> String {
     async fn whole_huge() -> Response {
         // 64 MiB of valid JSON string, sent without a length, chunk by chunk.
-        let head = futures_util::stream::once(async { Ok::<Bytes, Infallible>(Bytes::from_static(b"{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"")) });
+        let head = futures_util::stream::once(async {
+            Ok::<Bytes, Infallible>(Bytes::from_static(b"{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\""))
+        });
         let body = futures_util::stream::iter((0..1024).map(|_| Ok::<Bytes, Infallible>(Bytes::from(vec![b'a'; 64 << 10]))));
         Response::new(Body::from_stream(head.chain(body)))
     }
@@ -37,7 +39,10 @@ async fn hostile() -> String {
         // A short chunk every 50 ms, for ever: each wait is well within the idle timeout.
         let body = futures_util::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Some((Ok::<Bytes, Infallible>(Bytes::from_static(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n")), ()))
+            Some((
+                Ok::<Bytes, Infallible>(Bytes::from_static(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n")),
+                (),
+            ))
         });
         sse(Body::from_stream(body))
     }
@@ -128,8 +133,14 @@ async fn a_stream_that_runs_too_long_is_cut_at_its_duration_limit() {
 
 #[test]
 fn limits_must_be_positive() {
-    for (extra, field) in [("max_body_bytes = 0", "max_body_bytes"), ("max_stream_bytes = 0", "max_stream_bytes"), ("max_stream_secs = -1.0", "max_stream_secs")] {
-        let toml = format!("[models.a]\nprotocol = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\napi_key_env = \"K\"\n{extra}\n");
+    for (extra, field) in [
+        ("max_body_bytes = 0", "max_body_bytes"),
+        ("max_stream_bytes = 0", "max_stream_bytes"),
+        ("max_stream_secs = -1.0", "max_stream_secs"),
+    ] {
+        let toml = format!(
+            "[models.a]\nprotocol = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\napi_key_env = \"K\"\n{extra}\n"
+        );
         let msg = Providers::from_toml_str(&toml, "p.toml").unwrap_err().to_string();
         assert!(msg.contains(field), "{msg}");
     }

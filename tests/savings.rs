@@ -44,7 +44,8 @@ fn split_is_deterministic_disjoint_and_complete() {
 fn bad_dataset_line_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.jsonl");
-    std::fs::write(&path, "{\"id\":\"a\",\"prompt\":\"p\",\"scores\":{\"m\":0.5}}\n{\"id\":\"b\",\"prompt\":\"p\",\"scores\":{\"m\":3}}\n").unwrap();
+    std::fs::write(&path, "{\"id\":\"a\",\"prompt\":\"p\",\"scores\":{\"m\":0.5}}\n{\"id\":\"b\",\"prompt\":\"p\",\"scores\":{\"m\":3}}\n")
+        .unwrap();
     let msg = Dataset::load(&path).unwrap_err().to_string();
     assert!(msg.contains("d.jsonl:2") && msg.contains("outside [0, 1]"), "{msg}");
 }
@@ -53,10 +54,8 @@ fn bad_dataset_line_names_file_and_line() {
 fn metrics_of_perfect_and_useless_routers() {
     let (weak, strong) = (0.6, 0.9);
     // Recovers the whole gap with 20% strong calls, then stays there.
-    let perfect = [
-        CurvePoint { strong_share: 0.2, quality: 0.9, cost_usd: 2.0 },
-        CurvePoint { strong_share: 1.0, quality: 0.9, cost_usd: 10.0 },
-    ];
+    let perfect =
+        [CurvePoint { strong_share: 0.2, quality: 0.9, cost_usd: 2.0 }, CurvePoint { strong_share: 1.0, quality: 0.9, cost_usd: 10.0 }];
     assert!((apgr(&perfect, weak, strong) - 0.9).abs() < 1e-9);
     assert!((cpt(&perfect, weak, strong, 0.5).unwrap() - 0.1).abs() < 1e-9);
     // A router never better than the weak model until all calls are strong.
@@ -146,7 +145,8 @@ fn router_never_sees_test_scores() {
     let a = report(&Dataset::load(fixture("crux-small.jsonl")).unwrap());
     let b = report(&flipped_fixture(dir.path()));
     assert_eq!(a.chosen.config, b.chosen.config);
-    let shape = |r: &Report| r.curve.iter().map(|p| (format!("{:.12}", p.cost_usd), format!("{:.6}", p.reference_share))).collect::<Vec<_>>();
+    let shape =
+        |r: &Report| r.curve.iter().map(|p| (format!("{:.12}", p.cost_usd), format!("{:.6}", p.reference_share))).collect::<Vec<_>>();
     assert_eq!(shape(&a), shape(&b));
     assert_eq!(a.targets.iter().map(|t| t.knob).collect::<Vec<_>>(), b.targets.iter().map(|t| t.knob).collect::<Vec<_>>());
     assert_ne!(a.curve[50].quality, b.curve[50].quality);
@@ -286,7 +286,8 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
         .collect();
     let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "m.jsonl").unwrap();
     let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
-    let router = semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
+    let router =
+        semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
     // What the router chose is what cross-validation on its exemplars finds most accurate.
     let vectors = Letters.embed_batch(&set.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).unwrap();
     let candidates = select::Candidates {
@@ -303,6 +304,7 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
     assert_eq!(d.model, "small", "{}", d.reason);
     assert_eq!(router.route("bbbb b").unwrap().model, "big");
     // An explicit predictor is not second-guessed; a hand-labelled set keeps the blend.
-    let knn = semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set).prices(prices).predictor(Predictor::Neighbours).no_cache();
+    let knn =
+        semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set).prices(prices).predictor(Predictor::Neighbours).no_cache();
     assert_eq!(knn.build().unwrap().route("aaaa a").unwrap().quality_from, "neighbours");
 }

@@ -165,7 +165,12 @@ fn print_report(args: &Args, r: &Report) {
         );
     }
     if let Some(x) = &r.random_at_95 {
-        println!("random at the 95% target's reference share ({:.1}%): quality {:.4}, cost {:.4}", 100.0 * x.reference_share, x.quality, x.cost_usd);
+        println!(
+            "random at the 95% target's reference share ({:.1}%): quality {:.4}, cost {:.4}",
+            100.0 * x.reference_share,
+            x.quality,
+            x.cost_usd
+        );
     }
     let c = &r.calibration;
     println!("calibration (test): Brier {:.4} (each model's train mean {:.4})", c.brier, c.baseline_brier);

@@ -88,9 +88,9 @@ pub fn draw(path: &Path, fig: &Figure) -> Result<(), Box<dyn std::error::Error>>
         .legend(|(x, y)| Circle::new((x + 10, y), 4, MODEL.filled()));
     // Name the reference models (and every model when there are few).
     let named = fig.single.iter().filter(|s| fig.single.len() <= 6 || s.0 == fig.strong || s.0 == fig.cheap);
-    chart.draw_series(named.map(|s| {
-        EmptyElement::at((s.1, s.2)) + Text::new(s.0.clone(), (6, 4), ("sans-serif", 14).into_font().color(&MODEL))
-    }))?;
+    chart.draw_series(
+        named.map(|s| EmptyElement::at((s.1, s.2)) + Text::new(s.0.clone(), (6, 4), ("sans-serif", 14).into_font().color(&MODEL))),
+    )?;
     chart.draw_series(std::iter::once(Cross::new(fig.operating_point, 8, ROUTER.stroke_width(3))))?;
     chart.draw_series(std::iter::once(
         EmptyElement::at(fig.operating_point)

@@ -441,12 +441,7 @@ impl CalibrationAcc {
         Calibration {
             brier: self.brier(),
             baseline_brier: self.base_sq / self.n.max(1) as f64,
-            reliability: self
-                .bins
-                .iter()
-                .filter(|b| b.2 > 0)
-                .map(|&(p, q, n)| (p / n as f64, q / n as f64, n))
-                .collect(),
+            reliability: self.bins.iter().filter(|b| b.2 > 0).map(|&(p, q, n)| (p / n as f64, q / n as f64, n)).collect(),
         }
     }
 }
@@ -484,7 +479,9 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         prices.names().map(str::to_string).partition(|m| data.records.iter().all(|r| r.scores.contains_key(m)));
     let left_out: Vec<String> = left_out.into_iter().filter(|m| data.records.iter().any(|r| r.scores.contains_key(m))).collect();
     if models.len() < 2 {
-        return Err(Error::Config(format!("the price table and the data set share fewer than two models scored on every prompt ({models:?})")));
+        return Err(Error::Config(format!(
+            "the price table and the data set share fewer than two models scored on every prompt ({models:?})"
+        )));
     }
     let prices = PriceTable::from_models(models.iter().map(|m| (m.clone(), prices.get(m).expect("listed").clone())))?;
     let index: HashMap<&str, usize> = models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
@@ -498,7 +495,8 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             settings.folds
         )));
     }
-    let missing_lengths = train.iter().chain(&test).any(|r| models.iter().any(|m| !r.cost_usd.contains_key(m) && output_tokens(r, m, &counter).is_none()));
+    let missing_lengths =
+        train.iter().chain(&test).any(|r| models.iter().any(|m| !r.cost_usd.contains_key(m) && output_tokens(r, m, &counter).is_none()));
     let assumption = match (missing_lengths, settings.assume_output_tokens) {
         (false, _) => None,
         (true, Some(t)) => Some(format!("answer lengths are not in the data set: every answer is assumed to be {t} tokens long")),
@@ -511,7 +509,9 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // Reference (best on train) and cheap model, from the train split only.
     let train_single: Vec<CurvePointReport> = (0..models.len()).map(|m| train_out.single(m, usize::MAX)).collect();
     let reference = (0..models.len())
-        .max_by(|&a, &b| train_single[a].quality.total_cmp(&train_single[b].quality).then(train_single[b].cost_usd.total_cmp(&train_single[a].cost_usd)))
+        .max_by(|&a, &b| {
+            train_single[a].quality.total_cmp(&train_single[b].quality).then(train_single[b].cost_usd.total_cmp(&train_single[a].cost_usd))
+        })
         .expect("two models");
     let cheap = (0..models.len()).min_by(|&a, &b| train_single[a].cost_usd.total_cmp(&train_single[b].cost_usd)).expect("two models");
     let train_means: Vec<f64> = train_single.iter().map(|p| p.quality).collect();
@@ -699,7 +699,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
                 reference_cost_usd: single[reference].cost_usd,
                 kept: if qs > 0.0 { point.quality / qs } else { 1.0 },
                 reference_share: point.reference_share,
-                cheapest_single: by_cost.iter().find(|&&m| single[m].quality >= want - 1e-12).map(|&m| (models[m].clone(), single[m].cost_usd)),
+                cheapest_single: by_cost
+                    .iter()
+                    .find(|&&m| single[m].quality >= want - 1e-12)
+                    .map(|&m| (models[m].clone(), single[m].cost_usd)),
                 oracle_cost_usd: oracle_curve.iter().filter(|p| p.quality >= want - 1e-12).map(|p| p.cost_usd).min_by(f64::total_cmp),
             }
         })
@@ -735,7 +738,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         targets,
         random_at_95,
         oracle_curve,
-        single_models: by_cost.iter().map(|&m| SingleModel { model: models[m].clone(), quality: single[m].quality, cost_usd: single[m].cost_usd }).collect(),
+        single_models: by_cost
+            .iter()
+            .map(|&m| SingleModel { model: models[m].clone(), quality: single[m].quality, cost_usd: single[m].cost_usd })
+            .collect(),
         calibration: calibration.finish(),
         output_tokens_mae: (mae.2 > 0).then(|| (mae.0 / mae.2 as f64, mae.1 / mae.2 as f64)),
         seconds: started.elapsed().as_secs_f64(),

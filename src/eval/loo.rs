@@ -141,7 +141,9 @@ pub fn leave_one_out(
             language: ex.language.clone(),
             pair: ex.pair.clone(),
             label: label.tier,
-            routed: d.tier.ok_or_else(|| crate::error::Error::Config(format!("model `{}` has no tier to compare with the label", d.model)))?,
+            routed: d
+                .tier
+                .ok_or_else(|| crate::error::Error::Config(format!("model `{}` has no tier to compare with the label", d.model)))?,
             model: d.model,
             fallback: d.fallback,
         });

@@ -31,8 +31,8 @@ use crate::pricing::TokenCounter;
 mod bench;
 mod loo;
 
-pub use loo::{leave_one_out, LooOutcome, LooReport, Tally};
 pub use bench::{run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetResult};
+pub use loo::{leave_one_out, LooOutcome, LooReport, Tally};
 
 /// One dataset record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -194,9 +194,9 @@ pub fn to_exemplars(records: &[&Record], models: &[&str], counter: &TokenCounter
                     .iter()
                     .filter(|(m, _)| models.contains(&m.as_str()))
                     .map(|(m, &q)| {
-                            let tokens = output_tokens(r, m, counter).unwrap_or(assumed_output_tokens);
-                            (m.clone(), ModelResult { quality: q, output_tokens: tokens, cost_usd: r.cost_usd.get(m).copied() })
-                        })
+                        let tokens = output_tokens(r, m, counter).unwrap_or(assumed_output_tokens);
+                        (m.clone(), ModelResult { quality: q, output_tokens: tokens, cost_usd: r.cost_usd.get(m).copied() })
+                    })
                     .collect(),
             },
         })
