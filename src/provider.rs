@@ -90,6 +90,10 @@ pub struct Endpoint {
     pub max_stream_secs: Option<f64>,
 }
 
+/// Longest `timeout_secs` or `max_stream_secs` accepted: a day (larger values would overflow the
+/// clock arithmetic, and no call should wait longer).
+pub const MAX_SECS: f64 = 86_400.0;
+
 /// Default of [`Endpoint::max_body_bytes`].
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
 /// Default of [`Endpoint::max_stream_bytes`].
@@ -170,14 +174,13 @@ impl Providers {
                     return Err(bad(format!("field `{field}` is empty")));
                 }
             }
-            if let Some(t) = ep.timeout_secs.filter(|t| !(t.is_finite() && *t > 0.0)) {
-                return Err(bad(format!("field `timeout_secs` must be positive, got {t}")));
+            for (field, v) in [("timeout_secs", ep.timeout_secs), ("max_stream_secs", ep.max_stream_secs)] {
+                if let Some(t) = v.filter(|t| !(t.is_finite() && *t > 0.0 && *t <= MAX_SECS)) {
+                    return Err(bad(format!("field `{field}` must be positive and at most {MAX_SECS} s (a day), got {t}")));
+                }
             }
             if ep.max_tokens == Some(0) {
                 return Err(bad("field `max_tokens` must be positive".into()));
-            }
-            if let Some(t) = ep.max_stream_secs.filter(|t| !(t.is_finite() && *t > 0.0)) {
-                return Err(bad(format!("field `max_stream_secs` must be positive, got {t}")));
             }
             for (field, v) in [("max_body_bytes", ep.max_body_bytes), ("max_stream_bytes", ep.max_stream_bytes)] {
                 if v == Some(0) {
@@ -603,13 +606,40 @@ fn limited_bytes(
         hit: Arc<Mutex<Option<String>>>,
         limits: Limits,
         stopped: bool,
+        /// The stream's first bytes, held until a leading byte-order mark can be told apart (the
+        /// event-stream parser panics on one) and dropped; `None` once that is settled.
+        head: Option<Vec<u8>>,
     }
-    let st = St { inner: Box::pin(resp.bytes_stream()), total: 0, line: 0, hit, limits, stopped: false };
+    let st = St { inner: Box::pin(resp.bytes_stream()), total: 0, line: 0, hit, limits, stopped: false, head: Some(Vec::new()) };
     futures_util::stream::unfold(st, |mut st| async move {
         if st.stopped {
             return None;
         }
-        let item = match st.inner.next().await? {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        let next = loop {
+            let next = st.inner.next().await;
+            let Some(head) = st.head.as_mut() else { break next };
+            match next {
+                Some(Ok(chunk)) => {
+                    head.extend_from_slice(&chunk);
+                    if head.len() < BOM.len() && BOM.starts_with(head) {
+                        continue;
+                    }
+                    let mut head = st.head.take().unwrap_or_default();
+                    if head.starts_with(BOM) {
+                        head.drain(..BOM.len());
+                    }
+                    break Some(Ok(bytes::Bytes::from(head)));
+                }
+                // The stream ended or failed before the mark could be told apart: what was held
+                // (at most two bytes of a mark) is dropped with it.
+                other => {
+                    st.head = None;
+                    break other;
+                }
+            }
+        };
+        let item = match next? {
             Err(e) => Err(LimitError(describe(e))),
             Ok(chunk) => {
                 st.total += chunk.len() as u64;

@@ -145,3 +145,12 @@ fn limits_must_be_positive() {
         assert!(msg.contains(field), "{msg}");
     }
 }
+
+#[test]
+fn a_timeout_that_would_overflow_the_clock_is_refused() {
+    for (field, v) in [("timeout_secs", "1e300"), ("max_stream_secs", "1e19"), ("timeout_secs", "86401")] {
+        let toml = format!("[models.a]\nprotocol = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\napi_key_env = \"K\"\n{field} = {v}\n");
+        let msg = Providers::from_toml_str(&toml, "p.toml").unwrap_err().to_string();
+        assert!(msg.contains(field) && msg.contains("at most 86400"), "{msg}");
+    }
+}
