@@ -563,16 +563,21 @@ async fn read_bounded(mut resp: reqwest::Response, endpoint: &Endpoint) -> std::
             resp.content_length().unwrap_or(0)
         )));
     }
-    let mut body = Vec::new();
+    // The chunks are kept as they come and joined once at the end, into one buffer of the exact
+    // size: growing one buffer by doubling up to the limit left the allocator holding freed
+    // multi-megabyte blocks (a soak run's resident memory grew without bound).
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if (body.len() + chunk.len()) as u64 > limit {
+                len += chunk.len() as u64;
+                if len > limit {
                     return Err(CallError::TooLarge(format!("the body passed the limit of {limit} bytes")));
                 }
-                body.extend_from_slice(&chunk);
+                chunks.push(chunk);
             }
-            Ok(None) => return Ok(body),
+            Ok(None) => return Ok(chunks.concat()),
             Err(e) if e.is_timeout() => return Err(CallError::Timeout(endpoint.timeout())),
             Err(e) => return Err(CallError::Truncated(describe(e))),
         }
@@ -787,6 +792,12 @@ impl ChatStream {
                             continue;
                         }
                         match serde_json::from_str::<Value>(&ev.data) {
+                            Ok(v) if !v.is_object() => {
+                                // A chunk is an object; a bare number, string or array is not
+                                // passed on (a proxy editing chunks would trip over it).
+                                st.done = true;
+                                return Some((Err(CallError::Malformed("stream chunk is not a JSON object".into())), st));
+                            }
                             Ok(v) if v.get("error").is_some() => {
                                 st.done = true;
                                 return Some((Err(CallError::Stream(v["error"].to_string())), st));

@@ -46,6 +46,10 @@ async fn hostile() -> String {
         });
         sse(Body::from_stream(body))
     }
+    async fn not_an_object() -> Response {
+        // Valid JSON, but a number: serve once indexed into it and panicked.
+        sse(Body::from("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: 42\n\n"))
+    }
     fn sse(body: Body) -> Response {
         let mut r = Response::new(body);
         r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
@@ -55,7 +59,8 @@ async fn hostile() -> String {
         .route("/huge/v1/chat/completions", post(whole_huge))
         .route("/endless/v1/chat/completions", post(endless_stream))
         .route("/line/v1/chat/completions", post(endless_line))
-        .route("/drip/v1/chat/completions", post(long_drip));
+        .route("/drip/v1/chat/completions", post(long_drip))
+        .route("/number/v1/chat/completions", post(not_an_object));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -64,7 +69,7 @@ async fn hostile() -> String {
 
 fn providers(base: &str, extra: &str) -> Providers {
     let mut toml = String::new();
-    for name in ["huge", "endless", "line", "drip"] {
+    for name in ["huge", "endless", "line", "drip", "number"] {
         toml.push_str(&format!(
             "[models.{name}]\nprotocol = \"openai\"\nbase_url = \"{base}/{name}/v1\"\nmodel = \"m\"\napi_key_env = \"K\"\ntimeout_secs = 5\n{extra}\n"
         ));
@@ -153,4 +158,11 @@ fn a_timeout_that_would_overflow_the_clock_is_refused() {
         let msg = Providers::from_toml_str(&toml, "p.toml").unwrap_err().to_string();
         assert!(msg.contains(field) && msg.contains("at most 86400"), "{msg}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_chunk_that_is_not_an_object_is_malformed() {
+    let (err, chunks, _) = drain("number", "").await;
+    assert!(matches!(&err, CallError::Malformed(m) if m.contains("not a JSON object")), "{err}");
+    assert_eq!(chunks, 1);
 }

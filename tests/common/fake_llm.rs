@@ -9,6 +9,16 @@
 //! - `midfail`: streams two chunks, then an error event;
 //! - `nousage`: reports no token usage.
 //!
+//! Hostile behaviours (for the `soak` example; OpenAI protocol except `hang`), whole and streamed:
+//! - `hang`: never answers (holds the request for an hour);
+//! - `stall`: sends the first bytes of its answer, then nothing more (for an hour);
+//! - `die`: sends the first bytes, then drops the connection;
+//! - `endless`: a stream (or a whole body) that never ends, about 500 KB/s;
+//! - `garbage`: malformed answers: a body that is not JSON; streams of bad JSON, invalid UTF-8,
+//!   wrongly shaped chunks, or a 2 MiB line that never ends (in turn, request by request);
+//! - `huge`: a 40 MiB answer (a whole body, or a stream of 64 KiB chunks without usage);
+//! - `trickle`: a slow drip: 15 stream chunks 1 s apart, or a whole body 16 bytes per 200 ms.
+//!
 //! With `tools`, the Anthropic side calls the first tool with `{"city": "Oslo"}` (whole or
 //! streamed), and answers `tool said: <result>` once the last turn holds a tool result.
 //!
@@ -128,6 +138,9 @@ async fn admit(seen: &Seen, path: &str, headers: &HeaderMap, body: &Value) -> Re
     if model.contains("slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    if model.contains("hang") {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     Ok(model)
 }
 
@@ -162,6 +175,9 @@ async fn openai(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body): J
         Ok(m) => m,
         Err(r) => return r,
     };
+    if let Some(r) = hostile(&model, &body) {
+        return r;
+    }
     let w = words(&body);
     let n_msgs = body["messages"].as_array().map_or(0, Vec::len) as u64;
     let usage = json!({"prompt_tokens": 10 * n_msgs, "completion_tokens": w.len(), "total_tokens": 10 * n_msgs + w.len() as u64});
@@ -295,4 +311,149 @@ fn anthropic_tool_call(model: &str, tool: &str, input: u64, stream: bool) -> Res
         (Some("message_stop"), json!({"type": "message_stop"})),
     ];
     sse_body(events, Duration::ZERO, false)
+}
+
+/// The hostile behaviours' answers (OpenAI protocol), or `None` for a well-behaved model id.
+fn hostile(model: &str, body: &Value) -> Option<Response> {
+    use futures_util::StreamExt;
+    type Item = Result<Bytes, std::io::Error>;
+    let kind = ["stall", "die", "endless", "garbage", "huge", "trickle"].into_iter().find(|k| model.contains(k))?;
+    let stream = body["stream"] == true;
+    let m = model.to_string();
+    let chunk = move |content: &str| -> Bytes {
+        let c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": m,
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let hour = Duration::from_secs(3600);
+    let whole_head = Bytes::from(format!(
+        "{{\"id\": \"chatcmpl-fake\", \"object\": \"chat.completion\", \"created\": 1, \"model\": \"{model}\", \"choices\": [{{\"index\": 0, \"message\": {{\"role\": \"assistant\", \"content\": \""
+    ));
+    let whole_tail = Bytes::from_static(b"\"}, \"finish_reason\": \"stop\"}]}");
+    // 64 KiB of words, shared by every `huge` and `endless` answer.
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let block = BLOCK.get_or_init(|| Bytes::from("lorem ipsum dolor sit amet ".repeat(65536 / 27))).clone();
+    let body: Body = match (kind, stream) {
+        ("stall", true) => {
+            let first = vec![chunk(""), chunk("stalled"), chunk(" here")];
+            let s =
+                futures_util::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>)).chain(futures_util::stream::once(async move {
+                    tokio::time::sleep(hour).await;
+                    Ok::<_, std::io::Error>(Bytes::new())
+                }));
+            Body::from_stream(s)
+        }
+        ("stall", false) => {
+            let s = futures_util::stream::once(async move { Ok::<_, std::io::Error>(whole_head) }).chain(futures_util::stream::once(
+                async move {
+                    tokio::time::sleep(hour).await;
+                    Ok::<_, std::io::Error>(whole_tail)
+                },
+            ));
+            Body::from_stream(s)
+        }
+        ("die", _) => {
+            let first: Vec<Item> =
+                if stream { vec![Ok(chunk("")), Ok(chunk("about to")), Ok(chunk(" die"))] } else { vec![Ok(whole_head)] };
+            let s = futures_util::stream::iter(first).chain(futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err::<Bytes, _>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the fake provider died"))
+            }));
+            Body::from_stream(s)
+        }
+        ("endless", _) => {
+            let piece = if stream { chunk(&"more words ".repeat(93)) } else { block.slice(..1024) };
+            let head = if stream { chunk("") } else { whole_head };
+            let s = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(futures_util::stream::unfold(
+                0u64,
+                move |i| {
+                    let piece = piece.clone();
+                    async move {
+                        if i >= 100_000_000 {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        Some((Ok::<_, std::io::Error>(piece), i + 1))
+                    }
+                },
+            ));
+            Body::from_stream(s)
+        }
+        ("garbage", false) => {
+            let mut r = Response::new(Body::from("<html>502 Bad Gateway</html> {\"choices\": [ {{{ not json"));
+            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            return Some(r);
+        }
+        ("garbage", true) => {
+            static TURN: AtomicUsize = AtomicUsize::new(0);
+            let parts: Vec<Bytes> = match TURN.fetch_add(1, Ordering::Relaxed) % 4 {
+                0 => vec![
+                    chunk("ok so far"),
+                    Bytes::from_static(b"data: {\"id\": \"chatcmpl-fake\", \"choices\": [{\"delta\": {\"content\": oops\n\n"),
+                    Bytes::from_static(b"data: [DONE]\n\n"),
+                ],
+                1 => vec![
+                    chunk("bytes:"),
+                    Bytes::from_static(b"data: \xff\xfe\x00\x01 not utf-8 \xc3\x28\n\n"),
+                    Bytes::from_static(b"data: [DONE]\n\n"),
+                ],
+                2 => vec![
+                    Bytes::from_static(b": a comment\n\nevent: nonsense\ndata: 42\n\n"),
+                    Bytes::from_static(b"data: {\"choices\": \"not an array\", \"usage\": \"none\"}\n\n"),
+                    Bytes::from_static(b"data: [DONE]\n\n"),
+                ],
+                _ => {
+                    let mut v = vec![chunk("a long line follows")];
+                    v.extend(std::iter::repeat_n(Bytes::from(vec![b'A'; 64 << 10]), 32));
+                    v
+                }
+            };
+            Body::from_stream(futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>)))
+        }
+        ("huge", _) => {
+            let n = (40 << 20) / block.len();
+            let parts: Vec<Bytes> = if stream {
+                let big = chunk(std::str::from_utf8(&block).unwrap());
+                std::iter::once(chunk(""))
+                    .chain(std::iter::repeat_n(big, n))
+                    .chain([
+                        Bytes::from_static(b"data: {\"choices\": [{\"index\": 0, \"delta\": {}, \"finish_reason\": \"stop\"}]}\n\n"),
+                        Bytes::from_static(b"data: [DONE]\n\n"),
+                    ])
+                    .collect()
+            } else {
+                std::iter::once(whole_head).chain(std::iter::repeat_n(block, n)).chain([whole_tail]).collect()
+            };
+            Body::from_stream(futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>)))
+        }
+        ("trickle", true) => {
+            let mut parts: Vec<Bytes> = (0..15).map(|i| chunk(&format!(" drop{i}"))).collect();
+            parts.push(Bytes::from_static(b"data: {\"choices\": [{\"index\": 0, \"delta\": {}, \"finish_reason\": \"stop\"}]}\n\n"));
+            parts.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            Body::from_stream(futures_util::stream::unfold(parts.into_iter().enumerate(), |mut it| async move {
+                let (i, b) = it.next()?;
+                if i > 0 && i <= 15 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Some((Ok::<_, std::io::Error>(b), it))
+            }))
+        }
+        ("trickle", false) => {
+            let mut text = whole_head.to_vec();
+            let answer = serde_json::to_string(&format!("echo: {}", last_user(body))).unwrap();
+            text.extend_from_slice(answer[1..answer.len() - 1].as_bytes());
+            text.extend_from_slice(&whole_tail);
+            let pieces: Vec<Bytes> = text.chunks(16).map(Bytes::copy_from_slice).collect();
+            Body::from_stream(futures_util::stream::unfold(pieces.into_iter(), |mut it| async move {
+                let b = it.next()?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Some((Ok::<_, std::io::Error>(b), it))
+            }))
+        }
+        _ => return None,
+    };
+    let mut r = Response::new(body);
+    let ct = if stream { "text/event-stream" } else { "application/json" };
+    r.headers_mut().insert("content-type", ct.parse().unwrap());
+    Some(r)
 }
