@@ -190,13 +190,17 @@ fn learned_feedback_steers_later_decisions_and_survives_a_restart() {
     let mut lines: Vec<&str> = text.lines().collect();
     lines[1] = "{not json";
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
-    let e = Router::builder()
-        .embedder(common::embedder())
-        .cache_dir(dir.path().join("cache"))
-        .feedback_log(&log)
-        .build()
-        .unwrap_err()
-        .to_string();
+    // A start that must fail: the log's error, as text.
+    let start_error = || {
+        Router::builder()
+            .embedder(common::embedder())
+            .cache_dir(dir.path().join("cache"))
+            .feedback_log(&log)
+            .build()
+            .unwrap_err()
+            .to_string()
+    };
+    let e = start_error();
     assert!(e.contains("feedback.jsonl:2"), "{e}");
 
     // So does a damaged last line that is complete: it ends in its newline, so it was written
@@ -204,13 +208,7 @@ fn learned_feedback_steers_later_decisions_and_survives_a_restart() {
     let good: Vec<&str> = text.lines().collect();
     let damaged = format!("{}\n{}\n{}\n", good[0], good[1], &good[2][..good[2].len() / 2]);
     std::fs::write(&log, &damaged).unwrap();
-    let e = Router::builder()
-        .embedder(common::embedder())
-        .cache_dir(dir.path().join("cache"))
-        .feedback_log(&log)
-        .build()
-        .unwrap_err()
-        .to_string();
+    let e = start_error();
     assert!(e.contains("feedback.jsonl:3"), "{e}");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), damaged);
 }
