@@ -40,9 +40,13 @@ struct Args {
     /// Number of nearest exemplars consulted.
     #[arg(short = 'k', value_name = "N")]
     k: Option<usize>,
-    /// Below this similarity of the nearest exemplar, use the fallback model.
+    /// Below this similarity of the nearest exemplar, use the fallback model (default: a rule
+    /// derived from the exemplars' own density).
     #[arg(long, value_name = "S")]
     min_similarity: Option<f32>,
+    /// Standard errors a predicted quality must clear the bar by (default 1).
+    #[arg(long, value_name = "Z")]
+    caution: Option<f64>,
     /// The safe model used when no exemplar is close enough.
     #[arg(long, value_name = "MODEL")]
     fallback: Option<String>,
@@ -84,6 +88,9 @@ fn build(args: &Args) -> Result<Router, Error> {
     }
     if let Some(s) = args.min_similarity {
         b = b.min_similarity(s);
+    }
+    if let Some(z) = args.caution {
+        b = b.caution(z);
     }
     if let Some(m) = &args.fallback {
         b = b.fallback_model(m.clone());
@@ -203,6 +210,9 @@ fn explain(d: &RouteDecision) -> String {
     let _ = writeln!(s, "→ {} ({}, {tier} tier){}", d.model, d.provider, if d.fallback { "  [fallback]" } else { "" });
     let _ = writeln!(s, "  why: {}", d.reason);
     let _ = writeln!(s, "  quality predicted by: {}", d.quality_from);
+    if let Some(u) = d.unfamiliarity {
+        let _ = writeln!(s, "  unfamiliarity {u:.2} (1: as close to the exemplars as they are to each other)");
+    }
     let _ = writeln!(
         s,
         "  prompt {} tokens, predicted answer {} tokens, expected cost ${:.6}",
@@ -231,7 +241,7 @@ fn explain(d: &RouteDecision) -> String {
         );
     }
     let _ = writeln!(s, "  candidates (cheapest first):");
-    let _ = writeln!(s, "    {:<24} {:<7} {:>8} {:>8} {:>12}", "model", "tier", "quality", "out tok", "cost USD");
+    let _ = writeln!(s, "    {:<24} {:<7} {:>10} {:>8} {:>12}", "model", "tier", "quality", "out tok", "cost USD");
     for c in &d.candidates {
         let mark = if c.model == d.model {
             "← chosen".to_string()
@@ -242,10 +252,14 @@ fn explain(d: &RouteDecision) -> String {
         } else {
             String::new()
         };
-        let q = c.predicted_quality.map_or("-".to_string(), |q| format!("{q:.2}"));
+        let q = match (c.predicted_quality, c.quality_se) {
+            (Some(q), Some(se)) => format!("{q:.2}±{se:.2}"),
+            (Some(q), None) => format!("{q:.2}"),
+            _ => "-".to_string(),
+        };
         let _ = writeln!(
             s,
-            "    {:<24} {:<7} {:>8} {:>8} {:>12.6}  {}",
+            "    {:<24} {:<7} {:>10} {:>8} {:>12.6}  {}",
             c.model,
             c.tier.map_or("-".to_string(), |t| t.to_string()),
             q,

@@ -37,8 +37,13 @@ pub struct RouteDecision {
     pub quality_bar: f64,
     /// What the policy optimised: `{"quality_bar": b}` or `{"usd_per_quality": u}`.
     pub objective: Objective,
-    /// `true` when no exemplar was similar enough and the safe fallback model was used.
+    /// `true` when nothing like the prompt is known and the safe fallback model was used.
     pub fallback: bool,
+    /// How much farther the prompt is from its nearest exemplars than they are from theirs (1:
+    /// as close as the set's own prompts; see [`familiar`](crate::familiar)); the router falls
+    /// back above its limit. `None` under a fixed similarity threshold.
+    #[serde(default)]
+    pub unfamiliarity: Option<f64>,
     /// One sentence on why this model was chosen.
     pub reason: String,
     /// What predicted the models' quality: `"neighbours"` (the nearest exemplars' weighted
@@ -91,11 +96,17 @@ pub struct Candidate {
     pub tier: Option<Tier>,
     /// Predicted quality, or `None` when no neighbour says anything about this model.
     pub predicted_quality: Option<f64>,
+    /// Standard error of the predicted quality, from how much the neighbours behind it know
+    /// (how many carry weight, and how far they agree: see
+    /// [`ModelPrediction::standard_error`](crate::predict::ModelPrediction::standard_error)).
+    #[serde(default)]
+    pub quality_se: Option<f64>,
     /// Predicted answer length in tokens.
     pub predicted_output_tokens: u64,
     /// Expected USD on this model.
     pub expected_cost_usd: f64,
-    /// Whether the predicted quality clears the bar.
+    /// Whether the predicted quality clears the bar (by the router's
+    /// [`caution`](crate::RouterBuilder::caution) in standard errors).
     pub clears_bar: bool,
     /// Why the model could not be chosen (a constraint, the context window, no data), if so.
     pub excluded: Option<String>,

@@ -129,6 +129,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod exemplar;
+pub mod familiar;
 pub mod feedback;
 pub mod grade;
 pub mod index;

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decision::Candidate;
-use crate::predict::Predictions;
+use crate::predict::{ModelPrediction, Predictions};
 use crate::pricing::{ModelPrice, PriceTable};
 
 /// Per-request limits on which models may be chosen. Empty lists mean "no limit".
@@ -192,12 +192,14 @@ pub struct ChoiceInput<'a> {
     pub prices: &'a PriceTable,
     /// Prompt tokens.
     pub input_tokens: u64,
-    /// Similarity of the nearest exemplar (`None` without neighbours).
-    pub top_similarity: Option<f32>,
-    /// Below this similarity the exemplars are not trusted and the fallback is used.
-    pub min_similarity: f32,
+    /// Why the exemplars are not trusted for this prompt, if they are not (see
+    /// [`familiar`](crate::familiar)): then the fallback model is used.
+    pub unfamiliar: Option<&'a str>,
     /// What the choice optimises.
     pub objective: Objective,
+    /// Standard errors by which a predicted quality must clear the bar (0: the point
+    /// prediction alone).
+    pub caution: f64,
     /// The safe model used when the exemplars are not trusted.
     pub fallback_model: &'a str,
     /// Answer length assumed for models without a prediction.
@@ -228,14 +230,16 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
                     excluded = Some(format!("expected cost ${cost:.6} is over the limit ${max:.6}"));
                 }
             }
+            let se = p.map(ModelPrediction::standard_error);
             Candidate {
                 model: model.to_string(),
                 provider: price.provider.clone(),
                 tier: price.tier,
                 predicted_quality: p.map(|p| p.quality),
+                quality_se: se,
                 predicted_output_tokens: out,
                 expected_cost_usd: cost,
-                clears_bar: p.is_some_and(|p| p.quality + 1e-9 >= bar),
+                clears_bar: p.is_some_and(|p| p.quality - input.caution * se.unwrap_or(0.0) + 1e-9 >= bar),
                 excluded,
             }
         })
@@ -247,12 +251,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into() };
     }
 
-    let trusted = input.top_similarity.is_some_and(|s| s >= input.min_similarity);
-    if !trusted {
-        let why = match input.top_similarity {
-            Some(s) => format!("the nearest exemplar is only {s:.3} similar (below {:.3})", input.min_similarity),
-            None => "there are no exemplars to compare with".into(),
-        };
+    if let Some(why) = input.unfamiliar {
         let fallback = candidates.iter().position(|c| c.model == input.fallback_model && eligible(c));
         let (chosen, reason) = match fallback {
             Some(i) => (i, format!("fallback to the safe model {}: {why}", input.fallback_model)),
@@ -279,8 +278,19 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
             return Choice { candidates, chosen: Some(i), fallback: false, reason };
         }
     } else if let Some(i) = candidates.iter().position(|c| eligible(c) && c.clears_bar) {
-        let q = candidates[i].predicted_quality.unwrap_or_default();
-        let reason = format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}");
+        let c = &candidates[i];
+        let q = c.predicted_quality.unwrap_or_default();
+        let reason = if input.caution > 0.0 {
+            let se = c.quality_se.unwrap_or_default();
+            format!(
+                "cheapest model whose predicted quality {q:.2} ± {se:.2} clears the bar {bar:.2} by {} standard error{} ({:.2})",
+                input.caution,
+                if input.caution == 1.0 { "" } else { "s" },
+                q - input.caution * se
+            )
+        } else {
+            format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}")
+        };
         return Choice { candidates, chosen: Some(i), fallback: false, reason };
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
@@ -288,6 +298,10 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
     let i = best_by(&candidates, |c| c.predicted_quality.unwrap_or(-1.0)).expect("some candidate is eligible");
     let q = candidates[i].predicted_quality.unwrap_or_default();
     let reason = match objective {
+        Objective::QualityBar(_) if input.caution > 0.0 => format!(
+            "no model is predicted to clear the bar {bar:.2} by {} standard errors; highest predicted quality {q:.2}",
+            input.caution
+        ),
         Objective::QualityBar(_) => format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}"),
         Objective::UsdPerQuality(_) => format!("no model has a prediction; highest predicted quality {q:.2}"),
     };
@@ -310,7 +324,6 @@ fn best_by(candidates: &[Candidate], score: impl Fn(&Candidate) -> f64) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::predict::ModelPrediction;
 
     fn prices() -> PriceTable {
         let m = |name: &str, out: f64, tier: &str| {
@@ -321,7 +334,7 @@ mod tests {
 
     /// a: quality 0.5, $0.001; b: 0.8, $0.01; c: 0.9, $0.1 (1,000 answer tokens each).
     fn predictions() -> Predictions {
-        let p = |q| ModelPrediction { quality: q, output_tokens: 1000.0, support: 1.0, cost_usd: None };
+        let p = |q| ModelPrediction { quality: q, output_tokens: 1000.0, support: 1.0, effective_neighbours: 8.0, cost_usd: None };
         Predictions {
             per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),
             weights: vec![1.0],
@@ -335,9 +348,9 @@ mod tests {
             predictions: p,
             prices: &t,
             input_tokens: 0,
-            top_similarity: Some(0.9),
-            min_similarity: 0.3,
+            unfamiliar: None,
             objective,
+            caution: 0.0,
             fallback_model: "c",
             default_output_tokens: 500,
         };

@@ -223,9 +223,36 @@ pub struct ModelPrediction {
     pub output_tokens: f64,
     /// Total neighbour weight behind the prediction (in `(0, 1]`; lower means thinner evidence).
     pub support: f64,
+    /// How many neighbours' worth of evidence the prediction rests on: `(Σw)² / Σw²` over the
+    /// neighbours that speak about this model (1 when one neighbour dominates, k when all weigh
+    /// alike). See [`ModelPrediction::standard_error`].
+    pub effective_neighbours: f64,
     /// Predicted USD of the call, from the neighbours' measured costs (weighted mean over those
     /// that carry one); `None` when none does, and the cost is answer tokens × price.
     pub cost_usd: Option<f64>,
+}
+
+impl ModelPrediction {
+    /// The standard error of the predicted quality, as if it were the mean of
+    /// [`effective_neighbours`](ModelPrediction::effective_neighbours) graded answers: the
+    /// standard deviation of a Beta posterior with Jeffreys' prior (½, ½) after `n` answers
+    /// averaging `q`, so one neighbour alone is unsure (0.25 at q = 1) and eight agreeing ones
+    /// much less (0.07), and neighbours that disagree (q near ½) widen it.
+    ///
+    /// ```
+    /// use semroute::predict::ModelPrediction;
+    ///
+    /// let p = |q, n| ModelPrediction { quality: q, output_tokens: 100.0, support: 1.0, effective_neighbours: n, cost_usd: None };
+    /// assert!((p(1.0, 1.0).standard_error() - 0.25).abs() < 1e-12);
+    /// assert!(p(1.0, 8.0).standard_error() < 0.08);
+    /// assert!(p(0.6, 8.0).standard_error() > p(0.9, 8.0).standard_error());
+    /// ```
+    pub fn standard_error(&self) -> f64 {
+        let q = self.quality.clamp(0.0, 1.0);
+        let n = self.effective_neighbours.max(0.0);
+        let (a, b) = (0.5 + n * q, 0.5 + n * (1.0 - q));
+        (a * b / ((a + b).powi(2) * (a + b + 1.0))).sqrt()
+    }
 }
 
 /// Predictions for every model some neighbour speaks about, plus the neighbour weights used.
@@ -368,7 +395,7 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
                 quality = (n * quality + prior.strength * mean) / (n + prior.strength);
             }
             let cost_usd = (cw > 0.0).then(|| c / cw);
-            (m.to_string(), ModelPrediction { quality, output_tokens: t / s, support: s, cost_usd })
+            (m.to_string(), ModelPrediction { quality, output_tokens: t / s, support: s, effective_neighbours: s * s / s2, cost_usd })
         })
         .collect();
     Predictions { per_model, weights }

@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -25,6 +26,7 @@ use crate::decision::{Neighbour, RouteDecision};
 use crate::embed::{Embedder, FastEmbedder, Home};
 use crate::error::{Error, Result};
 use crate::exemplar::{Exemplar, ExemplarSet, Grade};
+use crate::familiar::{Familiarity, Judgement, NEIGHBOURS};
 use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
@@ -49,6 +51,9 @@ struct Inner {
     settings: Settings,
     /// The fallback model the builder was given; `None`: the default of each price table.
     configured_fallback: Option<String>,
+    /// The similarity threshold the builder was given; `None`: derived from each generation's
+    /// exemplars.
+    configured_min_similarity: Option<f32>,
     cache: Option<VectorCache>,
     /// The shared exemplar store, when neighbours come from one instead of an in-process index.
     store: Option<Arc<dyn ExemplarStore>>,
@@ -56,6 +61,8 @@ struct Inner {
     state: ArcSwap<State>,
     /// Serialises writers (reload, add, learn), so that none is lost; routing never takes it.
     writer: Mutex<Writer>,
+    /// Whether a background refit of the quality model is running (see [`Router::learn`]).
+    refitting: AtomicBool,
 }
 
 /// What writers keep between generations.
@@ -94,7 +101,17 @@ struct State {
     /// What cross-validation chose, when `Auto` ran it (kept across additions: it is not rerun).
     selected: Option<Predictor>,
     fallback_model: String,
+    /// When the exemplars are not trusted for a prompt: the configured similarity threshold,
+    /// else a rule derived from these exemplars ([`Familiarity::derive`]).
+    familiarity: Familiarity,
+    /// Which build or reload this state descends from (additions keep it).
+    generation: u64,
+    /// How many of `exemplars` (the first ones) the quality model was fitted on.
+    fitted_on: usize,
 }
+
+/// Numbers each build or reload, so a background refit of older data is never stored.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Where neighbours are found.
 #[derive(Clone)]
@@ -114,8 +131,18 @@ pub struct Settings {
     pub quality_bar: f64,
     /// Default utility objective (USD per quality point), used instead of the bar when set.
     pub usd_per_quality: Option<f64>,
-    /// Below this top similarity, use the fallback model.
-    pub min_similarity: f32,
+    /// Below this similarity of the nearest exemplar the fallback model is used, when that rule
+    /// is in force (set with [`RouterBuilder::min_similarity`], or with a shared store or a very
+    /// large set); `None` under the density rule.
+    pub min_similarity: Option<f32>,
+    /// The density rule's limit in force (see [`familiar`](crate::familiar)): above this
+    /// unfamiliarity the fallback model is used; `None` under the similarity rule.
+    pub unfamiliar_limit: Option<f64>,
+    /// The share of the exemplars themselves the derived rule would call unfamiliar.
+    pub unfamiliar_share: f64,
+    /// How many standard errors a model's predicted quality must clear the bar by (0: the
+    /// point prediction alone).
+    pub caution: f64,
     /// The safe model.
     pub fallback_model: String,
     /// Softmax temperature of neighbour weights.
@@ -244,7 +271,13 @@ impl Router {
 
     /// The settings in force (the fallback model is that of the current price table).
     pub fn settings(&self) -> Settings {
-        Settings { fallback_model: self.inner.state.load().fallback_model.clone(), ..self.inner.settings.clone() }
+        let state = self.inner.state.load();
+        Settings {
+            fallback_model: state.fallback_model.clone(),
+            min_similarity: state.familiarity.min_similarity(),
+            unfamiliar_limit: state.familiarity.limit(),
+            ..self.inner.settings.clone()
+        }
     }
 
     /// Replaces the exemplars and the price table at once, while routing goes on: decisions
@@ -270,6 +303,7 @@ impl Router {
             exemplars,
             prices,
             inner.configured_fallback.as_deref(),
+            inner.configured_min_similarity,
             &inner.settings,
             inner.cache.as_ref(),
             inner.store.as_ref(),
@@ -312,10 +346,81 @@ impl Router {
         if let Some(log) = writer.log.as_mut() {
             log.append(feedback)?;
         }
-        let state = self.grown(&current, exemplars, vectors.clone())?;
+        let state = self.grown(&current, exemplars, vectors.clone(), Refit::Later)?;
         inner.state.store(Arc::new(state));
         writer.keep(&current.search, vec![exemplar], vectors);
+        drop(writer);
+        self.refit_soon();
         Ok(())
+    }
+
+    /// Brings the quality model up to date with everything learned, and returns when it is.
+    /// [`learn`](Router::learn) makes a new piece of feedback visible to the neighbours at once
+    /// but refits the model fitted on every exemplar (kernel ridge, low rank) in the background,
+    /// one refit at a time covering everything learned meanwhile, because a refit grows with the
+    /// cube of the exemplars (about 2 s at 1,600) and must not hold up the caller. Call this
+    /// when a decision must reflect every piece of feedback given so far (tests, batch jobs).
+    ///
+    /// ```no_run
+    /// # use semroute::{feedback::Feedback, Router};
+    /// let router = Router::builder().build()?;
+    /// router.learn(&Feedback::new("req-1", "Translate: good morning", "claude-haiku-5-5", 1.0, 5))?;
+    /// router.refit();
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn refit(&self) {
+        // Wait out a background refit (it may have started before the last feedback) ...
+        while self.inner.refitting.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // ... then cover whatever it did not.
+        self.refit_once();
+    }
+
+    /// Starts a background refit unless one is running (which then covers this one too).
+    fn refit_soon(&self) {
+        if self.inner.refitting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let router = self.clone();
+        let spawned = std::thread::Builder::new().name("semroute-refit".into()).spawn(move || loop {
+            router.refit_once();
+            router.inner.refitting.store(false, Ordering::Release);
+            // Feedback that arrived while refitting, and found the flag set, is covered now.
+            let s = router.inner.state.load();
+            if s.fitted_on == s.exemplars.len() || router.inner.refitting.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("could not start a background refit ({e}); refitting on the caller's thread");
+            self.inner.refitting.store(false, Ordering::Release);
+            self.refit_once();
+        }
+    }
+
+    /// Fits the quality model on the exemplars in force and stores it, unless a reload replaced
+    /// them meanwhile.
+    fn refit_once(&self) {
+        let inner = &*self.inner;
+        let snapshot = inner.state.load_full();
+        if snapshot.fitted_on == snapshot.exemplars.len() {
+            return;
+        }
+        let (predictor, selected, quality) = quality_model(
+            &snapshot.search,
+            &snapshot.exemplars,
+            &snapshot.prices,
+            &inner.settings,
+            snapshot.selected,
+            inner.embedder.as_ref(),
+        );
+        let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = inner.state.load_full();
+        if current.generation != snapshot.generation || current.fitted_on >= snapshot.exemplars.len() {
+            return;
+        }
+        inner.state.store(Arc::new(State { predictor, selected, quality, fitted_on: snapshot.exemplars.len(), ..State::clone(&current) }));
     }
 
     /// `state` plus `items` (with their `vectors`), validated.
@@ -324,19 +429,21 @@ impl Router {
             return Ok(state.clone());
         }
         let exemplars = validated(state, items, origin)?;
-        self.grown(state, exemplars, vectors)
+        self.grown(state, exemplars, vectors, Refit::Now)
     }
 
     /// `state` with `exemplars` (its own followed by new ones, validated) and the new ones'
     /// `vectors`: added to the in-process index (whose graph is rebuilt when the scanned part has
     /// grown enough), or written to the shared store.
-    fn grown(&self, state: &State, exemplars: ExemplarSet, vectors: Vec<Vec<f32>>) -> Result<State> {
+    fn grown(&self, state: &State, exemplars: ExemplarSet, vectors: Vec<Vec<f32>>, refit: Refit) -> Result<State> {
+        let mut familiarity = state.familiarity.clone();
         let search = match &state.search {
             Search::Local(index) => {
                 let mut index = index.with_added(vectors)?;
                 if index.needs_rebuild() {
                     index = index.rebuilt()?;
                 }
+                familiarity = familiarity.extended(&index, &exemplars, state.exemplars.len());
                 Search::Local(index)
             }
             Search::Shared(store) => {
@@ -345,11 +452,20 @@ impl Router {
                 Search::Shared(store.clone())
             }
         };
-        // The quality model is refitted on everything (40 ms at 427 exemplars).
-        let (predictor, selected, quality) =
-            quality_model(&search, &exemplars, &state.prices, &self.inner.settings, state.selected, self.inner.embedder.as_ref());
+        // The quality model is refitted on everything (40 ms at 427 exemplars, cubic in their
+        // number: about 2 s at 1,600), now or in the background.
+        let (predictor, selected, quality, fitted_on) = match refit {
+            Refit::Now => {
+                let (p, s, q) =
+                    quality_model(&search, &exemplars, &state.prices, &self.inner.settings, state.selected, self.inner.embedder.as_ref());
+                (p, s, q, exemplars.len())
+            }
+            Refit::Later => (state.predictor, state.selected, state.quality.clone(), state.fitted_on),
+        };
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
         Ok(State {
+            generation: state.generation,
+            fitted_on,
             exemplars,
             search,
             prices: state.prices.clone(),
@@ -358,6 +474,7 @@ impl Router {
             predictor,
             selected,
             fallback_model: state.fallback_model.clone(),
+            familiarity,
         })
     }
 
@@ -381,7 +498,7 @@ impl Router {
         let exemplars = validated(&current, items.clone(), &origin.as_ref().to_string_lossy())?;
         let prompts: Vec<&str> = items.iter().map(|e| e.prompt.as_str()).collect();
         let vectors = inner.embedder.embed_batch(&prompts)?;
-        let state = self.grown(&current, exemplars, vectors.clone())?;
+        let state = self.grown(&current, exemplars, vectors.clone(), Refit::Now)?;
         inner.state.store(Arc::new(state));
         writer.keep(&current.search, items, vectors);
         Ok(())
@@ -436,12 +553,17 @@ impl Router {
         let s = &inner.settings;
         // One snapshot for the whole decision, so a reload mid-way cannot mix old and new data.
         let state = inner.state.load_full();
-        let found: Vec<(Arc<Exemplar>, f32)> = match &state.search {
-            Search::Local(index) => {
-                index.search(vector, s.k).into_iter().map(|h| (state.exemplars.shared(h.position), h.similarity)).collect()
-            }
-            Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (h.exemplar, h.similarity)).collect(),
+        // (position in the in-process index, if any; exemplar; similarity), most similar first.
+        let hits: Vec<(Option<usize>, Arc<Exemplar>, f32)> = match &state.search {
+            Search::Local(index) => index
+                .search(vector, s.k.max(NEIGHBOURS))
+                .into_iter()
+                .map(|h| (Some(h.position), state.exemplars.shared(h.position), h.similarity))
+                .collect(),
+            Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (None, h.exemplar, h.similarity)).collect(),
         };
+        let judgement = state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>());
+        let found: Vec<(Arc<Exemplar>, f32)> = hits.into_iter().take(s.k).map(|h| (h.1, h.2)).collect();
         let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
         let mut predictions = predict_from(&grades, &state.prices, s.temperature, &state.prior);
         if let Some(model) = &state.quality {
@@ -450,7 +572,7 @@ impl Router {
             state.predictor.apply(model, prompt, vector, &mut predictions);
         }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
-        Ok(Assessment { router: self.clone(), state, found, predictions, input_tokens })
+        Ok(Assessment { router: self.clone(), state, found, judgement, predictions, input_tokens })
     }
 }
 
@@ -459,6 +581,7 @@ pub struct Assessment {
     router: Router,
     state: Arc<State>,
     found: Vec<(Arc<Exemplar>, f32)>,
+    judgement: Judgement,
     predictions: Predictions,
     input_tokens: u64,
 }
@@ -494,8 +617,8 @@ impl Assessment {
                 predictions: &self.predictions,
                 prices: &self.state.prices,
                 input_tokens: self.input_tokens,
-                top_similarity: self.found.first().map(|h| h.1),
-                min_similarity: s.min_similarity,
+                unfamiliar: self.judgement.unfamiliar.as_deref(),
+                caution: s.caution,
                 objective: constraints.objective(s.objective()),
                 fallback_model: &self.state.fallback_model,
                 default_output_tokens: DEFAULT_OUTPUT_TOKENS,
@@ -549,6 +672,7 @@ impl Assessment {
             quality_bar: constraints.quality_bar.unwrap_or(s.quality_bar),
             objective,
             fallback: choice.fallback,
+            unfamiliarity: self.judgement.unfamiliarity,
             reason: choice.reason.clone(),
             quality_from: state.predictor.describe(state.quality.is_some()).to_string(),
             neighbours,
@@ -604,6 +728,8 @@ pub struct RouterBuilder {
     quality_bar: Option<f64>,
     usd_per_quality: Option<f64>,
     min_similarity: Option<f32>,
+    unfamiliar_share: Option<f64>,
+    caution: Option<f64>,
     fallback_model: Option<String>,
     temperature: Option<f64>,
     prior_strength: Option<f64>,
@@ -652,11 +778,48 @@ impl RouterBuilder {
         self
     }
 
-    /// Below this cosine similarity of the nearest exemplar, the fallback model is used
-    /// (default: the embedder's [`suggested_min_similarity`](Embedder::suggested_min_similarity),
-    /// else 0.3, which suits all-MiniLM-L6-v2).
+    /// Below this cosine similarity of the nearest exemplar, the fallback model is used. By
+    /// default it is derived from the exemplars (see
+    /// [`unfamiliar_share`](RouterBuilder::unfamiliar_share)); this fixes it instead.
     pub fn min_similarity(mut self, s: f32) -> Self {
         self.min_similarity = Some(s);
+        self
+    }
+
+    /// How often the derived fallback rule would fire on the exemplars themselves (default
+    /// 0.02). By default the router falls back when a prompt is unfamiliar by a rule derived from
+    /// the exemplars, so that it means "nothing like this is known" on any embedder (see
+    /// [`familiar`](crate::familiar)): a prompt falls back when it is farther from its nearest
+    /// exemplars, relative to how close those are to their own, than all but this share of the
+    /// exemplars are. Derived at build and reload (one search per exemplar: about 30 ms at 427
+    /// exemplars); over 20,000 exemplars, a similarity threshold from a sample of 2,000; with a
+    /// shared store, or fewer than 20 exemplars, the embedder's
+    /// [`suggested_min_similarity`](Embedder::suggested_min_similarity) (else 0.3).
+    ///
+    /// ```no_run
+    /// let router = semroute::Router::builder().unfamiliar_share(0.05).build()?;
+    /// println!("falls back above unfamiliarity {:?}", router.settings().unfamiliar_limit);
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn unfamiliar_share(mut self, share: f64) -> Self {
+        self.unfamiliar_share = Some(share);
+        self
+    }
+
+    /// How cautious the quality bar is (default 1.0): a model clears the bar only when its
+    /// predicted quality minus this many standard errors does. The standard error is that of a
+    /// quality estimated from the neighbours actually behind the prediction: few, far-apart or
+    /// disagreeing neighbours give a wide one (see
+    /// [`Candidate::quality_se`](crate::decision::Candidate::quality_se)), so an unsure
+    /// prediction escalates to a stronger model instead of gambling on a cheap one. 0 uses the
+    /// point prediction alone. The utility objective is not affected (it weighs expected values).
+    ///
+    /// ```no_run
+    /// let router = semroute::Router::builder().caution(2.0).build()?;
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn caution(mut self, z: f64) -> Self {
+        self.caution = Some(z);
         self
     }
 
@@ -745,6 +908,14 @@ impl RouterBuilder {
         if let Some(s) = self.min_similarity.filter(|s| !(-1.0..=1.0).contains(s)) {
             return Err(Error::Config(format!("min_similarity must be within [-1, 1], got {s}")));
         }
+        let unfamiliar_share = self.unfamiliar_share.unwrap_or(DEFAULT_UNFAMILIAR_SHARE);
+        if !(0.0..=1.0).contains(&unfamiliar_share) {
+            return Err(Error::Config(format!("unfamiliar_share must be within [0, 1], got {unfamiliar_share}")));
+        }
+        let caution = self.caution.unwrap_or(DEFAULT_CAUTION);
+        if !(caution.is_finite() && caution >= 0.0) {
+            return Err(Error::Config(format!("caution must be a finite, non-negative number of standard errors, got {caution}")));
+        }
         let temperature = self.temperature.unwrap_or(0.05);
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(Error::Config(format!("temperature must be positive, got {temperature}")));
@@ -780,13 +951,15 @@ impl RouterBuilder {
             Some(e) => e,
             None => Arc::new(FastEmbedder::load_default()?),
         };
-        let min_similarity = self.min_similarity.or(embedder.suggested_min_similarity()).unwrap_or(0.3);
-        // The fallback model is the price table's, known once the state is built.
+        // The fallback model and the similarity threshold come with the state.
         let settings = Settings {
             k,
             quality_bar,
             usd_per_quality: self.usd_per_quality,
-            min_similarity,
+            min_similarity: None,
+            unfamiliar_limit: None,
+            unfamiliar_share,
+            caution,
             fallback_model: String::new(),
             temperature,
             prior_strength,
@@ -801,6 +974,7 @@ impl RouterBuilder {
             exemplars,
             prices,
             self.fallback_model.as_deref(),
+            self.min_similarity,
             &settings,
             cache.as_ref(),
             self.store.as_ref(),
@@ -848,10 +1022,12 @@ impl RouterBuilder {
                 tokens: tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??,
                 settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
                 configured_fallback: self.fallback_model,
+                configured_min_similarity: self.min_similarity,
                 cache,
                 store: self.store,
                 state: ArcSwap::from_pointee(state),
                 writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
+                refitting: AtomicBool::new(false),
             }),
         };
         if !writer.added.is_empty() {
@@ -882,6 +1058,7 @@ fn build_state(
     exemplars: ExemplarSet,
     prices: PriceTable,
     fallback: Option<&str>,
+    min_similarity: Option<f32>,
     settings: &Settings,
     cache: Option<&VectorCache>,
     store: Option<&Arc<dyn ExemplarStore>>,
@@ -909,8 +1086,43 @@ fn build_state(
     };
     let (predictor, selected, quality) = quality_model(&search, &exemplars, &prices, settings, None, embedder);
     let prior = prior_of(&exemplars, &prices, settings.prior_strength);
-    Ok(State { exemplars, search, prices: Arc::new(prices), prior, quality, predictor, selected, fallback_model })
+    let familiarity = match (min_similarity, &search) {
+        (Some(s), _) => Some(Familiarity::Similarity(s)),
+        (None, Search::Local(index)) => Familiarity::derive(index, &exemplars, settings.unfamiliar_share),
+        (None, Search::Shared(_)) => None,
+    }
+    .unwrap_or_else(|| Familiarity::Similarity(embedder.suggested_min_similarity().unwrap_or(0.3)));
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    let fitted_on = exemplars.len();
+    Ok(State {
+        exemplars,
+        search,
+        prices: Arc::new(prices),
+        prior,
+        quality,
+        predictor,
+        selected,
+        fallback_model,
+        familiarity,
+        generation,
+        fitted_on,
+    })
 }
+
+/// When [`Router::grown`] refits the quality model.
+#[derive(Clone, Copy)]
+enum Refit {
+    /// On the caller's thread (build, reload, bulk additions).
+    Now,
+    /// In the background ([`Router::learn`]).
+    Later,
+}
+
+/// Default of [`RouterBuilder::unfamiliar_share`].
+pub const DEFAULT_UNFAMILIAR_SHARE: f64 = 0.02;
+
+/// Default of [`RouterBuilder::caution`].
+pub const DEFAULT_CAUTION: f64 = 1.0;
 
 /// The predictor in force for these exemplars and the model it fits, if any (only over the
 /// in-process index, which holds every exemplar's vector). With [`Predictor::Auto`] and a set of

@@ -148,11 +148,21 @@ fn learned_feedback_steers_later_decisions_and_survives_a_restart() {
     router.learn(&Feedback::new("r1", prompt, &cheapest, 0.0, 300)).unwrap();
     router.learn(&Feedback::new("r2", prompt, &cheapest, 0.0, 310)).unwrap();
     router.learn(&Feedback::new("r3", prompt, &strongest, 1.0, 280)).unwrap();
+    // The neighbours see it at once; the quality model is refitted in the background.
+    let at_once = router.route(prompt).unwrap();
+    let top: Vec<&str> = at_once.neighbours.iter().take(3).map(|n| n.id.as_str()).collect();
+    assert!(top.iter().all(|id| id.starts_with("feedback:")), "{top:?}");
+    router.refit();
     let after = router.route(prompt).unwrap();
     assert_eq!(router.exemplars().len(), n0 + 3);
-    let top: Vec<&str> = after.neighbours.iter().take(3).map(|n| n.id.as_str()).collect();
-    assert!(top.iter().all(|id| id.starts_with("feedback:")), "{top:?}");
     assert!(after.neighbours[0].similarity > 0.99);
+    // Once refitted, the router decides exactly as one built with the feedback from the start.
+    let fresh = router_with(dir.path(), Some(&log));
+    let replayed = fresh.route(prompt).unwrap();
+    assert_eq!(replayed.model, after.model);
+    for (a, b) in after.candidates.iter().zip(&replayed.candidates) {
+        assert!((a.predicted_quality.unwrap_or(-1.0) - b.predicted_quality.unwrap_or(-1.0)).abs() < 1e-9, "{a:?} vs {b:?}");
+    }
     let c = after.candidates.iter().find(|c| c.model == cheapest).unwrap();
     assert!(c.predicted_quality.unwrap() < 0.3 && !c.clears_bar, "{c:?}");
     assert_ne!(after.model, cheapest);

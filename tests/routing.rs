@@ -35,7 +35,8 @@ fn hard_prompts_go_to_a_strong_model() {
         let d = route(prompt);
         assert_eq!(d.tier, Some(Tier::Strong), "{prompt:?} went to {} ({})", d.model, d.reason);
         assert!(!d.fallback, "{prompt:?} should be decided by exemplars: {}", d.reason);
-        assert!(d.neighbours[0].similarity >= common::router().settings().min_similarity);
+        let limit = common::router().settings().unfamiliar_limit.expect("the density rule is the default");
+        assert!(d.unfamiliarity.is_some_and(|u| u <= limit), "{:?} above {limit}", d.unfamiliarity);
     }
 }
 
@@ -59,6 +60,59 @@ fn decision_explains_itself() {
     for key in ["model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback"] {
         assert!(json.get(key).is_some(), "missing {key}");
     }
+}
+
+#[test]
+fn the_fallback_rule_is_derived_from_the_exemplars() {
+    // The built-in set's own density limit, not a constant: by construction about 2% of the
+    // exemplars themselves are beyond it, and 5% with a share of 0.05.
+    let r = common::router();
+    let s = r.settings();
+    assert_eq!(s.min_similarity, None);
+    let limit = s.unfamiliar_limit.expect("derived");
+    assert!(limit > 1.0 && limit < 5.0, "{limit}");
+    let looser = Router::builder().embedder(common::embedder()).cache_dir(common::vector_cache()).unfamiliar_share(0.05).build().unwrap();
+    assert!(looser.settings().unfamiliar_limit.unwrap() < limit);
+
+    // Keyboard mashing is unknown; an ordinary request in a category the set covers is not.
+    let d = r.route("asdkjh qwe zxcmnb").unwrap();
+    assert!(d.fallback, "{}", d.reason);
+    assert!(d.reason.contains("nothing like it is known"), "{}", d.reason);
+    assert!(d.unfamiliarity.unwrap() > limit);
+    let d = r.route("Translate into Spanish: \"The train leaves at seven.\"").unwrap();
+    assert!(!d.fallback, "{}", d.reason);
+    assert!(Router::builder().embedder(common::embedder()).unfamiliar_share(1.5).build().is_err());
+    assert!(Router::builder().embedder(common::embedder()).caution(-1.0).build().is_err());
+}
+
+#[test]
+fn caution_escalates_an_unsure_prediction() {
+    // With caution, a model clears the bar only by its standard error: never a cheaper choice
+    // than without, and each candidate shows its uncertainty.
+    let plain = Router::builder().embedder(common::embedder()).cache_dir(common::vector_cache()).caution(0.0).build().unwrap();
+    let cautious = common::router();
+    assert_eq!(cautious.settings().caution, semroute::router::DEFAULT_CAUTION);
+    let mut escalated = 0;
+    for prompt in [
+        "Fix the grammar: \"me and him goes to the store yesterday\"",
+        "What's the difference between a mutex and a semaphore?",
+        "Summarise this email in one line: the deploy is moved to Friday because QA found a blocker.",
+        "写一个函数判断一个字符串是不是回文",
+        "我们的服务偶尔死锁，线程转储显示两个线程互相等待对方的锁，帮我分析原因并给出修复方案",
+        "Prove that the square root of 2 is irrational.",
+    ] {
+        let (a, b) = (plain.route(prompt).unwrap(), cautious.route(prompt).unwrap());
+        assert!(b.tier >= a.tier, "{prompt:?}: {:?} without caution, {:?} with", a.tier, b.tier);
+        escalated += usize::from(b.tier > a.tier);
+        let chosen = b.candidates.iter().find(|c| c.model == b.model).unwrap();
+        let se = chosen.quality_se.expect("a predicted model has a standard error");
+        assert!(se > 0.0 && se < 0.5, "{se}");
+        if !b.fallback && b.reason.starts_with("cheapest") {
+            assert!(chosen.predicted_quality.unwrap() - se >= b.quality_bar - 1e-9, "{}", b.reason);
+            assert!(b.reason.contains("standard error"), "{}", b.reason);
+        }
+    }
+    eprintln!("caution escalated {escalated} of 6");
 }
 
 #[test]
@@ -197,11 +251,8 @@ fn warm_start_reads_cached_vectors_and_graph() {
     let build = || Router::builder().embedder(common::embedder()).cache_dir(dir.path()).build().unwrap();
     let cold = build();
     let file = |ext: &str| {
-        let found: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == ext))
-            .collect();
+        let found: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == ext)).collect();
         assert_eq!(found.len(), 1, "one .{ext} file for the built-in set: {found:?}");
         found[0].clone()
     };
@@ -238,7 +289,15 @@ fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
     // One cache for both routers: the training set is embedded once.
     let cache = tempfile::tempdir().unwrap();
     let build = |p: Predictor| {
-        Router::builder().embedder(common::embedder()).exemplars(train.clone()).predictor(p).cache_dir(cache.path()).build().unwrap()
+        // The point predictions compared (caution would escalate both alike).
+        Router::builder()
+            .embedder(common::embedder())
+            .exemplars(train.clone())
+            .predictor(p)
+            .caution(0.0)
+            .cache_dir(cache.path())
+            .build()
+            .unwrap()
     };
     let prompts: Vec<&str> = held.iter().map(|(_, e)| e.prompt.as_str()).collect();
     let score = |router: &Router| {

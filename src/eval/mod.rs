@@ -30,9 +30,11 @@ use crate::pricing::TokenCounter;
 
 mod bench;
 mod loo;
+mod sides;
 
 pub use bench::{run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetResult};
 pub use loo::{leave_one_out, LooOutcome, LooReport, Tally};
+pub use sides::{check_sides, Side, SideCase, SideOutcome, SideReport, SideTally};
 
 /// One dataset record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

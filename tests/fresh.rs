@@ -1,0 +1,59 @@
+//! The fresh-prompt check (issue 19): 226 everyday prompts written by hand for this check, half
+//! in Chinese, each with the side a careful person would send it to, plus 24 nonsense prompts,
+//! routed with the built-in exemplars, prices and the default embedder. It reports agreement and
+//! the hard prompts sent cheap, and holds the defaults to what they measured when this check was
+//! added (see the README's built-in exemplars section); the aims (90%, no hard prompt on the
+//! cheap tier) are not all met yet, so these floors catch a regression, not success.
+
+mod common;
+
+use std::collections::HashSet;
+
+use semroute::eval::{check_sides, Side, SideCase};
+use semroute::ExemplarSet;
+
+fn cases() -> Vec<SideCase> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fresh");
+    let mut cases = SideCase::load(format!("{dir}/prompts.jsonl")).unwrap();
+    cases.extend(SideCase::load(format!("{dir}/nonsense.jsonl")).unwrap());
+    cases
+}
+
+#[test]
+fn the_fresh_prompts_are_not_exemplars() {
+    let known: HashSet<String> = ExemplarSet::builtin().unwrap().iter().map(|e| e.prompt.trim().to_lowercase()).collect();
+    let cases = cases();
+    assert!(cases.len() >= 200 + 24);
+    assert!(cases.iter().filter(|c| c.side != Side::Unknown && c.language == "zh").count() * 2 >= 200);
+    for c in &cases {
+        assert!(!known.contains(&c.prompt.trim().to_lowercase()), "{} is a built-in exemplar", c.id);
+    }
+}
+
+#[test]
+fn fresh_prompts_go_to_their_side() {
+    let report = check_sides(&common::router(), &cases()).unwrap();
+    let all = report.overall();
+    let by = report.by(|o| format!("{} {:?}", o.language, o.side));
+    for (k, t) in &by {
+        eprintln!(
+            "{k:<14} n {:>3}  on its side {:>5.1}%  hard→cheap {}  hard→mid {}  routine→strong {}  fell back {}",
+            t.n,
+            100.0 * t.agreement(),
+            t.strong_to_cheap,
+            t.strong_to_mid,
+            t.cheap_to_strong,
+            t.fallbacks
+        );
+    }
+    let hard_cheap: Vec<&str> =
+        report.outcomes.iter().filter(|o| o.side == Side::Strong && o.tier == semroute::Tier::Cheap).map(|o| o.id.as_str()).collect();
+    eprintln!("overall {:.1}% on its side; hard prompts sent to the cheap tier: {hard_cheap:?}", 100.0 * all.agreement());
+    // Floors: what the defaults measured when this check was added (MiniLM, caution 1).
+    assert!(all.agreement() >= 0.74, "{:.3}", all.agreement());
+    assert!(hard_cheap.len() <= 2, "{hard_cheap:?}");
+    let unknown = by.iter().filter(|(k, _)| k.ends_with("Unknown")).map(|(_, t)| t.agree).sum::<usize>();
+    assert!(unknown >= 10, "only {unknown} of 24 nonsense prompts fell back");
+    let routine_fallbacks = report.outcomes.iter().filter(|o| o.side == Side::Cheap && o.fallback).count();
+    assert!(routine_fallbacks <= 12, "{routine_fallbacks} routine prompts fell back");
+}
