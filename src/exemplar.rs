@@ -204,6 +204,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("starter.jsonl", include_str!("../exemplars/starter.jsonl")),
     ("work-code.jsonl", include_str!("../exemplars/work-code.jsonl")),
     ("work-domain.jsonl", include_str!("../exemplars/work-domain.jsonl")),
+    ("work-everyday.jsonl", include_str!("../exemplars/work-everyday.jsonl")),
     ("work-extract.jsonl", include_str!("../exemplars/work-extract.jsonl")),
     ("work-reasoning.jsonl", include_str!("../exemplars/work-reasoning.jsonl")),
     ("work-text.jsonl", include_str!("../exemplars/work-text.jsonl")),

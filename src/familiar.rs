@@ -5,9 +5,11 @@
 //! dense and sparse parts of one exemplar set. So by default the rule is derived from the set
 //! itself, as a local density ratio (the idea of the local outlier factor): a prompt's
 //! *unfamiliarity* is its mean distance (1 − cosine) to its [`NEIGHBOURS`] nearest exemplars,
-//! divided by those exemplars' own mean distance to theirs. About 1 means "as close to the set
-//! as the set's own prompts are to each other"; the limit is the value that only a small share
-//! of the exemplars themselves exceed ([`Familiarity::derive`]). An exemplar's translations
+//! divided by those exemplars' own mean distance to theirs (or by the set's median such distance,
+//! where the neighbourhood is denser than the median: a clump of near-duplicates, such as
+//! feedback on one recurring prompt, does not make its surroundings look unknown). About 1 means
+//! "as close to the set as the set's own prompts are to each other"; the limit is the value that
+//! only a small share of the exemplars themselves exceed ([`Familiarity::derive`]). An exemplar's translations
 //! (exemplars sharing its `pair`) do not count as its neighbours, since a new prompt has no twin.
 //!
 //! ```
@@ -61,6 +63,10 @@ pub enum Familiarity {
         /// Each exemplar's mean distance to its nearest others, by position (exemplars added
         /// later are appended as they come).
         spread: Arc<Vec<f32>>,
+        /// The median of the exemplars' spreads: a neighbourhood denser than this counts as this
+        /// dense, so that a prompt near a clump of near-duplicates is not called unfamiliar for
+        /// being a little farther from them than they are from each other.
+        typical: f32,
     },
 }
 
@@ -95,11 +101,19 @@ impl Familiarity {
         }
         let near: Vec<Vec<(usize, f32)>> = (0..n).map(|i| others(index, exemplars, i, vectors[i], NEIGHBOURS)).collect();
         let spread: Vec<f32> = near.iter().map(|h| mean_distance(h) as f32).collect();
+        let typical = {
+            let mut s: Vec<f32> = near.iter().zip(&spread).filter(|(h, _)| !h.is_empty()).map(|(_, &s)| s).collect();
+            s.sort_by(f32::total_cmp);
+            if s.is_empty() {
+                return None;
+            }
+            quantile(&s, 0.5)
+        };
         let mut ratios: Vec<f32> = near
             .iter()
             .enumerate()
             .filter(|(_, h)| !h.is_empty())
-            .map(|(i, h)| ratio(f64::from(spread[i]), h.iter().map(|&(p, _)| spread[p])) as f32)
+            .map(|(i, h)| ratio(f64::from(spread[i]), h.iter().map(|&(p, _)| spread[p]), typical) as f32)
             .collect();
         if ratios.len() < MIN_EXEMPLARS {
             return None;
@@ -108,7 +122,7 @@ impl Familiarity {
         // Never below 1: a prompt as close to its neighbours as they are to theirs is familiar
         // (a set of near-duplicates would otherwise put the limit at 0).
         let limit = f64::from(quantile(&ratios, 1.0 - share)).max(1.0);
-        Some(Familiarity::Density { limit, spread: Arc::new(spread) })
+        Some(Familiarity::Density { limit, spread: Arc::new(spread), typical })
     }
 
     /// This rule after exemplars were added at positions `from..` of `index` (their spreads are
@@ -116,14 +130,14 @@ impl Familiarity {
     pub fn extended(&self, index: &LiveIndex, exemplars: &ExemplarSet, from: usize) -> Familiarity {
         match self {
             Familiarity::Similarity(_) => self.clone(),
-            Familiarity::Density { limit, spread } => {
+            Familiarity::Density { limit, spread, typical } => {
                 let vectors: Vec<&[f32]> = index.vectors().collect();
                 let mut all = Vec::clone(spread);
                 all.truncate(from);
                 for i in all.len()..exemplars.len().min(vectors.len()) {
                     all.push(mean_distance(&others(index, exemplars, i, vectors[i], NEIGHBOURS)) as f32);
                 }
-                Familiarity::Density { limit: *limit, spread: Arc::new(all) }
+                Familiarity::Density { limit: *limit, spread: Arc::new(all), typical: *typical }
             }
         }
     }
@@ -139,13 +153,13 @@ impl Familiarity {
                 unfamiliarity: None,
                 unfamiliar: (top < *min).then(|| format!("the nearest exemplar is only {top:.3} similar (below {min:.3})")),
             },
-            Familiarity::Density { limit, spread } => {
+            Familiarity::Density { limit, spread, typical } => {
                 let used: Vec<(usize, f32)> = hits.iter().take(NEIGHBOURS).filter_map(|&(p, s)| p.map(|p| (p, s))).collect();
                 let known: Vec<f32> = used.iter().filter_map(|&(p, _)| spread.get(p).copied()).collect();
                 if known.is_empty() {
                     return Judgement { unfamiliarity: None, unfamiliar: None };
                 }
-                let r = ratio(mean_distance(&used), known.into_iter());
+                let r = ratio(mean_distance(&used), known.into_iter(), *typical);
                 Judgement {
                     unfamiliarity: Some(r),
                     unfamiliar: (r > *limit).then(|| {
@@ -195,10 +209,11 @@ fn mean_distance(hits: &[(usize, f32)]) -> f64 {
     hits.iter().map(|&(_, s)| 1.0 - f64::from(s)).sum::<f64>() / hits.len() as f64
 }
 
-/// `distance` over the mean of `spreads`, with the denominator kept off zero (duplicates).
-fn ratio(distance: f64, spreads: impl Iterator<Item = f32>) -> f64 {
+/// `distance` over the mean of `spreads`, or over `typical` where the neighbourhood is denser
+/// than that (and kept off zero).
+fn ratio(distance: f64, spreads: impl Iterator<Item = f32>, typical: f32) -> f64 {
     let (sum, n) = spreads.fold((0.0, 0usize), |(s, n), x| (s + f64::from(x), n + 1));
-    distance.max(0.0) / (sum / n.max(1) as f64).max(1e-3)
+    distance.max(0.0) / (sum / n.max(1) as f64).max(f64::from(typical)).max(1e-3)
 }
 
 fn quantile(sorted: &[f32], q: f64) -> f32 {

@@ -294,13 +294,16 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
         return Choice { candidates, chosen: Some(i), fallback: false, reason };
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
-    // among equals.
-    let i = best_by(&candidates, |c| c.predicted_quality.unwrap_or(-1.0)).expect("some candidate is eligible");
+    // among equals; with caution, the best lower bound (a model whose high prediction rests on
+    // one lucky neighbour is not the safe choice).
+    let lower = |c: &Candidate| c.predicted_quality.map_or(-1.0, |q| q - input.caution * c.quality_se.unwrap_or(0.0));
+    let i = best_by(&candidates, lower).expect("some candidate is eligible");
     let q = candidates[i].predicted_quality.unwrap_or_default();
     let reason = match objective {
         Objective::QualityBar(_) if input.caution > 0.0 => format!(
-            "no model is predicted to clear the bar {bar:.2} by {} standard errors; highest predicted quality {q:.2}",
-            input.caution
+            "no model is predicted to clear the bar {bar:.2} by {} standard errors; the highest lower bound: predicted quality {q:.2} ± {:.2}",
+            input.caution,
+            candidates[i].quality_se.unwrap_or_default()
         ),
         Objective::QualityBar(_) => format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}"),
         Objective::UsdPerQuality(_) => format!("no model has a prediction; highest predicted quality {q:.2}"),

@@ -784,3 +784,61 @@ async fn oversized_feedback_is_413_and_the_bearer_scheme_is_case_insensitive() {
     let resp = http().get(s.url("/v1/models")).header("authorization", format!("Basic {CLIENT_KEY}")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// Resident memory of a process, from /proc: (VmRSS, VmHWM) in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).unwrap() / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Issue 16, item 1: a long streamed answer without usage once kept every chunk's text and
+/// counted its tokens at the end, on an async worker (33 MB of text became 1.6 GB resident and
+/// 30 s of CPU after the client had gone). Now it is counted in 64 KiB blocks as it passes: a
+/// 40 MiB usage-less stream, read to the end and cut by its client, leaves serve's peak memory
+/// near where it started, and its tokens are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_without_usage_is_tallied_in_bounded_memory() {
+    let fake = FakeLlm::start().await;
+    let s =
+        serve(&fake, &[("fake-cheap", "openai", "cheap-huge"), ("fake-mid", "openai", "mid"), ("fake-strong", "openai", "strong")], &[]);
+    let pid = s.child.id();
+    let (_, start_hwm) = memory_mib(pid);
+    let body = json!({"model": "fake-cheap", "stream": true, "messages": [{"role": "user", "content": "write a lot"}]});
+
+    // Read to the end: 40 MiB of words in 64 KiB chunks, no usage chunk.
+    let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut bytes = resp.bytes_stream();
+    let mut received = 0usize;
+    while let Some(b) = bytes.next().await {
+        received += b.unwrap().len();
+    }
+    assert!(received > 40 << 20, "{received} bytes");
+
+    // Cut by the client after 8 MiB.
+    let resp = http().post(s.url("/v1/chat/completions")).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap();
+    let mut bytes = resp.bytes_stream();
+    let mut cut_at = 0usize;
+    while let Some(b) = bytes.next().await {
+        cut_at += b.unwrap().len();
+        if cut_at > 8 << 20 {
+            break;
+        }
+    }
+    drop(bytes);
+
+    let records = s.usage_n(2).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let whole = &records[0];
+    assert_eq!(whole["usage_reported"], false);
+    // "lorem ipsum dolor sit amet " is 5 to 7 tokens per 27 bytes.
+    let tokens = whole["output_tokens"].as_u64().unwrap();
+    assert!(tokens > 7_000_000 && tokens < 12_000_000, "{tokens} tokens counted for 40 MiB");
+    assert!(records[1]["output_tokens"].as_u64().unwrap() > 1_000_000, "{:?}", records[1]);
+    let (rss, hwm) = memory_mib(pid);
+    eprintln!("serve memory: peak {start_hwm:.0} MiB before, {hwm:.0} MiB after two 40 MiB usage-less streams (now {rss:.0} MiB)");
+    assert!(hwm < start_hwm + 150.0, "peak resident memory grew from {start_hwm:.0} to {hwm:.0} MiB");
+}
