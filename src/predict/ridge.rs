@@ -207,16 +207,9 @@ impl QualityModel {
             let rows: Vec<usize> = items.iter().map(|x| x.0).collect();
             groups.entry(rows).or_default().push((m, items.into_iter().map(|x| x.1).collect()));
         }
-        // The kernel over every exemplar, computed once; each group solves on its block.
-        let size = if groups.is_empty() { 0 } else { n };
-        let mut kernel = DMatrix::<f64>::zeros(size, size);
-        for a in 0..size {
-            for b in a..n {
-                let v = model.kernel(model.vector(a), model.vector(b), &model.features[a], &model.features[b]);
-                kernel[(a, b)] = v;
-                kernel[(b, a)] = v;
-            }
-        }
+        // Each group solves on the kernel over its own exemplars (built per group, so a fit
+        // holds one block, not the kernel over every exemplar: groups of feedback on different
+        // models share most rows, and the whole would be as costly to fill and far larger).
         for (rows, members) in groups {
             let mut distinct: Vec<Vec<f64>> = Vec::new();
             let mut index_of = Vec::with_capacity(members.len());
@@ -227,7 +220,7 @@ impl QualityModel {
                 });
                 index_of.push(at);
             }
-            let fit = model.fit_rows(&kernel, &rows, &distinct)?;
+            let fit = model.fit_rows(&rows, &distinct)?;
             let f = model.fits.len();
             model.fits.push(fit);
             for ((m, _), t) in members.into_iter().zip(index_of) {
@@ -303,9 +296,17 @@ impl QualityModel {
 
     /// Kernel ridge on the exemplars at `rows` (a block of `kernel`), for each target column (one
     /// value per row).
-    fn fit_rows(&self, kernel: &DMatrix<f64>, rows: &[usize], targets: &[Vec<f64>]) -> Result<Fit> {
+    fn fit_rows(&self, rows: &[usize], targets: &[Vec<f64>]) -> Result<Fit> {
         let n = rows.len();
-        let k = kernel.select_rows(rows).select_columns(rows);
+        let mut k = DMatrix::<f64>::zeros(n, n);
+        for i in 0..n {
+            for j in i..n {
+                let (a, b) = (rows[i], rows[j]);
+                let v = self.kernel(self.vector(a), self.vector(b), &self.features[a], &self.features[b]);
+                k[(i, j)] = v;
+                k[(j, i)] = v;
+            }
+        }
         let column_mean: Vec<f64> = (0..n).map(|c| k.column(c).sum() / n as f64).collect();
         let grand_mean = column_mean.iter().sum::<f64>() / n as f64;
         // Centring the kernel is fitting an unpenalised intercept.
@@ -324,12 +325,31 @@ impl QualityModel {
         }
         let chol = a.cholesky().ok_or_else(|| Error::Config("the kernel ridge system is not positive definite".into()))?;
         // diag((K_c + λI)⁻¹) gives every training exemplar's exact leave-one-out score; with
-        // K_c + λI = L·Lᵀ it is the squared column norms of L⁻¹.
-        let l_inv = chol
-            .l()
-            .solve_lower_triangular(&DMatrix::identity(n, n))
-            .ok_or_else(|| Error::Config("the kernel ridge system is singular".into()))?;
-        let inverse_diag: Vec<f64> = l_inv.column_iter().map(|c| c.norm_squared()).collect();
+        // K_c + λI = L·Lᵀ it is the squared column norms of L⁻¹, found one column at a time by
+        // forward substitution (no n × n inverse held).
+        let l = chol.l_dirty();
+        let mut x = vec![0.0; n];
+        let mut inverse_diag: Vec<f64> = Vec::with_capacity(n);
+        for c in 0..n {
+            x[c..].fill(0.0);
+            x[c] = 1.0;
+            // Column-oriented, so that the inner loop walks down one column of L in memory.
+            for j in c..n {
+                let d = l[(j, j)];
+                if d == 0.0 || !d.is_finite() {
+                    return Err(Error::Config("the kernel ridge system is singular".into()));
+                }
+                x[j] /= d;
+                let xj = x[j];
+                if xj != 0.0 {
+                    let column = l.column(j);
+                    for r in j + 1..n {
+                        x[r] -= column[r] * xj;
+                    }
+                }
+            }
+            inverse_diag.push(x[c..].iter().map(|v| v * v).sum::<f64>());
+        }
         let mut out = Vec::with_capacity(targets.len());
         for y in targets {
             let mean = y.iter().sum::<f64>() / n as f64;
