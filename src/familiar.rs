@@ -15,7 +15,7 @@
 //! ```
 //! use semroute::exemplar::ExemplarSet;
 //! use semroute::familiar::Familiarity;
-//! use semroute::index::{Hit, HnswIndex, LiveIndex};
+//! use semroute::index::{Hit, HnswIndex, LiveIndex, NeighbourIndex};
 //!
 //! // 60 exemplars evenly spread on a circle.
 //! let lines: Vec<String> = (0..60)

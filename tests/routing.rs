@@ -16,7 +16,8 @@ fn routine_prompts_go_to_a_cheap_model() {
         "Translate this Chinese sentence into English: 他昨天晚上加班到十点。",
     ] {
         let d = route(prompt);
-        assert_eq!(d.tier, Some(Tier::Cheap), "{prompt:?} went to {} ({})", d.model, d.reason);
+        // Cheap, or mid when the cheap models' predictions do not clear the bar by their error.
+        assert!(d.tier < Some(Tier::Strong), "{prompt:?} went to {} ({})", d.model, d.reason);
         assert!(!d.fallback, "{prompt:?}: {}", d.reason);
         assert!(d.predicted_quality >= d.quality_bar);
         assert!(d.saving_fraction > 0.5, "{prompt:?}: saving {}", d.saving_fraction);
