@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+#[path = "common/fallback_args.rs"]
+mod fallback_args;
+use fallback_args::FallbackArgs;
 use semroute::eval::{check_sides, Side, SideCase, SideReport};
 use semroute::{FastEmbedder, Router};
 
@@ -25,15 +28,8 @@ struct Args {
     /// fresh prompts and nonsense prompts.
     #[arg(long)]
     cases: Vec<PathBuf>,
-    /// Standard errors a predicted quality must clear the bar by.
-    #[arg(long, default_value_t = semroute::router::DEFAULT_CAUTION)]
-    caution: f64,
-    /// Share of the exemplars' own nearest similarities below the fallback threshold.
-    #[arg(long, default_value_t = semroute::router::DEFAULT_UNFAMILIAR_SHARE)]
-    unfamiliar_share: f64,
-    /// A fixed fallback threshold instead of the derived one.
-    #[arg(long)]
-    min_similarity: Option<f32>,
+    #[command(flatten)]
+    fallback: FallbackArgs,
     #[arg(long, default_value_t = 0.7)]
     quality_bar: f64,
     /// List every case the router did not send to its side.
@@ -56,15 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         cases.extend(SideCase::load(f)?);
     }
-    let mut b = Router::builder()
-        .embedder(Arc::new(FastEmbedder::load_installed(&args.model)?))
-        .quality_bar(args.quality_bar)
-        .caution(args.caution)
-        .unfamiliar_share(args.unfamiliar_share);
-    if let Some(s) = args.min_similarity {
-        b = b.min_similarity(s);
-    }
-    let router = b.build()?;
+    let router = args
+        .fallback
+        .apply(Router::builder().embedder(Arc::new(FastEmbedder::load_installed(&args.model)?)).quality_bar(args.quality_bar))
+        .build()?;
     let started = std::time::Instant::now();
     let report = check_sides(&router, &cases)?;
     println!(
@@ -72,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cases.len(),
         args.model,
         args.quality_bar,
-        args.caution,
+        args.fallback.caution,
         match (router.settings().unfamiliar_limit, router.settings().min_similarity) {
             (Some(l), _) => format!("above unfamiliarity {l:.2}"),
             (None, Some(s)) => format!("below similarity {s:.3}"),

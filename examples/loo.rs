@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+#[path = "common/fallback_args.rs"]
+mod fallback_args;
+use fallback_args::FallbackArgs;
 use semroute::eval::{leave_one_out, LooReport};
 use semroute::predict::{LowRankSettings, Predictor, RidgeSettings};
 use semroute::{ExemplarSet, FastEmbedder, PriceTable};
@@ -38,15 +41,8 @@ struct Args {
     /// Pseudo-neighbours for each model's overall mean (`semroute::predict::Prior`; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     prior_strength: f64,
-    /// Standard errors a predicted quality must clear the bar by (`RouterBuilder::caution`).
-    #[arg(long, default_value_t = semroute::router::DEFAULT_CAUTION)]
-    caution: f64,
-    /// Share of the exemplars' own nearest similarities below the fallback threshold.
-    #[arg(long, default_value_t = semroute::router::DEFAULT_UNFAMILIAR_SHARE)]
-    unfamiliar_share: f64,
-    /// A fixed fallback threshold instead of the derived one.
-    #[arg(long)]
-    min_similarity: Option<f32>,
+    #[command(flatten)]
+    fallback: FallbackArgs,
     /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours` or `low-rank`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours", "low-rank"])]
     predictor: String,
@@ -89,18 +85,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let started = std::time::Instant::now();
     let report = leave_one_out(&set, &prices, embedder, |b| {
-        let b = b
-            .k(args.k)
-            .quality_bar(args.quality_bar)
-            .temperature(args.temperature)
-            .prior_strength(args.prior_strength)
-            .predictor(predictor)
-            .caution(args.caution)
-            .unfamiliar_share(args.unfamiliar_share);
-        match args.min_similarity {
-            Some(s) => b.min_similarity(s),
-            None => b,
-        }
+        args.fallback.apply(
+            b.k(args.k)
+                .quality_bar(args.quality_bar)
+                .temperature(args.temperature)
+                .prior_strength(args.prior_strength)
+                .predictor(predictor),
+        )
     })?;
     println!(
         "leave-one-out over {} exemplars, model {}, k {}, bar {}, caution {}, temperature {}, prior strength {}, predictor {} ({:.1}s)",
@@ -108,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.model,
         args.k,
         args.quality_bar,
-        args.caution,
+        args.fallback.caution,
         args.temperature,
         args.prior_strength,
         args.predictor,
