@@ -40,6 +40,16 @@ fn bench_route(c: &mut Criterion) {
     }
     g.finish();
 
+    // The decision rules before the derived fallback and caution (a fixed similarity threshold,
+    // point predictions), side by side with the defaults above: what those rules add per route.
+    let previous = Router::builder().min_similarity(0.3).caution(0.0).build().expect("router");
+    let mut g = c.benchmark_group("route_previous_rules");
+    g.measurement_time(Duration::from_secs(5)).sample_size(50);
+    for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH)] {
+        g.bench_function(name, |b| b.iter(|| previous.route(black_box(prompt)).unwrap()));
+    }
+    g.finish();
+
     // The same without the kernel-ridge quality model.
     let neighbours = Router::builder().predictor(Predictor::Neighbours).build().expect("router");
     let mut g = c.benchmark_group("route_neighbours");
