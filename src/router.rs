@@ -460,6 +460,8 @@ impl Router {
                     quality_model(&search, &exemplars, &state.prices, &self.inner.settings, state.selected, self.inner.embedder.as_ref());
                 (p, s, q, exemplars.len())
             }
+            // (A shared store has no model to refit: nothing is owed.)
+            Refit::Later if matches!(search, Search::Shared(_)) => (state.predictor, state.selected, None, exemplars.len()),
             Refit::Later => (state.predictor, state.selected, state.quality.clone(), state.fitted_on),
         };
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
