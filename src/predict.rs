@@ -283,7 +283,9 @@ fn softmax(similarities: impl Iterator<Item = f32> + Clone, temperature: f64) ->
 /// "the cheapest model that clears the bar" then picks exactly that model. Shrinking each
 /// model's neighbour mean towards its overall mean by `strength` pseudo-neighbours damps this:
 /// `q = (n·q_neighbours + strength·q_overall) / (n + strength)`, where `n` is the effective number
-/// of neighbours behind the model's prediction (`(Σw)² / Σw²`).
+/// of neighbours behind the model's prediction (`(Σw)² / Σw²`). The predicted answer length is
+/// shrunk the same way towards the model's mean length: a few neighbours' lengths are as noisy
+/// as their grades.
 ///
 /// ```
 /// use semroute::exemplar::ExemplarSet;
@@ -300,6 +302,8 @@ fn softmax(similarities: impl Iterator<Item = f32> + Clone, temperature: f64) ->
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Prior {
     mean: BTreeMap<String, f64>,
+    /// Each model's mean answer length over the set.
+    tokens: BTreeMap<String, f64>,
     strength: f64,
 }
 
@@ -312,21 +316,28 @@ impl Prior {
     /// Each priced model's mean quality over `set` (a hand label counts 1 for models at or above
     /// its tier, 0 below), weighted by `strength` pseudo-neighbours (0 turns shrinkage off).
     pub fn from_exemplars(set: &ExemplarSet, prices: &PriceTable, strength: f64) -> Self {
-        let mut acc: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        let mut acc: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
         for e in set.iter() {
-            for (model, q, _, _) in evidence(&e.grade, prices) {
+            for (model, q, t, _) in evidence(&e.grade, prices) {
                 let a = acc.entry(model).or_default();
                 a.0 += q;
-                a.1 += 1.0;
+                a.1 += t;
+                a.2 += 1.0;
             }
         }
-        let mean = acc.into_iter().map(|(m, (q, n))| (m.to_string(), q / n)).collect();
-        Prior { mean, strength: strength.max(0.0) }
+        let mean = acc.iter().map(|(m, (q, _, n))| (m.to_string(), q / n)).collect();
+        let tokens = acc.iter().map(|(m, (_, t, n))| (m.to_string(), t / n)).collect();
+        Prior { mean, tokens, strength: strength.max(0.0) }
     }
 
     /// The overall mean quality of `model`, if any exemplar speaks about it.
     pub fn mean(&self, model: &str) -> Option<f64> {
         self.mean.get(model).copied()
+    }
+
+    /// The overall mean answer length of `model`, if any exemplar speaks about it.
+    pub fn mean_tokens(&self, model: &str) -> Option<f64> {
+        self.tokens.get(model).copied()
     }
 
     /// How many pseudo-neighbours the overall mean counts for.
@@ -389,13 +400,21 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
         .into_iter()
         .filter(|(_, a)| a.2 > 0.0)
         .map(|(m, (q, t, s, s2, (c, cw)))| {
+            let n = s * s / s2;
             let mut quality = q / s;
-            if let Some(mean) = (prior.strength > 0.0).then(|| prior.mean(m)).flatten() {
-                let n = s * s / s2;
-                quality = (n * quality + prior.strength * mean) / (n + prior.strength);
+            let mut tokens = t / s;
+            if prior.strength > 0.0 {
+                // The answer length is shrunk like the quality: a few neighbours' lengths are as
+                // noisy as their grades.
+                if let Some(mean) = prior.mean(m) {
+                    quality = (n * quality + prior.strength * mean) / (n + prior.strength);
+                }
+                if let Some(mean) = prior.mean_tokens(m) {
+                    tokens = (n * tokens + prior.strength * mean) / (n + prior.strength);
+                }
             }
             let cost_usd = (cw > 0.0).then(|| c / cw);
-            (m.to_string(), ModelPrediction { quality, output_tokens: t / s, support: s, effective_neighbours: s * s / s2, cost_usd })
+            (m.to_string(), ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd })
         })
         .collect();
     Predictions { per_model, weights }
