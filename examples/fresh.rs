@@ -17,7 +17,7 @@ use clap::Parser;
 mod fallback_args;
 use fallback_args::FallbackArgs;
 use semroute::eval::{check_sides, Side, SideCase, SideReport};
-use semroute::{FastEmbedder, Router};
+use semroute::{ExemplarSet, FastEmbedder, Router};
 
 #[derive(Parser)]
 struct Args {
@@ -28,6 +28,9 @@ struct Args {
     /// fresh prompts and nonsense prompts.
     #[arg(long)]
     cases: Vec<PathBuf>,
+    /// Exemplar folder (default: the built-in exemplars).
+    #[arg(long)]
+    exemplars: Option<PathBuf>,
     #[command(flatten)]
     fallback: FallbackArgs,
     #[arg(long, default_value_t = 0.7)]
@@ -52,10 +55,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         cases.extend(SideCase::load(f)?);
     }
-    let router = args
-        .fallback
-        .apply(Router::builder().embedder(Arc::new(FastEmbedder::load_installed(&args.model)?)).quality_bar(args.quality_bar))
-        .build()?;
+    let mut b = Router::builder().embedder(Arc::new(FastEmbedder::load_installed(&args.model)?)).quality_bar(args.quality_bar);
+    if let Some(dir) = &args.exemplars {
+        b = b.exemplars(ExemplarSet::load_dir(dir)?);
+    }
+    let router = args.fallback.apply(b).build()?;
     let started = std::time::Instant::now();
     let report = check_sides(&router, &cases)?;
     println!(

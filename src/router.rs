@@ -358,7 +358,7 @@ impl Router {
     /// [`learn`](Router::learn) makes a new piece of feedback visible to the neighbours at once
     /// but refits the model fitted on every exemplar (kernel ridge, low rank) in the background,
     /// one refit at a time covering everything learned meanwhile, because a refit grows with the
-    /// cube of the exemplars (about 2 s at 1,600) and must not hold up the caller. Call this
+    /// cube of the exemplars (40 ms at 427, so by the cube about 2 s at 1,600: extrapolated, not measured) and must not hold up the caller. Call this
     /// when a decision must reflect every piece of feedback given so far (tests, batch jobs).
     ///
     /// ```no_run
@@ -453,7 +453,7 @@ impl Router {
             }
         };
         // The quality model is refitted on everything (40 ms at 427 exemplars, cubic in their
-        // number: about 2 s at 1,600), now or in the background.
+        // number), now or in the background.
         let (predictor, selected, quality, fitted_on) = match refit {
             Refit::Now => {
                 let (p, s, q) =
