@@ -30,7 +30,7 @@ const SHORT_EN: &str = "Reformat this JSON so it is indented: {\"a\":1}";
 const SHORT_ZH: &str = "把这句话翻译成英文：我们下周一开会讨论预算。";
 
 fn bench_route(c: &mut Criterion) {
-    let router = Router::builder().build().expect("router (run examples/setup/setup-model.sh first)");
+    let router = Router::builder().build().expect("router (run `semroute setup` first)");
     let long_en = "Summarise this incident report for the on-call channel. ".repeat(60);
     let long_zh = "请总结下面这份事故报告，列出根因、影响范围和后续改进措施。".repeat(40);
     let mut g = c.benchmark_group("route");
@@ -78,7 +78,7 @@ fn bench_route(c: &mut Criterion) {
 }
 
 fn bench_quality_model(c: &mut Criterion) {
-    let embedder = FastEmbedder::load_default().expect("the default model (run examples/setup/setup-model.sh first)");
+    let embedder = FastEmbedder::load_default().expect("the default model (run `semroute setup` first)");
     let set = ExemplarSet::builtin().expect("built-in exemplars");
     let prices = PriceTable::builtin().expect("built-in prices");
     let cache = VectorCache::new(Home::from_env().cache_dir());
@@ -98,7 +98,7 @@ fn bench_quality_model(c: &mut Criterion) {
 }
 
 fn bench_batch(c: &mut Criterion) {
-    let router = Router::builder().build().expect("router (run examples/setup/setup-model.sh first)");
+    let router = Router::builder().build().expect("router (run `semroute setup` first)");
     let set = ExemplarSet::builtin().expect("built-in exemplars");
     let prompts: Vec<&str> = set.iter().map(|e| e.prompt.as_str()).take(64).collect();
     let mut g = c.benchmark_group("route_batch");

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The savings benchmark on every shared data set, through the `savings` example (a real Router
+# The savings benchmark on every shared data set, through `semroute eval savings` (a real Router
 # built on each train split; see semroute::eval::run), then one Markdown table of the figures.
 #
 #   bash benches/savings.sh [--seeds N] [--plots]      # N seeds: 42, then 1, 2, ... (default 1)
@@ -24,7 +24,7 @@ if [ ! -d "$data" ]; then
     echo "savings benchmark SKIPPED: no data sets at $data (set SEMROUTE_DATA to run it)"
     exit 0
 fi
-cargo build --release --example savings
+cargo build --release --bin semroute
 out=target/savings
 mkdir -p "$out"
 run() {
@@ -37,7 +37,7 @@ run() {
     local plot=()
     [ "$plots" = 1 ] && plot=(--plot "benches/figures/savings-$name.png")
     local start=$SECONDS
-    ./target/release/examples/savings --dataset "$file" "$@" --seeds "$seeds" --json "${plot[@]}" > "$out/$name.json" \
+    ./target/release/semroute eval savings --dataset "$file" "$@" --seeds "$seeds" --json "${plot[@]}" > "$out/$name.json" \
         || { echo "savings benchmark: $name failed" >&2; exit 1; }
     echo "savings benchmark: $name done in $((SECONDS - start)) s"
 }

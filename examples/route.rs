@@ -1,4 +1,5 @@
-//! Routes prompts from the shell and explains each decision.
+//! Routes prompts from the shell and explains each decision: `semroute route`, kept as an
+//! example with the same interface for tooling that runs it from a checkout.
 //!
 //! ```text
 //! cargo run --release --example route -- "Reformat this JSON so it is indented: {\"a\":1}"
@@ -6,268 +7,22 @@
 //! printf 'one prompt\nanother prompt\n' | cargo run --release --example route -- --json
 //! ```
 //! With no prompt argument, prompts are read from standard input, one per line (blank lines are
-//! skipped); the model is loaded once. With `--json`, exactly one JSON object is printed per
-//! prompt, on its own line; a prompt that cannot be routed gives `{"line":N,"error":"..."}`
-//! instead, and the exit status is then 1.
-//!
-//! On first use the embedding model is installed by `examples/setup/setup-model.sh`.
-
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
-use std::process::ExitCode;
+//! skipped). With `--json`, exactly one JSON object is printed per prompt, on its own line; a
+//! prompt that cannot be routed gives `{"line":N,"error":"..."}` instead, and the exit status is
+//! then 1. On first use the embedding model is installed (what `semroute setup` does).
 
 use clap::Parser;
-use semroute::predict::{Predictor, RidgeSettings};
-use semroute::{Error, ExemplarSet, PriceTable, RouteDecision, Router};
 
-#[derive(Parser, Debug)]
-#[command(about = "Route prompts to the cheapest model that answers them well enough")]
-struct Args {
-    /// Prompts to route; none means: read prompts from standard input, one per line.
-    prompts: Vec<String>,
-    /// Print one JSON object per prompt instead of the explanation.
-    #[arg(long)]
-    json: bool,
-    /// An exemplar JSONL file, or a folder of them (default: the built-in exemplars).
-    #[arg(long, value_name = "DIR")]
-    exemplars: Option<PathBuf>,
-    /// Price table TOML (default: the built-in price table).
-    #[arg(long, value_name = "FILE")]
-    prices: Option<PathBuf>,
-    /// Predicted quality the chosen model must reach, in [0, 1].
-    #[arg(long, value_name = "X")]
-    quality_bar: Option<f64>,
-    /// Number of nearest exemplars consulted.
-    #[arg(short = 'k', value_name = "N")]
-    k: Option<usize>,
-    /// Below this similarity of the nearest exemplar, use the fallback model (default: a rule
-    /// derived from the exemplars' own density).
-    #[arg(long, value_name = "S")]
-    min_similarity: Option<f32>,
-    /// Standard errors a predicted quality must clear the bar by (default 1).
-    #[arg(long, value_name = "Z")]
-    caution: Option<f64>,
-    /// The safe model used when no exemplar is close enough.
-    #[arg(long, value_name = "MODEL")]
-    fallback: Option<String>,
-    /// The installed embedding model to use (a folder under <home>/models; see
-    /// examples/setup/setup-model.sh).
-    #[arg(long, value_name = "NAME")]
-    embedding_model: Option<String>,
-    /// How quality is predicted: `auto` (default: the mean of a kernel-ridge model over every
-    /// exemplar and the neighbours), `blend` (the same at any size), `kernel-ridge` or `neighbours`.
-    #[arg(long, value_name = "P", default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours"])]
-    predictor: String,
+#[path = "../src/bin/semroute/route.rs"]
+mod route;
+
+#[derive(Parser)]
+#[command(name = "route", about = "Route prompts to the cheapest model that answers them well enough")]
+struct Cli {
+    #[command(flatten)]
+    args: route::Args,
 }
 
-fn build(args: &Args) -> Result<Router, Error> {
-    let mut b = Router::builder();
-    let mut ridge = RidgeSettings::default();
-    if let Some(name) = &args.embedding_model {
-        let embedder = semroute::FastEmbedder::load_installed(name)?;
-        ridge = RidgeSettings::for_embedder(&embedder);
-        b = b.embedder(std::sync::Arc::new(embedder));
-    }
-    b = b.predictor(match args.predictor.as_str() {
-        "blend" => Predictor::Blend(ridge),
-        "kernel-ridge" => Predictor::KernelRidge(ridge),
-        "neighbours" => Predictor::Neighbours,
-        _ => Predictor::Auto,
-    });
-    if let Some(dir) = &args.exemplars {
-        b = b.exemplars(if dir.is_file() { ExemplarSet::load_file(dir)? } else { ExemplarSet::load_dir(dir)? });
-    }
-    if let Some(file) = &args.prices {
-        b = b.prices(PriceTable::from_file(file)?);
-    }
-    if let Some(x) = args.quality_bar {
-        b = b.quality_bar(x);
-    }
-    if let Some(k) = args.k {
-        b = b.k(k);
-    }
-    if let Some(s) = args.min_similarity {
-        b = b.min_similarity(s);
-    }
-    if let Some(z) = args.caution {
-        b = b.caution(z);
-    }
-    if let Some(m) = &args.fallback {
-        b = b.fallback_model(m.clone());
-    }
-    b.build()
-}
-
-/// The models `examples/setup/setup-model.sh` can install.
-const INSTALLABLE: [&str; 2] = [semroute::embed::DEFAULT_MODEL, "multilingual-e5-small"];
-
-/// Installs the model with the project's set-up script when it is missing, once.
-fn build_with_setup(args: &Args) -> Result<Router, String> {
-    match build(args) {
-        Err(Error::ModelMissing { dir, what }) => {
-            // Only a model the set-up script knows is installed, under its own name: an unknown
-            // name (or a path such as ../../etc) is an error before anything runs.
-            let name = args.embedding_model.as_deref().unwrap_or(semroute::embed::DEFAULT_MODEL);
-            if !INSTALLABLE.contains(&name) {
-                return Err(format!(
-                    "the embedding model `{name}` is not installed ({what} in {}); the set-up script installs only: {}",
-                    dir.display(),
-                    INSTALLABLE.join(", ")
-                ));
-            }
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/setup/setup-model.sh");
-            eprintln!("semroute: the embedding model {name} is not installed yet; running {}", script.display());
-            let status = std::process::Command::new("bash")
-                .arg(&script)
-                .arg(name)
-                .status()
-                .map_err(|e| format!("could not run {}: {e}", script.display()))?;
-            if !status.success() {
-                return Err(format!("{} failed ({status}); see its messages above", script.display()));
-            }
-            build(args).map_err(|e| e.to_string())
-        }
-        other => other.map_err(|e| e.to_string()),
-    }
-}
-
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let router = match build_with_setup(&args) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("semroute: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut failed = false;
-    let mut emit = |line: usize, prompt: Result<String, String>, out: &mut dyn Write| {
-        let result = prompt.and_then(|p| router.route(&p).map_err(|e| e.to_string()));
-        let written = match (&result, args.json) {
-            (Ok(d), true) => writeln!(out, "{}", serde_json::to_string(d).expect("a decision serialises")),
-            (Ok(d), false) => write!(out, "{}", explain(d)),
-            (Err(e), true) => writeln!(out, "{}", serde_json::json!({ "line": line, "error": e })),
-            (Err(e), false) => {
-                eprintln!("semroute: prompt {line}: {e}");
-                Ok(())
-            }
-        };
-        failed |= result.is_err();
-        written.and_then(|_| out.flush())
-    };
-
-    let io = if args.prompts.is_empty() {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = Vec::new();
-        let mut line = 0;
-        loop {
-            buf.clear();
-            match stdin.read_until(b'\n', &mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("semroute: reading standard input: {e}");
-                    failed = true;
-                    break Ok(());
-                }
-            }
-            line += 1;
-            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                buf.pop();
-            }
-            let prompt = String::from_utf8(buf.clone())
-                .map_err(|e| format!("line {line} of standard input is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()));
-            if prompt.as_ref().is_ok_and(|p| p.trim().is_empty()) {
-                continue;
-            }
-            if let Err(e) = emit(line, prompt, &mut out) {
-                break Err(e);
-            }
-        }
-    } else {
-        args.prompts.iter().enumerate().try_for_each(|(i, p)| emit(i + 1, Ok(p.clone()), &mut out))
-    };
-    if let Err(e) = io {
-        // A closed pipe (`| head`) is a normal way to stop.
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("semroute: writing output: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-fn explain(d: &RouteDecision) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let tier = d.tier.map_or("no".to_string(), |t| t.to_string());
-    let _ = writeln!(s, "→ {} ({}, {tier} tier){}", d.model, d.provider, if d.fallback { "  [fallback]" } else { "" });
-    let _ = writeln!(s, "  why: {}", d.reason);
-    let _ = writeln!(s, "  quality predicted by: {}", d.quality_from);
-    if let Some(u) = d.unfamiliarity {
-        let _ = writeln!(s, "  unfamiliarity {u:.2} (1: as close to the exemplars as they are to each other)");
-    }
-    let _ = writeln!(
-        s,
-        "  prompt {} tokens, predicted answer {} tokens, expected cost ${:.6}",
-        d.input_tokens, d.predicted_output_tokens, d.expected_cost_usd
-    );
-    let _ = writeln!(
-        s,
-        "  saving against {} (${:.6}): ${:.6} ({:.1}%)",
-        d.strongest_model,
-        d.strongest_cost_usd,
-        d.saving_usd,
-        100.0 * d.saving_fraction
-    );
-    let _ = writeln!(s, "  nearest exemplars:");
-    for n in &d.neighbours {
-        let preview: String = n.prompt_preview.chars().take(50).map(|c| if c.is_control() { ' ' } else { c }).collect();
-        let _ = writeln!(
-            s,
-            "    {:.3}  w={:.2}  {:<28} {:<20} {:<16} {}",
-            n.similarity,
-            n.weight,
-            n.id,
-            format!("{}/{}", n.category, n.language),
-            n.grade,
-            preview
-        );
-    }
-    let _ = writeln!(s, "  candidates (cheapest first):");
-    let _ = writeln!(s, "    {:<24} {:<7} {:>10} {:>8} {:>12}", "model", "tier", "quality", "out tok", "cost USD");
-    for c in &d.candidates {
-        let mark = if c.model == d.model {
-            "← chosen".to_string()
-        } else if let Some(why) = &c.excluded {
-            format!("excluded: {why}")
-        } else if c.clears_bar {
-            "clears bar".to_string()
-        } else {
-            String::new()
-        };
-        let q = match (c.predicted_quality, c.quality_se) {
-            (Some(q), Some(se)) => format!("{q:.2}±{se:.2}"),
-            (Some(q), None) => format!("{q:.2}"),
-            _ => "-".to_string(),
-        };
-        let _ = writeln!(
-            s,
-            "    {:<24} {:<7} {:>10} {:>8} {:>12.6}  {}",
-            c.model,
-            c.tier.map_or("-".to_string(), |t| t.to_string()),
-            q,
-            c.predicted_output_tokens,
-            c.expected_cost_usd,
-            mark
-        );
-    }
-    s.push('\n');
-    s
+fn main() -> std::process::ExitCode {
+    route::run(Cli::parse().args)
 }

@@ -1,12 +1,12 @@
-//! A load run of the `serve` example on loopback: how much time routing adds per request, how many
+//! A load run of `semroute serve` on loopback: how much time routing adds per request, how many
 //! requests per second the server passes, and whether it holds many concurrent streams.
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --bin semroute --examples
 //! cargo run --release --example serve_load -- [--requests 300] [--concurrency 16] [--streams 200] [--json]
 //! ```
 //! It starts a fake provider (the tests' `fake_llm`, OpenAI protocol) in this process and the
-//! `serve` binary built next to this one as a child process, then runs three phases, each bounded
+//! `semroute` binary built next to it as a child process, then runs three phases, each bounded
 //! by a request count and by `--max-seconds`:
 //! 1. latency, one request at a time: the fake called directly, then through `serve` with a named
 //!    model (proxy only) and with `auto` (routing: embedding, search, policy); prompts are the
@@ -74,11 +74,14 @@ fn start_serve(fake: &FakeLlm, dir: &std::path::Path, drip: bool) -> Result<(Ser
     std::fs::write(dir.join("prices.toml"), PRICES).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("keys"), format!("{CLIENT_KEY}\n")).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let serve = exe.with_file_name(format!("serve{}", std::env::consts::EXE_SUFFIX));
+    // `target/<profile>/examples/<this>` -> `target/<profile>/semroute`.
+    let serve =
+        exe.parent().and_then(|d| d.parent()).map(|d| d.join(format!("semroute{}", std::env::consts::EXE_SUFFIX))).unwrap_or_default();
     if !serve.exists() {
-        return Err(format!("{} is missing: run `cargo build --release --examples` first", serve.display()));
+        return Err(format!("{} is missing: run `cargo build --release --bin semroute --examples` first", serve.display()));
     }
     let mut child = Command::new(&serve)
+        .arg("serve")
         .arg("--providers")
         .arg(dir.join("providers.toml"))
         .arg("--prices")

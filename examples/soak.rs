@@ -1,12 +1,12 @@
-//! A soak run of the `serve` example (issue #16): hostile providers, hostile clients, reloads,
+//! A soak run of `semroute serve` (issue #16): hostile providers, hostile clients, reloads,
 //! bounded in time; then a report of what broke.
 //!
 //! ```text
-//! cargo build --release --example serve --example soak
+//! cargo build --release --bin semroute --example soak
 //! cargo run --release --example soak -- [--minutes 10] [--clients 50] [--json]
 //! ```
 //! It starts the tests' fake provider (`tests/common/fake_llm.rs`) on loopback in this process, and
-//! the `serve` binary built next to this one as a child process, with `--learn-log`. Serve's
+//! the `semroute` binary built next to it as a child process, with `--learn-log`. Serve's
 //! providers file has three well-behaved models and hostile ones that: fail at once (503, 429),
 //! hang (never answer), stall after their first bytes, die mid-answer (connection dropped), never
 //! end, send malformed streams (bad JSON, invalid UTF-8, a 2 MiB line without end) or a non-JSON
@@ -150,11 +150,14 @@ fn start_serve(fake: &FakeLlm, dir: &std::path::Path, args: &Args) -> Result<(Se
     w("prices.toml", prices)?;
     w("keys", (0..args.clients.max(1)).map(|i| client_key(i) + "\n").collect())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let serve = exe.with_file_name(format!("serve{}", std::env::consts::EXE_SUFFIX));
+    // `target/<profile>/examples/<this>` -> `target/<profile>/semroute`.
+    let serve =
+        exe.parent().and_then(|d| d.parent()).map(|d| d.join(format!("semroute{}", std::env::consts::EXE_SUFFIX))).unwrap_or_default();
     if !serve.exists() {
-        return Err(format!("{} is missing: run `cargo build --release --example serve` first", serve.display()));
+        return Err(format!("{} is missing: run `cargo build --release --bin semroute --examples` first", serve.display()));
     }
     let mut child = Command::new(&serve)
+        .arg("serve")
         .current_dir(dir)
         .arg("--providers")
         .arg(dir.join("providers.toml"))

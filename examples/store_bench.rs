@@ -2,7 +2,7 @@
 //! vectors: recall@10 of each against exact search, and search and routing latency.
 //!
 //! ```text
-//! eval "$(bash examples/setup/pgvector.sh start)"
+//! eval "$(bash src/setup/pgvector.sh start)"
 //! cargo run --release --features pgvector --example store_bench -- --exemplars 10000 [--cache DIR]
 //! ```
 //! The exemplars are the `startup` example's (shared dataset prompts; the same `--exemplars` and
@@ -46,7 +46,7 @@ fn percentiles(mut ms: Vec<f64>) -> String {
 
 fn run(args: Args) -> Result<(), String> {
     let url = std::env::var("SEMROUTE_PG_URL")
-        .map_err(|_| "set SEMROUTE_PG_URL (eval \"$(bash examples/setup/pgvector.sh start)\" starts a server and prints it)")?;
+        .map_err(|_| "set SEMROUTE_PG_URL (eval \"$(bash src/setup/pgvector.sh start)\" starts a server and prints it)")?;
     let n = args.set.exemplars;
     let (set, distinct) = args.set.load()?;
     let embedder = Arc::new(FastEmbedder::load_default().map_err(|e| e.to_string())?);

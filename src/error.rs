@@ -9,8 +9,9 @@ use std::path::PathBuf;
 /// `Result` with semroute's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The command that installs (or repairs) the embedding model, named in errors that it fixes.
-pub const SETUP_COMMAND: &str = "bash examples/setup/setup-model.sh";
+/// The command that installs (or repairs) the embedding model, named in errors that it fixes
+/// (`cargo install semroute` gives it; from code, [`setup::install_model`](crate::setup::install_model)).
+pub const SETUP_COMMAND: &str = "semroute setup";
 
 /// Where in a file a problem was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,18 @@ pub enum Error {
         message: String,
     },
 
+    /// An exemplar's id is already taken (in the files loaded, or by an exemplar learned or added
+    /// before): nothing was added.
+    #[error("{at}: invalid exemplar (field `id`): duplicate id {id:?} ({first})")]
+    DuplicateId {
+        /// Where the second one is.
+        at: Location,
+        /// The id.
+        id: String,
+        /// Where the first one is (`first at <file:line>` or `already at <file:line>`).
+        first: String,
+    },
+
     /// A journal (grading calls, feedback) holds a complete line that does not parse (a torn last
     /// line, one without its newline, is recovered instead).
     #[error("{at}: damaged journal line: {message}")]
@@ -150,6 +163,23 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    /// A client-keys file (see [`serve::ClientKeys`](crate::serve)) holds a bad key or none.
+    #[error("{at}: {message}")]
+    ClientKeys {
+        /// File (and line) of the problem.
+        at: Location,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A server has nothing to serve: no provider model has its key variable set.
+    #[error("no model can be served: {0}")]
+    NothingToServe(String),
+
+    /// Installing a model (see [`setup`](crate::setup)) failed.
+    #[error("set-up: {0}")]
+    Setup(String),
 
     /// No model satisfies the request's constraints.
     #[error("no model satisfies the request: {0}")]

@@ -276,11 +276,7 @@ impl ExemplarSet {
         for (exemplars, locations) in parts {
             for (ex, at) in exemplars.into_iter().zip(locations) {
                 if let Some(&first) = seen.get(&ex.id) {
-                    return Err(Error::Exemplar {
-                        at,
-                        field: Some("id".into()),
-                        message: format!("duplicate id {:?} (first at {})", ex.id, origins[first]),
-                    });
+                    return Err(Error::DuplicateId { at, id: ex.id.clone(), first: format!("first at {}", origins[first]) });
                 }
                 seen.insert(ex.id.clone(), items.len());
                 items.push(Arc::new(ex));
@@ -310,20 +306,16 @@ impl ExemplarSet {
         let mut new_ids: HashMap<&str, usize> = HashMap::new();
         for (i, ex) in more.iter().enumerate() {
             if let Some(first) = new_ids.insert(ex.id.as_str(), i) {
-                return Err(Error::Exemplar {
+                return Err(Error::DuplicateId {
                     at: Location::line(origin, i + 1),
-                    field: Some("id".into()),
-                    message: format!("duplicate id {:?} (first at item {})", ex.id, first + 1),
+                    id: ex.id.clone(),
+                    first: format!("first at item {}", first + 1),
                 });
             }
         }
         if let Some((old, at)) = self.items.iter().zip(self.origins.iter()).find(|(e, _)| new_ids.contains_key(e.id.as_str())) {
             let i = new_ids[old.id.as_str()];
-            return Err(Error::Exemplar {
-                at: Location::line(origin, i + 1),
-                field: Some("id".into()),
-                message: format!("duplicate id {:?} (already at {at})", old.id),
-            });
+            return Err(Error::DuplicateId { at: Location::line(origin, i + 1), id: old.id.clone(), first: format!("already at {at}") });
         }
         let mut items = Vec::with_capacity(self.items.len() + more.len());
         items.extend(self.items.iter().cloned());

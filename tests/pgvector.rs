@@ -1,6 +1,6 @@
 //! The shared PostgreSQL + pgvector exemplar store (`--features pgvector`), against a real
 //! server on loopback: `.ci/run` starts one and sets `SEMROUTE_PG_URL`; without it, the first
-//! test starts one with `examples/setup/pgvector.sh` (which stops it when this test binary ends).
+//! test starts one with `src/setup/pgvector.sh` (which stops it when this test binary ends).
 #![cfg(feature = "pgvector")]
 
 mod common;
@@ -22,7 +22,7 @@ fn url() -> String {
         if let Ok(url) = std::env::var("SEMROUTE_PG_URL") {
             return url;
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/setup/pgvector.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/setup/pgvector.sh");
         let out = std::process::Command::new("bash")
             .args([script, "start", "--until-exit", &std::process::id().to_string()])
             .stderr(std::process::Stdio::inherit())

@@ -1,4 +1,5 @@
-//! The `route` example's interface, which other tooling relies on: run as a real process.
+//! `semroute route`'s interface, which other tooling relies on (the `route` example is the same
+//! code): run as a real process.
 
 mod common;
 
@@ -6,13 +7,11 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(common::example_bin("route"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    run_with(common::semroute("route"), args, stdin)
+}
+
+fn run_with(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -62,7 +61,20 @@ fn human_output_explains_and_options_apply() {
     std::fs::copy(format!("{root}/exemplars/starter.jsonl"), dir.path().join("mine.jsonl")).unwrap();
     let dir_arg = dir.path().to_str().unwrap();
     let prices = format!("{root}/exemplars/prices.toml");
-    let out = run(&["--exemplars", dir_arg, "--prices", &prices, "-k", "3", "--quality-bar", "0.9", "Reformat this JSON so it is indented: {\"a\":1}"], b"");
+    let out = run(
+        &[
+            "--exemplars",
+            dir_arg,
+            "--prices",
+            &prices,
+            "-k",
+            "3",
+            "--quality-bar",
+            "0.9",
+            "Reformat this JSON so it is indented: {\"a\":1}",
+        ],
+        b"",
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in ["why:", "nearest exemplars:", "candidates (cheapest first):", "← chosen", "saving against", "bar 0.90"] {
@@ -96,4 +108,18 @@ fn an_unknown_embedding_model_is_an_error_before_any_set_up_runs() {
         assert!(!err.contains("running"), "{name}: the set-up script ran: {err}");
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     }
+}
+
+#[test]
+fn the_route_example_is_the_same_command() {
+    let prompts = b"Reformat this JSON so it is indented: {\"a\":1}\n\xff\n";
+    let example = run_with(Command::new(common::example_bin("route")), &["--json", "-k", "6"], prompts);
+    let binary = run(&["--json", "-k", "6"], prompts);
+    assert_eq!(example.status.code(), Some(1), "the second line is not UTF-8");
+    assert_eq!(binary.status.code(), example.status.code());
+    let (a, b) = (json_lines(&example), json_lines(&binary));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0]["model"], b[0]["model"]);
+    assert_eq!(a[0]["candidates"], b[0]["candidates"]);
+    assert_eq!(a[1], b[1]);
 }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use semroute::embed::Embedder;
@@ -250,7 +249,7 @@ fn a_negative_measured_cost_names_the_line() {
 fn savings_example_prints_one_json_object_per_seed_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("crux.png");
-    let out = Command::new(common::example_bin("savings"))
+    let out = common::semroute("eval savings")
         .args(["--dataset", fixture("crux-small.jsonl").to_str().unwrap()])
         .args(["--prices", fixture("prices-crux-small.toml").to_str().unwrap()])
         .args(["--folds", "3", "--json", "--plot", png.to_str().unwrap()])

@@ -87,7 +87,7 @@ fn serve_with(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str], lea
     std::fs::write(dir.path().join("providers.toml"), providers).unwrap();
     std::fs::write(dir.path().join("prices.toml"), PRICES).unwrap();
     std::fs::write(dir.path().join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n{OTHER_KEY}\n")).unwrap();
-    let mut cmd = Command::new(common::example_bin("serve"));
+    let mut cmd = common::semroute("serve");
     if learn_log && !extra.contains(&"--learn-log") {
         cmd.arg("--learn-log").arg(dir.path().join("learned.jsonl"));
     }
@@ -414,7 +414,7 @@ fn refuses_to_start_without_client_keys_or_provider_keys() {
     let prices = dir.path().join("prices.toml");
     std::fs::write(&prices, PRICES).unwrap();
     let run = |extra: &[&str]| {
-        let out = Command::new(common::example_bin("serve"))
+        let out = common::semroute("serve")
             .arg("--providers")
             .arg(&providers)
             .arg("--prices")

@@ -7,7 +7,7 @@ use semroute::embed::FastEmbedder;
 use semroute::Router;
 
 /// The real default model, loaded once per test binary. When it is not installed yet, the
-/// project's set-up script installs it first (as the `route` example does), so `cargo test` works
+/// project's set-up (`semroute::setup`) installs it first (as the `route` example does), so `cargo test` works
 /// on a fresh clone; a failed set-up fails the test with the script's message.
 pub fn embedder() -> Arc<FastEmbedder> {
     static E: OnceLock<Arc<FastEmbedder>> = OnceLock::new();
@@ -18,14 +18,7 @@ pub fn embedder() -> Arc<FastEmbedder> {
 pub fn installed(name: &str) -> Arc<FastEmbedder> {
     let model = match FastEmbedder::load_installed(name) {
         Err(semroute::Error::ModelMissing { .. }) => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/setup/setup-model.sh");
-            let mut cmd = std::process::Command::new("bash");
-            cmd.arg(script);
-            if name != semroute::embed::DEFAULT_MODEL {
-                cmd.arg(name);
-            }
-            let status = cmd.status().expect("run bash");
-            assert!(status.success(), "{script} {name} failed");
+            semroute::setup::install_model(name, false).unwrap_or_else(|e| panic!("{e}"));
             FastEmbedder::load_installed(name)
         }
         other => other,
@@ -74,4 +67,12 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
     let bin = profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(bin.exists(), "{} is missing: run through `cargo test`, which builds the examples", bin.display());
     bin
+}
+
+/// The `semroute` command, with its subcommand (`"serve"`, `"eval savings"`) as the first
+/// arguments. Cargo builds the binary for the integration tests.
+pub fn semroute(subcommand: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_semroute"));
+    c.args(subcommand.split(' '));
+    c
 }

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! cargo run --release --example loo                     # built-in exemplars, router defaults
-//! cargo run --release --example loo -- --model multilingual-e5-small -k 8 --quality-bar 0.7
-//! cargo run --release --example loo -- --predictor neighbours   # the nearest exemplars alone
+//! semroute loo --model multilingual-e5-small -k 8 --quality-bar 0.7
+//! semroute loo --predictor neighbours   # the nearest exemplars alone
 //! ```
 //! "under" counts exemplars sent to a weaker tier than their label (a quality risk), "over"
 //! those sent to a stronger one (a cost). Argument parsing and printing only.
@@ -13,16 +13,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Parser;
-#[path = "common/fallback_args.rs"]
-mod fallback_args;
-use fallback_args::FallbackArgs;
+use crate::fallback_args::FallbackArgs;
 use semroute::eval::{leave_one_out, LooReport};
 use semroute::predict::{LowRankSettings, Predictor, RidgeSettings};
 use semroute::{ExemplarSet, FastEmbedder, PriceTable};
 
-#[derive(Parser)]
-struct Args {
+#[derive(clap::Args)]
+pub struct Args {
     /// Installed embedding model (a folder under <home>/models).
     #[arg(long, default_value = semroute::embed::DEFAULT_MODEL)]
     model: String,
@@ -60,8 +57,7 @@ struct Args {
     markdown: bool,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let set = match &args.exemplars {
         Some(d) => ExemplarSet::load_dir(d)?,
         None => ExemplarSet::builtin()?,

@@ -4,9 +4,9 @@
 # 16 binaries with pgvector built in, so this needs only pip.
 #
 # Usage:
-#   bash examples/setup/pgvector.sh start [--until-exit PID]   # prints: export SEMROUTE_PG_URL=...
-#   bash examples/setup/pgvector.sh stop
-#   bash examples/setup/pgvector.sh url
+#   bash src/setup/pgvector.sh start [--until-exit PID]   # prints: export SEMROUTE_PG_URL=...
+#   bash src/setup/pgvector.sh stop
+#   bash src/setup/pgvector.sh url
 #
 # start installs pgserver (once), creates a database cluster (once), starts the server on
 # 127.0.0.1:$SEMROUTE_PG_PORT (default 54329) if it is not running, creates the database

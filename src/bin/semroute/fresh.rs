@@ -4,23 +4,20 @@
 //!
 //! ```text
 //! cargo run --release --example fresh                      # the default embedder and settings
-//! cargo run --release --example fresh -- --model multilingual-e5-small --markdown
-//! cargo run --release --example fresh -- --cases my-prompts.jsonl --caution 0
+//! semroute fresh --model multilingual-e5-small --markdown
+//! semroute fresh --cases my-prompts.jsonl --caution 0
 //! ```
 //! Argument parsing and printing only.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Parser;
-#[path = "common/fallback_args.rs"]
-mod fallback_args;
-use fallback_args::FallbackArgs;
+use crate::fallback_args::FallbackArgs;
 use semroute::eval::{check_sides, Side, SideCase, SideReport};
 use semroute::{ExemplarSet, FastEmbedder, Router};
 
-#[derive(Parser)]
-struct Args {
+#[derive(clap::Args)]
+pub struct Args {
     /// Installed embedding model (a folder under <home>/models).
     #[arg(long, default_value = semroute::embed::DEFAULT_MODEL)]
     model: String,
@@ -43,8 +40,7 @@ struct Args {
     markdown: bool,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let files = if args.cases.is_empty() {
         let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fresh");
         vec![here.join("prompts.jsonl"), here.join("nonsense.jsonl")]

@@ -2,24 +2,23 @@
 //! built from the train split (see `semroute::eval::run` for the protocol).
 //!
 //! ```text
-//! cargo run --release --example savings -- --dataset ../shared/data/zeroeval-crux.jsonl \
+//! semroute savings --dataset ../shared/data/zeroeval-crux.jsonl \
 //!     --prices ../shared/data/prices-2024.toml [--seed 42] [--seeds 5] [--json] [--plot out.png]
 //! ```
 //! Argument parsing and printing only: the split, the cross-fitting, the router and the metrics
 //! are the library's.
 
-mod plot;
+use crate::plot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Parser;
 use semroute::embed::{Embedder, FastEmbedder, Memo};
-use semroute::eval::{run, BenchSettings, Dataset, Report};
+use semroute::eval::{BenchSettings, Dataset, Report};
 use semroute::PriceTable;
 
-#[derive(Parser)]
-struct Args {
+#[derive(clap::Args)]
+pub struct Args {
     /// Data set JSONL (id, task, prompt, scores; optional responses, output_tokens, cost_usd).
     #[arg(long)]
     dataset: PathBuf,
@@ -56,8 +55,7 @@ struct Args {
     embedding_model: String,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data = Dataset::load(&args.dataset)?;
     let prices = PriceTable::from_file(&args.prices)?;
     let model: Arc<dyn Embedder> = Arc::new(FastEmbedder::load_installed(&args.embedding_model)?);
@@ -74,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             targets_from_every_candidate: args.targets_from_every_candidate,
             ..BenchSettings::default()
         };
-        let report = run(&data, &prices, memo.clone(), &settings)?;
+        let report = semroute::eval::run(&data, &prices, memo.clone(), &settings)?;
         if args.json {
             let mut v = serde_json::to_value(&report)?;
             v["dataset"] = args.dataset.display().to_string().into();

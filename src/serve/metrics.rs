@@ -7,42 +7,44 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// A chat request's outcome label (`ok`, `client_error`, `unauthorized`, `upstream_error`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Served {
+pub(crate) struct Served {
     pub model: String,
     pub routed: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub model: String,
     pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Mode {
+pub(crate) struct Mode {
     pub stream: &'static str,
 }
 
-pub struct Metrics {
+/// Every metric the server keeps, registered once.
+pub(crate) struct Metrics {
     registry: Registry,
-    pub requests: Family<Outcome, Counter>,
-    pub decisions: Family<Served, Counter>,
-    pub upstream_failures: Family<Failure, Counter>,
-    pub failovers: Counter,
-    pub request_seconds: Family<Mode, Histogram>,
-    pub routing_seconds: Histogram,
-    pub spent_usd: Counter<f64, AtomicU64>,
-    pub strongest_usd: Counter<f64, AtomicU64>,
+    pub(crate) requests: Family<Outcome, Counter>,
+    pub(crate) decisions: Family<Served, Counter>,
+    pub(crate) upstream_failures: Family<Failure, Counter>,
+    pub(crate) failovers: Counter,
+    pub(crate) request_seconds: Family<Mode, Histogram>,
+    pub(crate) routing_seconds: Histogram,
+    pub(crate) spent_usd: Counter<f64, AtomicU64>,
+    pub(crate) strongest_usd: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("semroute");
         let requests = Family::<Outcome, Counter>::default();
         registry.register("requests", "Chat requests by outcome", requests.clone());
@@ -69,7 +71,12 @@ impl Metrics {
         Metrics { registry, requests, decisions, upstream_failures, failovers, request_seconds, routing_seconds, spent_usd, strongest_usd }
     }
 
-    pub fn render(&self) -> String {
+    /// Counts one chat request by its outcome.
+    pub(crate) fn outcome(&self, outcome: &'static str) {
+        self.requests.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -19,7 +19,7 @@
 # and checks the graph against numpy. e5 expects its input as "query: <text>".
 #
 # Where: $SEMROUTE_HOME, default ${XDG_CACHE_HOME:-$HOME/.cache}/semroute.
-# Usage: bash examples/setup/setup-model.sh [multilingual-e5-small] [--force]
+# Usage: semroute setup [multilingual-e5-small] [--force]   (or, from a checkout: bash src/setup/model.sh ...)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,7 +38,7 @@ for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
     all-minilm-l6-v2 | multilingual-e5-small) model_name="$arg" ;;
-    *) fail "unknown argument '$arg' (usage: setup-model.sh [multilingual-e5-small] [--force])" ;;
+    *) fail "unknown argument '$arg' (usage: semroute setup [multilingual-e5-small] [--force])" ;;
   esac
 done
 dest="$home/models/$model_name"

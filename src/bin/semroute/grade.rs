@@ -1,7 +1,7 @@
 //! Grades exemplars on every provider: the measured exemplars the router learns from.
 //!
 //! ```text
-//! cargo run --release --example grade -- --providers providers.toml --exemplars FILE_OR_DIR \
+//! semroute grade --providers providers.toml --exemplars FILE_OR_DIR \
 //!     --out results.jsonl [--judge NAME] [--concurrency N] [--estimate] [--prices FILE]
 //! ```
 //! Each exemplar goes to every model of the providers file (or `--models a,b`). An exemplar with
@@ -15,13 +15,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Parser;
 use semroute::grade::{journal_path, load_tasks, write_results, CallRecord, Grader, Journal};
 use semroute::provider::{Client, Providers, RetryPolicy};
 use semroute::PriceTable;
 
-#[derive(Parser)]
-struct Args {
+#[derive(clap::Args)]
+pub struct Args {
     /// Providers file: per model its protocol, base URL, model id and key variable.
     #[arg(long)]
     providers: PathBuf,
@@ -54,15 +53,7 @@ struct Args {
     retry_base_ms: u64,
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("grade: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let tasks = load_tasks(&args.exemplars)?;
     let providers = Providers::from_file(&args.providers)?;
     let prices = match &args.prices {
