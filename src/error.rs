@@ -164,6 +164,18 @@ pub enum Error {
         message: String,
     },
 
+    /// A settings file (`semroute.toml`, see [`config`](crate::config)) holds an unknown key or a
+    /// bad value.
+    #[error("{at}: invalid setting{}: {message}", key.as_ref().map(|k| format!(" (key `{k}`)")).unwrap_or_default())]
+    Settings {
+        /// File and line.
+        at: Location,
+        /// The key (`section.key`), when one is to blame.
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A client-keys file (see [`serve::ClientKeys`](crate::serve)) holds a bad key or none.
     #[error("{at}: {message}")]
     ClientKeys {

@@ -136,6 +136,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod config;
 pub mod decision;
 pub mod embed;
 pub mod error;

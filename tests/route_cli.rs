@@ -123,3 +123,24 @@ fn the_route_example_is_the_same_command() {
     assert_eq!(a[0]["candidates"], b[0]["candidates"]);
     assert_eq!(a[1], b[1]);
 }
+
+#[test]
+fn a_config_file_sets_the_router_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("semroute.toml");
+    std::fs::write(&path, "[router]\nquality_bar = 0.9\nk = 5\n").unwrap();
+    let config = path.to_str().unwrap();
+    let prompt = "Reformat this JSON so it is indented: {\"a\":1}";
+    let out = run(&["--json", "--config", config, prompt], b"");
+    let d = &json_lines(&out)[0];
+    assert_eq!(d["quality_bar"], 0.9);
+    assert_eq!(d["neighbours"].as_array().unwrap().len(), 5);
+    let out = run(&["--json", "--config", config, "--quality-bar", "0.6", prompt], b"");
+    assert_eq!(json_lines(&out)[0]["quality_bar"], 0.6);
+
+    std::fs::write(&path, "[router]\nk = 5\nquality_bar = \"high\"\n").unwrap();
+    let out = run(&["--json", "--config", config, prompt], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("semroute.toml:3: invalid setting (key `router.quality_bar`)"), "{err}");
+}

@@ -77,16 +77,7 @@ fn serve(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str]) -> Serve
 /// `--no-auth` or its own `--client-keys`.
 fn serve_with(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str], learn_log: bool) -> Serve {
     let dir = tempfile::tempdir().unwrap();
-    let mut providers = String::new();
-    for (name, protocol, id) in models {
-        providers.push_str(&format!(
-            "[models.\"{name}\"]\nprotocol = \"{protocol}\"\nbase_url = \"{}\"\nmodel = \"{id}\"\napi_key_env = \"FAKE_PROVIDER_KEY\"\ntimeout_secs = 1.0\n\n",
-            fake.base_url()
-        ));
-    }
-    std::fs::write(dir.path().join("providers.toml"), providers).unwrap();
-    std::fs::write(dir.path().join("prices.toml"), PRICES).unwrap();
-    std::fs::write(dir.path().join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n{OTHER_KEY}\n")).unwrap();
+    write_files(fake, models, dir.path());
     let mut cmd = common::semroute("serve");
     if learn_log && !extra.contains(&"--learn-log") {
         cmd.arg("--learn-log").arg(dir.path().join("learned.jsonl"));
@@ -94,8 +85,7 @@ fn serve_with(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str], lea
     if !extra.contains(&"--no-auth") && !extra.contains(&"--client-keys") {
         cmd.arg("--client-keys").arg(dir.path().join("client-keys"));
     }
-    let mut child = cmd
-        .current_dir(dir.path())
+    cmd.current_dir(dir.path())
         .arg("--providers")
         .arg(dir.path().join("providers.toml"))
         .arg("--prices")
@@ -103,12 +93,28 @@ fn serve_with(fake: &FakeLlm, models: &[(&str, &str, &str)], extra: &[&str], lea
         .arg("--usage-log")
         .arg(dir.path().join("usage.jsonl"))
         .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("FAKE_PROVIDER_KEY", PROVIDER_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
+        .args(extra);
+    spawn_serve(cmd, dir)
+}
+
+/// Writes the providers file (one endpoint per model on the fake), the prices and the client keys
+/// into `dir`.
+fn write_files(fake: &FakeLlm, models: &[(&str, &str, &str)], dir: &std::path::Path) {
+    let mut providers = String::new();
+    for (name, protocol, id) in models {
+        providers.push_str(&format!(
+            "[models.\"{name}\"]\nprotocol = \"{protocol}\"\nbase_url = \"{}\"\nmodel = \"{id}\"\napi_key_env = \"FAKE_PROVIDER_KEY\"\ntimeout_secs = 1.0\n\n",
+            fake.base_url()
+        ));
+    }
+    std::fs::write(dir.join("providers.toml"), providers).unwrap();
+    std::fs::write(dir.join("prices.toml"), PRICES).unwrap();
+    std::fs::write(dir.join("client-keys"), format!("# test clients\n{CLIENT_KEY}\n{OTHER_KEY}\n")).unwrap();
+}
+
+/// Starts `cmd` (a `semroute serve`) and waits for its "listening on" line.
+fn spawn_serve(mut cmd: Command, dir: tempfile::TempDir) -> Serve {
+    let mut child = cmd.env("FAKE_PROVIDER_KEY", PROVIDER_KEY).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start serve");
     let stderr = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let err = child.stderr.take().unwrap();
@@ -861,4 +867,51 @@ async fn a_long_stream_without_usage_is_tallied_in_bounded_memory() {
     let peak = highest.load(Ordering::Relaxed) as f64 / 1024.0;
     eprintln!("serve memory: {settled:.0} MiB settled after start-up, at most {peak:.0} MiB during two 40 MiB usage-less streams");
     assert!(peak < settled + 32.0, "resident memory rose from {settled:.0} to {peak:.0} MiB: the stream's text is being kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_sets_everything_and_flags_override_it() {
+    let fake = FakeLlm::start().await;
+    let models = [("fake-cheap", "openai", "cheap-1"), ("fake-mid", "openai", "mid-1"), ("fake-strong", "anthropic", "strong-1")];
+    let start = |extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(&fake, &models, dir.path());
+        // Relative paths: relative to the file, wherever serve is started from.
+        std::fs::write(
+            dir.path().join("semroute.toml"),
+            "[router]\nprices = \"prices.toml\"\nquality_bar = 0.95\n\n[serve]\nlisten = \"127.0.0.1:0\"\n\
+             providers = \"providers.toml\"\nclient_keys = \"client-keys\"\nusage_log = \"usage.jsonl\"\n",
+        )
+        .unwrap();
+        let mut cmd = common::semroute("serve");
+        cmd.current_dir("/").arg("--config").arg(dir.path().join("semroute.toml")).args(extra);
+        spawn_serve(cmd, dir)
+    };
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": PROMPT}]}).to_string();
+    let s = start(&[]);
+    let (status, h, _) = post(&s, Some(CLIENT_KEY), body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-semroute-quality-bar"), "0.95");
+    assert_eq!(s.usage_n(1).await.len(), 1, "the usage log is where the file says");
+    assert_eq!(post(&s, None, body.clone()).await.0, 401, "the client keys are the file's");
+    drop(s);
+    let s = start(&["--quality-bar", "0.5"]);
+    let (status, h, _) = post(&s, Some(CLIENT_KEY), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-semroute-quality-bar"), "0.5", "a flag overrides the file");
+
+    // A bad value or an unknown key names the file, the line and the key; nothing starts.
+    for (text, line, key) in [
+        ("[serve]\nlisten = 8080\n", 2, "serve.listen"),
+        ("[router]\nk = 8\n\n[serve]\nmax_attempt = 2\n", 5, "serve.max_attempt"),
+        ("[router]\ncaution = -1.0\n", 2, "router.caution"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("semroute.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = common::semroute("serve").arg("--config").arg(&path).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("semroute.toml:{line}: invalid setting (key `{key}`)")), "{err}");
+    }
 }

@@ -16,10 +16,10 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use semroute::predict::{Predictor, RidgeSettings};
-use semroute::{Error, ExemplarSet, PriceTable, RouteDecision, Router};
+use semroute::config::{Config, PredictorName};
+use semroute::{Error, RouteDecision, Router};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 #[command(about = "Route prompts to the cheapest model that answers them well enough")]
 pub struct Args {
     /// Prompts to route; none means: read prompts from standard input, one per line.
@@ -55,46 +55,30 @@ pub struct Args {
     embedding_model: Option<String>,
     /// How quality is predicted: `auto` (default: the mean of a kernel-ridge model over every
     /// exemplar and the neighbours), `blend` (the same at any size), `kernel-ridge` or `neighbours`.
-    #[arg(long, value_name = "P", default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours"])]
-    predictor: String,
+    #[arg(long, value_name = "P")]
+    predictor: Option<PredictorName>,
+    /// A settings file (`semroute.toml`, its `[router]` table); the flags above override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 fn build(args: &Args) -> Result<Router, Error> {
-    let mut b = Router::builder();
-    let mut ridge = RidgeSettings::default();
-    if let Some(name) = &args.embedding_model {
-        let embedder = semroute::FastEmbedder::load_installed(name)?;
-        ridge = RidgeSettings::for_embedder(&embedder);
-        b = b.embedder(std::sync::Arc::new(embedder));
-    }
-    b = b.predictor(match args.predictor.as_str() {
-        "blend" => Predictor::Blend(ridge),
-        "kernel-ridge" => Predictor::KernelRidge(ridge),
-        "neighbours" => Predictor::Neighbours,
-        _ => Predictor::Auto,
-    });
-    if let Some(dir) = &args.exemplars {
-        b = b.exemplars(if dir.is_file() { ExemplarSet::load_file(dir)? } else { ExemplarSet::load_dir(dir)? });
-    }
-    if let Some(file) = &args.prices {
-        b = b.prices(PriceTable::from_file(file)?);
-    }
-    if let Some(x) = args.quality_bar {
-        b = b.quality_bar(x);
-    }
-    if let Some(k) = args.k {
-        b = b.k(k);
-    }
-    if let Some(s) = args.min_similarity {
-        b = b.min_similarity(s);
-    }
-    if let Some(z) = args.caution {
-        b = b.caution(z);
-    }
-    if let Some(m) = &args.fallback {
-        b = b.fallback_model(m.clone());
-    }
-    b.build()
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let r = &mut config.router;
+    let a = args.clone();
+    r.exemplars = a.exemplars.or(r.exemplars.take());
+    r.prices = a.prices.or(r.prices.take());
+    r.quality_bar = a.quality_bar.or(r.quality_bar);
+    r.k = a.k.or(r.k);
+    r.min_similarity = a.min_similarity.or(r.min_similarity);
+    r.caution = a.caution.or(r.caution);
+    r.fallback_model = a.fallback.or(r.fallback_model.take());
+    r.embedding_model = a.embedding_model.or(r.embedding_model.take());
+    r.predictor = a.predictor.or(r.predictor);
+    config.router.builder()?.build()
 }
 
 /// Installs the model with `semroute setup`'s own code when it is missing, once.
@@ -103,7 +87,9 @@ fn build_with_setup(args: &Args) -> Result<Router, String> {
         Err(Error::ModelMissing { .. }) => {
             // Only a model the set-up knows is installed, under its own name: an unknown name (or
             // a path such as ../../etc) is an error before anything runs.
-            let name = args.embedding_model.as_deref().unwrap_or(semroute::embed::DEFAULT_MODEL);
+            let from_config = args.config.as_ref().and_then(|p| Config::from_file(p).ok()).and_then(|c| c.router.embedding_model);
+            let name = args.embedding_model.clone().or(from_config).unwrap_or_else(|| semroute::embed::DEFAULT_MODEL.to_string());
+            let name = name.as_str();
             if semroute::setup::INSTALLABLE.contains(&name) {
                 eprintln!("semroute: the embedding model {name} is not installed yet; installing it (semroute setup {name})");
             }

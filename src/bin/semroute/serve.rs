@@ -1,27 +1,30 @@
 //! `semroute serve`: the routing server (`semroute::serve`) behind a command line.
 //!
 //! ```text
+//! semroute serve --config semroute.toml
 //! semroute serve --providers providers.toml [--listen 127.0.0.1:8080] \
 //!     [--exemplars DIR] [--prices FILE] [--client-keys FILE | --no-auth]
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use semroute::provider::Providers;
-use semroute::serve::{ClientKeys, ServeOptions, Server};
-use semroute::{Error, ExemplarSet, PriceTable, Router};
+use semroute::config::Config;
+use semroute::serve::Server;
+use semroute::Error;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A settings file (`semroute.toml`: `[router]` and `[serve]`); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Providers file: per model its protocol, base URL, model id and key variable.
-    #[arg(long)]
-    providers: PathBuf,
-    /// Address to listen on (port 0: any free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    #[arg(long, value_name = "FILE")]
+    providers: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080; port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
     /// An exemplar JSONL file, or a folder of them (default: the built-in exemplars).
     #[arg(long, value_name = "DIR")]
     exemplars: Option<PathBuf>,
@@ -34,68 +37,83 @@ pub struct Args {
     /// Default quality bar for `auto` (a request's `auto:<bar>` overrides it).
     #[arg(long, value_name = "X")]
     quality_bar: Option<f64>,
+    /// A shared exemplar store (`postgresql://...`; the `pgvector` feature): replicas that
+    /// name the same store route from, and learn into, the same exemplars.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
     /// File of client keys, one per line (`#` starts a comment).
     #[arg(long, value_name = "FILE")]
     client_keys: Option<PathBuf>,
     /// Serve without client keys (only sensible on loopback).
     #[arg(long, conflicts_with = "client_keys")]
     no_auth: bool,
-    /// Where each answer's real tokens and cost are appended (JSONL).
-    #[arg(long, default_value = "semroute-usage.jsonl")]
-    usage_log: PathBuf,
+    /// Where each answer's real tokens and cost are appended (JSONL; default semroute-usage.jsonl).
+    #[arg(long, value_name = "FILE")]
+    usage_log: Option<PathBuf>,
     /// Log prompt text (off by default) and put it in the usage log.
     #[arg(long)]
     log_prompts: bool,
     /// Serve `/metrics` without a client key (by default it needs one, like every endpoint).
     #[arg(long)]
     public_metrics: bool,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    max_body_bytes: usize,
+    /// Largest request body accepted, in bytes (default 4 MiB).
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
     /// The router's durable learning log (JSONL): feedback posted to `/v1/feedback` is synced
     /// here before it is acknowledged, and replayed at start. It keeps the prompt text (the last
     /// user message) of each request given feedback, since replay embeds it again. Without it,
     /// feedback is learned in memory only and lost at restart.
     #[arg(long, value_name = "FILE")]
     learn_log: Option<PathBuf>,
-    /// Answered requests remembered (in memory only) so feedback can name them by request id.
-    #[arg(long, default_value_t = 10_000)]
-    remember: usize,
-    /// Attempts per model for 429 / 5xx before failing over to the next model.
-    #[arg(long, default_value_t = 1)]
-    max_attempts: u32,
+    /// Answered requests remembered (in memory only) so feedback can name them by request id
+    /// (default 10,000).
+    #[arg(long, value_name = "N")]
+    remember: Option<usize>,
+    /// Attempts per model for 429 / 5xx before failing over to the next model (default 1).
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
     /// Seconds a client has to send a request's head (line and headers); a connection that
-    /// sends less is closed. Also how long an idle kept-alive connection stays open.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    header_timeout_secs: f64,
-    /// On SIGTERM or SIGINT: seconds requests in flight get to finish before the server exits anyway.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    shutdown_secs: f64,
+    /// sends less is closed. Also how long an idle kept-alive connection stays open (default 10).
+    #[arg(long, value_name = "SECS")]
+    header_timeout_secs: Option<f64>,
+    /// On SIGTERM or SIGINT: seconds requests in flight get to finish before the server exits
+    /// anyway (default 10).
+    #[arg(long, value_name = "SECS")]
+    shutdown_secs: Option<f64>,
 }
 
-fn build_router(args: &Args) -> Result<Router, Error> {
-    let mut b = Router::builder();
-    if let Some(name) = &args.embedding_model {
-        b = b.embedder(Arc::new(semroute::FastEmbedder::load_installed(name)?));
+/// The settings file with the flags laid over it.
+fn settings(args: Args) -> Result<Config, Error> {
+    let mut c = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let (r, s) = (&mut c.router, &mut c.serve);
+    r.exemplars = args.exemplars.or(r.exemplars.take());
+    r.prices = args.prices.or(r.prices.take());
+    r.embedding_model = args.embedding_model.or(r.embedding_model.take());
+    r.quality_bar = args.quality_bar.or(r.quality_bar);
+    r.learn_log = args.learn_log.or(r.learn_log.take());
+    r.store_url = args.store_url.or(r.store_url.take());
+    s.providers = args.providers.or(s.providers.take());
+    s.listen = args.listen.or(s.listen);
+    if args.client_keys.is_some() || args.no_auth {
+        s.client_keys = args.client_keys;
+        s.no_auth = Some(args.no_auth);
     }
-    if let Some(dir) = &args.exemplars {
-        b = b.exemplars(if dir.is_file() { ExemplarSet::load_file(dir)? } else { ExemplarSet::load_dir(dir)? });
+    s.usage_log = args.usage_log.or(s.usage_log.take());
+    if args.log_prompts {
+        s.log_prompts = Some(true);
     }
-    if let Some(file) = &args.prices {
-        b = b.prices(PriceTable::from_file(file)?);
+    if args.public_metrics {
+        s.public_metrics = Some(true);
     }
-    if let Some(x) = args.quality_bar {
-        b = b.quality_bar(x);
-    }
-    if let Some(log) = &args.learn_log {
-        b = b.feedback_log(log);
-    }
-    b.build()
-}
-
-/// A flag's seconds as a duration (finite, not negative).
-fn secs(flag: &str, s: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("{flag}: {s} is not a number of seconds"))
+    s.max_body_bytes = args.max_body_bytes.or(s.max_body_bytes);
+    s.remember = args.remember.or(s.remember);
+    s.max_attempts = args.max_attempts.or(s.max_attempts);
+    s.header_timeout_secs = args.header_timeout_secs.or(s.header_timeout_secs);
+    s.shutdown_secs = args.shutdown_secs.or(s.shutdown_secs);
+    Ok(c)
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -104,52 +122,39 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SEMROUTE_LOG").unwrap_or_else(|_| "info".into()))
         .init();
-    let header_timeout = secs("--header-timeout-secs", args.header_timeout_secs)?;
-    if header_timeout.is_zero() {
-        return Err("--header-timeout-secs must be more than 0".into());
+    if let Some(t) = args.header_timeout_secs.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        return Err(format!("--header-timeout-secs must be more than 0, got {t}").into());
     }
-    let client_keys = match (&args.client_keys, args.no_auth) {
-        (Some(path), _) => Some(ClientKeys::from_file(path)?),
-        (None, true) => None,
-        (None, false) => return Err("give --client-keys FILE (one key per line), or --no-auth to serve without client keys".into()),
-    };
-    let mut options = ServeOptions::new(Providers::from_file(&args.providers)?);
-    options.client_keys = client_keys;
-    options.public_metrics = args.public_metrics;
-    options.usage_log = args.usage_log.clone();
-    options.log_prompts = args.log_prompts;
-    options.max_body_bytes = args.max_body_bytes;
-    options.remember = args.remember;
-    options.max_attempts = args.max_attempts;
-    options.header_timeout = header_timeout;
-    options.shutdown_deadline = secs("--shutdown-secs", args.shutdown_secs)?;
-    options.reload_exemplars = args.exemplars.clone();
-    options.reload_prices = args.prices.clone();
+    if let Some(t) = args.shutdown_secs.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+        return Err(format!("--shutdown-secs: {t} is not a number of seconds").into());
+    }
+    let config = settings(args)?;
+    // Options first: a missing providers or keys file is reported before the model loads.
+    let options = config.serve.options(&config.router)?;
+    let listen = config.serve.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let learn_log = config.router.learn_log.clone();
+    let router = config.router.builder()?.build()?;
+    let server = Server::new(router, options)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
-        let router = build_router(&args)?;
-        let server = Server::new(router, options)?;
-        let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
-        match &args.learn_log {
+        match &learn_log {
             Some(log) => tracing::info!(
                 "feedback is learned and synced to {}; that log keeps the prompt text (last user message) of every request \
                  given feedback, because a restart embeds it again to replay what was learned",
                 log.display()
             ),
-            None => {
-                tracing::info!("no --learn-log: feedback is learned in memory only (lost at restart), and no prompt text is written for it")
-            }
+            None => tracing::info!(
+                "no learning log: feedback is learned in memory only (lost at restart), and no prompt text is written for it"
+            ),
         }
         eprintln!(
             "semroute serve: listening on http://{addr} ({} models: {}; client keys: {})",
             server.served().len(),
             server.served().join(", "),
-            match &args.client_keys {
-                Some(_) if server.needs_client_keys() => "required".to_string(),
-                _ => "none, --no-auth".to_string(),
-            }
+            if server.needs_client_keys() { "required" } else { "none, --no-auth" }
         );
         server.run(listener, stop_signal()?).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
