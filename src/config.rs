@@ -75,6 +75,9 @@ pub struct RouterConfig {
     pub cache_dir: Option<PathBuf>,
     /// A shared exemplar store, `postgresql://...` (needs the `pgvector` feature).
     pub store_url: Option<String>,
+    /// The store's table (default `semroute_exemplars`): routers on the same table share
+    /// exemplars.
+    pub store_table: Option<String>,
 }
 
 /// The predictor names a config file or a flag may give.
@@ -207,6 +210,9 @@ impl Config {
         if let Some(s) = r.unfamiliar_share.filter(|s| !(*s > 0.0 && *s < 0.5)) {
             return Err(bad("router", "unfamiliar_share", format!("must be more than 0 and less than 0.5, got {s}")));
         }
+        if r.store_table.is_some() && r.store_url.is_none() {
+            return Err(bad("router", "store_table", "names a table, but no `store_url` says where".into()));
+        }
         if r.store_url.is_some() && !cfg!(feature = "pgvector") {
             return Err(bad("router", "store_url", "this build has no shared store (build with the `pgvector` feature)".into()));
         }
@@ -292,19 +298,23 @@ impl RouterConfig {
             b = b.cache_dir(p);
         }
         if let Some(url) = &self.store_url {
-            b = with_store(b, url)?;
+            b = with_store(b, url, self.store_table.as_deref())?;
         }
         Ok(b)
     }
 }
 
 #[cfg(feature = "pgvector")]
-fn with_store(b: RouterBuilder, url: &str) -> Result<RouterBuilder> {
-    Ok(b.store(Arc::new(crate::store::PgStore::connect(url)?)))
+fn with_store(b: RouterBuilder, url: &str, table: Option<&str>) -> Result<RouterBuilder> {
+    let mut store = crate::store::PgStore::builder(url);
+    if let Some(t) = table {
+        store = store.table(t);
+    }
+    Ok(b.store(Arc::new(store.build()?)))
 }
 
 #[cfg(not(feature = "pgvector"))]
-fn with_store(_: RouterBuilder, _: &str) -> Result<RouterBuilder> {
+fn with_store(_: RouterBuilder, _: &str, _: Option<&str>) -> Result<RouterBuilder> {
     Err(Error::Config("`store_url` needs the `pgvector` feature, which this build lacks".into()))
 }
 

@@ -4,6 +4,9 @@
 #![cfg(feature = "pgvector")]
 
 mod common;
+#[path = "common/fake_llm.rs"]
+#[allow(dead_code)]
+mod fake_llm;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -274,4 +277,99 @@ fn both_indexes_find_the_exact_nearest_ten() {
     eprintln!("recall@10 on {n} clustered vectors: pgvector {pg_recall:.3}, in-process {hnsw_recall:.3}");
     assert!(pg_recall >= 0.95, "pgvector recall@10 {pg_recall:.3}");
     assert!(hnsw_recall >= 0.95, "in-process recall@10 {hnsw_recall:.3}");
+}
+
+/// `semroute serve --store-url`: the store used from the server's async code (routing and
+/// learning run on tokio's blocking pool, where the blocking client must not start its runtime),
+/// and two replicas on one table sharing what one of them learned.
+#[test]
+fn two_serve_replicas_share_one_store() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let table = Table::new("serve");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(fake_llm::FakeLlm::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut providers = String::new();
+    for (name, id) in [("fake-cheap", "cheap-1"), ("fake-mid", "mid-1"), ("fake-strong", "strong-1")] {
+        providers.push_str(&format!(
+            "[models.\"{name}\"]\nprotocol = \"openai\"\nbase_url = \"{}\"\nmodel = \"{id}\"\napi_key_env = \"FAKE_PROVIDER_KEY\"\n\n",
+            fake.base_url()
+        ));
+    }
+    std::fs::write(dir.path().join("providers.toml"), providers).unwrap();
+    std::fs::write(dir.path().join("prices.toml"), fake_llm::FAKE_PRICES).unwrap();
+    let start = |name: &str| {
+        let mut child = common::semroute("serve")
+            .arg("--providers")
+            .arg(dir.path().join("providers.toml"))
+            .arg("--prices")
+            .arg(dir.path().join("prices.toml"))
+            .args(["--no-auth", "--listen", "127.0.0.1:0", "--store-url", &url(), "--store-table", table.0.table()])
+            .arg("--usage-log")
+            .arg(dir.path().join(format!("usage-{name}.jsonl")))
+            .env("FAKE_PROVIDER_KEY", fake_llm::PROVIDER_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("listening on http://") => {
+                    break l.split("listening on http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+                }
+                Some(Ok(_)) => continue,
+                _ => {
+                    let _ = child.kill();
+                    panic!("serve {name} did not start")
+                }
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, addr)
+    };
+    let (mut a, addr_a) = start("a");
+    let (mut b, addr_b) = start("b");
+    let http = reqwest::Client::new();
+    let prompt = "Quelle est la capitale administrative du Burkina Faso, et depuis quand ?";
+    let ask = |addr: &str| -> (u16, serde_json::Value) {
+        let body = serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]});
+        rt.block_on(async {
+            let r = http.post(format!("http://{addr}/v1/chat/completions")).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json().await.unwrap())
+        })
+    };
+    let (status, answer) = ask(&addr_a);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["semroute"]["request_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
+    let fb = serde_json::json!({"request_id": id, "quality": 1.0});
+    let learned: serde_json::Value =
+        rt.block_on(async { http.post(format!("http://{addr_a}/v1/feedback")).json(&fb).send().await.unwrap().json().await.unwrap() });
+    assert_eq!(learned["learned"], true, "{learned}");
+    // Replica b never saw the request; its nearest exemplar for the same prompt is the one a learned.
+    let (status, _) = ask(&addr_b);
+    assert_eq!(status, 200);
+    let usage = std::fs::read_to_string(dir.path().join("usage-b.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(usage.lines().next().unwrap()).unwrap();
+    let nearest = &record["neighbours"][0];
+    assert_eq!(nearest["id"], format!("feedback:{id}"), "{record}");
+    assert!(nearest["similarity"].as_f64().unwrap() > 0.99, "{record}");
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Called straight from async code (on a runtime's worker thread, where the blocking client may
+/// not start its own runtime), a store connects, answers and closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_answers_when_called_from_async_code() {
+    let table = Table::new("async");
+    let store = table.reopen();
+    store.attach("all-minilm-l6-v2", 384).unwrap();
+    assert_eq!(store.count().unwrap(), 0);
+    assert!(store.nearest(&[0.05; 384], 3).unwrap().is_empty());
+    drop(store);
 }

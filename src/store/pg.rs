@@ -24,8 +24,12 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 const SCHEMA_LOCK: i64 = 0x5e3_2007;
 
 /// An [`ExemplarStore`] on PostgreSQL with the pgvector extension. Connections are pooled
-/// (`r2d2`), so one store serves many routing threads at once. The pool is blocking: from async
-/// code, route on a blocking thread (as [`Router::route_async`](crate::Router::route_async) does).
+/// (`r2d2`), so one store serves many routing threads at once. Its client is blocking; a call
+/// made on a thread inside a tokio runtime (an async handler, a `spawn_blocking` task) runs on a
+/// short-lived thread of its own, where that client may drive its own runtime, so a router with
+/// this store works inside `semroute serve` and any async server. From async code, still route
+/// on a blocking thread (as [`Router::route_async`](crate::Router::route_async) does): a
+/// database round trip should not hold up the runtime's workers.
 ///
 /// ```no_run
 /// use semroute::store::{ExemplarStore, PgStore};
@@ -39,7 +43,8 @@ const SCHEMA_LOCK: i64 = 0x5e3_2007;
 /// # Ok::<(), semroute::Error>(())
 /// ```
 pub struct PgStore {
-    pool: Pool,
+    /// `None` only while being dropped.
+    pool: Option<Pool>,
     table: String,
     place: String,
     /// The search, written once (it runs on every routed prompt).
@@ -102,6 +107,10 @@ impl PgStore {
     /// Removes the store's table and its record (every exemplar in it, for every router that
     /// shares it). Meant for tests and for starting over.
     pub fn drop_table(&self) -> Result<()> {
+        off_runtime(|| self.drop_table_now())
+    }
+
+    fn drop_table_now(&self) -> Result<()> {
         let mut client = self.client()?;
         client
             .batch_execute(&format!(
@@ -113,7 +122,11 @@ impl PgStore {
     }
 
     fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
-        self.pool.get().map_err(|e| Error::Store { store: self.place.clone(), message: format!("no database connection: {e}") })
+        self.pool
+            .as_ref()
+            .expect("the pool lives until drop")
+            .get()
+            .map_err(|e| Error::Store { store: self.place.clone(), message: format!("no database connection: {e}") })
     }
 
     fn error(&self, what: &str, e: &postgres::Error) -> Error {
@@ -160,8 +173,13 @@ impl PgStoreBuilder {
         self
     }
 
-    /// Checks the settings and connects (the server must be reachable now).
+    /// Checks the settings and connects (the server must be reachable now). Callable from
+    /// async code too (see [`PgStore`]'s note on tokio).
     pub fn build(self) -> Result<PgStore> {
+        off_runtime(move || self.build_now())
+    }
+
+    fn build_now(self) -> Result<PgStore> {
         let mut config = postgres::Config::from_str(&self.url).map_err(|e| Error::Store {
             store: "<postgres>".into(),
             // The parser's message names the bad part, not the password.
@@ -204,7 +222,7 @@ impl PgStoreBuilder {
             })?;
         let nearest_sql =
             format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
-        Ok(PgStore { pool, table: self.table, place, nearest_sql, attached: OnceLock::new() })
+        Ok(PgStore { pool: Some(pool), table: self.table, place, nearest_sql, attached: OnceLock::new() })
     }
 }
 
@@ -247,12 +265,8 @@ fn describe_pg_error(e: &postgres::Error) -> String {
     }
 }
 
-impl ExemplarStore for PgStore {
-    fn describe(&self) -> String {
-        self.place.clone()
-    }
-
-    fn attach(&self, model_id: &str, dim: usize) -> Result<()> {
+impl PgStore {
+    fn attach_now(&self, model_id: &str, dim: usize) -> Result<()> {
         if let Some((m, d)) = self.attached.get() {
             if m == model_id && *d == dim {
                 return Ok(());
@@ -306,7 +320,7 @@ impl ExemplarStore for PgStore {
         Ok(())
     }
 
-    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<StoreHit>> {
+    fn nearest_now(&self, query: &[f32], k: usize) -> Result<Vec<StoreHit>> {
         let dim = self.dim()?;
         if query.len() != dim {
             return Err(Error::Store {
@@ -328,7 +342,7 @@ impl ExemplarStore for PgStore {
             .collect()
     }
 
-    fn insert(&self, items: &[Exemplar], vectors: &[Vec<f32>]) -> Result<()> {
+    fn insert_now(&self, items: &[Exemplar], vectors: &[Vec<f32>]) -> Result<()> {
         let dim = self.dim()?;
         let bad = |message: String| Err(Error::Store { store: self.place.clone(), message });
         if items.len() != vectors.len() {
@@ -372,7 +386,7 @@ impl ExemplarStore for PgStore {
         tx.commit().map_err(|e| self.error("could not commit the new exemplars", &e))
     }
 
-    fn existing(&self, ids: &[&str]) -> Result<Vec<Exemplar>> {
+    fn existing_now(&self, ids: &[&str]) -> Result<Vec<Exemplar>> {
         self.dim()?;
         let mut client = self.client()?;
         let rows = client
@@ -381,7 +395,7 @@ impl ExemplarStore for PgStore {
         rows.iter().map(|r| self.parse(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect()
     }
 
-    fn all(&self) -> Result<Vec<Exemplar>> {
+    fn all_now(&self) -> Result<Vec<Exemplar>> {
         self.dim()?;
         let mut client = self.client()?;
         let rows = client
@@ -390,10 +404,60 @@ impl ExemplarStore for PgStore {
         rows.iter().map(|r| self.parse(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect()
     }
 
-    fn count(&self) -> Result<usize> {
+    fn count_now(&self) -> Result<usize> {
         self.dim()?;
         let mut client = self.client()?;
         let row = client.query_one(&format!("select count(*) from {}", self.table), &[]).map_err(|e| self.error("could not count", &e))?;
         Ok(row.get::<_, i64>(0) as usize)
+    }
+}
+
+/// Runs `f` where the blocking `postgres` client may run. That client drives a runtime of its
+/// own, which tokio forbids on a thread inside a runtime (a `spawn_blocking` task, an async
+/// handler): there `f` runs on a scoped thread of its own (tens of microseconds, beside a
+/// database round trip); anywhere else, right here.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+impl ExemplarStore for PgStore {
+    fn describe(&self) -> String {
+        self.place.clone()
+    }
+
+    fn attach(&self, model_id: &str, dim: usize) -> Result<()> {
+        off_runtime(|| self.attach_now(model_id, dim))
+    }
+
+    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<StoreHit>> {
+        off_runtime(|| self.nearest_now(query, k))
+    }
+
+    fn insert(&self, items: &[Exemplar], vectors: &[Vec<f32>]) -> Result<()> {
+        off_runtime(|| self.insert_now(items, vectors))
+    }
+
+    fn existing(&self, ids: &[&str]) -> Result<Vec<Exemplar>> {
+        off_runtime(|| self.existing_now(ids))
+    }
+
+    fn all(&self) -> Result<Vec<Exemplar>> {
+        off_runtime(|| self.all_now())
+    }
+
+    fn count(&self) -> Result<usize> {
+        off_runtime(|| self.count_now())
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing the pooled clients runs their runtimes too.
+        if let Some(pool) = self.pool.take() {
+            off_runtime(move || drop(pool));
+        }
     }
 }

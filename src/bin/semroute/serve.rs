@@ -41,6 +41,9 @@ pub struct Args {
     /// name the same store route from, and learn into, the same exemplars.
     #[arg(long, value_name = "URL")]
     store_url: Option<String>,
+    /// The store's table (default `semroute_exemplars`).
+    #[arg(long, value_name = "NAME")]
+    store_table: Option<String>,
     /// File of client keys, one per line (`#` starts a comment).
     #[arg(long, value_name = "FILE")]
     client_keys: Option<PathBuf>,
@@ -95,6 +98,10 @@ fn settings(args: Args) -> Result<Config, Error> {
     r.quality_bar = args.quality_bar.or(r.quality_bar);
     r.learn_log = args.learn_log.or(r.learn_log.take());
     r.store_url = args.store_url.or(r.store_url.take());
+    r.store_table = args.store_table.or(r.store_table.take());
+    if r.store_table.is_some() && r.store_url.is_none() {
+        return Err(Error::Config("--store-table names a table, but no store URL says where (--store-url)".into()));
+    }
     s.providers = args.providers.or(s.providers.take());
     s.listen = args.listen.or(s.listen);
     if args.client_keys.is_some() || args.no_auth {
