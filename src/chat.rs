@@ -294,8 +294,10 @@ impl ChatRequest {
                     .get("function")
                     .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
                     .ok_or_else(|| invalid(format!("tools[{i}]: only `function` tools are translated")))?;
-                let name = f.get("name").and_then(Value::as_str).ok_or_else(|| invalid(format!("tools[{i}].function: `name` is missing")))?;
-                let mut tool = json!({"name": name, "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))});
+                let name =
+                    f.get("name").and_then(Value::as_str).ok_or_else(|| invalid(format!("tools[{i}].function: `name` is missing")))?;
+                let mut tool =
+                    json!({"name": name, "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))});
                 if let Some(d) = f.get("description").filter(|d| d.is_string()) {
                     tool["description"] = d.clone();
                 }
@@ -593,8 +595,14 @@ mod tests {
         let b = req.to_anthropic("m", 100).unwrap();
         assert_eq!(b["tools"][0]["input_schema"]["properties"]["city"]["type"], "string");
         assert_eq!(b["tool_choice"], json!({"type": "tool", "name": "weather"}));
-        assert_eq!(b["messages"][1]["content"][0], json!({"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}}));
-        assert_eq!(b["messages"][2], json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "-3 C, snow"}]}));
+        assert_eq!(
+            b["messages"][1]["content"][0],
+            json!({"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}})
+        );
+        assert_eq!(
+            b["messages"][2],
+            json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "-3 C, snow"}]})
+        );
 
         let answer = anthropic_to_openai(&json!({"id": "m1", "model": "c", "stop_reason": "tool_use",
             "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Bergen"}}]}))
@@ -605,15 +613,22 @@ mod tests {
         assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
 
         let mut s = AnthropicStream::default();
-        s.event("message_start", &json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 3}}})).unwrap();
+        s.event("message_start", &json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 3}}}))
+            .unwrap();
         let start = s
-            .event("content_block_start", &json!({"type": "content_block_start", "index": 1,
-                   "content_block": {"type": "tool_use", "id": "toolu_9", "name": "weather", "input": {}}}))
+            .event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 1,
+                   "content_block": {"type": "tool_use", "id": "toolu_9", "name": "weather", "input": {}}}),
+            )
             .unwrap();
         assert_eq!(start[0]["choices"][0]["delta"]["tool_calls"][0]["id"], "toolu_9");
         let part = s
-            .event("content_block_delta", &json!({"type": "content_block_delta", "index": 1,
-                   "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}}))
+            .event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 1,
+                   "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}}),
+            )
             .unwrap();
         assert_eq!(part[0]["choices"][0]["delta"]["tool_calls"][0], json!({"index": 0, "function": {"arguments": "{\"ci"}}));
     }

@@ -83,6 +83,7 @@ pub struct RouterConfig {
 /// The predictor names a config file or a flag may give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum PredictorName {
     /// [`Predictor::Auto`].
     Auto,

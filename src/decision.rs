@@ -15,9 +15,17 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Objective;
 use crate::pricing::Tier;
 
+/// The layout version of a serialised [`RouteDecision`] (the `route --json` lines): fields are
+/// only added; a reader of this version reads every earlier one.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// The router's answer for one prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RouteDecision {
+    /// [`SCHEMA_VERSION`] (0 when read from a decision written before versions).
+    #[serde(default)]
+    pub schema_version: u32,
     /// The chosen model (a price-table name).
     pub model: String,
     /// Its provider.
@@ -73,6 +81,7 @@ pub struct RouteDecision {
 
 /// A nearest exemplar and what it says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Neighbour {
     /// Exemplar id.
     pub id: String,
@@ -92,6 +101,7 @@ pub struct Neighbour {
 
 /// One priced model as the policy saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Candidate {
     /// Model name.
     pub model: String,

@@ -193,6 +193,23 @@ pub enum Error {
     #[error("set-up: {0}")]
     Setup(String),
 
+    /// Work handed to tokio's blocking pool (the `*_async` methods) did not finish: it panicked or
+    /// the runtime shut down.
+    #[error("the {what} task did not finish: {source}")]
+    Task {
+        /// Which task (`routing`, `learning`, `reload`).
+        what: &'static str,
+        /// Why, from tokio.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// A provider call failed (the `gateway` feature); the [`CallError`](crate::provider::CallError)
+    /// says how (`timeout`, `rate_limited`, `malformed`, ...).
+    #[cfg(feature = "gateway")]
+    #[error("provider call failed: {0}")]
+    Provider(#[from] crate::provider::CallError),
+
     /// No model satisfies the request's constraints.
     #[error("no model satisfies the request: {0}")]
     NoEligibleModel(String),

@@ -31,6 +31,7 @@ use crate::pricing::{PriceTable, Tier};
 /// One model's measured result on an exemplar.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ModelResult {
     /// Quality in `[0, 1]` (1 = as good as it gets).
     pub quality: f64,
@@ -46,6 +47,7 @@ pub struct ModelResult {
 /// A hand-assigned label: the weakest tier that answers the prompt well.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TierLabel {
     /// The weakest tier whose models answer well.
     pub tier: Tier,
@@ -58,6 +60,7 @@ pub struct TierLabel {
 /// How an exemplar's right model is known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Grade {
     /// Per-model results from real responses.
     Measured {
@@ -70,6 +73,7 @@ pub enum Grade {
 
 /// A graded prompt.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Exemplar {
     /// Unique id within its set.
     pub id: String,
@@ -114,7 +118,72 @@ struct ExemplarLine {
     calls: Option<serde_json::Value>,
 }
 
+impl ModelResult {
+    /// A measured result: quality in `[0, 1]` and answer length, no measured cost.
+    pub fn new(quality: f64, output_tokens: u32) -> Self {
+        ModelResult { quality, output_tokens, cost_usd: None }
+    }
+
+    /// With what the call really cost.
+    pub fn with_cost_usd(mut self, usd: f64) -> Self {
+        self.cost_usd = Some(usd);
+        self
+    }
+}
+
+impl TierLabel {
+    /// A hand label: the weakest tier that answers well, why, and an estimated answer length.
+    pub fn new(tier: Tier, reason: impl Into<String>, output_tokens: u32) -> Self {
+        TierLabel { tier, reason: reason.into(), output_tokens }
+    }
+}
+
 impl Exemplar {
+    /// An exemplar in category `general`, language `en`, with no source or pair; the `with_*`
+    /// methods set those. Checked when it joins a set (see [`ExemplarSet::from_exemplars`]).
+    ///
+    /// ```
+    /// use semroute::exemplar::{Exemplar, Grade, ModelResult, TierLabel};
+    /// use semroute::Tier;
+    ///
+    /// let labelled = Exemplar::new("sql-1", "Select all users older than 30",
+    ///     Grade::Labelled(TierLabel::new(Tier::Cheap, "single-table filter", 40)))
+    ///     .with_category("sql");
+    /// let measured = Exemplar::new("gsm-17", "A baker has ...", Grade::Measured {
+    ///     results: [("gpt-4".to_string(), ModelResult::new(1.0, 212))].into(),
+    /// });
+    /// assert_eq!((labelled.category.as_str(), measured.language.as_str()), ("sql", "en"));
+    /// ```
+    pub fn new(id: impl Into<String>, prompt: impl Into<String>, grade: Grade) -> Self {
+        Exemplar {
+            id: id.into(),
+            prompt: prompt.into(),
+            category: "general".into(),
+            language: "en".into(),
+            source: None,
+            pair: None,
+            grade,
+        }
+    }
+
+    /// With this category.
+    pub fn with_category(mut self, category: impl Into<String>) -> Self {
+        self.category = category.into();
+        self
+    }
+
+    /// With this language.
+    pub fn with_language(mut self, language: impl Into<String>) -> Self {
+        self.language = language.into();
+        self
+    }
+
+    /// With a note on where it came from.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
     /// The exemplar as one JSONL line (the format [`ExemplarSet::from_jsonl_str`] reads).
     pub fn to_json_line(&self) -> String {
         let (results, label) = match &self.grade {

@@ -52,6 +52,7 @@ pub const MIN_EXEMPLARS: usize = 20;
 
 /// The fallback rule in force.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Familiarity {
     /// A prompt whose nearest exemplar is less similar than this is unfamiliar (set by hand, or
     /// derived from a sample of a very large set, or with a shared store).
@@ -72,6 +73,7 @@ pub enum Familiarity {
 
 /// What [`Familiarity::judge`] found for one prompt.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Judgement {
     /// The prompt's unfamiliarity under the density rule (`None` under the similarity rule).
     pub unfamiliarity: Option<f64>,

@@ -29,7 +29,12 @@ use crate::pricing::PriceTable;
 /// What happened when one prompt was answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Feedback {
+    /// [`journal::SCHEMA_VERSION`](crate::journal::SCHEMA_VERSION) as written to the feedback
+    /// log (0: written before versions).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Unique id (a request or decision id); the exemplar's id is `feedback:<id>`.
     pub id: String,
     /// The prompt that was routed.
@@ -55,6 +60,7 @@ impl Feedback {
     /// Feedback with the required fields.
     pub fn new(id: impl Into<String>, prompt: impl Into<String>, model: impl Into<String>, quality: f64, output_tokens: u32) -> Self {
         Feedback {
+            schema_version: crate::journal::SCHEMA_VERSION,
             id: id.into(),
             prompt: prompt.into(),
             model: model.into(),
@@ -64,6 +70,24 @@ impl Feedback {
             category: None,
             language: None,
         }
+    }
+
+    /// With what the answer cost.
+    pub fn with_cost_usd(mut self, usd: f64) -> Self {
+        self.cost_usd = Some(usd);
+        self
+    }
+
+    /// With the kind of work.
+    pub fn with_category(mut self, category: impl Into<String>) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+
+    /// With the prompt's language.
+    pub fn with_language(mut self, language: impl Into<String>) -> Self {
+        self.language = Some(language.into());
+        self
     }
 
     /// Checks the fields against `prices`; the error names the feedback and the field.

@@ -33,6 +33,7 @@ use crate::provider::{ApiKey, CallError, Client, Endpoint, Providers};
 
 /// One prompt to grade.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Task {
     /// Unique id.
     pub id: String,
@@ -177,7 +178,11 @@ pub fn parse_judge_score(reply: &str) -> Option<f64> {
 /// The outcome of one (exemplar, model) call: one line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CallRecord {
+    /// [`journal::SCHEMA_VERSION`](crate::journal::SCHEMA_VERSION) when written (0: before versions).
+    #[serde(default)]
+    pub schema_version: u32,
     /// The exemplar's id.
     pub exemplar: String,
     /// The model's name (price table and providers file).
@@ -230,6 +235,7 @@ pub fn journal_path(out: &Path) -> PathBuf {
 
 /// What a run will cost, before spending anything.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Estimate {
     /// Model calls.
     pub calls: u64,
@@ -384,6 +390,7 @@ impl Grader {
         let ep = self.providers.get(model).expect("checked before the run");
         let price = self.prices.get(model).expect("checked before the run");
         let mut rec = CallRecord {
+            schema_version: crate::journal::SCHEMA_VERSION,
             exemplar: task.id.clone(),
             model: model.to_string(),
             quality: None,

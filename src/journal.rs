@@ -33,6 +33,30 @@ use serde::Serialize;
 
 use crate::error::{Error, Location, Result};
 
+/// The layout version of the journals semroute writes (the feedback log's
+/// [`Feedback`](crate::feedback::Feedback) and the grading journal's
+/// [`CallRecord`](crate::grade)), in each record's `schema_version` field. A reader takes
+/// records of this version and of every earlier one (including those written before versions,
+/// without the field); a newer one is an error naming its line.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One line's record, its `schema_version` (when it has one) checked first.
+fn parse_record<T: DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(v) = value.get("schema_version") {
+        match v.as_u64() {
+            Some(n) if n <= u64::from(SCHEMA_VERSION) => {}
+            _ => {
+                return Err(format!(
+                    "schema_version {v} is not one this version of semroute reads (up to {SCHEMA_VERSION}): \
+                     written by a newer one?"
+                ))
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// An append-only JSONL file of records: each written whole and synced to disk before
 /// [`append`](Journal::append) returns, so an acknowledged record survives a crash.
 #[derive(Debug)]
@@ -44,6 +68,7 @@ pub struct Journal<T> {
 
 /// What [`Journal::open`] found.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Recovered<T> {
     /// The records already there, in order.
     pub records: Vec<T>,
@@ -88,8 +113,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
                 torn_bytes = (bytes.len() - good_end) as u64;
                 break;
             }
-            let parsed =
-                std::str::from_utf8(line).map_err(|e| e.to_string()).and_then(|t| serde_json::from_str::<T>(t).map_err(|e| e.to_string()));
+            let parsed = std::str::from_utf8(line).map_err(|e| e.to_string()).and_then(parse_record::<T>);
             match parsed {
                 Ok(r) => records.push(r),
                 Err(e) => {
@@ -131,6 +155,33 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rec {
+        a: u32,
+        #[serde(default)]
+        schema_version: u32,
+    }
+
+    #[test]
+    fn records_carry_their_schema_version_and_older_ones_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        // A line from before versions, then one written now.
+        std::fs::write(&path, "{\"a\":1}\n").unwrap();
+        let (mut log, found) = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(found.records, [Rec { a: 1, schema_version: 0 }]);
+        log.append(&Rec { a: 2, schema_version: SCHEMA_VERSION }).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("{\"a\":2,\"schema_version\":1}\n"), "{text}");
+        assert_eq!(Journal::<Rec>::open(&path).unwrap().1.records.len(), 2);
+        // From a newer semroute: refused, naming the line.
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":3,\"schema_version\":2}\n").unwrap();
+        let e = Journal::<Rec>::open(&path).unwrap_err().to_string();
+        assert!(e.contains("log.jsonl:2") && e.contains("schema_version 2"), "{e}");
+    }
 
     #[test]
     fn a_complete_last_line_that_does_not_parse_is_an_error_and_nothing_is_cut() {

@@ -141,6 +141,7 @@ impl Constraints {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Objective {
     /// The cheapest model whose predicted quality reaches this bar, in `[0, 1]`; when none does,
     /// the highest predicted quality.

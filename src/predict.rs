@@ -69,6 +69,7 @@ use crate::pricing::PriceTable;
 /// # Ok::<(), semroute::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
 pub enum Predictor {
     /// While the router holds from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to
     /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the

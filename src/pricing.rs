@@ -39,6 +39,7 @@ use crate::error::{Error, Result};
 /// them well, and every model in a [`PriceTable`] has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Tier {
     /// Low-cost models for routine work (Kimi, DeepSeek, Qwen, MiniMax, GLM, Flash, mini, Haiku).
     Cheap,
@@ -61,6 +62,7 @@ impl fmt::Display for Tier {
 /// One model's prices and facts, as written in the price table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ModelPrice {
     /// Who serves the model (`anthropic`, `openai`, `deepseek`, ...).
     pub provider: String,

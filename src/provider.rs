@@ -48,6 +48,7 @@ use crate::pricing::{PriceTable, TokenCounter};
 /// The wire protocol of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Protocol {
     /// `POST {base_url}/chat/completions`, bearer key.
     Openai,
@@ -58,6 +59,7 @@ pub enum Protocol {
 /// Where and how one model is called.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Endpoint {
     /// The wire protocol.
     pub protocol: Protocol,
@@ -242,6 +244,7 @@ impl fmt::Debug for ApiKey {
 
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Completion {
     /// The answer text.
     pub text: String,
@@ -259,6 +262,7 @@ pub struct Completion {
 
 /// A whole chat answer, OpenAI-shaped whatever the endpoint's protocol.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ChatAnswer {
     /// An OpenAI `chat.completion` object.
     pub body: Value,
@@ -270,8 +274,16 @@ pub struct ChatAnswer {
     pub attempts: u32,
 }
 
-/// Why a call failed. Each is recorded for its (exemplar, model) pair; none stops a run.
+impl From<crate::chat::Malformed> for CallError {
+    fn from(m: crate::chat::Malformed) -> Self {
+        CallError::Malformed(m.0)
+    }
+}
+
+/// Why a call failed. Each is recorded for its (exemplar, model) pair; none stops a run. It
+/// converts into [`Error::Provider`](crate::Error::Provider) with `?`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// No answer within the endpoint's timeout.
     #[error("timed out after {0:?}")]
@@ -446,8 +458,7 @@ impl Client {
         let body = match endpoint.protocol {
             Protocol::Openai => chat::check_openai(&v).map(|()| v),
             Protocol::Anthropic => chat::anthropic_to_openai(&v),
-        }
-        .map_err(|e| CallError::Malformed(e.0))?;
+        }?;
         Ok(ChatAnswer { usage: Usage::of(&body), body, latency, attempts })
     }
 

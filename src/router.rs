@@ -124,6 +124,7 @@ enum Search {
 
 /// The router's tunable settings (see [`RouterBuilder`] for what each means and its default).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Settings {
     /// Number of neighbours consulted.
     pub k: usize,
@@ -253,7 +254,30 @@ impl Router {
         let prompt = prompt.into();
         tokio::task::spawn_blocking(move || router.route_with(&prompt, &constraints))
             .await
-            .map_err(|e| Error::Embedding(format!("the routing task did not finish: {e}")))?
+            .map_err(|source| Error::Task { what: "routing", source })?
+    }
+
+    /// [`learn`](Self::learn) on tokio's blocking pool (it embeds the prompt and syncs the
+    /// feedback log). Needs a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn f(router: semroute::Router) -> semroute::Result<()> {
+    /// use semroute::feedback::Feedback;
+    /// router.learn_async(Feedback::new("req-1", "Summarise this memo ...", "kimi-k2.6", 0.0, 180)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn learn_async(&self, feedback: Feedback) -> Result<()> {
+        let router = self.clone();
+        tokio::task::spawn_blocking(move || router.learn(&feedback)).await.map_err(|source| Error::Task { what: "learning", source })?
+    }
+
+    /// [`reload`](Self::reload) on tokio's blocking pool (it embeds what is new and refits).
+    /// Needs a tokio runtime.
+    pub async fn reload_async(&self, exemplars: ExemplarSet, prices: PriceTable) -> Result<()> {
+        let router = self.clone();
+        tokio::task::spawn_blocking(move || router.reload(exemplars, prices))
+            .await
+            .map_err(|source| Error::Task { what: "reload", source })?
     }
 
     /// The exemplars the router consults now (a snapshot: later additions are not in it). With a
@@ -344,7 +368,9 @@ impl Router {
         }
         let vectors = inner.embedder.embed_batch(&[exemplar.prompt.as_str()])?;
         if let Some(log) = writer.log.as_mut() {
-            log.append(feedback)?;
+            // Written in this version's layout, whatever the caller's record said.
+            let record = Feedback { schema_version: crate::journal::SCHEMA_VERSION, ..feedback.clone() };
+            log.append(&record)?;
         }
         let state = self.grown(&current, exemplars, vectors.clone(), Refit::Later)?;
         inner.state.store(Arc::new(state));
@@ -664,6 +690,7 @@ impl Assessment {
             .collect();
         let objective = constraints.objective(s.objective());
         Ok(RouteDecision {
+            schema_version: crate::decision::SCHEMA_VERSION,
             model: c.model.clone(),
             provider: c.provider.clone(),
             tier: c.tier,

@@ -86,20 +86,9 @@ fn reloads_under_load_drop_no_route_and_never_mix_generations() {
         if i % 10 == 5 {
             // A bad reload: measured results for a model the table lacks. Refused, old state kept.
             let mut results = std::collections::BTreeMap::new();
-            results.insert("no-such-model".to_string(), ModelResult { quality: 1.0, output_tokens: 5, cost_usd: None });
+            results.insert("no-such-model".to_string(), ModelResult::new(1.0, 5));
             let bad = exemplars
-                .with_added(
-                    vec![Exemplar {
-                        id: "bad-1".into(),
-                        prompt: "x".into(),
-                        category: "c".into(),
-                        language: "en".into(),
-                        source: None,
-                        pair: None,
-                        grade: Grade::Measured { results },
-                    }],
-                    "bad.jsonl",
-                )
+                .with_added(vec![Exemplar::new("bad-1", "x", Grade::Measured { results }).with_category("c")], "bad.jsonl")
                 .unwrap();
             let e = router.reload(bad, cheap.clone()).unwrap_err().to_string();
             assert!(e.contains("no-such-model") && e.contains("bad.jsonl"), "{e}");
@@ -231,16 +220,13 @@ fn many_added_exemplars_are_found_before_and_after_the_graph_is_rebuilt() {
     let model = router.prices().strongest().to_string();
     let make = |i: usize| {
         let mut results = std::collections::BTreeMap::new();
-        results.insert(model.clone(), ModelResult { quality: 1.0, output_tokens: 50, cost_usd: None });
-        Exemplar {
-            id: format!("added-{i}"),
-            prompt: format!("Inventory note {i}: reorder part number ZX-{} for warehouse {}", i * 7919 % 10007, i % 13),
-            category: "inventory".into(),
-            language: "en".into(),
-            source: None,
-            pair: None,
-            grade: Grade::Measured { results },
-        }
+        results.insert(model.clone(), ModelResult::new(1.0, 50));
+        Exemplar::new(
+            format!("added-{i}"),
+            format!("Inventory note {i}: reorder part number ZX-{} for warehouse {}", i * 7919 % 10007, i % 13),
+            Grade::Measured { results },
+        )
+        .with_category("inventory")
     };
     // Enough to pass the rebuild threshold (256 scanned vectors) in a few batches.
     for batch in 0..3 {

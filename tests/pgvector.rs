@@ -61,21 +61,9 @@ impl Drop for Table {
 }
 
 fn measured(id: &str, prompt: &str, cheap_quality: f64) -> Exemplar {
-    Exemplar {
-        id: id.into(),
-        prompt: prompt.into(),
-        category: "test".into(),
-        language: "en".into(),
-        source: Some("written for this test".into()),
-        pair: None,
-        grade: Grade::Measured {
-            results: [
-                ("kimi-k2.6".to_string(), ModelResult { quality: cheap_quality, output_tokens: 200, cost_usd: None }),
-                ("claude-sonnet-5-5".to_string(), ModelResult { quality: 1.0, output_tokens: 200, cost_usd: None }),
-            ]
-            .into(),
-        },
-    }
+    let results =
+        [("kimi-k2.6".to_string(), ModelResult::new(cheap_quality, 200)), ("claude-sonnet-5-5".to_string(), ModelResult::new(1.0, 200))];
+    Exemplar::new(id, prompt, Grade::Measured { results: results.into() }).with_category("test").with_source("written for this test")
 }
 
 #[test]

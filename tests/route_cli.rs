@@ -31,7 +31,7 @@ fn json_mode_prints_one_object_per_prompt() {
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 2);
     for d in &lines {
-        for key in ["model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback", "quality_from"] {
+        for key in ["schema_version", "model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback", "quality_from"] {
             assert!(d.get(key).is_some(), "missing {key} in {d}");
         }
     }

@@ -61,15 +61,13 @@ fn timing_set(n: usize, data: Option<PathBuf>) -> Result<(ExemplarSet, usize), S
         .map(|i| {
             let p = &base[i % base.len()];
             let round = i / base.len();
-            Exemplar {
-                id: format!("startup-{i}"),
-                prompt: if round == 0 { p.clone() } else { format!("{p}\n(variant {round})") },
-                category: "startup-timing".into(),
-                language: "en".into(),
-                source: Some("startup example: shared dataset prompt, synthetic label for timing only".into()),
-                pair: None,
-                grade: Grade::Labelled(TierLabel { tier: Tier::Cheap, reason: "timing only, not a real label".into(), output_tokens: 100 }),
-            }
+            Exemplar::new(
+                format!("startup-{i}"),
+                if round == 0 { p.clone() } else { format!("{p}\n(variant {round})") },
+                Grade::Labelled(TierLabel::new(Tier::Cheap, "timing only, not a real label", 100)),
+            )
+            .with_category("startup-timing")
+            .with_source("startup example: shared dataset prompt, synthetic label for timing only")
         })
         .collect();
     Ok((ExemplarSet::from_exemplars(items).map_err(|e| e.to_string())?, base.len()))

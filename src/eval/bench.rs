@@ -99,6 +99,7 @@ impl RouterConfig {
 /// The knob a policy turns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Policy {
     /// [`Objective::QualityBar`](crate::policy::Objective::QualityBar), swept from 0 to 1.
     QualityBar,
@@ -162,6 +163,7 @@ impl Default for BenchSettings {
 
 /// A point of a cost–quality curve in a report.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CurvePointReport {
     /// The knob (bar or USD per quality point); `None` for a point that is not a router's.
     pub knob: Option<f64>,
@@ -175,6 +177,7 @@ pub struct CurvePointReport {
 
 /// One candidate configuration's out-of-fold figures on the train split.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ConfigScore {
     /// The configuration.
     pub config: RouterConfig,
@@ -188,6 +191,7 @@ pub struct ConfigScore {
 
 /// A quality target met (or not) on the test split.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct TargetResult {
     /// The share of the reference model's quality asked for.
     pub target: f64,
@@ -221,6 +225,7 @@ pub struct TargetResult {
 
 /// A single model on the test split.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct SingleModel {
     /// Name.
     pub model: String,
@@ -232,6 +237,7 @@ pub struct SingleModel {
 
 /// Calibration of quality predictions: Brier score and a reliability table.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Calibration {
     /// Mean squared difference between predicted and measured quality.
     pub brier: f64,
@@ -243,6 +249,7 @@ pub struct Calibration {
 
 /// Everything [`run`] measured. Figures on the test split unless a field says otherwise.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// Prompts in the train and test splits.
     pub train: usize,

@@ -15,6 +15,7 @@ use crate::router::{Router, RouterBuilder};
 
 /// One held-out exemplar and what the router did with it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct LooOutcome {
     /// Exemplar id.
     pub id: String,
@@ -36,6 +37,7 @@ pub struct LooOutcome {
 
 /// Counts of agreement with the labels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Tally {
     /// Exemplars counted.
     pub n: usize,
@@ -65,6 +67,7 @@ impl Tally {
 
 /// Every held-out exemplar's outcome.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct LooReport {
     /// One per labelled exemplar, in the set's order.
     pub outcomes: Vec<LooOutcome>,

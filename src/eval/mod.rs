@@ -39,6 +39,7 @@ pub use sides::{check_sides, Side, SideCase, SideOutcome, SideReport, SideTally}
 /// One dataset record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawRecord")]
+#[non_exhaustive]
 pub struct Record {
     /// Unique id.
     pub id: String,
@@ -114,6 +115,7 @@ impl TryFrom<RawRecord> for Record {
 
 /// A routing dataset.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Dataset {
     /// The records, in file order.
     pub records: Vec<Record>,

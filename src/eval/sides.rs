@@ -15,6 +15,7 @@ use crate::router::Router;
 /// Where a careful person would send a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Side {
     /// A cheap or mid-tier model answers it well.
     Cheap,
@@ -26,6 +27,7 @@ pub enum Side {
 
 /// One hand-labelled prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SideCase {
     /// Unique id.
     pub id: String,
@@ -84,6 +86,7 @@ impl SideCase {
 
 /// What the router did with one case.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct SideOutcome {
     /// The case's id.
     pub id: String,
@@ -110,6 +113,7 @@ pub struct SideOutcome {
 
 /// Agreement counts for a group of cases.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct SideTally {
     /// Cases.
     pub n: usize,
@@ -146,6 +150,7 @@ impl SideTally {
 
 /// Every case's outcome.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct SideReport {
     /// One per case, in order.
     pub outcomes: Vec<SideOutcome>,

@@ -48,6 +48,7 @@ pub struct Candidates {
 
 /// Each candidate's out-of-fold Brier score, in the order tried.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Scores {
     /// (candidate, Brier score).
     pub scores: Vec<(Predictor, f64)>,

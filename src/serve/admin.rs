@@ -45,27 +45,15 @@ pub(crate) async fn feedback(
             ApiError::invalid("unknown_request", format!("no answered request {id:?} is remembered")).with_status(StatusCode::NOT_FOUND)
         );
     };
-    let fb = Feedback {
-        id: id.to_string(),
-        prompt: answered.prompt,
-        model: answered.model.clone(),
-        quality,
-        output_tokens: u32::try_from(answered.output_tokens).unwrap_or(u32::MAX),
-        cost_usd: Some(answered.cost_usd),
-        category: None,
-        language: None,
-    };
-    let router = app.router.clone();
-    match tokio::task::spawn_blocking(move || router.learn(&fb)).await {
-        Ok(Ok(())) => {
+    let fb = Feedback::new(id, answered.prompt, answered.model.clone(), quality, u32::try_from(answered.output_tokens).unwrap_or(u32::MAX))
+        .with_cost_usd(answered.cost_usd);
+    match app.router.learn_async(fb).await {
+        Ok(()) => {
             info!(request_id = id, model = %answered.model, quality, "learned");
             Ok(Json(json!({"learned": true, "request_id": id, "model": answered.model, "quality": quality})))
         }
-        Ok(Err(e @ Error::DuplicateId { .. })) => {
-            Err(ApiError::invalid("already_learned", e.to_string()).with_status(StatusCode::CONFLICT))
-        }
-        Ok(Err(e @ (Error::InvalidRequest(_) | Error::Exemplar { .. }))) => Err(bad(e.to_string())),
-        Ok(Err(e)) => Err(ApiError::server("learn_failed", e.to_string())),
+        Err(e @ Error::DuplicateId { .. }) => Err(ApiError::invalid("already_learned", e.to_string()).with_status(StatusCode::CONFLICT)),
+        Err(e @ (Error::InvalidRequest(_) | Error::Exemplar { .. })) => Err(bad(e.to_string())),
         Err(e) => Err(ApiError::server("learn_failed", e.to_string())),
     }
 }
