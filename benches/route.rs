@@ -7,6 +7,8 @@
 //! - `quality_model/predict_*`: the kernel-ridge model's prediction alone, over the built-in
 //!   exemplars (its fit time is printed once);
 //! - `route_e5/*`: the same with multilingual-e5-small, when it is installed;
+//! - `route_static/*`, `route_static_e5/*`: the static models distilled from MiniLM and from e5
+//!   (`semroute setup static-all-minilm-l6-v2`, `... static-multilingual-e5-small`), when installed;
 //! - `embed/short_en`: the embedding alone, to see its share;
 //! - `route_batch/{1,8,64}`: `Router::route_batch` over the first 64 built-in exemplar prompts
 //!   (English and Chinese, short and long) in batches of 1, 8 or 64, as prompts per second;
@@ -24,7 +26,6 @@ use semroute::embed::{normalise, Embedder, FastEmbedder, Home};
 use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex, VectorCache};
 use semroute::predict::{Predictor, QualityModel, RidgeSettings};
 use semroute::{Constraints, ExemplarSet, PriceTable, Router};
-
 
 const SHORT_EN: &str = "Reformat this JSON so it is indented: {\"a\":1}";
 const SHORT_ZH: &str = "把这句话翻译成英文：我们下周一开会讨论预算。";
@@ -68,6 +69,21 @@ fn bench_route(c: &mut Criterion) {
             g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
         }
         g.finish();
+    }
+
+    // The static models (issue 17), when installed: `route_static/*` (from MiniLM) and
+    // `route_static_e5/*` (from multilingual-e5-small), with their embedding alone beside.
+    for (group, name) in [("route_static", "static-all-minilm-l6-v2"), ("route_static_e5", "static-multilingual-e5-small")] {
+        if let Ok(e) = semroute::embed::load_installed(name) {
+            let router = Router::builder().embedder(e.clone()).build().expect("static router");
+            let mut g = c.benchmark_group(group);
+            g.measurement_time(Duration::from_secs(5)).sample_size(100);
+            for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH), ("long_en", long_en.as_str())] {
+                g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
+            }
+            g.bench_function("embed_short_en", |b| b.iter(|| e.embed(black_box(SHORT_EN)).unwrap()));
+            g.finish();
+        }
     }
 
     let mut g = c.benchmark_group("embed");
@@ -135,10 +151,8 @@ fn synthetic(n: usize, seed: u64) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| {
             let z: Vec<f32> = (0..latent).map(|_| gauss(&mut rng)).collect();
-            let mut v: Vec<f32> = projection
-                .iter()
-                .map(|row| row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.5 * gauss(&mut rng))
-                .collect();
+            let mut v: Vec<f32> =
+                projection.iter().map(|row| row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.5 * gauss(&mut rng)).collect();
             normalise(&mut v);
             v
         })

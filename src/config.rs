@@ -21,7 +21,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -256,9 +255,9 @@ impl RouterConfig {
         let mut b = RouterBuilder::default();
         let mut ridge = RidgeSettings::default();
         if let Some(name) = &self.embedding_model {
-            let embedder = crate::embed::FastEmbedder::load_installed(name)?;
-            ridge = RidgeSettings::for_embedder(&embedder);
-            b = b.embedder(Arc::new(embedder));
+            let embedder = crate::embed::load_installed(name)?;
+            ridge = RidgeSettings::for_embedder(embedder.as_ref());
+            b = b.embedder(embedder);
         }
         if let Some(p) = self.predictor {
             b = b.predictor(match p {
@@ -311,7 +310,7 @@ fn with_store(b: RouterBuilder, url: &str, table: Option<&str>) -> Result<Router
     if let Some(t) = table {
         store = store.table(t);
     }
-    Ok(b.store(Arc::new(store.build()?)))
+    Ok(b.store(std::sync::Arc::new(store.build()?)))
 }
 
 #[cfg(not(feature = "pgvector"))]

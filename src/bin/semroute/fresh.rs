@@ -10,11 +10,10 @@
 //! Argument parsing and printing only.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::fallback_args::FallbackArgs;
 use semroute::eval::{check_sides, Side, SideCase, SideReport};
-use semroute::{ExemplarSet, FastEmbedder, Router};
+use semroute::{ExemplarSet, Router};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,7 +50,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         cases.extend(SideCase::load(f)?);
     }
-    let mut b = Router::builder().embedder(Arc::new(FastEmbedder::load_installed(&args.model)?)).quality_bar(args.quality_bar);
+    let mut b = Router::builder().embedder(semroute::embed::load_installed(&args.model)?).quality_bar(args.quality_bar);
     if let Some(dir) = &args.exemplars {
         b = b.exemplars(ExemplarSet::load_dir(dir)?);
     }

@@ -11,12 +11,11 @@
 //! those sent to a stronger one (a cost). Argument parsing and printing only.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::fallback_args::FallbackArgs;
 use semroute::eval::{leave_one_out, LooReport};
 use semroute::predict::{LowRankSettings, Predictor, RidgeSettings};
-use semroute::{ExemplarSet, FastEmbedder, PriceTable};
+use semroute::{ExemplarSet, PriceTable};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,7 +65,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(f) => PriceTable::from_file(f)?,
         None => PriceTable::builtin()?,
     };
-    let embedder = Arc::new(FastEmbedder::load_installed(&args.model)?);
+    let embedder = semroute::embed::load_installed(&args.model)?;
     let ridge = RidgeSettings {
         bandwidth: args.bandwidth.unwrap_or(RidgeSettings::for_embedder(embedder.as_ref()).bandwidth),
         feature_weight: args.feature_weight,

@@ -13,7 +13,7 @@ use crate::plot;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use semroute::embed::{Embedder, FastEmbedder, Memo};
+use semroute::embed::{Embedder, Memo};
 use semroute::eval::{BenchSettings, Dataset, Report};
 use semroute::PriceTable;
 
@@ -58,7 +58,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data = Dataset::load(&args.dataset)?;
     let prices = PriceTable::from_file(&args.prices)?;
-    let model: Arc<dyn Embedder> = Arc::new(FastEmbedder::load_installed(&args.embedding_model)?);
+    let model: Arc<dyn Embedder> = semroute::embed::load_installed(&args.embedding_model)?;
     // One memory of vectors across seeds: each prompt is embedded once.
     let memo: Arc<dyn Embedder> = Arc::new(Memo::new(model));
     let mut reports = Vec::new();
