@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Location, Result};
+use crate::models_toml::line_of;
 use crate::exemplar::ExemplarSet;
 use crate::predict::{Predictor, RidgeSettings};
 use crate::pricing::PriceTable;
@@ -358,10 +359,6 @@ impl ServeConfig {
         o.reload_prices = router.prices.clone();
         Ok(o)
     }
-}
-
-fn line_of(text: &str, byte: usize) -> usize {
-    text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
 /// The table a line sits in (`router`, `serve`), from the last `[header]` above it.

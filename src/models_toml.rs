@@ -47,7 +47,8 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<Ve
         .collect()
 }
 
-fn line_of(text: &str, byte: usize) -> usize {
+/// The 1-based line of a byte offset (a TOML error's span).
+pub(crate) fn line_of(text: &str, byte: usize) -> usize {
     text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
