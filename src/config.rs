@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Location, Result};
-use crate::models_toml::line_of;
 use crate::exemplar::ExemplarSet;
+use crate::models_toml::line_of;
 use crate::predict::{Predictor, RidgeSettings};
 use crate::pricing::PriceTable;
 use crate::router::RouterBuilder;

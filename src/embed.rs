@@ -324,7 +324,7 @@ impl FastEmbedder {
         }
         // Loads the library once per process; later calls reuse the first one.
         let _environment = ort::init_from(ort_library)
-            .map_err(|e| Error::Embedding(format!("loading ONNX Runtime from {}: {e}", ort_library.display())))?;
+            .map_err(|e| Error::Engine { what: format!("loading ONNX Runtime from {}", ort_library.display()), source: Box::new(e) })?;
 
         let mut files = bytes.into_iter();
         let onnx = files.next().unwrap_or_default();
@@ -395,7 +395,7 @@ impl Embedder for FastEmbedder {
         let mut model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for chunk in order.chunks(EMBED_BATCH) {
             let batch: Vec<&str> = chunk.iter().map(|&i| inputs[i]).collect();
-            let out = model.embed(&batch, Some(EMBED_BATCH)).map_err(|e| Error::Embedding(e.to_string()))?;
+            let out = model.embed(&batch, Some(EMBED_BATCH)).map_err(|e| Error::Engine { what: "embedding".into(), source: e.into() })?;
             if out.len() != batch.len() {
                 return Err(Error::Embedding(format!("model returned {} vectors for {} texts", out.len(), batch.len())));
             }

@@ -162,6 +162,19 @@ pub enum Error {
         store: String,
         /// What went wrong.
         message: String,
+        /// The database client's own error, when one is behind it.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The embedding engine (ONNX Runtime, through fastembed) failed to load or to run.
+    #[error("embedding engine: {what}: {source}")]
+    Engine {
+        /// What it was doing.
+        what: String,
+        /// Its own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A settings file (`semroute.toml`, see [`config`](crate::config)) holds an unknown key or a

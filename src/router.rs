@@ -363,7 +363,7 @@ impl Router {
         let exemplars = validated(&current, vec![exemplar.clone()], "<feedback>")?;
         if let Search::Shared(store) = &current.search {
             if let Some(old) = store.existing(&[exemplar.id.as_str()])?.first() {
-                return Err(Error::Store { store: store.describe(), message: format!("already holds exemplar id `{}`", old.id) });
+                return Err(Error::Store { source: None, store: store.describe(), message: format!("already holds exemplar id `{}`", old.id) });
             }
         }
         let vectors = inner.embedder.embed_batch(&[exemplar.prompt.as_str()])?;
@@ -1232,6 +1232,7 @@ fn seed(embedder: &dyn Embedder, store: &dyn ExemplarStore, items: Vec<Exemplar>
                 Some(_) if keep_stored => tracing::warn!("{}: keeps its own exemplar `{}`", store.describe(), ex.id),
                 Some(_) => {
                     return Err(Error::Store {
+                        source: None,
                         store: store.describe(),
                         message: format!("holds a different exemplar under id `{}` (change the id, or the store's copy)", ex.id),
                     })

@@ -303,23 +303,34 @@ fn two_serve_replicas_share_one_store() {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut said = String::new();
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) if l.contains("listening on http://") => {
                     break l.split("listening on http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
                 }
-                Some(Ok(_)) => continue,
+                Some(Ok(l)) => said.push_str(&(l + "\n")),
                 _ => {
                     let _ = child.kill();
-                    panic!("serve {name} did not start")
+                    panic!("serve {name} did not start:\n{said}")
                 }
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
         (child, addr)
     };
-    let (mut a, addr_a) = start("a");
-    let (mut b, addr_b) = start("b");
+    /// Killed however the test ends (a serve left running would hold database connections).
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (a, addr_a) = start("a");
+    let _a = Killed(a);
+    let (b, addr_b) = start("b");
+    let _b = Killed(b);
     let http = reqwest::Client::new();
     let prompt = "Quelle est la capitale administrative du Burkina Faso, et depuis quand ?";
     let ask = |addr: &str| -> (u16, serde_json::Value) {
@@ -339,15 +350,19 @@ fn two_serve_replicas_share_one_store() {
     // Replica b never saw the request; its nearest exemplar for the same prompt is the one a learned.
     let (status, _) = ask(&addr_b);
     assert_eq!(status, 200);
-    let usage = std::fs::read_to_string(dir.path().join("usage-b.jsonl")).unwrap();
-    let record: serde_json::Value = serde_json::from_str(usage.lines().next().unwrap()).unwrap();
+    // The usage log is written by serve's writer thread: wait for the line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let text = std::fs::read_to_string(dir.path().join("usage-b.jsonl")).unwrap_or_default();
+        if text.ends_with('\n') || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let record: serde_json::Value = serde_json::from_str(usage.lines().next().expect("b wrote its usage record")).unwrap();
     let nearest = &record["neighbours"][0];
     assert_eq!(nearest["id"], format!("feedback:{id}"), "{record}");
     assert!(nearest["similarity"].as_f64().unwrap() > 0.99, "{record}");
-    for child in [&mut a, &mut b] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }
 
 /// Called straight from async code (on a runtime's worker thread, where the blocking client may

@@ -118,23 +118,27 @@ impl PgStore {
                  delete from semroute_stores where name = '{t}'; end if; end $$;",
                 t = self.table
             ))
-            .map_err(|e| self.error("could not drop the table", &e))
+            .map_err(|e| self.error("could not drop the table", e))
     }
 
     fn client(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
-        self.pool
-            .as_ref()
-            .expect("the pool lives until drop")
-            .get()
-            .map_err(|e| Error::Store { store: self.place.clone(), message: format!("no database connection: {e}") })
+        self.pool.as_ref().expect("the pool lives until drop").get().map_err(|e| Error::Store {
+            source: None,
+            store: self.place.clone(),
+            message: format!("no database connection: {e}"),
+        })
     }
 
-    fn error(&self, what: &str, e: &postgres::Error) -> Error {
-        Error::Store { store: self.place.clone(), message: format!("{what}: {}", describe_pg_error(e)) }
+    fn error(&self, what: &str, e: postgres::Error) -> Error {
+        // The server's words in the message (postgres::Error's display is often just "db error"),
+        // the client's error kept as the source.
+        let message = format!("{what}: {}", describe_pg_error(&e));
+        Error::Store { source: Some(Box::new(e)), store: self.place.clone(), message }
     }
 
     fn dim(&self) -> Result<usize> {
         self.attached.get().map(|(_, dim)| *dim).ok_or_else(|| Error::Store {
+            source: None,
             store: self.place.clone(),
             message: "not attached to an embedding model yet (call `attach`, or give the store to a router)".into(),
         })
@@ -181,12 +185,13 @@ impl PgStoreBuilder {
 
     fn build_now(self) -> Result<PgStore> {
         let mut config = postgres::Config::from_str(&self.url).map_err(|e| Error::Store {
+            source: None,
             store: "<postgres>".into(),
             // The parser's message names the bad part, not the password.
             message: format!("invalid connection URL: {e}"),
         })?;
         let place = format!("{} table {}", place(&config), self.table);
-        let bad = |message: String| Err(Error::Store { store: place.clone(), message });
+        let bad = |message: String| Err(Error::Store { source: None, store: place.clone(), message });
         let valid_name = self.table.len() <= 48
             && self.table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && self.table.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
@@ -218,7 +223,7 @@ impl PgStoreBuilder {
                     Err(e) => describe_pg_error(&e),
                     Ok(_) => e.to_string(),
                 };
-                Error::Store { store: place.clone(), message: format!("could not connect: {why}") }
+                Error::Store { source: None, store: place.clone(), message: format!("could not connect: {why}") }
             })?;
         let nearest_sql =
             format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
@@ -272,34 +277,40 @@ impl PgStore {
                 return Ok(());
             }
             return Err(Error::Store {
+                source: None,
                 store: self.place.clone(),
                 message: format!("already attached to {m} ({d} dimensions), not {model_id} ({dim})"),
             });
         }
         if !(1..=16_000).contains(&dim) {
-            return Err(Error::Store { store: self.place.clone(), message: format!("pgvector stores 1..=16000 dimensions, not {dim}") });
+            return Err(Error::Store {
+                source: None,
+                store: self.place.clone(),
+                message: format!("pgvector stores 1..=16000 dimensions, not {dim}"),
+            });
         }
         let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(|e| self.error("could not begin", &e))?;
+        let mut tx = client.transaction().map_err(|e| self.error("could not begin", e))?;
         // Two routers starting at once must not both create the schema.
-        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", &e))?;
+        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", e))?;
         tx.batch_execute("create extension if not exists vector")
-            .map_err(|e| self.error("the server lacks the pgvector extension (`create extension vector` failed)", &e))?;
+            .map_err(|e| self.error("the server lacks the pgvector extension (`create extension vector` failed)", e))?;
         tx.batch_execute(
             "create table if not exists semroute_stores (name text primary key, model_id text not null, dim integer not null)",
         )
-        .map_err(|e| self.error("could not create semroute_stores", &e))?;
+        .map_err(|e| self.error("could not create semroute_stores", e))?;
         tx.execute(
             "insert into semroute_stores (name, model_id, dim) values ($1, $2, $3) on conflict (name) do nothing",
             &[&self.table, &model_id, &(dim as i32)],
         )
-        .map_err(|e| self.error("could not record the store", &e))?;
+        .map_err(|e| self.error("could not record the store", e))?;
         let row = tx
             .query_one("select model_id, dim from semroute_stores where name = $1", &[&self.table])
-            .map_err(|e| self.error("could not read the store's record", &e))?;
+            .map_err(|e| self.error("could not read the store's record", e))?;
         let (their_model, their_dim): (String, i32) = (row.get(0), row.get(1));
         if their_model != model_id || their_dim as usize != dim {
             return Err(Error::Store {
+                source: None,
                 store: self.place.clone(),
                 message: format!(
                     "holds vectors of {their_model} ({their_dim} dimensions); this router embeds with {model_id} ({dim}): \
@@ -314,8 +325,8 @@ impl PgStore {
              with (m = 16, ef_construction = 100);",
             t = self.table
         ))
-        .map_err(|e| self.error("could not create the table", &e))?;
-        tx.commit().map_err(|e| self.error("could not commit the schema", &e))?;
+        .map_err(|e| self.error("could not create the table", e))?;
+        tx.commit().map_err(|e| self.error("could not commit the schema", e))?;
         let _ = self.attached.set((model_id.to_string(), dim));
         Ok(())
     }
@@ -324,6 +335,7 @@ impl PgStore {
         let dim = self.dim()?;
         if query.len() != dim {
             return Err(Error::Store {
+                source: None,
                 store: self.place.clone(),
                 message: format!("a query of {} dimensions, the store holds {dim}", query.len()),
             });
@@ -333,7 +345,7 @@ impl PgStore {
         }
         let mut client = self.client()?;
         let rows =
-            client.query(&self.nearest_sql, &[&Vector::from(query.to_vec()), &(k as i64)]).map_err(|e| self.error("search failed", &e))?;
+            client.query(&self.nearest_sql, &[&Vector::from(query.to_vec()), &(k as i64)]).map_err(|e| self.error("search failed", e))?;
         rows.iter()
             .map(|row| {
                 let (id, line, distance): (String, String, f32) = (row.get(0), row.get(1), row.get(2));
@@ -344,7 +356,7 @@ impl PgStore {
 
     fn insert_now(&self, items: &[Exemplar], vectors: &[Vec<f32>]) -> Result<()> {
         let dim = self.dim()?;
-        let bad = |message: String| Err(Error::Store { store: self.place.clone(), message });
+        let bad = |message: String| Err(Error::Store { source: None, store: self.place.clone(), message });
         if items.len() != vectors.len() {
             return bad(format!("{} exemplars but {} vectors", items.len(), vectors.len()));
         }
@@ -359,31 +371,32 @@ impl PgStore {
             return Ok(());
         }
         let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(|e| self.error("could not begin", &e))?;
+        let mut tx = client.transaction().map_err(|e| self.error("could not begin", e))?;
         let ids: Vec<&str> = items.iter().map(|e| e.id.as_str()).collect();
         let taken = tx
             .query(&format!("select id from {} where id = any($1) order by id limit 5", self.table), &[&ids])
-            .map_err(|e| self.error("could not check ids", &e))?;
+            .map_err(|e| self.error("could not check ids", e))?;
         if !taken.is_empty() {
             let names: Vec<String> = taken.iter().map(|r| format!("`{}`", r.get::<_, String>(0))).collect();
             return bad(format!("already holds exemplar id {} (nothing was added)", names.join(", ")));
         }
         let stmt = tx
             .prepare(&format!("insert into {} (id, exemplar, embedding) values ($1, $2::text::jsonb, $3)", self.table))
-            .map_err(|e| self.error("could not prepare the insert", &e))?;
+            .map_err(|e| self.error("could not prepare the insert", e))?;
         for (ex, v) in items.iter().zip(vectors) {
             tx.execute(&stmt, &[&ex.id, &ex.to_json_line(), &Vector::from(v.clone())]).map_err(|e| {
                 if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
                     Error::Store {
+                        source: None,
                         store: self.place.clone(),
                         message: format!("already holds exemplar id `{}` (nothing was added)", ex.id),
                     }
                 } else {
-                    self.error(&format!("could not add exemplar `{}`", ex.id), &e)
+                    self.error(&format!("could not add exemplar `{}`", ex.id), e)
                 }
             })?;
         }
-        tx.commit().map_err(|e| self.error("could not commit the new exemplars", &e))
+        tx.commit().map_err(|e| self.error("could not commit the new exemplars", e))
     }
 
     fn existing_now(&self, ids: &[&str]) -> Result<Vec<Exemplar>> {
@@ -391,7 +404,7 @@ impl PgStore {
         let mut client = self.client()?;
         let rows = client
             .query(&format!("select id, exemplar::text from {} where id = any($1)", self.table), &[&ids])
-            .map_err(|e| self.error("could not look up ids", &e))?;
+            .map_err(|e| self.error("could not look up ids", e))?;
         rows.iter().map(|r| self.parse(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect()
     }
 
@@ -400,14 +413,14 @@ impl PgStore {
         let mut client = self.client()?;
         let rows = client
             .query(&format!("select id, exemplar::text from {} order by seq", self.table), &[])
-            .map_err(|e| self.error("could not read the exemplars", &e))?;
+            .map_err(|e| self.error("could not read the exemplars", e))?;
         rows.iter().map(|r| self.parse(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect()
     }
 
     fn count_now(&self) -> Result<usize> {
         self.dim()?;
         let mut client = self.client()?;
-        let row = client.query_one(&format!("select count(*) from {}", self.table), &[]).map_err(|e| self.error("could not count", &e))?;
+        let row = client.query_one(&format!("select count(*) from {}", self.table), &[]).map_err(|e| self.error("could not count", e))?;
         Ok(row.get::<_, i64>(0) as usize)
     }
 }
