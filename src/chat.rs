@@ -4,7 +4,7 @@
 //! OpenAI's shape is the lingua franca of agent frameworks, so it is the shape semroute speaks at
 //! its edges: a [`ChatRequest`] is an OpenAI request body (validated), and every answer, whole or
 //! streamed, comes back OpenAI-shaped whatever the endpoint's protocol. The
-//! [`Client`](crate::provider::Client) does the sending; this module only reshapes JSON, so it is
+//! `provider::Client` (the `gateway` feature) does the sending; this module only reshapes JSON, so it is
 //! pure and testable without a network.
 //!
 //! ```

@@ -189,7 +189,7 @@ pub enum Error {
         message: String,
     },
 
-    /// A client-keys file (see [`serve::ClientKeys`](crate::serve)) holds a bad key or none.
+    /// A client-keys file (`serve::ClientKeys`, the `server` feature) holds a bad key or none.
     #[error("{at}: {message}")]
     ClientKeys {
         /// File (and line) of the problem.

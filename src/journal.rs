@@ -35,7 +35,7 @@ use crate::error::{Error, Location, Result};
 
 /// The layout version of the journals semroute writes (the feedback log's
 /// [`Feedback`](crate::feedback::Feedback) and the grading journal's
-/// [`CallRecord`](crate::grade)), in each record's `schema_version` field. A reader takes
+/// `grade::CallRecord`), in each record's `schema_version` field. A reader takes
 /// records of this version and of every earlier one (including those written before versions,
 /// without the field); a newer one is an error naming its line.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -281,7 +281,7 @@ impl From<crate::chat::Malformed> for CallError {
 }
 
 /// Why a call failed. Each is recorded for its (exemplar, model) pair; none stops a run. It
-/// converts into [`Error::Provider`](crate::Error::Provider) with `?`.
+/// converts into [`crate::Error::Provider`] with `?`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
