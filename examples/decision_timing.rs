@@ -1,0 +1,57 @@
+//! Times `Router::route` per decision over a file of prompts (start-up excluded), for the
+//! side-by-side benchmark with aurelio's semantic-router (`benches/aurelio.sh`).
+//!
+//! ```text
+//! cargo run --release --example decision_timing -- --prompts FILE [--embedding-model NAME] [--limit 200]
+//! ```
+//! FILE is JSONL with a `prompt` field per line. Prints one JSON object: the model, the number of
+//! decisions, and the mean, p50 and p99 per decision in milliseconds.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use semroute::Router;
+
+#[derive(Parser)]
+struct Args {
+    /// JSONL with a `prompt` field per line.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// The installed embedding model (default: MiniLM).
+    #[arg(long)]
+    embedding_model: Option<String>,
+    /// At most this many prompts.
+    #[arg(long, default_value_t = 200)]
+    limit: usize,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.prompts)?;
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["prompt"].as_str().unwrap_or_default().to_string()))
+        .take(args.limit)
+        .collect::<Result<_, _>>()?;
+    let name = args.embedding_model.clone().unwrap_or_else(|| semroute::embed::DEFAULT_MODEL.to_string());
+    let router = Router::builder().embedder(semroute::embed::load_installed(&name)?).build()?;
+    for p in prompts.iter().take(5) {
+        router.route(p)?;
+    }
+    let mut ms = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        let t = Instant::now();
+        router.route(p)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({"router": "semroute", "model": name, "decisions": ms.len(), "mean_ms": mean, "p50_ms": at(0.5), "p99_ms": at(0.99)})
+    );
+    Ok(())
+}
