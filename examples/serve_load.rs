@@ -48,6 +48,9 @@ struct Args {
     /// Print one JSON object with every figure.
     #[arg(long)]
     json: bool,
+    /// The embedding model serve routes with (e.g. `static-all-minilm-l6-v2`; default MiniLM).
+    #[arg(long)]
+    embedding_model: Option<String>,
 }
 
 const CLIENT_KEY: &str = "load-client-key-0123456789abcdef";
@@ -61,7 +64,7 @@ impl Drop for ServeChild {
 }
 
 /// Starts `serve` with every fake model on the fake provider, the `drip` ones under `drip-` names.
-fn start_serve(fake: &FakeLlm, dir: &std::path::Path, drip: bool) -> Result<(ServeChild, String), String> {
+fn start_serve(fake: &FakeLlm, dir: &std::path::Path, drip: bool, model: Option<&str>) -> Result<(ServeChild, String), String> {
     let mut providers = String::new();
     for (name, id) in [("fake-cheap", "cheap"), ("fake-mid", "mid"), ("fake-strong", "strong")] {
         let id = if drip { format!("{id}-drip") } else { id.to_string() };
@@ -80,8 +83,12 @@ fn start_serve(fake: &FakeLlm, dir: &std::path::Path, drip: bool) -> Result<(Ser
     if !serve.exists() {
         return Err(format!("{} is missing: run `cargo build --release --bin semroute --examples` first", serve.display()));
     }
-    let mut child = Command::new(&serve)
-        .arg("serve")
+    let mut cmd = Command::new(&serve);
+    cmd.arg("serve");
+    if let Some(m) = model {
+        cmd.args(["--embedding-model", m]);
+    }
+    let mut child = cmd
         .arg("--providers")
         .arg(dir.join("providers.toml"))
         .arg("--prices")
@@ -195,7 +202,7 @@ async fn run(args: Args) -> Result<Value, String> {
     let bound = Duration::from_secs(args.max_seconds);
     let direct = format!("{}/chat/completions", fake.base_url());
 
-    let (_child, addr) = start_serve(&fake, dir.path(), false)?;
+    let (_child, addr) = start_serve(&fake, dir.path(), false, args.embedding_model.as_deref())?;
     let via = format!("http://{addr}/v1/chat/completions");
     // Warm-up: connections, the embedding model's first runs.
     sequential(&http, &via, CLIENT_KEY, "auto", &prompts, 20, bound).await;
@@ -246,7 +253,7 @@ async fn run(args: Args) -> Result<Value, String> {
     drop(_child);
 
     // 3. Many streams open at once, against a provider that drips each answer.
-    let (_drip_child, addr) = start_serve(&fake, dir.path(), true)?;
+    let (_drip_child, addr) = start_serve(&fake, dir.path(), true, args.embedding_model.as_deref())?;
     let via = format!("http://{addr}/v1/chat/completions");
     let open = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
