@@ -188,55 +188,77 @@ impl Config {
         }
     }
 
-    /// Values out of range, located at their line.
+    /// Values out of range, located at their line of `text`.
     fn check(&self, text: &str, origin: &Path) -> Result<()> {
-        let bad = |section: &str, key: &str, message: String| Error::Settings {
-            at: Location { file: origin.into(), line: line_of_key(text, section, key) },
-            key: Some(format!("{section}.{key}")),
-            message,
-        };
+        match self.problem() {
+            None => Ok(()),
+            Some((section, key, message)) => Err(Error::Settings {
+                at: Location { file: origin.into(), line: line_of_key(text, section, key) },
+                key: Some(format!("{section}.{key}")),
+                message,
+            }),
+        }
+    }
+
+    /// Checks the values again once flags have been laid over the file (a file's own values are
+    /// checked when it is read, where the error can name its line).
+    ///
+    /// # Errors
+    /// [`Error::Settings`] naming the key (`serve.header_timeout_secs`, ...) and not a line.
+    pub fn check_values(&self) -> Result<()> {
+        match self.problem() {
+            None => Ok(()),
+            Some((section, key, message)) => {
+                Err(Error::Settings { at: Location::file("<settings and flags>"), key: Some(format!("{section}.{key}")), message })
+            }
+        }
+    }
+
+    /// The first value out of range: its table, key and what is wrong.
+    fn problem(&self) -> Option<(&'static str, &'static str, String)> {
+        let bad = |section: &'static str, key: &'static str, message: String| Some((section, key, message));
         let r = &self.router;
         if let Some(b) = r.quality_bar.filter(|b| !(0.0..=1.0).contains(b)) {
-            return Err(bad("router", "quality_bar", format!("must be within [0, 1], got {b}")));
+            return bad("router", "quality_bar", format!("must be within [0, 1], got {b}"));
         }
         if let Some(k) = r.k.filter(|k| !(1..=1000).contains(k)) {
-            return Err(bad("router", "k", format!("must be within 1..=1000, got {k}")));
+            return bad("router", "k", format!("must be within 1..=1000, got {k}"));
         }
         if let Some(z) = r.caution.filter(|z| !(0.0..=10.0).contains(z)) {
-            return Err(bad("router", "caution", format!("must be within [0, 10], got {z}")));
+            return bad("router", "caution", format!("must be within [0, 10], got {z}"));
         }
         if let Some(s) = r.min_similarity.filter(|s| !(-1.0..=1.0).contains(s)) {
-            return Err(bad("router", "min_similarity", format!("must be within [-1, 1], got {s}")));
+            return bad("router", "min_similarity", format!("must be within [-1, 1], got {s}"));
         }
         if let Some(s) = r.unfamiliar_share.filter(|s| !(*s > 0.0 && *s < 0.5)) {
-            return Err(bad("router", "unfamiliar_share", format!("must be more than 0 and less than 0.5, got {s}")));
+            return bad("router", "unfamiliar_share", format!("must be more than 0 and less than 0.5, got {s}"));
         }
         if r.store_table.is_some() && r.store_url.is_none() {
-            return Err(bad("router", "store_table", "names a table, but no `store_url` says where".into()));
+            return bad("router", "store_table", "names a table, but no `store_url` says where".into());
         }
         if r.store_url.is_some() && !cfg!(feature = "pgvector") {
-            return Err(bad("router", "store_url", "this build has no shared store (build with the `pgvector` feature)".into()));
+            return bad("router", "store_url", "this build has no shared store (build with the `pgvector` feature)".into());
         }
         let s = &self.serve;
         if s.max_body_bytes == Some(0) {
-            return Err(bad("serve", "max_body_bytes", "must be at least 1".into()));
+            return bad("serve", "max_body_bytes", "must be at least 1".into());
         }
         if s.remember == Some(0) {
-            return Err(bad("serve", "remember", "must be at least 1".into()));
+            return bad("serve", "remember", "must be at least 1".into());
         }
         if let Some(n) = s.max_attempts.filter(|n| !(1..=10).contains(n)) {
-            return Err(bad("serve", "max_attempts", format!("must be within 1..=10, got {n}")));
+            return bad("serve", "max_attempts", format!("must be within 1..=10, got {n}"));
         }
         if let Some(t) = s.header_timeout_secs.filter(|t| !(t.is_finite() && *t > 0.0 && *t <= 3600.0)) {
-            return Err(bad("serve", "header_timeout_secs", format!("must be more than 0 and at most 3600, got {t}")));
+            return bad("serve", "header_timeout_secs", format!("must be more than 0 and at most 3600, got {t}"));
         }
         if let Some(t) = s.shutdown_secs.filter(|t| !(t.is_finite() && (0.0..=3600.0).contains(t))) {
-            return Err(bad("serve", "shutdown_secs", format!("must be within [0, 3600], got {t}")));
+            return bad("serve", "shutdown_secs", format!("must be within [0, 3600], got {t}"));
         }
         if s.no_auth == Some(true) && s.client_keys.is_some() {
-            return Err(bad("serve", "no_auth", "give either `client_keys` or `no_auth = true`, not both".into()));
+            return bad("serve", "no_auth", "give either `client_keys` or `no_auth = true`, not both".into());
         }
-        Ok(())
+        None
     }
 }
 

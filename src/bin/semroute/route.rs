@@ -16,7 +16,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use semroute::config::{Config, PredictorName};
+use semroute::config::{Config, PredictorName, RouterConfig};
 use semroute::{Error, RouteDecision, Router};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -62,12 +62,12 @@ pub struct Args {
     config: Option<PathBuf>,
 }
 
-fn build(args: &Args) -> Result<Router, Error> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+/// The settings file (if any) with the flags laid over its `[router]` table.
+fn settings(args: &Args) -> Result<RouterConfig, Error> {
+    let mut r = match &args.config {
+        Some(path) => Config::from_file(path)?.router,
+        None => RouterConfig::default(),
     };
-    let r = &mut config.router;
     let a = args.clone();
     r.exemplars = a.exemplars.or(r.exemplars.take());
     r.prices = a.prices.or(r.prices.take());
@@ -78,23 +78,23 @@ fn build(args: &Args) -> Result<Router, Error> {
     r.fallback_model = a.fallback.or(r.fallback_model.take());
     r.embedding_model = a.embedding_model.or(r.embedding_model.take());
     r.predictor = a.predictor.or(r.predictor);
-    config.router.builder()?.build()
+    Ok(r)
 }
 
-/// Installs the model with `semroute setup`'s own code when it is missing, once.
+/// Builds the router, installing its model with `semroute setup`'s own code when it is missing.
 fn build_with_setup(args: &Args) -> Result<Router, String> {
-    match build(args) {
+    let config = settings(args).map_err(|e| e.to_string())?;
+    let build = || config.builder().and_then(|b| b.build());
+    match build() {
         Err(Error::ModelMissing { .. }) => {
             // Only a model the set-up knows is installed, under its own name: an unknown name (or
             // a path such as ../../etc) is an error before anything runs.
-            let from_config = args.config.as_ref().and_then(|p| Config::from_file(p).ok()).and_then(|c| c.router.embedding_model);
-            let name = args.embedding_model.clone().or(from_config).unwrap_or_else(|| semroute::embed::DEFAULT_MODEL.to_string());
-            let name = name.as_str();
+            let name = config.embedding_model.as_deref().unwrap_or(semroute::embed::DEFAULT_MODEL);
             if semroute::setup::INSTALLABLE.contains(&name) {
                 eprintln!("semroute: the embedding model {name} is not installed yet; installing it (semroute setup {name})");
             }
             semroute::setup::install_model(name, false).map_err(|e| e.to_string())?;
-            build(args).map_err(|e| e.to_string())
+            build().map_err(|e| e.to_string())
         }
         other => other.map_err(|e| e.to_string()),
     }

@@ -99,9 +99,6 @@ fn settings(args: Args) -> Result<Config, Error> {
     r.learn_log = args.learn_log.or(r.learn_log.take());
     r.store_url = args.store_url.or(r.store_url.take());
     r.store_table = args.store_table.or(r.store_table.take());
-    if r.store_table.is_some() && r.store_url.is_none() {
-        return Err(Error::Config("--store-table names a table, but no store URL says where (--store-url)".into()));
-    }
     s.providers = args.providers.or(s.providers.take());
     s.listen = args.listen.or(s.listen);
     if args.client_keys.is_some() || args.no_auth {
@@ -129,13 +126,8 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SEMROUTE_LOG").unwrap_or_else(|_| "info".into()))
         .init();
-    if let Some(t) = args.header_timeout_secs.filter(|t| !(t.is_finite() && *t > 0.0)) {
-        return Err(format!("--header-timeout-secs must be more than 0, got {t}").into());
-    }
-    if let Some(t) = args.shutdown_secs.filter(|t| !(t.is_finite() && *t >= 0.0)) {
-        return Err(format!("--shutdown-secs: {t} is not a number of seconds").into());
-    }
     let config = settings(args)?;
+    config.check_values()?;
     // Options first: a missing providers or keys file is reported before the model loads.
     let options = config.serve.options(&config.router)?;
     let listen = config.serve.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
