@@ -10,7 +10,13 @@ use semroute::{Error, Router};
 
 const NAME: &str = "static-all-minilm-l6-v2";
 
+/// Loaded once per test binary, installing it first when it is missing.
 fn embedder() -> Arc<dyn Embedder> {
+    static E: std::sync::OnceLock<Arc<dyn Embedder>> = std::sync::OnceLock::new();
+    E.get_or_init(load).clone()
+}
+
+fn load() -> Arc<dyn Embedder> {
     match semroute::embed::load_installed(NAME) {
         Err(Error::ModelMissing { .. }) => {
             semroute::setup::install_model(NAME, false).unwrap_or_else(|e| panic!("{e}"));

@@ -53,12 +53,20 @@ if [ "${model_name#static-}" != "$model_name" ]; then
     exit 0
   fi
   rm -rf "$dest"
+  # A folder of this process's own, moved into place whole: two set-ups running at once (tests
+  # in parallel, say) each distil, the first to finish installs, the other finds it installed.
+  tmp="$dest.tmp.$$"
+  trap 'rm -rf "$tmp"' EXIT
   say "distilling $model_name from $home/models/$teacher (every vocabulary token through the teacher, PCA, SIF weights)"
-  PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/distill_static.py" "$home/models/$teacher" "$dest.tmp" >&2 \
-    || { rm -rf "$dest.tmp"; fail "the distillation failed (see above)"; }
-  (cd "$dest.tmp" && sha256sum embeddings.f16 tokenizer.json static.json > SHA256SUMS) || fail "could not checksum $dest.tmp"
-  printf 'kind=static\nteacher=%s\nembeddings.f16.bytes=%s\n' "$teacher" "$(wc -c < "$dest.tmp/embeddings.f16" | tr -d ' ')" > "$dest.tmp/READY"
-  mv "$dest.tmp" "$dest" || fail "could not move the model into $dest"
+  PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/distill_static.py" "$home/models/$teacher" "$tmp" >&2 \
+    || fail "the distillation failed (see above)"
+  (cd "$tmp" && sha256sum embeddings.f16 tokenizer.json static.json > SHA256SUMS) || fail "could not checksum $tmp"
+  printf 'kind=static\nteacher=%s\nembeddings.f16.bytes=%s\n' "$teacher" "$(wc -c < "$tmp/embeddings.f16" | tr -d ' ')" > "$tmp/READY"
+  if ! mv -T "$tmp" "$dest" 2>/dev/null; then
+    [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) \
+      || fail "could not move the model into $dest"
+    say "installed meanwhile by another set-up"
+  fi
   say "model ready in $dest"
   exit 0
 fi
