@@ -33,7 +33,7 @@
 //!     "usage": {"input_tokens": 20, "output_tokens": 2}
 //! }))?;
 //! assert_eq!(answer["choices"][0]["message"]["content"], "42");
-//! assert_eq!(Usage::of(&answer), Some(Usage { input_tokens: 20, output_tokens: 2 }));
+//! assert_eq!(Usage::of(&answer), Some(Usage::new(20, 2)));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -45,24 +45,83 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 
 /// Tokens billed for one answer.
+///
+/// `input_tokens` counts every prompt token; of those, `cached_input_tokens` were read from the
+/// provider's prompt cache and `cache_write_tokens` were written into it (providers that bill a
+/// cache write, such as Anthropic, charge those at their write price).
+///
+/// ```
+/// use semroute::chat::Usage;
+/// use serde_json::json;
+///
+/// // OpenAI reports cache hits under `prompt_tokens_details`.
+/// let u = Usage::of(&json!({"usage": {"prompt_tokens": 3000, "completion_tokens": 50,
+///                                     "prompt_tokens_details": {"cached_tokens": 2048}}})).unwrap();
+/// assert_eq!((u.input_tokens, u.cached_input_tokens), (3000, 2048));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, cached or not.
     pub input_tokens: u64,
     /// Answer tokens.
     pub output_tokens: u64,
+    /// Of the prompt tokens, those read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    /// Of the prompt tokens, those written into the provider's prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
-    /// The `usage` of an OpenAI-shaped answer or stream chunk, if it carries one.
+    /// Prompt and answer tokens, nothing cached.
+    pub fn new(input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage { input_tokens, output_tokens, ..Usage::default() }
+    }
+
+    /// The `usage` of an OpenAI-shaped answer or stream chunk, if it carries one. Cache hits are
+    /// read from `prompt_tokens_details.cached_tokens` (OpenAI) or `prompt_cache_hit_tokens`
+    /// (DeepSeek); cache writes from `prompt_tokens_details.cache_write_tokens` (what
+    /// semroute writes for Anthropic's `cache_creation_input_tokens`). A provider claiming more
+    /// cached tokens than prompt tokens is held to the prompt tokens.
     pub fn of(openai: &Value) -> Option<Usage> {
         let u = openai.get("usage")?;
-        Some(Usage { input_tokens: u.get("prompt_tokens")?.as_u64()?, output_tokens: u.get("completion_tokens")?.as_u64()? })
+        let input = u.get("prompt_tokens")?.as_u64()?;
+        let details = u.get("prompt_tokens_details");
+        let detail = |k: &str| details.and_then(|d| d.get(k)).and_then(Value::as_u64);
+        let cached = detail("cached_tokens").or_else(|| u.get("prompt_cache_hit_tokens").and_then(Value::as_u64)).unwrap_or(0).min(input);
+        let written = detail("cache_write_tokens").unwrap_or(0).min(input - cached);
+        Some(Usage {
+            input_tokens: input,
+            output_tokens: u.get("completion_tokens")?.as_u64()?,
+            cached_input_tokens: cached,
+            cache_write_tokens: written,
+        })
+    }
+
+    /// Anthropic's `usage` object: its `input_tokens` leaves out what was read from or written to
+    /// the cache, so the prompt is the sum of the three.
+    fn of_anthropic(u: &Value) -> Usage {
+        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (read, written) = (n("cache_read_input_tokens"), n("cache_creation_input_tokens"));
+        Usage {
+            input_tokens: n("input_tokens").saturating_add(read).saturating_add(written),
+            output_tokens: n("output_tokens"),
+            cached_input_tokens: read,
+            cache_write_tokens: written,
+        }
     }
 
     fn to_openai(self) -> Value {
-        json!({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
-               "total_tokens": self.input_tokens + self.output_tokens})
+        let mut v = json!({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
+                           "total_tokens": self.input_tokens + self.output_tokens});
+        if self.cached_input_tokens > 0 || self.cache_write_tokens > 0 {
+            v["prompt_tokens_details"] = json!({"cached_tokens": self.cached_input_tokens});
+            if self.cache_write_tokens > 0 {
+                v["prompt_tokens_details"]["cache_write_tokens"] = self.cache_write_tokens.into();
+            }
+        }
+        v
     }
 }
 
@@ -366,6 +425,38 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
 }
 
 /// Why an answer could not be read.
+/// Marks an Anthropic messages body (as [`ChatRequest::to_anthropic`] builds it) for Anthropic's
+/// prompt cache: a `cache_control` breakpoint on the system prompt and one on the last block of
+/// the last message, so the whole conversation so far is cached and the next turn of an agent
+/// loop reads it at the cached price (writes cost 1.25 times the input price; reads 0.1 times).
+///
+/// ```
+/// use semroute::chat::{mark_anthropic_cache, ChatRequest};
+/// use serde_json::json;
+///
+/// let req = ChatRequest::from_json(json!({"messages": [
+///     {"role": "system", "content": "You are a coding agent. <tools ...>"},
+///     {"role": "user", "content": "Fix the failing test."}]}))?;
+/// let mut body = req.to_anthropic("claude-sonnet-5-5", 1024)?;
+/// mark_anthropic_cache(&mut body);
+/// assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+/// assert_eq!(body["messages"][0]["content"][0]["cache_control"]["type"], "ephemeral");
+/// # Ok::<(), semroute::Error>(())
+/// ```
+pub fn mark_anthropic_cache(body: &mut Value) {
+    let mark = json!({"type": "ephemeral"});
+    if let Some(Value::String(text)) = body.get("system") {
+        body["system"] = json!([{"type": "text", "text": text, "cache_control": mark}]);
+    }
+    let Some(last) = body.get_mut("messages").and_then(Value::as_array_mut).and_then(|m| m.last_mut()) else { return };
+    if let Some(Value::String(text)) = last.get("content") {
+        last["content"] = json!([{"type": "text", "text": text}]);
+    }
+    if let Some(block) = last.get_mut("content").and_then(Value::as_array_mut).and_then(|c| c.last_mut()) {
+        block["cache_control"] = mark;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Malformed(pub String);
@@ -405,9 +496,9 @@ pub fn anthropic_to_openai(v: &Value) -> std::result::Result<Value, Malformed> {
         }
         message["tool_calls"] = calls.into();
     }
-    if let Some(u) = v.get("usage") {
-        if let (Some(i), Some(o)) = (u.get("input_tokens").and_then(Value::as_u64), u.get("output_tokens").and_then(Value::as_u64)) {
-            out["usage"] = Usage { input_tokens: i, output_tokens: o }.to_openai();
+    if let Some(u) = v.get("usage").filter(|u| u.get("input_tokens").and_then(Value::as_u64).is_some()) {
+        if u.get("output_tokens").and_then(Value::as_u64).is_some() {
+            out["usage"] = Usage::of_anthropic(u).to_openai();
         }
     }
     Ok(out)
@@ -443,7 +534,7 @@ pub fn check_openai(v: &Value) -> std::result::Result<(), Malformed> {
 /// assert!(s.finished());
 /// assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");
 /// assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
-/// assert_eq!(Usage::of(chunks.last().unwrap()), Some(Usage { input_tokens: 9, output_tokens: 3 }));
+/// assert_eq!(Usage::of(chunks.last().unwrap()), Some(Usage::new(9, 3)));
 /// # Ok::<(), semroute::chat::Malformed>(())
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -478,9 +569,7 @@ impl AnthropicStream {
                 self.id = m.get("id").and_then(Value::as_str).unwrap_or("msg").to_string();
                 self.model = m.get("model").cloned().unwrap_or(Value::Null);
                 self.created = now_secs();
-                let u = m.get("usage");
-                self.usage.input_tokens = u.and_then(|u| u.get("input_tokens")).and_then(Value::as_u64).unwrap_or(0);
-                self.usage.output_tokens = u.and_then(|u| u.get("output_tokens")).and_then(Value::as_u64).unwrap_or(0);
+                self.usage = m.get("usage").map(Usage::of_anthropic).unwrap_or_default();
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
             }
             "content_block_start" => match data.get("content_block") {
@@ -533,6 +622,31 @@ impl AnthropicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_tokens_from_every_dialect_and_held_to_the_prompt() {
+        let of = |u: Value| Usage::of(&json!({ "usage": u })).unwrap();
+        let deepseek =
+            of(json!({"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}));
+        assert_eq!((deepseek.input_tokens, deepseek.cached_input_tokens), (100, 64));
+        let liar = of(json!({"prompt_tokens": 10, "completion_tokens": 1,
+                             "prompt_tokens_details": {"cached_tokens": 1_000_000, "cache_write_tokens": 5}}));
+        assert_eq!((liar.cached_input_tokens, liar.cache_write_tokens), (10, 0));
+        let anthropic = anthropic_to_openai(&json!({"content": [{"type": "text", "text": "ok"}], "usage": {
+            "input_tokens": 3, "output_tokens": 2, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200}}))
+        .unwrap();
+        assert_eq!(
+            Usage::of(&anthropic),
+            Some(Usage { input_tokens: 1203, output_tokens: 2, cached_input_tokens: 1000, cache_write_tokens: 200 })
+        );
+        let mut s = AnthropicStream::default();
+        let start = json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 3, "output_tokens": 1,
+                           "cache_read_input_tokens": 50, "cache_creation_input_tokens": 7}}});
+        s.event("message_start", &start).unwrap();
+        s.event("message_delta", &json!({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 9}})).unwrap();
+        let last = s.event("message_stop", &json!({"type": "message_stop"})).unwrap();
+        assert_eq!(Usage::of(&last[0]), Some(Usage { input_tokens: 60, output_tokens: 9, cached_input_tokens: 50, cache_write_tokens: 7 }));
+    }
 
     #[test]
     fn rejects_bad_requests_with_the_field() {

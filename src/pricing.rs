@@ -74,6 +74,15 @@ pub struct ModelPrice {
     /// cache price or it is not known.
     #[serde(default)]
     pub cached_input_per_mtok: Option<f64>,
+    /// USD per million input tokens written into the prompt cache, where the provider bills a
+    /// cache write (Anthropic: 1.25 times the input price for its five-minute cache); `None`:
+    /// an uncached token costs the input price whether or not it is cached for later.
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<f64>,
+    /// How long a cached prompt prefix lives after its last use, in seconds; `None`:
+    /// [`DEFAULT_CACHE_TTL_SECS`]. Sessions forget a model's cache after it.
+    #[serde(default)]
+    pub cache_ttl_secs: Option<u64>,
     /// Largest prompt + answer the model accepts, in tokens; `None` where it is not known (then
     /// no context-fit check applies to the model).
     #[serde(default)]
@@ -104,12 +113,49 @@ impl ModelPrice {
     pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
         (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok) / 1_000_000.0
     }
+
+    /// USD for the tokens of `usage`: cache hits at the cached-input price (the input price where
+    /// the table has none), cache writes at the write price (likewise), the rest of the prompt at
+    /// the input price and the answer at the output price.
+    ///
+    /// ```
+    /// use semroute::chat::Usage;
+    /// use semroute::PriceTable;
+    ///
+    /// let prices = PriceTable::builtin()?;
+    /// let kimi = prices.get("kimi-k2.6").unwrap(); // $0.95 in, $0.16 cached, $4 out
+    /// let usage = Usage { cached_input_tokens: 900_000, ..Usage::new(1_000_000, 0) };
+    /// assert!((kimi.cost_of(&usage) - (0.095 + 0.144)).abs() < 1e-9);
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn cost_of(&self, usage: &crate::chat::Usage) -> f64 {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
+        let plain = usage.input_tokens - cached - written;
+        (plain as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
+            + written as f64 * self.cache_write_per_mtok.unwrap_or(self.input_per_mtok)
+            + usage.output_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+
+    /// How long this model's provider keeps a cached prefix after its last use.
+    pub fn cache_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.cache_ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS))
+    }
 }
+
+/// The cache lifetime assumed where the price table gives none: five minutes, the shortest
+/// that OpenAI and Anthropic document for their automatic and default prompt caches.
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 300;
 
 /// The most a price in a table may be, in USD per million tokens: over a hundred times the dearest
 /// price in the tables we ship ($75), and far enough inside `f64`'s range that no cost, saving or
 /// percentage computed from it overflows (a price of 1e308 once printed `$inf` and `NaN%`).
 pub const MAX_USD_PER_MTOK: f64 = 10_000.0;
+
+/// The longest cache lifetime a price table may state: seven days.
+pub const MAX_CACHE_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Per-model prices, keyed by model name. Cheap to clone (shared).
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +191,7 @@ impl PriceTable {
                 ("input_per_mtok", Some(price.input_per_mtok)),
                 ("output_per_mtok", Some(price.output_per_mtok)),
                 ("cached_input_per_mtok", price.cached_input_per_mtok),
+                ("cache_write_per_mtok", price.cache_write_per_mtok),
             ] {
                 let Some(v) = v else { continue };
                 // (NaN and infinities are outside the range too.)
@@ -153,6 +200,9 @@ impl PriceTable {
                         "field `{field}` must be a USD amount from 0 to 10,000 per million tokens (the most any price may be), got {v}"
                     )));
                 }
+            }
+            if let Some(ttl) = price.cache_ttl_secs.filter(|t| !(1..=MAX_CACHE_TTL_SECS).contains(t)) {
+                return Err(bad(format!("field `cache_ttl_secs` must be from 1 second to 7 days ({MAX_CACHE_TTL_SECS}), got {ttl}")));
             }
             if price.context_window == Some(0) {
                 return Err(bad("field `context_window` must be positive".into()));

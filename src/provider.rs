@@ -90,6 +90,12 @@ pub struct Endpoint {
     /// timeout still bounds each wait between events.
     #[serde(default)]
     pub max_stream_secs: Option<f64>,
+    /// Anthropic endpoints only: mark each request's system prompt and conversation so far for
+    /// the prompt cache ([`chat::mark_anthropic_cache`]; default false). Worth it for agents and
+    /// long chats, whose next call repeats the prefix within the cache's five minutes; a one-off
+    /// prompt pays the 25% write premium for nothing.
+    #[serde(default)]
+    pub cache_prompt: Option<bool>,
 }
 
 /// Longest `timeout_secs` or `max_stream_secs` accepted: a day (larger values would overflow the
@@ -183,6 +189,11 @@ impl Providers {
             }
             if ep.max_tokens == Some(0) {
                 return Err(bad("field `max_tokens` must be positive".into()));
+            }
+            if ep.cache_prompt == Some(true) && ep.protocol != Protocol::Anthropic {
+                return Err(bad(
+                    "field `cache_prompt` is for Anthropic endpoints (OpenAI-protocol providers cache prompts without being asked)".into(),
+                ));
             }
             for (field, v) in [("max_body_bytes", ep.max_body_bytes), ("max_stream_bytes", ep.max_stream_bytes)] {
                 if v == Some(0) {
@@ -701,10 +712,16 @@ fn wire_body(endpoint: &Endpoint, request: &ChatRequest) -> std::result::Result<
     let max = u64::from(endpoint.max_tokens());
     match endpoint.protocol {
         Protocol::Openai => Ok(request.to_openai(&endpoint.model, max)),
-        Protocol::Anthropic => request.to_anthropic(&endpoint.model, max).map_err(|e| match e {
-            Error::InvalidRequest(m) => CallError::Request(m),
-            other => CallError::Request(other.to_string()),
-        }),
+        Protocol::Anthropic => {
+            let mut body = request.to_anthropic(&endpoint.model, max).map_err(|e| match e {
+                Error::InvalidRequest(m) => CallError::Request(m),
+                other => CallError::Request(other.to_string()),
+            })?;
+            if endpoint.cache_prompt == Some(true) {
+                chat::mark_anthropic_cache(&mut body);
+            }
+            Ok(body)
+        }
     }
 }
 

@@ -103,8 +103,10 @@ fn write_files(fake: &FakeLlm, models: &[(&str, &str, &str)], dir: &std::path::P
     let mut providers = String::new();
     for (name, protocol, id) in models {
         providers.push_str(&format!(
-            "[models.\"{name}\"]\nprotocol = \"{protocol}\"\nbase_url = \"{}\"\nmodel = \"{id}\"\napi_key_env = \"FAKE_PROVIDER_KEY\"\ntimeout_secs = 1.0\n\n",
-            fake.base_url()
+            "[models.\"{name}\"]\nprotocol = \"{protocol}\"\nbase_url = \"{}\"\nmodel = \"{id}\"\napi_key_env = \"FAKE_PROVIDER_KEY\"\ntimeout_secs = 1.0\n{}\n",
+            fake.base_url(),
+            // The fake's caching Anthropic models are asked to cache (cache_control).
+            if *protocol == "anthropic" && id.contains("cached") { "cache_prompt = true\n" } else { "" }
         ));
     }
     std::fs::write(dir.join("providers.toml"), providers).unwrap();
@@ -913,5 +915,95 @@ async fn a_config_file_sets_everything_and_flags_override_it() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(&format!("semroute.toml:{line}: invalid setting (key `{key}`)")), "{err}");
+    }
+}
+
+/// Sends one chat turn to `model` (named, not routed) and returns the answer.
+async fn turn(s: &Serve, model: &str, messages: &Value, stream: bool) -> Value {
+    let mut body = json!({"model": model, "messages": messages});
+    if !stream {
+        let (status, _, answer) = post(s, Some(CLIENT_KEY), body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        return answer;
+    }
+    body["stream"] = true.into();
+    body["stream_options"] = json!({"include_usage": true});
+    let text = http()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The chunk with usage.
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|c| c.get("usage").is_some_and(|u| !u.is_null()))
+        .unwrap_or_else(|| panic!("no usage chunk in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_tokens_are_read_from_both_protocols_into_cost_log_and_metrics() {
+    let fake = FakeLlm::start().await;
+    let models =
+        [("fake-cheap", "openai", "cheap-cached"), ("fake-mid", "anthropic", "mid-cached"), ("fake-strong", "anthropic", "strong-1")];
+    let s = serve(&fake, &models, &[]);
+    let first = json!([{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": "Fix the failing test."}]);
+    let mut second = first.clone();
+    second
+        .as_array_mut()
+        .unwrap()
+        .extend([json!({"role": "assistant", "content": "Reading the test."}), json!({"role": "user", "content": "It is in tests/a.rs."})]);
+
+    // OpenAI protocol: the second turn repeats two messages (20 tokens by the fake's rule).
+    turn(&s, "fake-cheap", &first, false).await;
+    let a = turn(&s, "fake-cheap", &second, false).await;
+    assert_eq!(a["usage"]["prompt_tokens"], 40);
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], 20, "{a}");
+    // Anthropic, asked to cache: the body carries cache_control marks; the first turn writes the
+    // cache (20 tokens: system and one message), the second reads 20 and writes 20; streamed.
+    turn(&s, "fake-mid", &first, false).await;
+    let b = turn(&s, "fake-mid", &second, true).await;
+    assert_eq!(b["usage"]["prompt_tokens"], 40, "Anthropic's three counts add up to the prompt: {b}");
+    assert_eq!(b["usage"]["prompt_tokens_details"]["cached_tokens"], 20, "{b}");
+    assert_eq!(b["usage"]["prompt_tokens_details"]["cache_write_tokens"], 20, "{b}");
+    let bodies = fake.seen.requests.lock().unwrap().clone();
+    let (_, id, body) = bodies.last().unwrap();
+    assert_eq!(id, "mid-cached");
+    assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral", "{body}");
+    assert_eq!(body["messages"].as_array().unwrap().last().unwrap()["content"][0]["cache_control"]["type"], "ephemeral");
+    // An Anthropic endpoint not asked to cache is sent no marks.
+    turn(&s, "fake-strong", &first, false).await;
+    let plain = fake.seen.requests.lock().unwrap().last().unwrap().2.clone();
+    assert!(!plain.to_string().contains("cache_control"), "{plain}");
+
+    let log = s.usage_n(5).await;
+    assert_eq!(log.len(), 5);
+    let cost = |i: usize| log[i]["cost_usd"].as_f64().unwrap();
+    let out = |i: usize| log[i]["output_tokens"].as_f64().unwrap();
+    assert_eq!((log[1]["cached_input_tokens"].as_u64(), log[1]["cache_write_tokens"].as_u64()), (Some(20), Some(0)));
+    let want = (20.0 * 0.10 + 20.0 * 0.01 + out(1) * 0.40) / 1e6;
+    assert!((cost(1) - want).abs() < 1e-15, "cheap, cached: {} against {want}", cost(1));
+    assert_eq!((log[2]["cached_input_tokens"].as_u64(), log[2]["cache_write_tokens"].as_u64()), (Some(0), Some(20)));
+    let want = (20.0 * 1.25 + out(2) * 4.0) / 1e6;
+    assert!((cost(2) - want).abs() < 1e-15, "mid, first turn writes: {} against {want}", cost(2));
+    assert_eq!((log[3]["cached_input_tokens"].as_u64(), log[3]["cache_write_tokens"].as_u64()), (Some(20), Some(20)));
+    let want = (20.0 * 0.10 + 20.0 * 1.25 + out(3) * 4.0) / 1e6;
+    assert!((cost(3) - want).abs() < 1e-15, "mid, second turn (streamed): {} against {want}", cost(3));
+    assert_eq!(log[4]["cached_input_tokens"].as_u64(), Some(0));
+
+    let metrics = http().get(s.url("/metrics")).bearer_auth(CLIENT_KEY).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"semroute_tokens_total{model="fake-cheap",kind="cache_read"} 20"#,
+        r#"semroute_tokens_total{model="fake-cheap",kind="uncached"} 40"#,
+        r#"semroute_tokens_total{model="fake-mid",kind="cache_read"} 20"#,
+        r#"semroute_tokens_total{model="fake-mid",kind="cache_write"} 40"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 }

@@ -68,11 +68,14 @@ fn record(app: &App, plan: &Plan, model: &str, failovers: &[Failover], outcome: 
     app.metrics.outcome(outcome);
     app.metrics.spent_usd.inc_by(cost);
     app.metrics.strongest_usd.inc_by(strongest);
+    app.metrics.tokens(model, usage);
     app.metrics.request_seconds.get_or_create(&Mode { stream: if plan.stream { "true" } else { "false" } }).observe(latency.as_secs_f64());
     let mut rec = plan.explained(model, failovers).record();
     rec.ts = now();
     rec.input_tokens = usage.input_tokens;
     rec.output_tokens = usage.output_tokens;
+    rec.cached_input_tokens = usage.cached_input_tokens;
+    rec.cache_write_tokens = usage.cache_write_tokens;
     rec.usage_reported = usage_reported;
     rec.cost_usd = cost;
     rec.strongest_model = app.router.prices().strongest().to_string();
@@ -251,7 +254,7 @@ fn count_answer(app: &App, chat: &ChatRequest, body: &Value) -> Usage {
 fn count_text(app: &App, chat: &ChatRequest, answer: &str) -> Usage {
     let counter = &app.tokens;
     let input: u64 = chat.texts().map(|(_, t)| counter.count(&t) + crate::router::CHAT_TOKENS_PER_MESSAGE).sum();
-    Usage { input_tokens: input, output_tokens: counter.count(answer) }
+    Usage::new(input, counter.count(answer))
 }
 
 /// Opens a stream and waits for its first chunk, so that a provider failing before its first

@@ -26,6 +26,13 @@ pub(crate) struct Failure {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Tokens {
+    pub model: String,
+    /// `uncached`, `cache_read` or `cache_write` for prompt tokens; `output` for answers.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Mode {
     pub stream: &'static str,
 }
@@ -41,6 +48,7 @@ pub(crate) struct Metrics {
     pub(crate) routing_seconds: Histogram,
     pub(crate) spent_usd: Counter<f64, AtomicU64>,
     pub(crate) strongest_usd: Counter<f64, AtomicU64>,
+    pub(crate) tokens: Family<Tokens, Counter>,
 }
 
 impl Metrics {
@@ -68,7 +76,39 @@ impl Metrics {
             "USD the same tokens would have cost on the strongest priced model (always-strongest baseline)",
             strongest_usd.clone(),
         );
-        Metrics { registry, requests, decisions, upstream_failures, failovers, request_seconds, routing_seconds, spent_usd, strongest_usd }
+        let tokens = Family::<Tokens, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens billed, by model and kind (prompt tokens uncached, read from or written to the provider's cache; output)",
+            tokens.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            decisions,
+            upstream_failures,
+            failovers,
+            request_seconds,
+            routing_seconds,
+            spent_usd,
+            strongest_usd,
+            tokens,
+        }
+    }
+
+    /// Counts the tokens of one answer by kind.
+    pub(crate) fn tokens(&self, model: &str, u: crate::chat::Usage) {
+        let uncached = u.input_tokens.saturating_sub(u.cached_input_tokens).saturating_sub(u.cache_write_tokens);
+        for (kind, n) in [
+            ("uncached", uncached),
+            ("cache_read", u.cached_input_tokens),
+            ("cache_write", u.cache_write_tokens),
+            ("output", u.output_tokens),
+        ] {
+            if n > 0 {
+                self.tokens.get_or_create(&Tokens { model: model.to_string(), kind }).inc_by(n);
+            }
+        }
     }
 
     /// Counts one chat request by its outcome.

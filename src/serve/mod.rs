@@ -174,7 +174,7 @@ pub(crate) struct Answered {
 
 impl App {
     fn cost(&self, model: &str, usage: Usage) -> f64 {
-        self.router.prices().get(model).map_or(0.0, |p| p.cost_usd(usage.input_tokens, usage.output_tokens))
+        self.router.prices().get(model).map_or(0.0, |p| p.cost_of(&usage))
     }
 
     fn strongest_cost(&self, usage: Usage) -> f64 {

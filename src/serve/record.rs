@@ -54,6 +54,12 @@ pub struct UsageRecord {
     pub input_tokens: u64,
     /// Answer tokens billed.
     pub output_tokens: u64,
+    /// Of the prompt tokens, those the provider read from its prompt cache (as it reported them).
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    /// Of the prompt tokens, those the provider wrote into its prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     /// Whether the provider reported the tokens (else they were counted locally).
     pub usage_reported: bool,
     /// USD the answer cost at the price table's prices.
@@ -174,6 +180,8 @@ impl Explained<'_> {
             expected_cost_usd: cand.map(|c| c.expected_cost_usd),
             input_tokens: 0,
             output_tokens: 0,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
             usage_reported: false,
             cost_usd: 0.0,
             strongest_model: String::new(),

@@ -7,7 +7,11 @@
 //! - `slow`: waits 3 s before answering;
 //! - `drip`: streams with 300 ms between chunks;
 //! - `midfail`: streams two chunks, then an error event;
-//! - `nousage`: reports no token usage.
+//! - `nousage`: reports no token usage;
+//! - `cached`: keeps a prompt cache per model id, as providers do: the leading messages a request
+//!   shares with the previous request to that model id are reported as cached, at 10 tokens a
+//!   message (OpenAI: `prompt_tokens_details.cached_tokens`; Anthropic: `cache_read_input_tokens`
+//!   and `cache_creation_input_tokens`, only for requests marked with `cache_control`).
 //!
 //! Hostile behaviours (for the `soak` example; OpenAI protocol except `hang`), whole and streamed:
 //! - `hang`: never answers (holds the request for an hour);
@@ -46,6 +50,7 @@ pub const FAKE_PRICES: &str = r#"
 provider = "fakeco"
 input_per_mtok = 0.10
 output_per_mtok = 0.40
+cached_input_per_mtok = 0.01
 tier = "cheap"
 source = "fake provider fixture"
 as_of = "2026-11-23"
@@ -54,6 +59,8 @@ as_of = "2026-11-23"
 provider = "fakeco"
 input_per_mtok = 1.00
 output_per_mtok = 4.00
+cached_input_per_mtok = 0.10
+cache_write_per_mtok = 1.25
 tier = "mid"
 source = "fake provider fixture"
 as_of = "2026-11-23"
@@ -62,6 +69,8 @@ as_of = "2026-11-23"
 provider = "otherco"
 input_per_mtok = 3.00
 output_per_mtok = 15.00
+cached_input_per_mtok = 0.30
+cache_write_per_mtok = 3.75
 tier = "strong"
 source = "fake provider fixture"
 as_of = "2026-11-23"
@@ -76,6 +85,52 @@ pub struct Seen {
     /// (path, model id, body) of each request.
     pub requests: Mutex<Vec<(String, String, Value)>>,
     pub count: AtomicUsize,
+    /// The last request's messages per `cached` model id (the system prompt first, if any).
+    prefixes: Mutex<std::collections::HashMap<String, Vec<Value>>>,
+}
+
+impl Seen {
+    /// Messages (system first) this request shares with the previous one to `model`, and remembers
+    /// this request's.
+    fn cached_messages(&self, model: &str, body: &Value) -> u64 {
+        let mut now: Vec<Value> = body.get("system").into_iter().cloned().collect();
+        now.extend(body["messages"].as_array().cloned().unwrap_or_default());
+        // A cache_control mark is not part of what is cached, and a string is one text block.
+        fn strip(v: &Value) -> Value {
+            match v {
+                Value::String(t) => json!([{"type": "text", "text": t}]),
+                Value::Array(parts) => Value::Array(
+                    parts
+                        .iter()
+                        .map(|p| {
+                            let mut p = p.clone();
+                            if let Some(o) = p.as_object_mut() {
+                                o.remove("cache_control");
+                            }
+                            p
+                        })
+                        .collect(),
+                ),
+                Value::Object(o) => {
+                    let mut o = o.clone();
+                    if let Some(c) = o.get("content").map(strip) {
+                        o.insert("content".into(), c);
+                    }
+                    Value::Object(o)
+                }
+                other => other.clone(),
+            }
+        }
+        let now: Vec<Value> = now.iter().map(strip).collect();
+        let mut prefixes = self.prefixes.lock().unwrap();
+        let shared = prefixes.get(model).map_or(0, |before| before.iter().zip(&now).take_while(|(a, b)| a == b).count());
+        prefixes.insert(model.to_string(), now);
+        shared as u64
+    }
+}
+
+fn marked(body: &Value) -> bool {
+    body.to_string().contains("\"cache_control\"")
 }
 
 impl Seen {
@@ -180,7 +235,10 @@ async fn openai(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body): J
     }
     let w = words(&body);
     let n_msgs = body["messages"].as_array().map_or(0, Vec::len) as u64;
-    let usage = json!({"prompt_tokens": 10 * n_msgs, "completion_tokens": w.len(), "total_tokens": 10 * n_msgs + w.len() as u64});
+    let mut usage = json!({"prompt_tokens": 10 * n_msgs, "completion_tokens": w.len(), "total_tokens": 10 * n_msgs + w.len() as u64});
+    if model.contains("cached") {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": 10 * seen.cached_messages(&model, &body)});
+    }
     let base = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model});
     if body["stream"] != true {
         let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
@@ -249,14 +307,25 @@ async fn anthropic(State(seen): State<Arc<Seen>>, headers: HeaderMap, Json(body)
             "content": [{"type": "text", "text": w.join(" ")}], "stop_reason": "end_turn"});
         if !model.contains("nousage") {
             answer["usage"] = json!({"input_tokens": input, "output_tokens": w.len()});
+            if model.contains("cached") && marked(&body) {
+                let read = 10 * seen.cached_messages(&model, &body);
+                answer["usage"] = json!({"input_tokens": 0, "output_tokens": w.len(),
+                    "cache_read_input_tokens": read, "cache_creation_input_tokens": input - read});
+            }
         }
         return Json(answer).into_response();
+    }
+    let mut start_usage = json!({"input_tokens": input, "output_tokens": 1});
+    if model.contains("cached") && marked(&body) {
+        let read = 10 * seen.cached_messages(&model, &body);
+        start_usage =
+            json!({"input_tokens": 0, "output_tokens": 1, "cache_read_input_tokens": read, "cache_creation_input_tokens": input - read});
     }
     let mut events = vec![
         (
             Some("message_start"),
             json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
-            "model": model, "content": [], "usage": {"input_tokens": input, "output_tokens": 1}}}),
+            "model": model, "content": [], "usage": start_usage}}),
         ),
         (Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
         (Some("ping"), json!({"type": "ping"})),
