@@ -424,7 +424,6 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
     }
 }
 
-/// Why an answer could not be read.
 /// Marks an Anthropic messages body (as [`ChatRequest::to_anthropic`] builds it) for Anthropic's
 /// prompt cache: a `cache_control` breakpoint on the system prompt and one on the last block of
 /// the last message, so the whole conversation so far is cached and the next turn of an agent
@@ -457,6 +456,7 @@ pub fn mark_anthropic_cache(body: &mut Value) {
     }
 }
 
+/// Why an answer could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Malformed(pub String);
