@@ -222,6 +222,11 @@ impl ChatRequest {
         self.messages().iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")).map(|m| content_text(m.get("content")))
     }
 
+    /// The text of the first user message (an agent session's task).
+    pub fn first_user_text(&self) -> Option<String> {
+        self.messages().iter().find(|m| m.get("role").and_then(Value::as_str) == Some("user")).map(|m| content_text(m.get("content")))
+    }
+
     fn messages(&self) -> &[Value] {
         self.body.get("messages").and_then(Value::as_array).map_or(&[], Vec::as_slice)
     }

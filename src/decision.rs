@@ -77,6 +77,10 @@ pub struct RouteDecision {
     pub saving_usd: f64,
     /// `saving_usd / strongest_cost_usd` (0 when that cost is 0).
     pub saving_fraction: f64,
+    /// For a step of an agent session ([`Router::route_session`](crate::Router::route_session)):
+    /// which step, the model before, the cache it held and whether this step switched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<crate::session::SessionInfo>,
 }
 
 /// A nearest exemplar and what it says.
@@ -118,8 +122,16 @@ pub struct Candidate {
     pub quality_se: Option<f64>,
     /// Predicted answer length in tokens.
     pub predicted_output_tokens: u64,
-    /// Expected USD on this model.
+    /// Expected USD on this model (in a session: this step, its cached prefix at the cached price).
     pub expected_cost_usd: f64,
+    /// In a session: prompt tokens this model's provider holds cached for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+    /// In a session: the USD per step the policy ranks by, this step's cost and the cheaper,
+    /// cached steps after it spread over the session's horizon (a model without the cache pays
+    /// once to build it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_cost_usd: Option<f64>,
     /// Whether the predicted quality clears the bar (by the router's
     /// [`caution`](crate::RouterBuilder::caution) in standard errors).
     pub clears_bar: bool,

@@ -155,6 +155,7 @@ pub mod pricing;
 #[cfg(feature = "gateway")]
 pub mod provider;
 pub mod router;
+pub mod session;
 #[cfg(feature = "server")]
 pub mod serve;
 pub mod setup;

@@ -14,9 +14,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chat::Usage;
 use crate::decision::Candidate;
 use crate::predict::{ModelPrediction, Predictions};
 use crate::pricing::{ModelPrice, PriceTable};
+use crate::session::CacheView;
 
 /// Per-request limits on which models may be chosen. Empty lists mean "no limit".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,6 +210,10 @@ pub struct ChoiceInput<'a> {
     pub fallback_model: &'a str,
     /// Answer length assumed for models without a prediction.
     pub default_output_tokens: u64,
+    /// In an agent session, the prompt cache one model holds: costs then count it, and spread
+    /// the price of building a cache elsewhere over the session's horizon (see
+    /// [`session`](crate::session)).
+    pub cache: Option<CacheView<'a>>,
 }
 
 /// Chooses a model (see the module docs).
@@ -224,7 +230,15 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
             let p = predictions.per_model.get(model);
             let out = p.map_or(input.default_output_tokens, |p| p.output_tokens.round().max(0.0) as u64);
             // A measured cost (the neighbours') where known, else answer tokens × list price.
-            let cost = p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out));
+            let (cost, cached, session_cost) = match input.cache {
+                // A measured cost knows nothing of this session's cache: tokens × price.
+                Some(cache) => {
+                    let (now, per_step, cached) = session_costs(price, model, &cache, input_tokens, out);
+                    (now, Some(cached), Some(per_step))
+                }
+                // A measured cost (the neighbours') where known, else answer tokens × list price.
+                None => (p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out)), None, None),
+            };
             let mut excluded = constraints.rule_out(model, price);
             if let Some(window) = price.context_window.filter(|w| excluded.is_none() && input_tokens.saturating_add(out) > *w) {
                 excluded = Some(format!("prompt ({input_tokens} tokens) + answer ({out}) exceed its context window of {window}"));
@@ -243,17 +257,25 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
                 quality_se: se,
                 predicted_output_tokens: out,
                 expected_cost_usd: cost,
+                cached_tokens: cached,
+                session_cost_usd: session_cost,
                 clears_bar: p.is_some_and(|p| p.quality - input.caution * se.unwrap_or(0.0) + 1e-9 >= bar),
                 excluded,
             }
         })
         .collect();
-    candidates.sort_by(|a, b| a.expected_cost_usd.total_cmp(&b.expected_cost_usd).then_with(|| a.model.cmp(&b.model)));
+    // Cheapest first: by the cost over the session's horizon in a session, else this call's.
+    let rank = |c: &Candidate| c.session_cost_usd.unwrap_or(c.expected_cost_usd);
+    candidates.sort_by(|a, b| rank(a).total_cmp(&rank(b)).then_with(|| a.model.cmp(&b.model)));
 
     let mut skip = vec![false; candidates.len()];
-    let Some((chosen, fallback, reason)) = pick(&candidates, &input, bar, &skip) else {
+    let Some((chosen, fallback, mut reason)) = pick(&candidates, &input, bar, &skip) else {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
     };
+    if let Some(cache) = &input.cache {
+        reason.push_str("; ");
+        reason.push_str(&session_reason(&candidates, chosen, cache, bar, input.caution));
+    }
     // The failover order: the same rule again, each time without the models already taken.
     let mut order = vec![chosen];
     skip[chosen] = true;
@@ -288,7 +310,9 @@ fn pick(candidates: &[Candidate], input: &ChoiceInput<'_>, bar: f64, skip: &[boo
 
     if let Objective::UsdPerQuality(usd) = input.objective {
         if (0..candidates.len()).any(|i| eligible(i) && candidates[i].predicted_quality.is_some()) {
-            let utility = |c: &Candidate| c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q * usd - c.expected_cost_usd);
+            let utility = |c: &Candidate| {
+                c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q * usd - c.session_cost_usd.unwrap_or(c.expected_cost_usd))
+            };
             let i = best(&utility)?;
             let c = &candidates[i];
             let q = c.predicted_quality.unwrap_or_default();
@@ -334,6 +358,74 @@ fn pick(candidates: &[Candidate], input: &ChoiceInput<'_>, bar: f64, skip: &[boo
     Some((i, false, reason))
 }
 
+/// One model's cost in a session: this step's (its cached prefix at the cached price, a write
+/// premium on the rest where the provider bills one), the cost per step over the horizon (this
+/// step, then steps that find the prompt cached and add only what the conversation grows by), and
+/// the tokens it has cached.
+fn session_costs(price: &ModelPrice, model: &str, cache: &CacheView<'_>, input: u64, out: u64) -> (f64, f64, u64) {
+    // A prefix under the provider's minimum is not cached (nor written) at all.
+    let cacheable = input >= price.cache_min_tokens();
+    let write = |uncached: u64| if cacheable && price.cache_write_per_mtok.is_some() { uncached } else { 0 };
+    let cached = if cache.model == model && cacheable && cache.cached_tokens >= price.cache_min_tokens() {
+        cache.cached_tokens.min(input)
+    } else {
+        0
+    };
+    let now = price.cost_of(&Usage { cached_input_tokens: cached, cache_write_tokens: write(input - cached), ..Usage::new(input, out) });
+    let new = if cacheable { cache.new_tokens.min(input) } else { input };
+    let steady = price.cost_of(&Usage { cached_input_tokens: input - new, cache_write_tokens: write(new), ..Usage::new(input, out) });
+    let h = cache.horizon.max(1.0);
+    (now, (now + (h - 1.0) * steady) / h, cached)
+}
+
+/// Why a session step stays or switches.
+fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>, bar: f64, caution: f64) -> String {
+    let c = &candidates[chosen];
+    let per_step = c.session_cost_usd.unwrap_or(c.expected_cost_usd);
+    if cache.model.is_empty() {
+        return "first step of the session".into();
+    }
+    let Some(before) = candidates.iter().find(|x| x.model == cache.model) else {
+        return format!("the session's previous model {} is not priced now", cache.model);
+    };
+    let h = cache.horizon;
+    if c.model == cache.model {
+        return match c.cached_tokens.unwrap_or(0) {
+            0 => format!("stays on {}, the cheapest eligible model (nothing cached: the prompt is under its provider's minimum)", c.model),
+            n => format!(
+                "stays on {}: {n} cached tokens make this step ${:.6}; ${per_step:.6} a step over the expected {h:.0}",
+                c.model, c.expected_cost_usd
+            ),
+        };
+    }
+    if let Some(why) = &before.excluded {
+        return format!("switches from {}: {why}", cache.model);
+    }
+    if bar.is_finite() && !before.clears_bar {
+        let q = before.predicted_quality.map_or(String::from("none"), |q| format!("{q:.2}"));
+        let by = if caution > 0.0 { format!(" by {caution} standard errors") } else { String::new() };
+        return format!("switches from {}: its predicted quality {q} does not clear the bar {bar:.2}{by}", cache.model);
+    }
+    let stay = before.session_cost_usd.unwrap_or(before.expected_cost_usd);
+    if per_step < stay {
+        format!(
+            "switches from {} to {}: ${per_step:.6} a step against ${stay:.6} over the expected {h:.0} steps, \
+             building a new cache (this step ${:.6}) and giving up {} cached tokens",
+            cache.model,
+            c.model,
+            c.expected_cost_usd,
+            before.cached_tokens.unwrap_or(0)
+        )
+    } else {
+        format!(
+            "switches from {} to {}: worth ${:.6} a step more than the ${stay:.6} of staying, for its predicted quality",
+            cache.model,
+            c.model,
+            per_step - stay
+        )
+    }
+}
+
 fn best_by(candidates: &[Candidate], skip: &[bool], score: &dyn Fn(&Candidate) -> f64) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, c) in candidates.iter().enumerate().filter(|(i, c)| c.excluded.is_none() && !skip[*i]) {
@@ -377,6 +469,7 @@ mod tests {
             caution: 0.0,
             fallback_model: "c",
             default_output_tokens: 500,
+            cache: None,
         };
         choose(input, &Constraints::default())
     }
@@ -423,11 +516,75 @@ mod tests {
             caution: 0.0,
             fallback_model: "c",
             default_output_tokens: 500,
+            cache: None,
         };
         let c = choose(input, &Constraints::default().block_models(["b"]));
         assert!(c.fallback);
         // The fallback first, then the strongest tier left (the fallback rule again).
         assert_eq!(names(&c), ["c", "a"]);
+    }
+
+    /// x: $1 in, $0.10 cached; y: $0.50 in, $0.25 cached; both clear 0.7. A 100,000-token
+    /// conversation that grew by 2,000 tokens, with `held` cached at `model`.
+    fn session_choice(model: &str, held: u64, horizon: f64, y_quality: f64) -> Choice {
+        let m = |name: &str, input: f64, cached: f64| {
+            format!("[models.{name}]\nprovider = \"p\"\ninput_per_mtok = {input}\noutput_per_mtok = 0.0\ncached_input_per_mtok = {cached}\nsource = \"test\"\nas_of = \"2026\"\n")
+        };
+        let t = PriceTable::from_toml_str(&(m("x", 1.0, 0.1) + &m("y", 0.5, 0.25)), "t.toml").unwrap();
+        let p = |q| ModelPrediction { quality: q, output_tokens: 0.0, support: 1.0, effective_neighbours: 8.0, cost_usd: None };
+        let p = Predictions {
+            per_model: [("x", p(0.9)), ("y", p(y_quality))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),
+            weights: vec![],
+        };
+        let input = ChoiceInput {
+            predictions: &p,
+            prices: &t,
+            input_tokens: 100_000,
+            unfamiliar: None,
+            objective: Objective::QualityBar(0.7),
+            caution: 0.0,
+            fallback_model: "x",
+            default_output_tokens: 0,
+            cache: Some(CacheView { model, cached_tokens: held, new_tokens: 2_000, horizon }),
+        };
+        choose(input, &Constraints::default())
+    }
+
+    #[test]
+    fn a_session_switches_only_when_it_pays_for_the_cache_it_gives_up() {
+        let chosen = |c: &Choice| c.candidates[c.chosen.unwrap()].clone();
+        // No cache anywhere: this step alone, y is cheaper ($0.05 against $0.10).
+        let c = session_choice("", 0, 1.0, 0.9);
+        assert_eq!(chosen(&c).model, "y");
+        // x holds 98,000 cached tokens: this step on x costs $0.0118, on y $0.05. Over one step, stay.
+        let c = session_choice("x", 98_000, 1.0, 0.9);
+        let x = chosen(&c);
+        assert_eq!(x.model, "x", "{}", c.reason);
+        assert!((x.expected_cost_usd - (98_000.0 * 0.1 + 2_000.0 * 1.0) / 1e6).abs() < 1e-12);
+        assert_eq!(x.cached_tokens, Some(98_000));
+        assert!(c.reason.contains("stays on x: 98000 cached tokens"), "{}", c.reason);
+        // Over 10 steps, y's cached steps ($0.0255 each after the first $0.05) still lose to x's
+        // ($0.0118): stay. The cheaper cached price decides, not the list price.
+        assert_eq!(chosen(&session_choice("x", 98_000, 10.0, 0.9)).model, "x");
+        // Held at y instead, nothing would move it to x either.
+        assert_eq!(chosen(&session_choice("y", 98_000, 10.0, 0.9)).model, "x", "x's cached steps are cheaper than y's, and pay back");
+        let c = session_choice("y", 98_000, 1.0, 0.9);
+        assert_eq!(chosen(&c).model, "y", "over one step the cache is worth more: {}", c.reason);
+        // y no longer clears the bar: switch for quality, whatever the cache.
+        let c = session_choice("y", 98_000, 1.0, 0.5);
+        assert_eq!(chosen(&c).model, "x");
+        assert!(c.reason.contains("switches from y: its predicted quality 0.50 does not clear the bar 0.70"), "{}", c.reason);
+        // A switch that pays says so.
+        let c = session_choice("y", 98_000, 10.0, 0.9);
+        assert!(c.reason.contains("switches from y to x") && c.reason.contains("giving up 98000 cached tokens"), "{}", c.reason);
+        // A prompt under the provider's minimum caches nothing.
+        let m = |name: &str| {
+            format!("[models.{name}]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 0.0\ncached_input_per_mtok = 0.1\nsource = \"t\"\nas_of = \"2026\"\n")
+        };
+        let t = PriceTable::from_toml_str(&m("x"), "t.toml").unwrap();
+        let (now, _, cached) =
+            session_costs(t.get("x").unwrap(), "x", &CacheView { model: "x", cached_tokens: 900, new_tokens: 100, horizon: 1.0 }, 1000, 0);
+        assert_eq!((cached, now), (0, 1000.0 / 1e6));
     }
 
     #[test]

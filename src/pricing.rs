@@ -83,6 +83,10 @@ pub struct ModelPrice {
     /// [`DEFAULT_CACHE_TTL_SECS`]. Sessions forget a model's cache after it.
     #[serde(default)]
     pub cache_ttl_secs: Option<u64>,
+    /// The shortest prompt prefix the provider caches, in tokens; `None`:
+    /// [`DEFAULT_CACHE_MIN_TOKENS`].
+    #[serde(default)]
+    pub cache_min_tokens: Option<u64>,
     /// Largest prompt + answer the model accepts, in tokens; `None` where it is not known (then
     /// no context-fit check applies to the model).
     #[serde(default)]
@@ -139,11 +143,20 @@ impl ModelPrice {
             / 1_000_000.0
     }
 
+    /// The shortest prefix this model's provider caches.
+    pub fn cache_min_tokens(&self) -> u64 {
+        self.cache_min_tokens.unwrap_or(DEFAULT_CACHE_MIN_TOKENS)
+    }
+
     /// How long this model's provider keeps a cached prefix after its last use.
     pub fn cache_ttl(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.cache_ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS))
     }
 }
+
+/// The shortest cached prefix assumed where the price table gives none: 1,024 tokens, OpenAI's
+/// and Anthropic's minimum for their larger models (shorter prompts are not cached at all).
+pub const DEFAULT_CACHE_MIN_TOKENS: u64 = 1024;
 
 /// The cache lifetime assumed where the price table gives none: five minutes, the shortest
 /// that OpenAI and Anthropic document for their automatic and default prompt caches.

@@ -36,6 +36,7 @@ use crate::predict::{
     KERNEL_RIDGE_MIN_EXEMPLARS,
 };
 use crate::pricing::{PriceTable, TokenCounter};
+use crate::session::{self, CacheView, MemorySessions, SessionInfo, SessionKey, SessionSettings, SessionState, SessionStore};
 use crate::store::ExemplarStore;
 
 /// Routes prompts. Cheap to clone and share across threads and tokio tasks (`Send + Sync`; the
@@ -63,6 +64,9 @@ struct Inner {
     writer: Mutex<Writer>,
     /// Whether a background refit of the quality model is running (see [`Router::learn`]).
     refitting: AtomicBool,
+    /// Agent sessions ([`Router::route_session`]).
+    sessions: Arc<dyn SessionStore>,
+    session_settings: SessionSettings,
 }
 
 /// What writers keep between generations.
@@ -363,7 +367,11 @@ impl Router {
         let exemplars = validated(&current, vec![exemplar.clone()], "<feedback>")?;
         if let Search::Shared(store) = &current.search {
             if let Some(old) = store.existing(&[exemplar.id.as_str()])?.first() {
-                return Err(Error::Store { source: None, store: store.describe(), message: format!("already holds exemplar id `{}`", old.id) });
+                return Err(Error::Store {
+                    source: None,
+                    store: store.describe(),
+                    message: format!("already holds exemplar id `{}`", old.id),
+                });
             }
         }
         let vectors = inner.embedder.embed_batch(&[exemplar.prompt.as_str()])?;
@@ -600,8 +608,186 @@ impl Router {
             state.predictor.apply(model, prompt, vector, &mut predictions);
         }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
-        Ok(Assessment { router: self.clone(), state, found, judgement, predictions, input_tokens })
+        Ok(Assessment { router: self.clone(), state, found, judgement, predictions, input_tokens, cache: None })
     }
+
+    /// Routes one step of an agent session (see [`session`](crate::session)): the session named
+    /// `session`, or else the one the conversation's leading messages identify. The task (its
+    /// first user turn) is assessed once and its predictions reused at later steps; each model's
+    /// cost counts the prompt cache the session holds with it; a switch of model happens only
+    /// when it pays for the cache it gives up within the session's horizon, or when the model in
+    /// use no longer clears the bar. The decision's [`session`](RouteDecision::session) says
+    /// which step this is and what happened; report what a step really cost with
+    /// [`session_served`](Router::session_served) when another model served it or the
+    /// provider's cache counts are known.
+    ///
+    /// ```no_run
+    /// use semroute::chat::ChatRequest;
+    /// use semroute::{Constraints, Router};
+    ///
+    /// let router = Router::builder().build()?;
+    /// let chat = ChatRequest::from_json(serde_json::json!({"messages": [
+    ///     {"role": "system", "content": "You are a coding agent."},
+    ///     {"role": "user", "content": "Add retries to the HTTP client."}
+    /// ]}))?;
+    /// let d = router.route_session(&chat, None, &Constraints::default())?;
+    /// assert_eq!(d.session.as_ref().map(|s| s.step), Some(1));
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn route_session(&self, chat: &ChatRequest, session: Option<&str>, constraints: &Constraints) -> Result<RouteDecision> {
+        check_constraints(constraints)?;
+        let key = SessionKey::of(chat, session)?;
+        let inner = &*self.inner;
+        let settings = &inner.session_settings;
+        let now = session::now_ms();
+        let idle = settings.idle_secs.saturating_mul(1000);
+        let before = inner.sessions.load(&key)?.filter(|s| now.saturating_sub(s.last_used_ms) <= idle);
+        let texts: Vec<(&str, String)> = chat.texts().collect();
+        let users: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].0 == "user" && !texts[i].1.trim().is_empty()).collect();
+        let Some(&first) = users.first() else {
+            return Err(Error::InvalidRequest("the conversation holds no user message to route on".into()));
+        };
+
+        // The conversation's tokens: only the messages added since the last step are counted.
+        let per_message = |(_, text): &(&str, String)| inner.tokens.count(text) + CHAT_TOKENS_PER_MESSAGE;
+        let reuse = before.as_ref().filter(|s| {
+            let n = s.counted_messages as usize;
+            n > 0 && n <= texts.len() && session::message_check(texts[n - 1].0, &texts[n - 1].1) == s.counted_check
+        });
+        let input_tokens = match reuse {
+            Some(s) => s.counted_tokens + texts[s.counted_messages as usize..].iter().map(per_message).sum::<u64>(),
+            None => texts.iter().map(per_message).sum(),
+        };
+
+        // The task's predictions: reused while the router's data is unchanged; a new user turn
+        // the exemplars recognise can only raise the difficulty.
+        let state = inner.state.load_full();
+        let tag = state_tag(&state);
+        let known = before.as_ref().filter(|s| s.tag == tag).and_then(|s| s.predictions(state.prices.names()).map(|p| (s, p)));
+        let (mut assessment, task_reused, covered) = match known {
+            Some((s, predictions)) => {
+                let judgement = Judgement { unfamiliarity: s.unfamiliarity.map(f64::from), unfamiliar: s.unfamiliar.clone() };
+                let a = Assessment {
+                    router: self.clone(),
+                    state: state.clone(),
+                    found: Vec::new(),
+                    judgement,
+                    predictions,
+                    input_tokens,
+                    cache: None,
+                };
+                (a, true, s.user_turns as usize)
+            }
+            None => {
+                let task = &texts[first].1;
+                let vector = inner.embedder.embed(task)?;
+                (self.assess_embedded(task, &vector, Some(input_tokens))?, false, 1)
+            }
+        };
+        if settings.follow_ups && users.len() > covered && users.len() > 1 {
+            let last = &texts[*users.last().expect("not empty")].1;
+            let vector = inner.embedder.embed(last)?;
+            let turn = self.assess_embedded(last, &vector, Some(input_tokens))?;
+            if turn.judgement.unfamiliar.is_none() {
+                for (model, p) in &turn.predictions.per_model {
+                    match assessment.predictions.per_model.get_mut(model) {
+                        Some(q) if p.quality < q.quality => {
+                            *q = crate::predict::ModelPrediction { output_tokens: q.output_tokens.max(p.output_tokens), ..p.clone() };
+                        }
+                        Some(q) => q.output_tokens = q.output_tokens.max(p.output_tokens),
+                        None => {
+                            assessment.predictions.per_model.insert(model.clone(), p.clone());
+                        }
+                    }
+                }
+            }
+        }
+
+        // What the previous model's provider still holds cached.
+        let cache =
+            before.as_ref().filter(|s| s.cache_until_ms >= now && state.prices.get(&s.model).is_some()).map(|s| session::SessionCache {
+                model: s.model.clone(),
+                cached_tokens: s.cached_tokens.min(input_tokens),
+                new_tokens: input_tokens.saturating_sub(s.last_input_tokens),
+                horizon: f64::from(s.steps).clamp(1.0, settings.max_horizon),
+            });
+        // Without a live cache (the first step, or the cache expired), every model is priced
+        // the same way, with nothing cached and a horizon of one step.
+        let none = session::SessionCache { model: String::new(), cached_tokens: 0, new_tokens: input_tokens, horizon: 1.0 };
+        assessment.cache = Some(cache.clone().unwrap_or(none));
+        let mut decision = assessment.decide(constraints)?;
+        let step = before.as_ref().map_or(1, |s| s.steps.saturating_add(1));
+        if before.is_some() && cache.is_none() {
+            decision.reason.push_str(" (no cache is alive with the session's previous model)");
+        }
+        let previous = before.as_ref().map(|s| s.model.clone());
+        decision.session = Some(SessionInfo {
+            id: key.to_string(),
+            step,
+            switched: previous.as_ref().is_some_and(|m| *m != decision.model),
+            previous_model: previous,
+            cached_tokens: decision.candidates.iter().find(|c| c.model == decision.model).and_then(|c| c.cached_tokens).unwrap_or(0),
+            horizon: cache.as_ref().map_or(1.0, |c| c.horizon),
+            task_reused,
+        });
+
+        // Remember the step, as if the chosen model serves it (session_served corrects that).
+        let price = state.prices.get(&decision.model).expect("the chosen model is priced");
+        let last = texts.len() - 1;
+        let next = SessionState {
+            model: decision.model.clone(),
+            cached_tokens: input_tokens,
+            cache_until_ms: now.saturating_add(session::ms(price.cache_ttl())),
+            last_input_tokens: input_tokens,
+            last_used_ms: now,
+            steps: step,
+            user_turns: users.len() as u32,
+            tag,
+            task: SessionState::compact(&assessment.predictions, state.prices.names()),
+            unfamiliar: assessment.judgement.unfamiliar.clone(),
+            unfamiliarity: assessment.judgement.unfamiliarity.map(|u| u as f32),
+            counted_messages: texts.len() as u32,
+            counted_tokens: input_tokens,
+            counted_check: session::message_check(texts[last].0, &texts[last].1),
+        };
+        inner.sessions.save(&key, &next)?;
+        Ok(decision)
+    }
+
+    /// Tells the session `id` (a [`SessionInfo::id`]) what really served its last step: the
+    /// model (after a failover, another than the one routed to) and the tokens its provider
+    /// reported. The session then holds that model's cache. Unknown or expired sessions are
+    /// ignored.
+    pub fn session_served(&self, id: &str, model: &str, usage: &crate::chat::Usage) -> Result<()> {
+        let key = SessionKey::parse(id)?;
+        let inner = &*self.inner;
+        let Some(mut s) = inner.sessions.load(&key)? else { return Ok(()) };
+        let state = inner.state.load();
+        let Some(price) = state.prices.get(model) else { return Ok(()) };
+        let now = session::now_ms();
+        s.model = model.to_string();
+        s.cached_tokens = usage.input_tokens;
+        s.last_input_tokens = usage.input_tokens.max(s.last_input_tokens);
+        s.cache_until_ms = now.saturating_add(session::ms(price.cache_ttl()));
+        s.last_used_ms = now;
+        inner.sessions.save(&key, &s)
+    }
+
+    /// Sessions kept now.
+    pub fn sessions(&self) -> usize {
+        self.inner.sessions.len()
+    }
+}
+
+/// Identifies the data predictions came from, per process: a session's stored predictions are
+/// reused only under the same.
+fn state_tag(state: &State) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let salt = *SALT.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8));
+    let mut h = std::hash::DefaultHasher::new();
+    (salt, state.generation, state.exemplars.len(), state.fitted_on).hash(&mut h);
+    h.finish()
 }
 
 /// One prompt as the router sees it before choosing: see [`Router::assess`].
@@ -612,6 +798,8 @@ pub struct Assessment {
     judgement: Judgement,
     predictions: Predictions,
     input_tokens: u64,
+    /// In a session, the cache the session holds.
+    cache: Option<session::SessionCache>,
 }
 
 impl fmt::Debug for Assessment {
@@ -650,6 +838,12 @@ impl Assessment {
                 objective: constraints.objective(s.objective()),
                 fallback_model: &self.state.fallback_model,
                 default_output_tokens: DEFAULT_OUTPUT_TOKENS,
+                cache: self.cache.as_ref().map(|c| CacheView {
+                    model: &c.model,
+                    cached_tokens: c.cached_tokens,
+                    new_tokens: c.new_tokens,
+                    horizon: c.horizon,
+                }),
             },
             constraints,
         );
@@ -711,6 +905,7 @@ impl Assessment {
             saving_fraction: if strongest_cost > 0.0 { saving / strongest_cost } else { 0.0 },
             failover: choice.order.iter().skip(1).map(|&i| choice.candidates[i].model.clone()).collect(),
             candidates: choice.candidates,
+            session: None,
         })
     }
 }
@@ -767,9 +962,26 @@ pub struct RouterBuilder {
     cache: Option<Option<PathBuf>>,
     feedback_log: Option<PathBuf>,
     store: Option<Arc<dyn ExemplarStore>>,
+    sessions: Option<SessionSettings>,
+    session_store: Option<Arc<dyn SessionStore>>,
 }
 
 impl RouterBuilder {
+    /// How agent sessions are kept ([`Router::route_session`]; default
+    /// [`SessionSettings::default`], in memory).
+    pub fn sessions(mut self, settings: SessionSettings) -> Self {
+        self.sessions = Some(settings);
+        self
+    }
+
+    /// Where sessions live (default: [`MemorySessions`] of
+    /// [`SessionSettings::max_sessions`]); a shared store lets replicas take each other's
+    /// sessions.
+    pub fn session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.session_store = Some(store);
+        self
+    }
+
     /// The embedder (default: [`FastEmbedder::load_default`]).
     pub fn embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
         self.embedder = Some(embedder);
@@ -928,6 +1140,8 @@ impl RouterBuilder {
         if k == 0 {
             return Err(Error::Config("k must be at least 1".into()));
         }
+        let session_settings = self.sessions.clone().unwrap_or_default();
+        session_settings.check()?;
         let quality_bar = self.quality_bar.unwrap_or(0.7);
         if !(0.0..=1.0).contains(&quality_bar) {
             return Err(Error::Config(format!("quality_bar must be within [0, 1], got {quality_bar}")));
@@ -1058,6 +1272,8 @@ impl RouterBuilder {
                 state: ArcSwap::from_pointee(state),
                 writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
                 refitting: AtomicBool::new(false),
+                sessions: self.session_store.unwrap_or_else(|| Arc::new(MemorySessions::new(session_settings.max_sessions))),
+                session_settings,
             }),
         };
         if !writer.added.is_empty() {

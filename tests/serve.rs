@@ -1007,3 +1007,54 @@ async fn cached_tokens_are_read_from_both_protocols_into_cost_log_and_metrics() 
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_requests_are_steps_of_a_session() {
+    let fake = FakeLlm::start().await;
+    let models =
+        [("fake-cheap", "openai", "cheap-cached"), ("fake-mid", "anthropic", "mid-cached"), ("fake-strong", "anthropic", "strong-1")];
+    let s = serve(&fake, &models, &[]);
+    let mut messages = json!([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PROMPT}]);
+    let send = |messages: Value, session: Option<&'static str>| {
+        let mut req = http()
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(json!({"model": "auto", "messages": messages}).to_string());
+        if let Some(name) = session {
+            req = req.header("x-semroute-session", name);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let h = resp.headers().clone();
+            let body: Value = resp.json().await.unwrap();
+            (h, body)
+        }
+    };
+    let (h1, b1) = send(messages.clone(), Some("agent-run-1")).await;
+    assert_eq!(header(&h1, "x-semroute-session-step"), "1", "{b1}");
+    let id = header(&h1, "x-semroute-session").to_string();
+    assert_eq!(id.len(), 32);
+    messages.as_array_mut().unwrap().push(json!({"role": "assistant", "content": "done"}));
+    messages.as_array_mut().unwrap().push(json!({"role": "user", "content": "Observation: the file was saved."}));
+    let (h2, b2) = send(messages.clone(), Some("agent-run-1")).await;
+    assert_eq!((header(&h2, "x-semroute-session"), header(&h2, "x-semroute-session-step")), (id.as_str(), "2"));
+    assert_eq!(b2["semroute"]["session"]["step"], 2, "{b2}");
+    assert_eq!(b2["semroute"]["session"]["task_reused"], true, "{b2}");
+    // Without the header the leading messages name the session: another one.
+    let (h3, _) = send(messages.clone(), None).await;
+    assert_ne!(header(&h3, "x-semroute-session"), id);
+    let log = s.usage_n(3).await;
+    assert_eq!(log[1]["session"]["id"], id.as_str());
+    assert_eq!(log[1]["session"]["step"], 2);
+    // A session name with a control character is refused.
+    let bad = http()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-semroute-session", "a\tb")
+        .body(json!({"model": "auto", "messages": messages}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

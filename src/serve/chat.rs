@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -85,6 +85,12 @@ fn record(app: &App, plan: &Plan, model: &str, failovers: &[Failover], outcome: 
     rec.latency_ms = latency.as_secs_f64() * 1e3;
     rec.prompt = plan.prompt.clone();
     app.usage_log.send(rec);
+    if let (Some(session), "ok") = (plan.decision.as_ref().and_then(|d| d.session.as_ref()), outcome) {
+        // The session now holds this model's cache (after a failover, not the routed model's).
+        if let Err(e) = app.router.session_served(&session.id, model, &usage) {
+            warn!(request_id = %plan.request_id, error = %e, "the session could not be updated");
+        }
+    }
     if let (Some(text), "ok") = (&plan.text, outcome) {
         let answered = Answered {
             caller: plan.caller,
@@ -113,9 +119,10 @@ fn record(app: &App, plan: &Plan, model: &str, failovers: &[Failover], outcome: 
 pub(crate) async fn completions(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match answer(app.clone(), caller, body).await {
+    match answer(app.clone(), caller, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
             let outcome = match e.status.as_u16() {
@@ -130,7 +137,10 @@ pub(crate) async fn completions(
     }
 }
 
-async fn answer(app: Arc<App>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+/// The header naming a request's agent session (else its leading messages identify it).
+pub(crate) const SESSION_HEADER: &str = "x-semroute-session";
+
+async fn answer(app: Arc<App>, caller: Caller, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let bytes = body.map_err(|rej| ApiError::body(&rej))?;
     let json: Value =
@@ -161,9 +171,14 @@ async fn answer(app: Arc<App>, caller: Caller, body: Result<Bytes, BytesRejectio
         };
         let mut constraints = Constraints::default().allow_models(app.served.iter().cloned());
         constraints.quality_bar = bar;
+        let session = match headers.get(SESSION_HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(v)) => Some(v.to_string()),
+            Some(Err(_)) => return Err(ApiError::invalid("invalid_session", format!("header `{SESSION_HEADER}` must be visible ASCII"))),
+        };
         let router = app.router.clone();
         let chat2 = chat.clone();
-        let routed = tokio::task::spawn_blocking(move || router.route_chat(&chat2, &constraints)).await;
+        let routed = tokio::task::spawn_blocking(move || router.route_session(&chat2, session.as_deref(), &constraints)).await;
         app.metrics.routing_seconds.observe(started.elapsed().as_secs_f64());
         let decision = match routed {
             Ok(Ok(d)) => d,
@@ -177,6 +192,10 @@ async fn answer(app: Arc<App>, caller: Caller, body: Result<Bytes, BytesRejectio
             Err(e) => return Err(ApiError::server("routing_failed", format!("the routing task failed: {e}"))),
         };
         plan.quality_bar = Some(decision.quality_bar);
+        // What feedback on a session's step teaches about is its task.
+        if decision.session.is_some() {
+            plan.text = chat.first_user_text();
+        }
         // The policy's own order: the chosen model, then where it would go without it.
         plan.order = std::iter::once(decision.model.clone()).chain(decision.failover.iter().cloned()).collect();
         plan.decision = Some(Arc::new(decision));

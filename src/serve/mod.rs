@@ -56,7 +56,7 @@ use axum::routing::{get, post};
 use tracing::{debug, info, warn};
 
 pub use auth::ClientKeys;
-pub use record::{Failover, NeighbourRef, UsageRecord, USAGE_SCHEMA_VERSION};
+pub use record::{Failover, NeighbourRef, SessionRef, UsageRecord, USAGE_SCHEMA_VERSION};
 
 use crate::chat::Usage;
 use crate::error::{Error, Result};

@@ -77,6 +77,9 @@ pub struct UsageRecord {
     pub stream: bool,
     /// Whole request time in milliseconds.
     pub latency_ms: f64,
+    /// The agent session a routed request belonged to, and its step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRef>,
     /// The nearest exemplars behind a routed decision (ids and similarities; no prompt text).
     #[serde(default)]
     pub neighbours: Option<Vec<NeighbourRef>>,
@@ -92,6 +95,19 @@ pub struct Failover {
     pub model: String,
     /// What went wrong (`timeout`, `rate_limited`, `server_error`, `connection`, ...).
     pub error: String,
+}
+
+/// A session step named in a usage record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// The session's id ([`SessionInfo::id`](crate::session::SessionInfo::id)).
+    pub id: String,
+    /// The step, from 1.
+    pub step: u32,
+    /// Whether the step changed model.
+    pub switched: bool,
+    /// Prompt tokens the routing expected the provider to hold cached.
+    pub cached_tokens: u64,
 }
 
 /// A neighbour named in a usage record.
@@ -138,6 +154,10 @@ impl Explained<'_> {
             if d.fallback {
                 h.push(("x-semroute-fallback", "true".into()));
             }
+            if let Some(session) = &d.session {
+                h.push(("x-semroute-session", session.id.clone()));
+                h.push(("x-semroute-session-step", session.step.to_string()));
+            }
         }
         if !self.failovers.is_empty() {
             let list: Vec<String> = self.failovers.iter().map(|f| format!("{}:{}", f.model, f.error)).collect();
@@ -163,6 +183,7 @@ impl Explained<'_> {
             "reason": self.decision.map(|d| d.reason.clone()),
             "fallback": self.decision.map(|d| d.fallback),
             "failover": self.failovers,
+            "session": self.decision.and_then(|d| d.session.as_ref()),
         })
     }
 
@@ -190,6 +211,12 @@ impl Explained<'_> {
             outcome: String::new(),
             stream: false,
             latency_ms: 0.0,
+            session: self.decision.and_then(|d| d.session.as_ref()).map(|s| SessionRef {
+                id: s.id.clone(),
+                step: s.step,
+                switched: s.switched,
+                cached_tokens: s.cached_tokens,
+            }),
             neighbours: self
                 .decision
                 .map(|d| d.neighbours.iter().map(|n| NeighbourRef { id: n.id.clone(), similarity: n.similarity }).collect()),
