@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
@@ -635,11 +636,17 @@ impl Router {
     /// # Ok::<(), semroute::Error>(())
     /// ```
     pub fn route_session(&self, chat: &ChatRequest, session: Option<&str>, constraints: &Constraints) -> Result<RouteDecision> {
+        self.route_session_at(chat, session, constraints, SystemTime::now())
+    }
+
+    /// [`route_session`](Router::route_session) as if the time were `now` (replays of recorded
+    /// sessions, and tests of cache lifetimes, run on their own clock).
+    pub fn route_session_at(&self, chat: &ChatRequest, session: Option<&str>, constraints: &Constraints, now: SystemTime) -> Result<RouteDecision> {
         check_constraints(constraints)?;
         let key = SessionKey::of(chat, session)?;
         let inner = &*self.inner;
         let settings = &inner.session_settings;
-        let now = session::now_ms();
+        let now = session::unix_ms(now);
         let idle = settings.idle_secs.saturating_mul(1000);
         let before = inner.sessions.load(&key)?.filter(|s| now.saturating_sub(s.last_used_ms) <= idle);
         let texts: Vec<(&str, String)> = chat.texts().collect();
@@ -759,12 +766,18 @@ impl Router {
     /// reported. The session then holds that model's cache. Unknown or expired sessions are
     /// ignored.
     pub fn session_served(&self, id: &str, model: &str, usage: &crate::chat::Usage) -> Result<()> {
+        self.session_served_at(id, model, usage, SystemTime::now())
+    }
+
+    /// [`session_served`](Router::session_served) as if the time were `now` (see
+    /// [`route_session_at`](Router::route_session_at)).
+    pub fn session_served_at(&self, id: &str, model: &str, usage: &crate::chat::Usage, now: SystemTime) -> Result<()> {
         let key = SessionKey::parse(id)?;
         let inner = &*self.inner;
         let Some(mut s) = inner.sessions.load(&key)? else { return Ok(()) };
         let state = inner.state.load();
         let Some(price) = state.prices.get(model) else { return Ok(()) };
-        let now = session::now_ms();
+        let now = session::unix_ms(now);
         s.model = model.to_string();
         s.cached_tokens = usage.input_tokens;
         s.last_input_tokens = usage.input_tokens.max(s.last_input_tokens);

@@ -220,16 +220,16 @@ impl fmt::Debug for SessionKey {
 /// One model's prediction for a session's task, compactly (in price-table order).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TaskPrediction {
-    /// Predicted quality; NaN where the model had no prediction.
-    pub quality: f32,
+    /// Predicted quality; `None` where the model had no prediction.
+    pub quality: Option<f32>,
     /// Predicted answer tokens.
     pub output_tokens: f32,
     /// Neighbour weight behind it.
     pub support: f32,
     /// Effective number of neighbours behind it.
     pub effective_neighbours: f32,
-    /// Predicted USD from measured costs; NaN where none.
-    pub cost_usd: f32,
+    /// Predicted USD from measured costs, where any.
+    pub cost_usd: Option<f32>,
 }
 
 /// What a session remembers between steps. Serializable, so that a shared store can keep it.
@@ -277,16 +277,16 @@ impl SessionState {
         let per_model = names
             .into_iter()
             .zip(&self.task)
-            .filter(|(_, t)| !t.quality.is_nan())
-            .map(|(m, t)| {
+            .filter_map(|(m, t)| Some((m, t, t.quality?)))
+            .map(|(m, t, quality)| {
                 (
                     m.to_string(),
                     ModelPrediction {
-                        quality: f64::from(t.quality),
+                        quality: f64::from(quality),
                         output_tokens: f64::from(t.output_tokens),
                         support: f64::from(t.support),
                         effective_neighbours: f64::from(t.effective_neighbours),
-                        cost_usd: (!t.cost_usd.is_nan()).then_some(f64::from(t.cost_usd)),
+                        cost_usd: t.cost_usd.map(f64::from),
                     },
                 )
             })
@@ -299,14 +299,14 @@ impl SessionState {
         names
             .map(|m| match p.per_model.get(m) {
                 Some(p) => TaskPrediction {
-                    quality: p.quality as f32,
+                    quality: Some(p.quality as f32),
                     output_tokens: p.output_tokens as f32,
                     support: p.support as f32,
                     effective_neighbours: p.effective_neighbours as f32,
-                    cost_usd: p.cost_usd.map_or(f32::NAN, |c| c as f32),
+                    cost_usd: p.cost_usd.map(|c| c as f32),
                 },
                 None => {
-                    TaskPrediction { quality: f32::NAN, output_tokens: 0.0, support: 0.0, effective_neighbours: 0.0, cost_usd: f32::NAN }
+                    TaskPrediction { quality: None, output_tokens: 0.0, support: 0.0, effective_neighbours: 0.0, cost_usd: None }
                 }
             })
             .collect()
@@ -414,8 +414,8 @@ pub(crate) struct SessionCache {
 }
 
 /// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| ms(d))
 }
 
 pub(crate) fn ms(d: Duration) -> u64 {

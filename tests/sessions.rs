@@ -158,3 +158,36 @@ fn a_harder_follow_up_raises_an_easy_session() {
     assert_eq!(d.model, hard_alone.model, "{}", d.reason);
     assert!(d.session.unwrap().switched || easy.model == hard_alone.model);
 }
+
+#[test]
+fn the_replay_bills_every_strategy_by_the_same_simulated_cache() {
+    use semroute::eval::{replay, ReplaySettings};
+    let router = common::router();
+    let tasks = vec![HARD.to_string(), "Sort these words alphabetically: pear, apple, fig.".to_string()];
+    let mut settings = ReplaySettings::default();
+    settings.sessions = 3;
+    settings.max_steps = 6;
+    settings.seed = 5;
+    let r = replay(&router, &tasks, &settings).unwrap();
+    assert_eq!(r.sessions, 3);
+    assert!(r.longest <= 6 && r.longest >= 2);
+    let names: Vec<&str> = r.strategies.iter().map(|s| s.strategy.as_str()).collect();
+    assert_eq!(names, ["per-request", "sticky", "cache-aware"]);
+    for s in &r.strategies {
+        assert_eq!(s.cumulative_usd.len(), r.steps, "{}", s.strategy);
+        assert!(s.cumulative_usd.windows(2).all(|w| w[1] >= w[0]));
+        assert!((s.cumulative_usd.last().unwrap() - s.cost_usd).abs() < 1e-9);
+        assert!(s.cost_usd > 0.0 && (0.0..=1.0).contains(&s.predicted_quality) && (0.0..1.0).contains(&s.cached_share));
+    }
+    assert_eq!(r.strategies[1].switches, 0, "sticky never switches");
+    // The same seed gives the same sessions and decisions.
+    let again = replay(&router, &tasks, &settings).unwrap();
+    assert_eq!(again.steps, r.steps);
+    for (a, b) in again.strategies.iter().zip(&r.strategies) {
+        assert_eq!((a.cost_usd, a.switches), (b.cost_usd, b.switches), "{}", a.strategy);
+    }
+    let mut bad = settings.clone();
+    bad.react_share = 2.0;
+    assert!(replay(&router, &tasks, &bad).unwrap_err().to_string().contains("react_share"));
+    assert!(replay(&router, &[], &settings).is_err());
+}

@@ -30,10 +30,12 @@ use crate::pricing::TokenCounter;
 
 mod bench;
 mod loo;
+mod sessions;
 mod sides;
 
 pub use bench::{run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetResult};
 pub use loo::{leave_one_out, LooOutcome, LooReport, Tally};
+pub use sessions::{replay, ReplayReport, ReplaySettings, StrategyReport};
 pub use sides::{check_sides, Side, SideCase, SideOutcome, SideReport, SideTally};
 
 /// One dataset record.

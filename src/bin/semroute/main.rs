@@ -18,6 +18,7 @@ mod plot;
 mod route;
 mod savings;
 mod serve;
+mod sessions;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,8 @@ enum Eval {
     Loo(loo::Args),
     /// Fresh prompts with the side (cheap/mid or strong) a careful person would pick.
     Fresh(fresh::Args),
+    /// Agent sessions replayed per request, sticky and cache-aware: cost, switches, quality.
+    Sessions(sessions::Args),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Eval(Eval::Savings(a)) => ("eval savings", savings::run(a)),
         Command::Eval(Eval::Loo(a)) => ("eval loo", loo::run(a)),
         Command::Eval(Eval::Fresh(a)) => ("eval fresh", fresh::run(a)),
+        Command::Eval(Eval::Sessions(a)) => ("eval sessions", sessions::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

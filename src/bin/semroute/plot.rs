@@ -130,3 +130,44 @@ fn format_usd(c: f64) -> String {
         format!("${c:.4}")
     }
 }
+
+/// Draws cumulative costs, one line per `(name, USD after each step)`, to a 1200×700 PNG.
+pub fn draw_cumulative(path: &Path, title: &str, lines: &[(String, Vec<f64>)]) -> Result<(), Box<dyn std::error::Error>> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "the embedded DejaVu Sans font did not load")?;
+    let root = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let steps = lines.iter().map(|l| l.1.len()).max().unwrap_or(1).max(1);
+    let top = lines.iter().filter_map(|l| l.1.last().copied()).fold(0.0f64, f64::max).max(1e-6) * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0..steps, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("steps routed (sessions one after another)")
+        .y_desc("cumulative cost, USD")
+        .y_label_formatter(&|c| format_usd(*c))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .draw()?;
+    let colours = [RANDOM, MODEL, ROUTER];
+    for (i, (name, costs)) in lines.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        chart
+            .draw_series(LineSeries::new(costs.iter().enumerate().map(|(x, y)| (x + 1, *y)), colour.stroke_width(3)))?
+            .label(format!("{name}: {}", format_usd(costs.last().copied().unwrap_or(0.0))))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 17))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
