@@ -26,7 +26,10 @@ fn system() -> String {
 }
 
 fn conversation(steps: usize) -> Vec<Value> {
-    let mut m = vec![json!({"role": "system", "content": system()}), json!({"role": "user", "content": "Make the flaky integration test in tests/net.rs deterministic."})];
+    let mut m = vec![
+        json!({"role": "system", "content": system()}),
+        json!({"role": "user", "content": "Make the flaky integration test in tests/net.rs deterministic."}),
+    ];
     for i in 0..steps {
         m.push(json!({"role": "assistant", "content": format!("tool_3(\"cargo test --test net\") for step {i}")}));
         m.push(json!({"role": "tool", "tool_call_id": format!("c{i}"), "content": "test net::retries ... ok\ntest net::timeouts ... FAILED\n".repeat(20)}));
@@ -90,7 +93,9 @@ fn bench_sessions(c: &mut Criterion) {
 /// yet (so no freed memory is there to reuse), each with 16 models' predictions and a model
 /// name like the router keeps.
 fn idle_memory() {
-    let task: Vec<Value> = (0..16).map(|_| json!({"quality": 0.8, "output_tokens": 250.0, "support": 1.0, "effective_neighbours": 6.5, "cost_usd": null})).collect();
+    let task: Vec<Value> = (0..16)
+        .map(|_| json!({"quality": 0.8, "output_tokens": 250.0, "support": 1.0, "effective_neighbours": 6.5, "cost_usd": null}))
+        .collect();
     let state: semroute::session::SessionState = serde_json::from_value(json!({
         "model": "claude-sonnet-5-5", "cached_tokens": 12000, "cache_until_ms": 1, "last_input_tokens": 12000,
         "last_used_ms": 1, "steps": 7, "user_turns": 1, "tag": 99, "task": task, "unfamiliar": null,
@@ -99,14 +104,21 @@ fn idle_memory() {
     .expect("a session state");
     let many = MemorySessions::new(100_000);
     let keys: Vec<SessionKey> = (0..100_000u32)
-        .map(|i| SessionKey::of(&ChatRequest::from_json(json!({"messages": [{"role": "user", "content": format!("task {i}")}]})).unwrap(), None).unwrap())
+        .map(|i| {
+            SessionKey::of(&ChatRequest::from_json(json!({"messages": [{"role": "user", "content": format!("task {i}")}]})).unwrap(), None)
+                .unwrap()
+        })
         .collect();
     let before = rss_kib();
     for k in &keys {
         many.save(k, &state).unwrap();
     }
     if let (Some(a), Some(b)) = (before, rss_kib()) {
-        println!("100,000 idle sessions (16 models each): {} KiB resident, {:.0} bytes a session", b - a, (b - a) as f64 * 1024.0 / 100_000.0);
+        println!(
+            "100,000 idle sessions (16 models each): {} KiB resident, {:.0} bytes a session",
+            b - a,
+            (b - a) as f64 * 1024.0 / 100_000.0
+        );
     }
     drop(many);
 }

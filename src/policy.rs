@@ -403,7 +403,11 @@ fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>
     }
     if bar.is_finite() && !before.clears_bar {
         let q = before.predicted_quality.map_or(String::from("none"), |q| format!("{q:.2}"));
-        let by = if caution > 0.0 { format!(" by {caution} standard errors") } else { String::new() };
+        let by = match caution {
+            0.0 => String::new(),
+            1.0 => " by 1 standard error".into(),
+            z => format!(" by {z} standard errors"),
+        };
         return format!("switches from {}: its predicted quality {q} does not clear the bar {bar:.2}{by}", cache.model);
     }
     let stay = before.session_cost_usd.unwrap_or(before.expected_cost_usd);

@@ -305,9 +305,7 @@ impl SessionState {
                     effective_neighbours: p.effective_neighbours as f32,
                     cost_usd: p.cost_usd.map(|c| c as f32),
                 },
-                None => {
-                    TaskPrediction { quality: None, output_tokens: 0.0, support: 0.0, effective_neighbours: 0.0, cost_usd: None }
-                }
+                None => TaskPrediction { quality: None, output_tokens: 0.0, support: 0.0, effective_neighbours: 0.0, cost_usd: None },
             })
             .collect()
     }

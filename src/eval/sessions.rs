@@ -115,10 +115,61 @@ struct Session {
 }
 
 const WORDS: &[&str] = &[
-    "compiling", "running", "test", "passed", "failed", "warning", "unused", "variable", "src/lib.rs", "src/main.rs", "error[E0308]",
-    "mismatched", "types", "expected", "found", "fn", "let", "mut", "impl", "struct", "return", "Result", "Ok", "Err", "line", "col",
-    "at", "in", "module", "crate", "finished", "release", "target", "debug", "assert_eq!", "left", "right", "panicked", "thread",
-    "main", "note", "help", "--> ", "|", "12", "34", "56", "78", "90", "0.42s", "ok", "ignored", "measured", "filtered", "out",
+    "compiling",
+    "running",
+    "test",
+    "passed",
+    "failed",
+    "warning",
+    "unused",
+    "variable",
+    "src/lib.rs",
+    "src/main.rs",
+    "error[E0308]",
+    "mismatched",
+    "types",
+    "expected",
+    "found",
+    "fn",
+    "let",
+    "mut",
+    "impl",
+    "struct",
+    "return",
+    "Result",
+    "Ok",
+    "Err",
+    "line",
+    "col",
+    "at",
+    "in",
+    "module",
+    "crate",
+    "finished",
+    "release",
+    "target",
+    "debug",
+    "assert_eq!",
+    "left",
+    "right",
+    "panicked",
+    "thread",
+    "main",
+    "note",
+    "help",
+    "--> ",
+    "|",
+    "12",
+    "34",
+    "56",
+    "78",
+    "90",
+    "0.42s",
+    "ok",
+    "ignored",
+    "measured",
+    "filtered",
+    "out",
 ];
 
 fn line(rng: &mut StdRng, words: usize) -> String {
@@ -254,10 +305,8 @@ pub fn replay(router: &Router, tasks: &[String], settings: &ReplaySettings) -> R
         let quality = |m: &str| truth.predictions().per_model.get(m).map_or(0.0, |p| p.quality);
         let name = format!("replay-{run}-{}-{i}", settings.seed);
         let mut messages = vec![json!({"role": "system", "content": session.system}), json!({"role": "user", "content": task})];
-        let mut input: u64 = messages
-            .iter()
-            .map(|m| counter.count(m["content"].as_str().unwrap_or_default()) + CHAT_TOKENS_PER_MESSAGE)
-            .sum();
+        let mut input: u64 =
+            messages.iter().map(|m| counter.count(m["content"].as_str().unwrap_or_default()) + CHAT_TOKENS_PER_MESSAGE).sum();
         let mut per: [Tally; 3] = Default::default();
         let mut sticky: Option<String> = None;
         let mut clock_ms: u64 = 0;
@@ -327,5 +376,12 @@ pub fn replay(router: &Router, tasks: &[String], settings: &ReplaySettings) -> R
             cumulative_usd,
         })
         .collect();
-    Ok(ReplayReport { sessions: sessions.len(), steps, longest, largest_prompt_tokens: largest, strategies, seconds: started.elapsed().as_secs_f64() })
+    Ok(ReplayReport {
+        sessions: sessions.len(),
+        steps,
+        longest,
+        largest_prompt_tokens: largest,
+        strategies,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -58,7 +58,11 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut report = replay(&router, &tasks, &settings)?;
     if let Some(path) = &args.plot {
         let lines: Vec<(String, Vec<f64>)> = report.strategies.iter().map(|s| (s.strategy.clone(), s.cumulative_usd.clone())).collect();
-        crate::plot::draw_cumulative(path, &format!("{} agent sessions, {} steps: cumulative cost", report.sessions, report.steps), &lines)?;
+        crate::plot::draw_cumulative(
+            path,
+            &format!("{} agent sessions, {} steps: cumulative cost", report.sessions, report.steps),
+            &lines,
+        )?;
     }
     if args.json {
         for s in &mut report.strategies {
@@ -74,7 +78,10 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let base = report.strategies[0].cost_usd;
     let base_switches = report.strategies[0].switches.max(1) as f64;
     let (sep, open, close) = if args.markdown { (" | ", "| ", " |") } else { ("  ", "", "") };
-    println!("{open}{:<12}{sep}{:>10}{sep}{:>9}{sep}{:>9}{sep}{:>10}{sep}{:>8}{sep}{:>8}{sep}{:>11}{close}", "strategy", "cost USD", "vs per-req", "switches", "vs per-req", "quality", "cached", "routing ms");
+    println!(
+        "{open}{:<12}{sep}{:>10}{sep}{:>9}{sep}{:>9}{sep}{:>10}{sep}{:>8}{sep}{:>8}{sep}{:>11}{close}",
+        "strategy", "cost USD", "vs per-req", "switches", "vs per-req", "quality", "cached", "routing ms"
+    );
     if args.markdown {
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     }
