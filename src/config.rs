@@ -333,7 +333,9 @@ fn with_store(b: RouterBuilder, url: &str, table: Option<&str>) -> Result<Router
     if let Some(t) = table {
         store = store.table(t);
     }
-    Ok(b.store(std::sync::Arc::new(store.build()?)))
+    // One store for the exemplars and the agent sessions: any replica can take a session's next step.
+    let store = std::sync::Arc::new(store.build()?);
+    Ok(b.store(store.clone()).session_store(store))
 }
 
 #[cfg(not(feature = "pgvector"))]

@@ -191,6 +191,11 @@ impl SessionKey {
         Ok(SessionKey(k))
     }
 
+    /// The key's 16 bytes.
+    pub fn bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
     /// The key written as 32 hex digits (as in [`SessionInfo::id`]).
     pub fn parse(hex: &str) -> Result<SessionKey> {
         let bad = || Error::InvalidRequest(format!("a session id is 32 hex digits, got {:?}", hex.chars().take(40).collect::<String>()));

@@ -16,6 +16,7 @@ use semroute::exemplar::{Exemplar, Grade, ModelResult};
 use semroute::feedback::Feedback;
 use semroute::index::{ExactIndex, HnswIndex, NeighbourIndex};
 use semroute::predict::{Predictor, RidgeSettings};
+use semroute::session::SessionStore;
 use semroute::store::{ExemplarStore, PgStore};
 use semroute::{ExemplarSet, Router};
 
@@ -363,6 +364,59 @@ fn two_serve_replicas_share_one_store() {
     let nearest = &record["neighbours"][0];
     assert_eq!(nearest["id"], format!("feedback:{id}"), "{record}");
     assert!(nearest["similarity"].as_f64().unwrap() > 0.99, "{record}");
+
+    // An agent session: step 1 on replica a, step 2 on replica b, which finds it in the store.
+    let step = |addr: &str, messages: serde_json::Value| -> serde_json::Value {
+        let body = serde_json::json!({"model": "auto", "messages": messages});
+        rt.block_on(async {
+            let r = http
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .header("x-semroute-session", "agent-7")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json().await.unwrap()
+        })
+    };
+    let mut messages = serde_json::json!([{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": prompt}]);
+    let first = step(&addr_a, messages.clone());
+    assert_eq!(first["semroute"]["session"]["step"], 1, "{first}");
+    messages.as_array_mut().unwrap().push(serde_json::json!({"role": "assistant", "content": "Looking it up."}));
+    messages.as_array_mut().unwrap().push(serde_json::json!({"role": "tool", "tool_call_id": "c1", "content": "Ouagadougou"}));
+    let second = step(&addr_b, messages);
+    assert_eq!(second["semroute"]["session"]["step"], 2, "{second}");
+    assert_eq!(second["semroute"]["session"]["previous_model"], first["model"], "{second}");
+}
+
+/// Two routers (two processes' pools) on one store share agent sessions.
+#[test]
+fn routers_on_one_store_take_each_others_session_steps() {
+    let table = Table::new("sessions");
+    let build = |store: Arc<PgStore>| {
+        Router::builder().embedder(common::embedder()).cache_dir(common::vector_cache()).session_store(store).build().unwrap()
+    };
+    let (a, b) = (build(table.0.clone()), build(table.reopen()));
+    let c = semroute::Constraints::default();
+    let chat = |m: &serde_json::Value| semroute::chat::ChatRequest::from_json(serde_json::json!({ "messages": m })).unwrap();
+    let mut m =
+        serde_json::json!([{"role": "user", "content": "Summarise this changelog for the release notes: fixed a crash on start-up."}]);
+    let first = a.route_session(&chat(&m), Some("shared"), &c).unwrap();
+    m.as_array_mut().unwrap().push(serde_json::json!({"role": "assistant", "content": "Done."}));
+    m.as_array_mut().unwrap().push(serde_json::json!({"role": "user", "content": "Thanks."}));
+    let second = b.route_session(&chat(&m), Some("shared"), &c).unwrap().session.unwrap();
+    assert_eq!((second.step, second.previous_model.as_deref()), (2, Some(first.model.as_str())));
+    assert!(!second.task_reused, "another router re-assesses the task (its data may differ)");
+    assert_eq!(table.0.len(), 1);
+    // A state this version cannot read is a clear error, not a panic.
+    let e = {
+        let key = semroute::session::SessionKey::parse(&second.id).unwrap();
+        let mut client = postgres::Client::connect(&url(), postgres::NoTls).unwrap();
+        client.execute(&format!("update {}_sessions set state = '{{\"model\": 3}}'::jsonb", table.0.table()), &[]).unwrap();
+        semroute::session::SessionStore::load(table.0.as_ref(), &key).unwrap_err()
+    };
+    assert!(e.to_string().contains("is not a session state"), "{e}");
 }
 
 /// Called straight from async code (on a runtime's worker thread, where the blocking client may

@@ -17,6 +17,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{ExemplarStore, StoreHit};
 use crate::error::{Error, Location, Result};
 use crate::exemplar::Exemplar;
+use crate::session::{SessionKey, SessionState, SessionStore};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -51,6 +52,10 @@ pub struct PgStore {
     nearest_sql: String,
     /// The model id and dimension once attached.
     attached: OnceLock<(String, usize)>,
+    /// Set once the sessions table is known to exist.
+    sessions_ready: OnceLock<()>,
+    /// Sessions saved by this store, to prune idle ones now and then.
+    sessions_saved: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -114,7 +119,7 @@ impl PgStore {
         let mut client = self.client()?;
         client
             .batch_execute(&format!(
-                "drop table if exists {t}; do $$ begin if to_regclass('semroute_stores') is not null then \
+                "drop table if exists {t}; drop table if exists {t}_sessions; do $$ begin if to_regclass('semroute_stores') is not null then \
                  delete from semroute_stores where name = '{t}'; end if; end $$;",
                 t = self.table
             ))
@@ -227,7 +232,15 @@ impl PgStoreBuilder {
             })?;
         let nearest_sql =
             format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
-        Ok(PgStore { pool: Some(pool), table: self.table, place, nearest_sql, attached: OnceLock::new() })
+        Ok(PgStore {
+            pool: Some(pool),
+            table: self.table,
+            place,
+            nearest_sql,
+            attached: OnceLock::new(),
+            sessions_ready: OnceLock::new(),
+            sessions_saved: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 }
 
@@ -422,6 +435,95 @@ impl PgStore {
         let mut client = self.client()?;
         let row = client.query_one(&format!("select count(*) from {}", self.table), &[]).map_err(|e| self.error("could not count", e))?;
         Ok(row.get::<_, i64>(0) as usize)
+    }
+}
+
+/// Sessions unused this long are deleted (now and then, as sessions are saved): the longest idle
+/// time a router may keep a session.
+const SESSION_RETENTION: &str = "30 days";
+
+impl PgStore {
+    /// Creates the sessions table `<table>_sessions` once per store (under the schema lock).
+    fn sessions_table(&self, client: &mut postgres::Client) -> Result<()> {
+        if self.sessions_ready.get().is_some() {
+            return Ok(());
+        }
+        let mut tx = client.transaction().map_err(|e| self.error("could not begin", e))?;
+        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", e))?;
+        tx.batch_execute(&format!(
+            "create table if not exists {t}_sessions (key bytea primary key, state jsonb not null, \
+             last_used timestamptz not null default now())",
+            t = self.table
+        ))
+        .map_err(|e| self.error("could not create the sessions table", e))?;
+        tx.commit().map_err(|e| self.error("could not commit the schema", e))?;
+        let _ = self.sessions_ready.set(());
+        Ok(())
+    }
+
+    fn load_session_now(&self, key: &SessionKey) -> Result<Option<SessionState>> {
+        let mut client = self.client()?;
+        self.sessions_table(&mut client)?;
+        let row = client
+            .query_opt(&format!("select state::text from {}_sessions where key = $1", self.table), &[&key.bytes().as_slice()])
+            .map_err(|e| self.error("could not read a session", e))?;
+        row.map(|r| {
+            let text: String = r.get(0);
+            serde_json::from_str(&text).map_err(|e| Error::Store {
+                source: None,
+                store: self.place.clone(),
+                message: format!("session {key} is not a session state this version reads: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    fn save_session_now(&self, key: &SessionKey, state: &SessionState) -> Result<()> {
+        let mut client = self.client()?;
+        self.sessions_table(&mut client)?;
+        let text =
+            serde_json::to_string(state).map_err(|e| Error::Store { source: None, store: self.place.clone(), message: e.to_string() })?;
+        client
+            .execute(
+                &format!(
+                    "insert into {}_sessions (key, state, last_used) values ($1, $2::text::jsonb, now()) \
+                     on conflict (key) do update set state = excluded.state, last_used = now()",
+                    self.table
+                ),
+                &[&key.bytes().as_slice(), &text],
+            )
+            .map_err(|e| self.error("could not save a session", e))?;
+        if self.sessions_saved.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000 == 999 {
+            client
+                .execute(&format!("delete from {}_sessions where last_used < now() - interval '{SESSION_RETENTION}'", self.table), &[])
+                .map_err(|e| self.error("could not prune idle sessions", e))?;
+        }
+        Ok(())
+    }
+
+    fn count_sessions_now(&self) -> Result<usize> {
+        let mut client = self.client()?;
+        self.sessions_table(&mut client)?;
+        let row = client
+            .query_one(&format!("select count(*) from {}_sessions", self.table), &[])
+            .map_err(|e| self.error("could not count sessions", e))?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+}
+
+/// Agent sessions in `<table>_sessions` (the state as `jsonb`), so that every replica on the
+/// store can take a session's next step.
+impl SessionStore for PgStore {
+    fn load(&self, key: &SessionKey) -> Result<Option<SessionState>> {
+        off_runtime(|| self.load_session_now(key))
+    }
+
+    fn save(&self, key: &SessionKey, state: &SessionState) -> Result<()> {
+        off_runtime(|| self.save_session_now(key, state))
+    }
+
+    fn len(&self) -> usize {
+        off_runtime(|| self.count_sessions_now()).unwrap_or(0)
     }
 }
 
