@@ -51,6 +51,9 @@
 //!   protocol (OpenAI or Anthropic), whole or streamed. `serve::Server` (the `server` feature,
 //!   `semroute serve`) is an OpenAI-compatible server built on them, failing over in the order of
 //!   [`RouteDecision::failover`].
+//! - [`Router::route_session`] routes a step of an agent session ([`session`]): the task is
+//!   assessed once, each model's cost counts the prompt cache the session holds with it, and the
+//!   model changes only when that pays; serve routes every `auto` request this way.
 //! - [`Router::learn`] takes [`feedback::Feedback`] on an answer (durably, with
 //!   [`RouterBuilder::feedback_log`]); [`Router::reload`] swaps exemplars and prices while routing
 //!   goes on; both keep the router's previous state on any error.

@@ -696,17 +696,7 @@ impl Router {
             let vector = inner.embedder.embed(last)?;
             let turn = self.assess_embedded(last, &vector, Some(input_tokens))?;
             if turn.judgement.unfamiliar.is_none() {
-                for (model, p) in &turn.predictions.per_model {
-                    match assessment.predictions.per_model.get_mut(model) {
-                        Some(q) if p.quality < q.quality => {
-                            *q = crate::predict::ModelPrediction { output_tokens: q.output_tokens.max(p.output_tokens), ..p.clone() };
-                        }
-                        Some(q) => q.output_tokens = q.output_tokens.max(p.output_tokens),
-                        None => {
-                            assessment.predictions.per_model.insert(model.clone(), p.clone());
-                        }
-                    }
-                }
+                session::raise(&mut assessment.predictions, &turn.predictions);
             }
         }
 

@@ -322,7 +322,7 @@ pub trait SessionStore: Send + Sync {
     fn load(&self, key: &SessionKey) -> Result<Option<SessionState>>;
     /// Keeps `state` for `key`.
     fn save(&self, key: &SessionKey, state: &SessionState) -> Result<()>;
-    /// Sessions kept now (for reports; may be approximate).
+    /// Sessions kept now (for reports; may be approximate, and 0 when the store cannot say).
     fn len(&self) -> usize;
     /// Whether none is kept.
     fn is_empty(&self) -> bool {
@@ -405,6 +405,20 @@ pub struct CacheView<'a> {
     pub new_tokens: u64,
     /// Steps a switch's cost is spread over.
     pub horizon: f64,
+}
+
+/// A session as hard as its hardest recognised turn: each model's prediction becomes the less
+/// hopeful of `task`'s and `turn`'s (the longer answer kept).
+pub(crate) fn raise(task: &mut Predictions, turn: &Predictions) {
+    for (model, p) in &turn.per_model {
+        match task.per_model.get_mut(model) {
+            Some(q) if p.quality < q.quality => *q = ModelPrediction { output_tokens: q.output_tokens.max(p.output_tokens), ..p.clone() },
+            Some(q) => q.output_tokens = q.output_tokens.max(p.output_tokens),
+            None => {
+                task.per_model.insert(model.clone(), p.clone());
+            }
+        }
+    }
 }
 
 /// The owned form of [`CacheView`], kept in an assessment.
