@@ -78,6 +78,10 @@ pub struct RouterConfig {
     /// The store's table (default `semroute_exemplars`): routers on the same table share
     /// exemplars.
     pub store_table: Option<String>,
+    /// Agent sessions kept in memory (1..=100,000,000; default 100,000).
+    pub max_sessions: Option<usize>,
+    /// Seconds after which an unused session is forgotten (1..=2,592,000; default 3,600).
+    pub session_idle_secs: Option<u64>,
 }
 
 /// The predictor names a config file or a flag may give.
@@ -233,6 +237,12 @@ impl Config {
         if let Some(s) = r.unfamiliar_share.filter(|s| !(*s > 0.0 && *s < 0.5)) {
             return bad("router", "unfamiliar_share", format!("must be more than 0 and less than 0.5, got {s}"));
         }
+        if let Some(n) = r.max_sessions.filter(|n| !(1..=100_000_000).contains(n)) {
+            return bad("router", "max_sessions", format!("must be within 1..=100000000, got {n}"));
+        }
+        if let Some(t) = r.session_idle_secs.filter(|t| !(1..=30 * 24 * 3600).contains(t)) {
+            return bad("router", "session_idle_secs", format!("must be within 1..=2592000 (30 days), got {t}"));
+        }
         if r.store_table.is_some() && r.store_url.is_none() {
             return bad("router", "store_table", "names a table, but no `store_url` says where".into());
         }
@@ -319,6 +329,16 @@ impl RouterConfig {
         }
         if let Some(p) = &self.cache_dir {
             b = b.cache_dir(p);
+        }
+        if self.max_sessions.is_some() || self.session_idle_secs.is_some() {
+            let mut sessions = crate::session::SessionSettings::default();
+            if let Some(n) = self.max_sessions {
+                sessions = sessions.max_sessions(n);
+            }
+            if let Some(t) = self.session_idle_secs {
+                sessions = sessions.idle_secs(t);
+            }
+            b = b.sessions(sessions);
         }
         if let Some(url) = &self.store_url {
             b = with_store(b, url, self.store_table.as_deref())?;
@@ -420,6 +440,10 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_key() {
         assert_eq!(err("[router]\nk = 0\n"), "s.toml:2: invalid setting (key `router.k`): must be within 1..=1000, got 0");
+        assert_eq!(
+            err("[router]\n\nsession_idle_secs = 0\n"),
+            "s.toml:3: invalid setting (key `router.session_idle_secs`): must be within 1..=2592000 (30 days), got 0"
+        );
         assert!(err("[serve]\n# a comment\nlisten = \"not an address\"\n").starts_with("s.toml:3: invalid setting (key `serve.listen`)"));
         assert!(err("[serve]\nmax_attempts = \"3\"\n").starts_with("s.toml:2: invalid setting (key `serve.max_attempts`)"));
         assert!(err("[routr]\nk = 3\n").starts_with("s.toml:1: invalid setting"), "{}", err("[routr]\nk = 3\n"));

@@ -118,7 +118,13 @@ fn harness_routes_the_test_split_through_a_router_built_on_train() {
     for t in &r.targets {
         assert!((t.kept - t.quality / t.reference_quality).abs() < 1e-12);
         assert!(t.cost_usd > 0.0 && t.reference_cost_usd > 0.0);
+        // A target met by one model gets exactly that model's test figures, through the router.
+        if let Some(m) = t.config.strip_prefix("single model ") {
+            let single = r.single_models.iter().find(|s| s.model == m).unwrap();
+            assert_eq!((t.quality, t.cost_usd, t.knob), (single.quality, single.cost_usd, None), "{t:?}");
+        }
     }
+    println!("targets met by: {:?}", r.targets.iter().map(|t| t.config.as_str()).collect::<Vec<_>>());
     // The oracle bounds everything, and AIQs are means of qualities.
     for a in [r.aiq, r.zero_router_aiq] {
         assert!((0.0..=1.0).contains(&a) && a <= r.oracle_aiq + 1e-12, "{a} {}", r.oracle_aiq);
@@ -306,4 +312,49 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
     let knn =
         semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set).prices(prices).predictor(Predictor::Neighbours).no_cache();
     assert_eq!(knn.build().unwrap().route("aaaa a").unwrap().quality_from, "neighbours");
+}
+
+#[test]
+fn a_target_routing_cannot_meet_on_train_goes_to_the_cheapest_single_model_that_does() {
+    use semroute::eval::RouterConfig;
+    use semroute::predict::Predictor;
+    let dir = tempfile::tempdir().unwrap();
+    // Every prompt looks the same to the embedder; `small` is right on a pattern its prompts do
+    // not show ($0.01 a call), `twin` on all but three ($0.05), `big` on all ($0.72: the
+    // reference).
+    let lines: Vec<String> = (0..200)
+        .map(|i| {
+            let small = if (i * 7) % 3 == 0 { 1.0 } else { 0.0 };
+            let twin = if [3, 50, 97].contains(&i) { 0.0 } else { 1.0 };
+            format!(
+                r#"{{"id":"r{i}","prompt":"aaa bbb {i}","scores":{{"small":{small},"twin":{twin},"big":1.0}},"cost_usd":{{"small":0.01,"twin":0.05,"big":0.72}}}}"#
+            )
+        })
+        .collect();
+    let path = dir.path().join("same.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let data = Dataset::load(&path).unwrap();
+    let prices = PriceTable::from_toml_str(
+        &(TWO_MODELS.to_string() + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n"),
+        "three.toml",
+    )
+    .unwrap();
+    // One nearest neighbour: its grade of `small` is a coin the prompt does not show, so no knob
+    // that ever picks it keeps 90% on train; one model does, for far less than `big`.
+    let config = RouterConfig {
+        name: "knn-1".into(),
+        predictor: Predictor::Neighbours,
+        k: 1,
+        temperature: 0.05,
+        prior_strength: 0.0,
+        min_similarity: Some(-1.0),
+    };
+    let settings = BenchSettings { configs: Some(vec![config]), ..quick() };
+    let r = run(&data, &prices, Arc::new(Letters), &settings).unwrap();
+    let t = r.targets.iter().find(|t| t.target == 0.90).unwrap();
+    assert_eq!(t.config, "single model twin", "{t:?}");
+    let twin = r.single_models.iter().find(|s| s.model == "twin").unwrap();
+    assert_eq!((t.quality, t.cost_usd, t.knob), (twin.quality, twin.cost_usd, None));
+    assert_eq!(r.reference_model, "big");
+    assert!(t.cost_usd < 0.1 * t.reference_cost_usd && t.kept >= 0.9);
 }

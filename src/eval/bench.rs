@@ -593,13 +593,22 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
 
     // Each target's operating point: among the chosen candidate's knobs (or every candidate's),
     // the cheapest out of fold whose quality clears the target by `confidence_z` standard errors
-    // of the paired difference with the reference (the chosen candidate on ties).
+    // of the paired difference with the reference (the chosen candidate on ties). Every single
+    // model is a candidate too, held to the same test: routing is used for a target only where
+    // it is cheaper on train than calling one model that also clears it (on a set where one cheap
+    // model is nearly as good as the best, the margin routing needs costs more than it saves).
     let n = train.len() as f64;
-    let target_points: Vec<Option<(usize, usize)>> = settings
+    let clears = |pick: &dyn Fn(usize) -> usize, x: f64| {
+        let d: Vec<f64> = (0..train.len()).map(|i| train_out.q[i][pick(i)] - x * train_out.q[i][reference]).collect();
+        let mean = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        mean >= settings.confidence_z * (var / n).sqrt()
+    };
+    let target_points: Vec<Option<Operating>> = settings
         .targets
         .iter()
         .map(|&x| {
-            let mut best: Option<(f64, usize, usize)> = None;
+            let mut best: Option<(f64, Operating)> = None;
             for (s, score) in scores.iter().enumerate() {
                 if !settings.targets_from_every_candidate && s != best_index {
                     continue;
@@ -607,30 +616,41 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
                 let (c, p) = (s / settings.policies.len(), s % settings.policies.len());
                 for k in 0..knobs(score.policy, typical_cost).len() {
                     let pick = &oof_picks[c][p][k];
-                    let d: Vec<f64> = (0..train.len()).map(|i| train_out.q[i][pick[i]] - x * train_out.q[i][reference]).collect();
-                    let mean = d.iter().sum::<f64>() / n;
-                    let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-                    if mean < settings.confidence_z * (var / n).sqrt() {
+                    if !clears(&|i| pick[i], x) {
                         continue;
                     }
                     let cost = (0..train.len()).map(|i| train_out.c[i][pick[i]]).sum::<f64>();
                     let better = match best {
                         None => true,
-                        Some((b, bs, _)) => cost < b * (1.0 - 1e-9) || (cost <= b * (1.0 + 1e-9) && s == best_index && bs != best_index),
+                        Some((b, Operating::Routed(bs, _))) => {
+                            cost < b * (1.0 - 1e-9) || (cost <= b * (1.0 + 1e-9) && s == best_index && bs != best_index)
+                        }
+                        Some((b, Operating::Single(_))) => cost < b * (1.0 - 1e-9),
                     };
                     if better {
-                        best = Some((cost, s, k));
+                        best = Some((cost, Operating::Routed(s, k)));
                     }
                 }
             }
-            best.map(|(_, s, k)| (s, k))
+            for m in 0..models.len() {
+                let cost = train_single[m].cost_usd;
+                if best.is_some_and(|(b, _)| cost >= b * (1.0 - 1e-9)) || !clears(&|_| m, x) {
+                    continue;
+                }
+                best = Some((cost, Operating::Single(m)));
+            }
+            best.map(|(_, o)| o)
         })
         .collect();
 
     // The routers users would run: a candidate's configuration on the whole train split, each
     // built once and assessing every test prompt once.
     let mut tested: HashMap<usize, Vec<Assessment>> = HashMap::new();
-    for c in std::iter::once(ci).chain(target_points.iter().flatten().map(|&(s, _)| s / settings.policies.len())) {
+    let routed_configs = target_points.iter().flatten().filter_map(|o| match o {
+        Operating::Routed(s, _) => Some(s / settings.policies.len()),
+        Operating::Single(_) => None,
+    });
+    for c in std::iter::once(ci).chain(routed_configs) {
         if tested.contains_key(&c) {
             continue;
         }
@@ -646,14 +666,22 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let test_picks = picks(assessments, policy, &policy_knobs, &index)?;
     let curve: Vec<CurvePointReport> =
         test_picks.iter().zip(&policy_knobs).map(|(pick, &k)| test_out.point(pick, reference, Some(k))).collect();
-    let target_tests: Vec<Option<(CurvePointReport, &ConfigScore, f64)>> = target_points
+    // A target met by one model: the chosen candidate's router, allowed that model alone.
+    let target_tests: Vec<Option<(CurvePointReport, Option<(&ConfigScore, f64)>, Option<usize>)>> = target_points
         .iter()
         .map(|tp| {
-            tp.map(|(s, k)| {
-                let score = &scores[s];
-                let knob = knobs(score.policy, typical_cost)[k];
-                let pick = picks(&tested[&(s / settings.policies.len())], score.policy, &[knob], &index)?.remove(0);
-                Ok((test_out.point(&pick, reference, Some(knob)), score, knob))
+            tp.map(|o| match o {
+                Operating::Routed(s, k) => {
+                    let score = &scores[s];
+                    let knob = knobs(score.policy, typical_cost)[k];
+                    let pick = picks(&tested[&(s / settings.policies.len())], score.policy, &[knob], &index)?.remove(0);
+                    Ok((test_out.point(&pick, reference, Some(knob)), Some((score, knob)), None))
+                }
+                Operating::Single(m) => {
+                    let only = Constraints::default().allow_models([models[m].clone()]);
+                    let pick = assessments_choose(&tested[&ci], &only, &index)?;
+                    Ok((test_out.point(&pick, reference, None), None, Some(m)))
+                }
             })
             .transpose()
         })
@@ -694,11 +722,17 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         .map(|(&x, t)| {
             let point = t.as_ref().map_or(single[reference], |t| t.0);
             let want = x * qs;
+            let routed = t.as_ref().and_then(|t| t.1);
+            let single_model = t.as_ref().and_then(|t| t.2);
             TargetResult {
                 target: x,
-                knob: t.as_ref().map(|t| t.2),
-                policy: t.as_ref().map_or(policy, |t| t.1.policy),
-                config: t.as_ref().map_or_else(|| "reference model alone".to_string(), |t| t.1.config.name.clone()),
+                knob: routed.map(|r| r.1),
+                policy: routed.map_or(policy, |r| r.0.policy),
+                config: match (routed, single_model) {
+                    (Some(r), _) => r.0.config.name.clone(),
+                    (None, Some(m)) => format!("single model {}", models[m]),
+                    (None, None) => "reference model alone".to_string(),
+                },
                 quality: point.quality,
                 cost_usd: point.cost_usd,
                 reference_model: models[reference].clone(),
@@ -753,6 +787,25 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         output_tokens_mae: (mae.2 > 0).then(|| (mae.0 / mae.2 as f64, mae.1 / mae.2 as f64)),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Where a quality target is met: a knob of a candidate (score index, knob index), or one model.
+#[derive(Debug, Clone, Copy)]
+enum Operating {
+    Routed(usize, usize),
+    Single(usize),
+}
+
+/// The model index each assessment picks under `constraints`.
+fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<usize>> {
+    assessments
+        .iter()
+        .map(|a| {
+            let choice = a.choose(constraints)?;
+            let name = &choice.candidates[choice.chosen.expect("choose returns a chosen model")].model;
+            index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))
+        })
+        .collect()
 }
 
 fn model_refs(models: &[String]) -> Vec<&str> {
