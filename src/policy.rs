@@ -269,9 +269,10 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
     candidates.sort_by(|a, b| rank(a).total_cmp(&rank(b)).then_with(|| a.model.cmp(&b.model)));
 
     let mut skip = vec![false; candidates.len()];
-    let Some((chosen, fallback, mut reason)) = pick(&candidates, &input, bar, &skip) else {
+    let Some((chosen, fallback, why)) = pick(&candidates, &input, bar, &skip) else {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
     };
+    let mut reason = why.text(&candidates[chosen], input.fallback_model);
     if let Some(cache) = &input.cache {
         reason.push_str("; ");
         reason.push_str(&session_reason(&candidates, chosen, cache, bar, input.caution));
@@ -287,8 +288,10 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
 }
 
 /// The policy's rule: which of the candidates not `skip`ped and not excluded to take, whether
-/// that is the fallback, and why. `None` when none is left.
-fn pick(candidates: &[Candidate], input: &ChoiceInput<'_>, bar: f64, skip: &[bool]) -> Option<(usize, bool, String)> {
+/// that is the fallback, and why (as numbers: only the chosen model's reason is ever written out,
+/// and writing one for every step of the failover order was most of what a benchmark spent
+/// choosing). `None` when none is left.
+fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &[bool]) -> Option<(usize, bool, Why<'a>)> {
     let eligible = |i: usize| candidates[i].excluded.is_none() && !skip[i];
     let best = |score: &dyn Fn(&Candidate) -> f64| best_by(candidates, skip, score);
     if !(0..candidates.len()).any(eligible) {
@@ -297,15 +300,11 @@ fn pick(candidates: &[Candidate], input: &ChoiceInput<'_>, bar: f64, skip: &[boo
 
     if let Some(why) = input.unfamiliar {
         let fallback = (0..candidates.len()).find(|&i| candidates[i].model == input.fallback_model && eligible(i));
-        let (chosen, reason) = match fallback {
-            Some(i) => (i, format!("fallback to the safe model {}: {why}", input.fallback_model)),
-            None => {
-                // The fallback itself is excluded: take the highest tier allowed, cheapest within it.
-                let i = best(&|c| c.tier.map_or(-1.0, |t| f64::from(t as u8)))?;
-                (i, format!("fallback: {why}; the safe model {} is excluded, so the strongest allowed tier", input.fallback_model))
-            }
-        };
-        return Some((chosen, true, reason));
+        return Some(match fallback {
+            Some(i) => (i, true, Why::Fallback { why, excluded: false }),
+            // The fallback itself is excluded: take the highest tier allowed, cheapest within it.
+            None => (best(&|c| c.tier.map_or(-1.0, |t| f64::from(t as u8)))?, true, Why::Fallback { why, excluded: true }),
+        });
     }
 
     if let Objective::UsdPerQuality(usd) = input.objective {
@@ -314,48 +313,56 @@ fn pick(candidates: &[Candidate], input: &ChoiceInput<'_>, bar: f64, skip: &[boo
                 c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q * usd - c.session_cost_usd.unwrap_or(c.expected_cost_usd))
             };
             let i = best(&utility)?;
-            let c = &candidates[i];
-            let q = c.predicted_quality.unwrap_or_default();
-            let reason = format!(
-                "highest utility at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${:.6})",
-                c.expected_cost_usd,
-                utility(c)
-            );
-            return Some((i, false, reason));
+            return Some((i, false, Why::Utility { usd, utility: utility(&candidates[i]) }));
         }
     } else if let Some(i) = (0..candidates.len()).find(|&i| eligible(i) && candidates[i].clears_bar) {
-        let c = &candidates[i];
-        let q = c.predicted_quality.unwrap_or_default();
-        let reason = if input.caution > 0.0 {
-            let se = c.quality_se.unwrap_or_default();
-            format!(
-                "cheapest model whose predicted quality {q:.2} ± {se:.2} clears the bar {bar:.2} by {} standard error{} ({:.2})",
-                input.caution,
-                if input.caution == 1.0 { "" } else { "s" },
-                q - input.caution * se
-            )
-        } else {
-            format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}")
-        };
-        return Some((i, false, reason));
+        return Some((i, false, Why::Clears { bar, caution: input.caution }));
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
     // among equals; with caution, the best lower bound (a model whose high prediction rests on
     // one lucky neighbour is not the safe choice).
     let lower = |c: &Candidate| c.predicted_quality.map_or(-1.0, |q| q - input.caution * c.quality_se.unwrap_or(0.0));
     let i = best(&lower)?;
-    let c = &candidates[i];
-    let q = c.predicted_quality.unwrap_or_default();
-    let reason = match input.objective {
-        Objective::QualityBar(_) if input.caution > 0.0 => format!(
-            "no model is predicted to clear the bar {bar:.2} by {} standard errors; the highest lower bound: predicted quality {q:.2} ± {:.2}",
-            input.caution,
-            c.quality_se.unwrap_or_default()
-        ),
-        Objective::QualityBar(_) => format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}"),
-        Objective::UsdPerQuality(_) => format!("no model has a prediction; highest predicted quality {q:.2}"),
-    };
-    Some((i, false, reason))
+    Some((i, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution }))
+}
+
+/// Why [`pick`] took a model, written out only for the chosen one.
+#[derive(Debug, Clone, Copy)]
+enum Why<'a> {
+    Fallback { why: &'a str, excluded: bool },
+    Utility { usd: f64, utility: f64 },
+    Clears { bar: f64, caution: f64 },
+    NoneClears { objective: Objective, bar: f64, caution: f64 },
+}
+
+impl Why<'_> {
+    fn text(&self, c: &Candidate, fallback_model: &str) -> String {
+        let q = c.predicted_quality.unwrap_or_default();
+        let se = c.quality_se.unwrap_or_default();
+        match *self {
+            Why::Fallback { why, excluded: false } => format!("fallback to the safe model {fallback_model}: {why}"),
+            Why::Fallback { why, excluded: true } => {
+                format!("fallback: {why}; the safe model {fallback_model} is excluded, so the strongest allowed tier")
+            }
+            Why::Utility { usd, utility } => format!(
+                "highest utility at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${utility:.6})",
+                c.expected_cost_usd
+            ),
+            Why::Clears { bar, caution } if caution > 0.0 => format!(
+                "cheapest model whose predicted quality {q:.2} ± {se:.2} clears the bar {bar:.2} by {caution} standard error{} ({:.2})",
+                if caution == 1.0 { "" } else { "s" },
+                q - caution * se
+            ),
+            Why::Clears { bar, .. } => format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}"),
+            Why::NoneClears { objective: Objective::QualityBar(_), bar, caution } if caution > 0.0 => format!(
+                "no model is predicted to clear the bar {bar:.2} by {caution} standard errors; the highest lower bound: predicted quality {q:.2} ± {se:.2}"
+            ),
+            Why::NoneClears { objective: Objective::QualityBar(_), bar, .. } => {
+                format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}")
+            }
+            Why::NoneClears { .. } => format!("no model has a prediction; highest predicted quality {q:.2}"),
+        }
+    }
 }
 
 /// One model's cost in a session: this step's (its cached prefix at the cached price, a write

@@ -619,8 +619,7 @@ impl Router {
     /// when it pays for the cache it gives up within the session's horizon, or when the model in
     /// use no longer clears the bar. The decision's [`session`](RouteDecision::session) says
     /// which step this is and what happened; report what a step really cost with
-    /// [`session_served`](Router::session_served) when another model served it or the
-    /// provider's cache counts are known.
+    /// [`session_served`](Router::session_served) when another model served it (a failover).
     ///
     /// ```no_run
     /// use semroute::chat::ChatRequest;
@@ -641,7 +640,13 @@ impl Router {
 
     /// [`route_session`](Router::route_session) as if the time were `now` (replays of recorded
     /// sessions, and tests of cache lifetimes, run on their own clock).
-    pub fn route_session_at(&self, chat: &ChatRequest, session: Option<&str>, constraints: &Constraints, now: SystemTime) -> Result<RouteDecision> {
+    pub fn route_session_at(
+        &self,
+        chat: &ChatRequest,
+        session: Option<&str>,
+        constraints: &Constraints,
+        now: SystemTime,
+    ) -> Result<RouteDecision> {
         check_constraints(constraints)?;
         let key = SessionKey::of(chat, session)?;
         let inner = &*self.inner;
@@ -751,26 +756,28 @@ impl Router {
         Ok(decision)
     }
 
-    /// Tells the session `id` (a [`SessionInfo::id`]) what really served its last step: the
-    /// model (after a failover, another than the one routed to) and the tokens its provider
-    /// reported. The session then holds that model's cache. Unknown or expired sessions are
-    /// ignored.
-    pub fn session_served(&self, id: &str, model: &str, usage: &crate::chat::Usage) -> Result<()> {
-        self.session_served_at(id, model, usage, SystemTime::now())
+    /// Tells the session `id` (a [`SessionInfo::id`]) which model really served its last step,
+    /// when it was not the one routed to (a failover): the session then holds that model's
+    /// cache. (Token counts stay the router's own: a provider's tokenizer counts differently.)
+    /// Unknown or expired sessions are ignored.
+    pub fn session_served(&self, id: &str, model: &str) -> Result<()> {
+        self.session_served_at(id, model, SystemTime::now())
     }
 
     /// [`session_served`](Router::session_served) as if the time were `now` (see
     /// [`route_session_at`](Router::route_session_at)).
-    pub fn session_served_at(&self, id: &str, model: &str, usage: &crate::chat::Usage, now: SystemTime) -> Result<()> {
+    pub fn session_served_at(&self, id: &str, model: &str, now: SystemTime) -> Result<()> {
         let key = SessionKey::parse(id)?;
         let inner = &*self.inner;
         let Some(mut s) = inner.sessions.load(&key)? else { return Ok(()) };
         let state = inner.state.load();
         let Some(price) = state.prices.get(model) else { return Ok(()) };
+        if s.model == model {
+            return Ok(());
+        }
         let now = session::unix_ms(now);
         s.model = model.to_string();
-        s.cached_tokens = usage.input_tokens;
-        s.last_input_tokens = usage.input_tokens.max(s.last_input_tokens);
+        s.cached_tokens = s.last_input_tokens;
         s.cache_until_ms = now.saturating_add(session::ms(price.cache_ttl()));
         s.last_used_ms = now;
         inner.sessions.save(&key, &s)

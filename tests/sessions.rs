@@ -3,7 +3,7 @@
 
 mod common;
 
-use semroute::chat::{ChatRequest, Usage};
+use semroute::chat::ChatRequest;
 use semroute::session::SessionSettings;
 use semroute::{Constraints, Router};
 use serde_json::{json, Value};
@@ -93,7 +93,7 @@ fn a_session_is_named_or_found_from_its_leading_messages() {
         let e = router.route_session(&chat(&messages), Some(&bad), &c).unwrap_err();
         assert!(e.to_string().contains("session name"), "{e}");
     }
-    assert!(router.session_served("not-hex", "kimi-k2.6", &Usage::new(1, 1)).unwrap_err().to_string().contains("32 hex digits"));
+    assert!(router.session_served("not-hex", "kimi-k2.6").unwrap_err().to_string().contains("32 hex digits"));
 }
 
 #[test]
@@ -103,11 +103,8 @@ fn the_model_that_really_served_holds_the_cache() {
     let mut messages = vec![json!({"role": "system", "content": system()}), json!({"role": "user", "content": HARD})];
     let first = router.route_session(&chat(&messages), Some("failed-over"), &c).unwrap();
     let other = first.failover.first().expect("a failover model").clone();
-    // The routed model failed; the next one in the failover order answered, and its provider
-    // reported what it cached.
-    router
-        .session_served(&first.session.unwrap().id, &other, &Usage { cached_input_tokens: 0, ..Usage::new(first.input_tokens, 90) })
-        .unwrap();
+    // The routed model failed; the next one in the failover order answered.
+    router.session_served(&first.session.unwrap().id, &other).unwrap();
     step(&mut messages, 1, false);
     let d = router.route_session(&chat(&messages), Some("failed-over"), &c).unwrap();
     let s = d.session.unwrap();

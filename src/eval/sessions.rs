@@ -14,8 +14,7 @@
 //!   (the last user message decides; the whole prompt at the full input price);
 //! - **sticky**: the session's first step routed by [`Router::route_session`], and that model
 //!   kept to the end;
-//! - **cache-aware**: [`Router::route_session`] on every step, told what served each step
-//!   ([`Router::session_served_at`]).
+//! - **cache-aware**: [`Router::route_session`] on every step.
 //!
 //! Every strategy is billed by the same simulated provider cache: a step served by the model of
 //! the previous step, within that model's cache lifetime, reads the previous step's prompt from
@@ -236,7 +235,7 @@ struct Tally {
 
 impl Tally {
     /// Bills one step served by `model` (of `prices`), and returns what was billed.
-    fn bill(&mut self, router: &Router, model: &str, input: u64, output: u64, now_ms: u64, quality: f64) -> Usage {
+    fn bill(&mut self, router: &Router, model: &str, input: u64, output: u64, now_ms: u64, quality: f64) {
         let prices = router.prices();
         let price = prices.get(model).expect("routed models are priced");
         let min = price.cache_min_tokens();
@@ -255,7 +254,6 @@ impl Tally {
         self.model = Some(model.to_string());
         self.cached_prompt = input;
         self.last_ms = now_ms;
-        usage
     }
 }
 
@@ -336,9 +334,7 @@ pub fn replay(router: &Router, tasks: &[String], settings: &ReplaySettings) -> R
             let d = router.route_session_at(&chat, Some(&name), c, now)?;
             per[2].routing += t.elapsed();
             per[2].routed += 1;
-            let usage = per[2].bill(router, &d.model, input, output, clock_ms, quality(&d.model));
-            let id = d.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-            router.session_served_at(&id, &d.model, &usage, now)?;
+            per[2].bill(router, &d.model, input, output, clock_ms, quality(&d.model));
 
             if sticky.is_none() {
                 // Sticky keeps the session's first choice (the same first decision as cache-aware).

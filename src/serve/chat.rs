@@ -85,9 +85,10 @@ fn record(app: &App, plan: &Plan, model: &str, failovers: &[Failover], outcome: 
     rec.latency_ms = latency.as_secs_f64() * 1e3;
     rec.prompt = plan.prompt.clone();
     app.usage_log.send(rec);
-    if let (Some(session), "ok") = (plan.decision.as_ref().and_then(|d| d.session.as_ref()), outcome) {
-        // The session now holds this model's cache (after a failover, not the routed model's).
-        if let Err(e) = app.router.session_served(&session.id, model, &usage) {
+    let failed_over = plan.decision.as_ref().filter(|d| d.model != model).and_then(|d| d.session.as_ref());
+    if let (Some(session), "ok") = (failed_over, outcome) {
+        // After a failover the session holds this model's cache, not the routed model's.
+        if let Err(e) = app.router.session_served(&session.id, model) {
             warn!(request_id = %plan.request_id, error = %e, "the session could not be updated");
         }
     }
