@@ -16,6 +16,9 @@
 //!   vectors (build time and recall@8 against exact search are printed once per size);
 //! - `exact_search/{1000,10000}`: the brute-force scan, for comparison.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -198,17 +201,10 @@ fn bench_index(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    // plotters is built with `ab_glyph` for the savings plots, so criterion's charts need a
-    // registered font too: the embedded DejaVu Sans.
-    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, dejavu::sans::regular())
-        .unwrap_or_else(|_| panic!("the embedded DejaVu font did not load"));
-    Criterion::default()
-}
 
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_route, bench_quality_model, bench_batch, bench_index
 }
 criterion_main!(benches);

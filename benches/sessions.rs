@@ -9,6 +9,9 @@
 //!   per-request routing of the same conversation (an embedding and a count of every token);
 //! - printed once: the resident memory 100,000 idle sessions take, per session.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -123,16 +126,10 @@ fn idle_memory() {
     drop(many);
 }
 
-fn config() -> Criterion {
-    // criterion's charts need a registered font (plotters is built with `ab_glyph`).
-    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, dejavu::sans::regular())
-        .unwrap_or_else(|_| panic!("the embedded DejaVu font did not load"));
-    Criterion::default()
-}
 
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = bench_sessions
 }
 criterion_main!(benches);

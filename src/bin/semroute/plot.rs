@@ -25,11 +25,16 @@ const ORACLE: RGBColor = RGBColor(44, 160, 44);
 const RANDOM: RGBColor = RGBColor(127, 127, 127);
 const MODEL: RGBColor = RGBColor(31, 119, 180);
 
-/// Draws `fig` to a 1200×760 PNG at `path`, cost on a log axis.
-pub fn draw(path: &Path, fig: &Figure) -> Result<(), Box<dyn std::error::Error>> {
-    // The font is embedded (the `dejavu` crate), so no system font is needed.
+/// Registers the embedded font (the `dejavu` crate), so no system font is needed.
+fn register_font() -> Result<(), Box<dyn std::error::Error>> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| "the embedded DejaVu Sans font did not load")?;
+    Ok(())
+}
+
+/// Draws `fig` to a 1200×760 PNG at `path`, cost on a log axis.
+pub fn draw(path: &Path, fig: &Figure) -> Result<(), Box<dyn std::error::Error>> {
+    register_font()?;
     let root = BitMapBackend::new(path, (1200, 760)).into_drawing_area();
     root.fill(&WHITE)?;
 
@@ -133,8 +138,7 @@ fn format_usd(c: f64) -> String {
 
 /// Draws cumulative costs, one line per `(name, USD after each step)`, to a 1200×700 PNG.
 pub fn draw_cumulative(path: &Path, title: &str, lines: &[(String, Vec<f64>)]) -> Result<(), Box<dyn std::error::Error>> {
-    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| "the embedded DejaVu Sans font did not load")?;
+    register_font()?;
     let root = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let steps = lines.iter().map(|l| l.1.len()).max().unwrap_or(1).max(1);
