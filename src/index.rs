@@ -119,10 +119,15 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 const UNIT_TOLERANCE: f32 = 1e-3;
 
 /// Why vector `i` cannot be indexed: a NaN or infinite component, or a length other than 1
-/// (similarity is a dot product, so a longer vector would outscore every true neighbour).
+/// (similarity is a dot product, so a longer vector would outscore every true neighbour). The
+/// zero vector is allowed: it is how a static embedder says a text holds no token it knows (a
+/// Chinese prompt for an English vocabulary), and it is similar to nothing.
 fn unit_problem(i: usize, v: &[f32]) -> Option<String> {
     if v.iter().any(|x| !x.is_finite()) {
         return Some(format!("vector {i} holds a NaN or infinite value"));
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        return None;
     }
     // (Finite components can still overflow the sum of squares.)
     let length = dot(v, v).sqrt();
@@ -1086,7 +1091,12 @@ mod tests {
     #[test]
     fn vectors_that_are_not_unit_length_are_refused_at_build_and_load() {
         assert!(HnswIndex::build(&[vec![1.0, 0.0], vec![3.0, 4.0]]).unwrap_err().to_string().contains("unit length"));
-        assert!(HnswIndex::build(&[vec![0.0, 0.0]]).is_err());
+        // The zero vector (a static embedder's "no token I know") is allowed, similar to nothing.
+        let index = HnswIndex::build(&[vec![0.0, 0.0], vec![0.6, 0.8], vec![1.0, 0.0]]).unwrap();
+        let hits = index.search(&[1.0, 0.0], 3);
+        assert_eq!((hits[0].position, hits.last().unwrap().position), (2, 0));
+        assert_eq!(hits.last().unwrap().similarity, 0.0);
+        assert!(HnswIndex::build(&[vec![0.0, 1e-9]]).is_err(), "almost zero is still a broken vector");
         assert!(ExactIndex::build(vec![vec![0.6, 0.8], vec![1e30, 0.0]]).is_err());
         let live = LiveIndex::new(HnswIndex::build(&[vec![1.0, 0.0]]).unwrap());
         assert!(live.with_added(vec![vec![2.0, 0.0]]).is_err());
