@@ -101,7 +101,7 @@ fn idle_memory() {
         .collect();
     let state: semroute::session::SessionState = serde_json::from_value(json!({
         "model": "claude-sonnet-5-5", "cached_tokens": 12000, "cache_until_ms": 1, "last_input_tokens": 12000,
-        "last_used_ms": 1, "steps": 7, "user_turns": 1, "tag": 99, "task": task, "unfamiliar": null,
+        "last_used_ms": 1, "steps": 7, "user_turns": 1, "tag": 99, "task": task, "task_check": 3, "unfamiliar": null,
         "unfamiliarity": 0.9, "counted_messages": 15, "counted_tokens": 12000, "counted_check": 5
     }))
     .expect("a session state");
@@ -125,7 +125,6 @@ fn idle_memory() {
     }
     drop(many);
 }
-
 
 criterion_group! {
     name = benches;

@@ -675,7 +675,11 @@ impl Router {
         // the exemplars recognise can only raise the difficulty.
         let state = inner.state.load_full();
         let tag = state_tag(&state);
-        let known = before.as_ref().filter(|s| s.tag == tag).and_then(|s| s.predictions(state.prices.names()).map(|p| (s, p)));
+        let task_check = session::message_check("user", &texts[first].1);
+        let known = before
+            .as_ref()
+            .filter(|s| s.tag == tag && s.task_check == task_check)
+            .and_then(|s| s.predictions(state.prices.names()).map(|p| (s, p)));
         let (mut assessment, task_reused, covered) = match known {
             Some((s, predictions)) => {
                 let judgement = Judgement { unfamiliarity: s.unfamiliarity.map(f64::from), unfamiliar: s.unfamiliar.clone() };
@@ -746,6 +750,7 @@ impl Router {
             user_turns: users.len() as u32,
             tag,
             task: SessionState::compact(&assessment.predictions, state.prices.names()),
+            task_check,
             unfamiliar: assessment.judgement.unfamiliar.clone(),
             unfamiliarity: assessment.judgement.unfamiliarity.map(|u| u as f32),
             counted_messages: texts.len() as u32,

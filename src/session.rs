@@ -259,6 +259,10 @@ pub struct SessionState {
     pub tag: u64,
     /// The task's predictions, one per priced model in name order.
     pub task: Vec<TaskPrediction>,
+    /// A hash of the task (the first user turn): a named session given another task is
+    /// assessed afresh.
+    #[serde(default)]
+    pub task_check: u64,
     /// Why the exemplars do not know the task, when they do not.
     pub unfamiliar: Option<String>,
     /// The task's unfamiliarity (density rule).

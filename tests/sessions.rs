@@ -135,6 +135,10 @@ fn an_idle_session_is_forgotten_and_a_rewritten_conversation_recounted() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert_eq!(router.route_session(&chat(&messages), Some("idle"), &c).unwrap().session.unwrap().step, 1, "forgotten after idling");
     assert_eq!(router.sessions(), 1);
+    // A name given to another task: the task is assessed afresh (the session goes on).
+    let other = vec![json!({"role": "user", "content": HARD})];
+    let d = router.route_session(&chat(&other), Some("idle"), &c).unwrap().session.unwrap();
+    assert_eq!((d.step, d.task_reused), (2, false));
     let e = Router::builder().embedder(common::embedder()).sessions(SessionSettings::default().max_sessions(0)).build().unwrap_err();
     assert!(e.to_string().contains("max_sessions"), "{e}");
 }
