@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use semroute::eval::{replay, ReplaySettings, SideCase};
+use semroute::eval::{replay, ReplaySettings};
 use semroute::Router;
 
 #[derive(clap::Args)]
@@ -17,8 +17,8 @@ pub struct Args {
     /// Installed embedding model (a folder under <home>/models).
     #[arg(long, default_value = semroute::embed::DEFAULT_MODEL)]
     model: String,
-    /// Tasks: a JSONL file with a `prompt` on each line (default: the committed fresh prompts,
-    /// routine and hard, English and Chinese, none of them an exemplar).
+    /// Tasks: a JSONL file with a `prompt` on each line, such as an exemplar file (default: the
+    /// committed fresh prompts, routine and hard, English and Chinese, none of them an exemplar).
     #[arg(long)]
     tasks: Option<PathBuf>,
     /// Sessions to generate.
@@ -48,7 +48,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let file = args.tasks.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fresh/prompts.jsonl"));
-    let tasks: Vec<String> = SideCase::load(&file)?.into_iter().map(|c| c.prompt).collect();
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", file.display(), i + 1))?;
+        match v.get("prompt").and_then(|p| p.as_str()) {
+            Some(p) => tasks.push(p.to_string()),
+            None => return Err(format!("{}:{}: no string field `prompt`", file.display(), i + 1).into()),
+        }
+    }
     let router = Router::builder().embedder(semroute::embed::load_installed(&args.model)?).quality_bar(args.quality_bar).build()?;
     let mut settings = ReplaySettings::default();
     settings.sessions = args.sessions;
