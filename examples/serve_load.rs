@@ -152,10 +152,15 @@ fn summarise(name: &str, mut ms: Vec<f64>, failed: usize) -> Series {
 }
 
 async fn one(http: &reqwest::Client, url: &str, key: &str, model: &str, prompt: &str) -> Result<f64, String> {
+    // Each request its own agent session, so that a prompt sent again is routed afresh (its
+    // embedding included), not as the next step of the session its first sending opened.
+    static SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let session = format!("load-{}", SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let started = Instant::now();
     let resp = http
         .post(url)
         .bearer_auth(key)
+        .header("x-semroute-session", session)
         .json(&json!({"model": model, "messages": [{"role": "user", "content": prompt}]}))
         .send()
         .await
