@@ -349,13 +349,14 @@ impl Why<'_> {
                 c.expected_cost_usd
             ),
             Why::Clears { bar, caution } if caution > 0.0 => format!(
-                "cheapest model whose predicted quality {q:.2} ± {se:.2} clears the bar {bar:.2} by {caution} standard error{} ({:.2})",
-                if caution == 1.0 { "" } else { "s" },
+                "cheapest model whose predicted quality {q:.2} ± {se:.2} clears the bar {bar:.2}{} ({:.2})",
+                by_errors(caution),
                 q - caution * se
             ),
             Why::Clears { bar, .. } => format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}"),
             Why::NoneClears { objective: Objective::QualityBar(_), bar, caution } if caution > 0.0 => format!(
-                "no model is predicted to clear the bar {bar:.2} by {caution} standard errors; the highest lower bound: predicted quality {q:.2} ± {se:.2}"
+                "no model is predicted to clear the bar {bar:.2}{}; the highest lower bound: predicted quality {q:.2} ± {se:.2}",
+                by_errors(caution)
             ),
             Why::NoneClears { objective: Objective::QualityBar(_), bar, .. } => {
                 format!("no model is predicted to clear the bar {bar:.2}; highest predicted quality {q:.2}")
@@ -400,8 +401,10 @@ fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>
         return match c.cached_tokens.unwrap_or(0) {
             0 => format!("stays on {}, the cheapest eligible model (nothing cached: the prompt is under its provider's minimum)", c.model),
             n => format!(
-                "stays on {}: {n} cached tokens make this step ${:.6}; ${per_step:.6} a step over the expected {h:.0}",
-                c.model, c.expected_cost_usd
+                "stays on {}: {n} cached tokens make this step ${:.6}; ${per_step:.6} a step over the expected {}",
+                c.model,
+                c.expected_cost_usd,
+                steps(h)
             ),
         };
     }
@@ -410,20 +413,16 @@ fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>
     }
     if bar.is_finite() && !before.clears_bar {
         let q = before.predicted_quality.map_or(String::from("none"), |q| format!("{q:.2}"));
-        let by = match caution {
-            0.0 => String::new(),
-            1.0 => " by 1 standard error".into(),
-            z => format!(" by {z} standard errors"),
-        };
-        return format!("switches from {}: its predicted quality {q} does not clear the bar {bar:.2}{by}", cache.model);
+        return format!("switches from {}: its predicted quality {q} does not clear the bar {bar:.2}{}", cache.model, by_errors(caution));
     }
     let stay = before.session_cost_usd.unwrap_or(before.expected_cost_usd);
     if per_step < stay {
         format!(
-            "switches from {} to {}: ${per_step:.6} a step against ${stay:.6} over the expected {h:.0} steps, \
+            "switches from {} to {}: ${per_step:.6} a step against ${stay:.6} over the expected {}, \
              building a new cache (this step ${:.6}) and giving up {} cached tokens",
             cache.model,
             c.model,
+            steps(h),
             c.expected_cost_usd,
             before.cached_tokens.unwrap_or(0)
         )
@@ -434,6 +433,24 @@ fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>
             c.model,
             per_step - stay
         )
+    }
+}
+
+/// " by 1 standard error", " by 1.5 standard errors"; nothing for 0.
+fn by_errors(z: f64) -> String {
+    match z {
+        0.0 => String::new(),
+        1.0 => " by 1 standard error".into(),
+        z => format!(" by {z} standard errors"),
+    }
+}
+
+/// "1 step", "4 steps".
+fn steps(h: f64) -> String {
+    if h == 1.0 {
+        "1 step".into()
+    } else {
+        format!("{h:.0} steps")
     }
 }
 
@@ -573,7 +590,7 @@ mod tests {
         assert_eq!(x.model, "x", "{}", c.reason);
         assert!((x.expected_cost_usd - (98_000.0 * 0.1 + 2_000.0 * 1.0) / 1e6).abs() < 1e-12);
         assert_eq!(x.cached_tokens, Some(98_000));
-        assert!(c.reason.contains("stays on x: 98000 cached tokens"), "{}", c.reason);
+        assert!(c.reason.contains("stays on x: 98000 cached tokens") && c.reason.ends_with("over the expected 1 step"), "{}", c.reason);
         // Over 10 steps, y's cached steps ($0.0255 each after the first $0.05) still lose to x's
         // ($0.0118): stay. The cheaper cached price decides, not the list price.
         assert_eq!(chosen(&session_choice("x", 98_000, 10.0, 0.9)).model, "x");
@@ -587,7 +604,8 @@ mod tests {
         assert!(c.reason.contains("switches from y: its predicted quality 0.50 does not clear the bar 0.70"), "{}", c.reason);
         // A switch that pays says so.
         let c = session_choice("y", 98_000, 10.0, 0.9);
-        assert!(c.reason.contains("switches from y to x") && c.reason.contains("giving up 98000 cached tokens"), "{}", c.reason);
+        assert!(c.reason.contains("switches from y to x") && c.reason.contains("over the expected 10 steps, building"), "{}", c.reason);
+        assert!(c.reason.contains("giving up 98000 cached tokens"), "{}", c.reason);
         // A prompt under the provider's minimum caches nothing.
         let m = |name: &str| {
             format!("[models.{name}]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 0.0\ncached_input_per_mtok = 0.1\nsource = \"t\"\nas_of = \"2026\"\n")
