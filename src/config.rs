@@ -30,6 +30,7 @@ use crate::models_toml::line_of;
 use crate::predict::{Predictor, RidgeSettings};
 use crate::pricing::PriceTable;
 use crate::router::RouterBuilder;
+use crate::session::{MAX_IDLE_SECS, MAX_SESSIONS};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -78,9 +79,10 @@ pub struct RouterConfig {
     /// The store's table (default `semroute_exemplars`): routers on the same table share
     /// exemplars.
     pub store_table: Option<String>,
-    /// Agent sessions kept in memory (1..=100,000,000; default 100,000).
+    /// Agent sessions kept in memory (1..=[`MAX_SESSIONS`]; default 100,000).
     pub max_sessions: Option<usize>,
-    /// Seconds after which an unused session is forgotten (1..=2,592,000; default 3,600).
+    /// Seconds after which an unused session is forgotten (1..=[`MAX_IDLE_SECS`], 30 days;
+    /// default 3,600).
     pub session_idle_secs: Option<u64>,
 }
 
@@ -237,11 +239,11 @@ impl Config {
         if let Some(s) = r.unfamiliar_share.filter(|s| !(*s > 0.0 && *s < 0.5)) {
             return bad("router", "unfamiliar_share", format!("must be more than 0 and less than 0.5, got {s}"));
         }
-        if let Some(n) = r.max_sessions.filter(|n| !(1..=100_000_000).contains(n)) {
-            return bad("router", "max_sessions", format!("must be within 1..=100000000, got {n}"));
+        if let Some(n) = r.max_sessions.filter(|n| !(1..=MAX_SESSIONS).contains(n)) {
+            return bad("router", "max_sessions", format!("must be within 1..={MAX_SESSIONS}, got {n}"));
         }
-        if let Some(t) = r.session_idle_secs.filter(|t| !(1..=30 * 24 * 3600).contains(t)) {
-            return bad("router", "session_idle_secs", format!("must be within 1..=2592000 (30 days), got {t}"));
+        if let Some(t) = r.session_idle_secs.filter(|t| !(1..=MAX_IDLE_SECS).contains(t)) {
+            return bad("router", "session_idle_secs", format!("must be within 1..={MAX_IDLE_SECS} (30 days), got {t}"));
         }
         if r.store_table.is_some() && r.store_url.is_none() {
             return bad("router", "store_table", "names a table, but no `store_url` says where".into());

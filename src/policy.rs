@@ -213,7 +213,7 @@ pub struct ChoiceInput<'a> {
     /// In an agent session, the prompt cache one model holds: costs then count it, and spread
     /// the price of building a cache elsewhere over the session's horizon (see
     /// [`session`](crate::session)).
-    pub cache: Option<CacheView<'a>>,
+    pub cache: Option<&'a CacheView>,
 }
 
 /// Chooses a model (see the module docs).
@@ -233,7 +233,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
             let (cost, cached, session_cost) = match input.cache {
                 // A measured cost knows nothing of this session's cache: tokens × price.
                 Some(cache) => {
-                    let (now, per_step, cached) = session_costs(price, model, &cache, input_tokens, out);
+                    let (now, per_step, cached) = session_costs(price, model, cache, input_tokens, out);
                     (now, Some(cached), Some(per_step))
                 }
                 // A measured cost (the neighbours') where known, else answer tokens × list price.
@@ -273,9 +273,9 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
     };
     let mut reason = why.text(&candidates[chosen], input.fallback_model);
-    if let Some(cache) = &input.cache {
+    if let Some(why) = input.cache.and_then(|cache| session_reason(&candidates, chosen, cache, bar, input.caution)) {
         reason.push_str("; ");
-        reason.push_str(&session_reason(&candidates, chosen, cache, bar, input.caution));
+        reason.push_str(&why);
     }
     // The failover order: the same rule again, each time without the models already taken.
     let mut order = vec![chosen];
@@ -370,14 +370,13 @@ impl Why<'_> {
 /// premium on the rest where the provider bills one), the cost per step over the horizon (this
 /// step, then steps that find the prompt cached and add only what the conversation grows by), and
 /// the tokens it has cached.
-fn session_costs(price: &ModelPrice, model: &str, cache: &CacheView<'_>, input: u64, out: u64) -> (f64, f64, u64) {
+fn session_costs(price: &ModelPrice, model: &str, cache: &CacheView, input: u64, out: u64) -> (f64, f64, u64) {
     // A prefix under the provider's minimum is not cached (nor written) at all.
     let cacheable = input >= price.cache_min_tokens();
     let write = |uncached: u64| if cacheable && price.cache_write_per_mtok.is_some() { uncached } else { 0 };
-    let cached = if cache.model == model && cacheable && cache.cached_tokens >= price.cache_min_tokens() {
-        cache.cached_tokens.min(input)
-    } else {
-        0
+    let cached = match &cache.held {
+        Some((m, held)) if m == model && cacheable && *held >= price.cache_min_tokens() => (*held).min(input),
+        _ => 0,
     };
     let now = price.cost_of(&Usage { cached_input_tokens: cached, cache_write_tokens: write(input - cached), ..Usage::new(input, out) });
     let new = if cacheable { cache.new_tokens.min(input) } else { input };
@@ -386,19 +385,17 @@ fn session_costs(price: &ModelPrice, model: &str, cache: &CacheView<'_>, input: 
     (now, (now + (h - 1.0) * steady) / h, cached)
 }
 
-/// Why a session step stays or switches.
-fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>, bar: f64, caution: f64) -> String {
+/// Why a session step stays or switches; `None` when nothing is cached (the router says why).
+fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView, bar: f64, caution: f64) -> Option<String> {
     let c = &candidates[chosen];
     let per_step = c.session_cost_usd.unwrap_or(c.expected_cost_usd);
-    if cache.model.is_empty() {
-        return "first step of the session".into();
-    }
-    let Some(before) = candidates.iter().find(|x| x.model == cache.model) else {
-        return format!("the session's previous model {} is not priced now", cache.model);
+    let (previous, _) = cache.held.as_ref()?;
+    let Some(before) = candidates.iter().find(|x| x.model == *previous) else {
+        return Some(format!("the session's previous model {previous} is not priced now"));
     };
     let h = cache.horizon;
-    if c.model == cache.model {
-        return match c.cached_tokens.unwrap_or(0) {
+    if c.model == *previous {
+        return Some(match c.cached_tokens.unwrap_or(0) {
             0 => format!("stays on {}, the cheapest eligible model (nothing cached: the prompt is under its provider's minimum)", c.model),
             n => format!(
                 "stays on {}: {n} cached tokens make this step ${:.6}; ${per_step:.6} a step over the expected {}",
@@ -406,21 +403,21 @@ fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>
                 c.expected_cost_usd,
                 steps(h)
             ),
-        };
+        });
     }
     if let Some(why) = &before.excluded {
-        return format!("switches from {}: {why}", cache.model);
+        return Some(format!("switches from {previous}: {why}"));
     }
     if bar.is_finite() && !before.clears_bar {
         let q = before.predicted_quality.map_or(String::from("none"), |q| format!("{q:.2}"));
-        return format!("switches from {}: its predicted quality {q} does not clear the bar {bar:.2}{}", cache.model, by_errors(caution));
+        return Some(format!("switches from {previous}: its predicted quality {q} does not clear the bar {bar:.2}{}", by_errors(caution)));
     }
     let stay = before.session_cost_usd.unwrap_or(before.expected_cost_usd);
-    if per_step < stay {
+    Some(if per_step < stay {
         format!(
             "switches from {} to {}: ${per_step:.6} a step against ${stay:.6} over the expected {}, \
              building a new cache (this step ${:.6}) and giving up {} cached tokens",
-            cache.model,
+            previous,
             c.model,
             steps(h),
             c.expected_cost_usd,
@@ -429,11 +426,11 @@ fn session_reason(candidates: &[Candidate], chosen: usize, cache: &CacheView<'_>
     } else {
         format!(
             "switches from {} to {}: worth ${:.6} a step more than the ${stay:.6} of staying, for its predicted quality",
-            cache.model,
+            previous,
             c.model,
             per_step - stay
         )
-    }
+    })
 }
 
 /// " by 1 standard error", " by 1.5 standard errors"; nothing for 0.
@@ -555,6 +552,7 @@ mod tests {
     /// x: $1 in, $0.10 cached; y: $0.50 in, $0.25 cached; both clear 0.7. A 100,000-token
     /// conversation that grew by 2,000 tokens, with `held` cached at `model`.
     fn session_choice(model: &str, held: u64, horizon: f64, y_quality: f64) -> Choice {
+        let cache = CacheView { held: (!model.is_empty()).then(|| (model.to_string(), held)), new_tokens: 2_000, horizon };
         let m = |name: &str, input: f64, cached: f64| {
             format!("[models.{name}]\nprovider = \"p\"\ninput_per_mtok = {input}\noutput_per_mtok = 0.0\ncached_input_per_mtok = {cached}\nsource = \"test\"\nas_of = \"2026\"\n")
         };
@@ -573,7 +571,7 @@ mod tests {
             caution: 0.0,
             fallback_model: "x",
             default_output_tokens: 0,
-            cache: Some(CacheView { model, cached_tokens: held, new_tokens: 2_000, horizon }),
+            cache: Some(&cache),
         };
         choose(input, &Constraints::default())
     }
@@ -612,7 +610,7 @@ mod tests {
         };
         let t = PriceTable::from_toml_str(&m("x"), "t.toml").unwrap();
         let (now, _, cached) =
-            session_costs(t.get("x").unwrap(), "x", &CacheView { model: "x", cached_tokens: 900, new_tokens: 100, horizon: 1.0 }, 1000, 0);
+            session_costs(t.get("x").unwrap(), "x", &CacheView { held: Some(("x".into(), 900)), new_tokens: 100, horizon: 1.0 }, 1000, 0);
         assert_eq!((cached, now), (0, 1000.0 / 1e6));
     }
 

@@ -709,22 +709,23 @@ impl Router {
             }
         }
 
-        // What the previous model's provider still holds cached.
-        let cache =
-            before.as_ref().filter(|s| s.cache_until_ms >= now && state.prices.get(&s.model).is_some()).map(|s| session::SessionCache {
-                model: s.model.clone(),
-                cached_tokens: s.cached_tokens.min(input_tokens),
-                new_tokens: input_tokens.saturating_sub(s.last_input_tokens),
-                horizon: f64::from(s.steps).clamp(1.0, settings.max_horizon),
-            });
-        // Without a live cache (the first step, or the cache expired), every model is priced
-        // the same way, with nothing cached and a horizon of one step.
-        let none = session::SessionCache { model: String::new(), cached_tokens: 0, new_tokens: input_tokens, horizon: 1.0 };
-        assessment.cache = Some(cache.clone().unwrap_or(none));
+        // What the previous model's provider still holds cached. Without a live cache (the
+        // first step, or the cache expired) every model is priced alike: nothing cached, a
+        // horizon of one step.
+        let held = before
+            .as_ref()
+            .filter(|s| s.cache_until_ms >= now && state.prices.get(&s.model).is_some())
+            .map(|s| (s.model.clone(), s.cached_tokens.min(input_tokens)));
+        let alive = held.is_some();
+        let horizon = before.as_ref().filter(|_| alive).map_or(1.0, |s| f64::from(s.steps).clamp(1.0, settings.max_horizon));
+        let new_tokens = before.as_ref().map_or(input_tokens, |s| input_tokens.saturating_sub(s.last_input_tokens));
+        assessment.cache = Some(CacheView { held, new_tokens, horizon });
         let mut decision = assessment.decide(constraints)?;
         let step = before.as_ref().map_or(1, |s| s.steps.saturating_add(1));
-        if before.is_some() && cache.is_none() {
-            decision.reason.push_str(" (no cache is alive with the session's previous model)");
+        match &before {
+            None => decision.reason.push_str("; first step of the session"),
+            Some(s) if !alive => decision.reason.push_str(&format!("; no cache is alive with the session's previous model {}", s.model)),
+            Some(_) => {}
         }
         let previous = before.as_ref().map(|s| s.model.clone());
         decision.session = Some(SessionInfo {
@@ -733,7 +734,7 @@ impl Router {
             switched: previous.as_ref().is_some_and(|m| *m != decision.model),
             previous_model: previous,
             cached_tokens: decision.candidates.iter().find(|c| c.model == decision.model).and_then(|c| c.cached_tokens).unwrap_or(0),
-            horizon: cache.as_ref().map_or(1.0, |c| c.horizon),
+            horizon,
             task_reused,
         });
 
@@ -814,7 +815,7 @@ pub struct Assessment {
     predictions: Predictions,
     input_tokens: u64,
     /// In a session, the cache the session holds.
-    cache: Option<session::SessionCache>,
+    cache: Option<CacheView>,
 }
 
 impl fmt::Debug for Assessment {
@@ -853,12 +854,7 @@ impl Assessment {
                 objective: constraints.objective(s.objective()),
                 fallback_model: &self.state.fallback_model,
                 default_output_tokens: DEFAULT_OUTPUT_TOKENS,
-                cache: self.cache.as_ref().map(|c| CacheView {
-                    model: &c.model,
-                    cached_tokens: c.cached_tokens,
-                    new_tokens: c.new_tokens,
-                    horizon: c.horizon,
-                }),
+                cache: self.cache.as_ref(),
             },
             constraints,
         );

@@ -49,7 +49,6 @@
 //! ```
 
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +82,12 @@ pub struct SessionSettings {
     pub follow_ups: bool,
 }
 
+/// The most sessions [`SessionSettings::max_sessions`] may keep.
+pub const MAX_SESSIONS: usize = 100_000_000;
+
+/// The longest [`SessionSettings::idle_secs`]: 30 days.
+pub const MAX_IDLE_SECS: u64 = 30 * 24 * 3600;
+
 impl Default for SessionSettings {
     fn default() -> Self {
         SessionSettings { max_sessions: 100_000, idle_secs: 3600, max_horizon: 50.0, follow_ups: true }
@@ -115,11 +120,11 @@ impl SessionSettings {
     }
 
     pub(crate) fn check(&self) -> Result<()> {
-        if self.max_sessions == 0 || self.max_sessions > 100_000_000 {
-            return Err(Error::Config(format!("sessions: max_sessions must be from 1 to 100,000,000, got {}", self.max_sessions)));
+        if !(1..=MAX_SESSIONS).contains(&self.max_sessions) {
+            return Err(Error::Config(format!("sessions: max_sessions must be within 1..={MAX_SESSIONS}, got {}", self.max_sessions)));
         }
-        if !(1..=30 * 24 * 3600).contains(&self.idle_secs) {
-            return Err(Error::Config(format!("sessions: idle_secs must be from 1 s to 30 days, got {}", self.idle_secs)));
+        if !(1..=MAX_IDLE_SECS).contains(&self.idle_secs) {
+            return Err(Error::Config(format!("sessions: idle_secs must be within 1..={MAX_IDLE_SECS} (30 days), got {}", self.idle_secs)));
         }
         if !(self.max_horizon.is_finite() && (1.0..=10_000.0).contains(&self.max_horizon)) {
             return Err(Error::Config(format!("sessions: max_horizon must be from 1 to 10,000 steps, got {}", self.max_horizon)));
@@ -337,19 +342,35 @@ pub trait SessionStore: Send + Sync {
 /// Sessions in this process's memory: at most `max_sessions`, least recently used out first.
 ///
 /// ```
-/// use semroute::session::{MemorySessions, SessionStore};
+/// use semroute::chat::ChatRequest;
+/// use semroute::session::{MemorySessions, SessionKey, SessionState, SessionStore};
+/// use serde_json::json;
 ///
-/// let store = MemorySessions::new(1000);
-/// assert!(store.is_empty());
+/// let key = |task: &str| SessionKey::of(&ChatRequest::user(task), None).unwrap();
+/// let state: SessionState = serde_json::from_value(json!({"model": "m", "cached_tokens": 0,
+///     "cache_until_ms": 0, "last_input_tokens": 0, "last_used_ms": 0, "steps": 1, "user_turns": 1,
+///     "tag": 0, "task": [], "unfamiliar": null, "unfamiliarity": null, "counted_messages": 1,
+///     "counted_tokens": 9, "counted_check": 0}))?;
+/// let store = MemorySessions::new(2);
+/// for task in ["a", "b", "c"] {
+///     store.save(&key(task), &state)?;
+/// }
+/// // At most two kept: the least recently used went first.
+/// assert_eq!(store.len(), 2);
+/// assert!(store.load(&key("a"))?.is_none() && store.load(&key("c"))?.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MemorySessions {
+    /// Grown as sessions come (every router has one, most never route a session: a capacity
+    /// reserved up front would cost each of them megabytes), held to `capacity` by hand.
     map: Mutex<lru::LruCache<SessionKey, SessionState>>,
+    capacity: usize,
 }
 
 impl MemorySessions {
     /// An empty store for at most `capacity` sessions (at least one).
     pub fn new(capacity: usize) -> Self {
-        MemorySessions { map: Mutex::new(lru::LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))) }
+        MemorySessions { map: Mutex::new(lru::LruCache::unbounded()), capacity: capacity.max(1) }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, lru::LruCache<SessionKey, SessionState>> {
@@ -369,7 +390,11 @@ impl SessionStore for MemorySessions {
     }
 
     fn save(&self, key: &SessionKey, state: &SessionState) -> Result<()> {
-        self.map().put(*key, state.clone());
+        let mut map = self.map();
+        map.put(*key, state.clone());
+        while map.len() > self.capacity {
+            map.pop_lru();
+        }
         Ok(())
     }
 
@@ -398,13 +423,12 @@ pub struct SessionInfo {
     pub task_reused: bool,
 }
 
-/// The cache a session holds for one model, as the policy prices it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CacheView<'a> {
-    /// The model whose provider holds the cache.
-    pub model: &'a str,
-    /// Prompt tokens it holds.
-    pub cached_tokens: u64,
+/// What a session has cached, as the policy prices it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheView {
+    /// The model whose provider holds the session's cache, and the prompt tokens it holds;
+    /// `None` when nothing is cached (the session's first step, or its cache has expired).
+    pub held: Option<(String, u64)>,
     /// Prompt tokens new at each step (what the conversation grew by since the last step).
     pub new_tokens: u64,
     /// Steps a switch's cost is spread over.
@@ -425,18 +449,9 @@ pub(crate) fn raise(task: &mut Predictions, turn: &Predictions) {
     }
 }
 
-/// The owned form of [`CacheView`], kept in an assessment.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct SessionCache {
-    pub model: String,
-    pub cached_tokens: u64,
-    pub new_tokens: u64,
-    pub horizon: f64,
-}
-
 /// Unix time in milliseconds.
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| ms(d))
+    t.duration_since(UNIX_EPOCH).map_or(0, ms)
 }
 
 pub(crate) fn ms(d: Duration) -> u64 {

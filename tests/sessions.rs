@@ -70,9 +70,13 @@ fn a_session_routes_its_task_once_and_keeps_its_model_and_cache() {
         assert!(d.predicted_quality <= first.predicted_quality + 1e-6);
         previous_input = d.input_tokens;
     }
-    // Per-request routing on the last observation would pick on what the tool printed.
-    let per_request = router.route_chat(&chat(&messages), &c).unwrap();
-    assert!(per_request.input_tokens == previous_input);
+    // Past the provider's cache lifetime (300 s for these models) nothing is cached any more.
+    step(&mut messages, 5, false);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(400);
+    let d = router.route_session_at(&chat(&messages), Some("keeps-its-model"), &c, later).unwrap();
+    assert_eq!(d.session.as_ref().unwrap().cached_tokens, 0);
+    assert!(d.reason.ends_with(&format!("no cache is alive with the session's previous model {}", first.model)), "{}", d.reason);
+    assert!(!d.reason.contains("first step"), "{}", d.reason);
 }
 
 #[test]
