@@ -33,8 +33,7 @@ use serde_json::{json, Value};
 use crate::chat::{ChatRequest, Usage};
 use crate::error::{Error, Result};
 use crate::policy::Constraints;
-use crate::pricing::TokenCounter;
-use crate::router::{Router, CHAT_TOKENS_PER_MESSAGE};
+use crate::router::Router;
 
 /// What [`replay`] generates and how.
 #[derive(Debug, Clone)]
@@ -217,7 +216,8 @@ fn generate(tasks: usize, s: &ReplaySettings) -> Vec<Session> {
         .collect()
 }
 
-/// The simulated provider cache of one strategy in one session, and its tallies.
+/// One strategy's simulated provider cache (in the session being replayed) and its tallies over
+/// the whole replay.
 #[derive(Default)]
 struct Tally {
     model: Option<String>,
@@ -234,7 +234,13 @@ struct Tally {
 }
 
 impl Tally {
-    /// Bills one step served by `model` (of `prices`), and returns what was billed.
+    /// A new session: nothing is cached and no model is in use.
+    fn start_session(&mut self) {
+        self.model = None;
+        self.cached_prompt = 0;
+    }
+
+    /// Bills one step served by `model`.
     fn bill(&mut self, router: &Router, model: &str, input: u64, output: u64, now_ms: u64, quality: f64) {
         let prices = router.prices();
         let price = prices.get(model).expect("routed models are priced");
@@ -255,7 +261,15 @@ impl Tally {
         self.cached_prompt = input;
         self.last_ms = now_ms;
     }
+
+    fn routed(&mut self, took: Duration) {
+        self.routing += took;
+        self.routed += 1;
+    }
 }
+
+/// Answer tokens of a session's first call, the task alone.
+const FIRST_ANSWER_TOKENS: u64 = 200;
 
 /// Replays `settings.sessions` generated sessions over `tasks` through `router` (see the module
 /// docs). The router's session store keeps the replay's sessions under names of their own.
@@ -285,12 +299,10 @@ pub fn replay(router: &Router, tasks: &[String], settings: &ReplaySettings) -> R
             return Err(Error::Config(format!("{name} must be within [0, 1], got {v}")));
         }
     }
-    let counter = TokenCounter::cl100k()?;
     let sessions = generate(tasks.len(), settings);
     let c = &settings.constraints;
-    let mut tallies: [Tally; 3] = Default::default();
-    let mut run_cumulative = [0.0f64; 3];
-    let mut cumulative: [Vec<f64>; 3] = Default::default();
+    // per-request, sticky, cache-aware
+    let mut tally: [Tally; 3] = Default::default();
     let (mut steps, mut longest, mut largest) = (0usize, 0u32, 0u64);
     let origin = SystemTime::now();
     // Session names of this run only: a second replay on the same router starts afresh.
@@ -303,73 +315,55 @@ pub fn replay(router: &Router, tasks: &[String], settings: &ReplaySettings) -> R
         let quality = |m: &str| truth.predictions().per_model.get(m).map_or(0.0, |p| p.quality);
         let name = format!("replay-{run}-{}-{i}", settings.seed);
         let mut messages = vec![json!({"role": "system", "content": session.system}), json!({"role": "user", "content": task})];
-        let mut input: u64 =
-            messages.iter().map(|m| counter.count(m["content"].as_str().unwrap_or_default()) + CHAT_TOKENS_PER_MESSAGE).sum();
-        let mut per: [Tally; 3] = Default::default();
+        tally.iter_mut().for_each(Tally::start_session);
         let mut sticky: Option<String> = None;
         let mut clock_ms: u64 = 0;
         longest = longest.max(session.steps.len() as u32);
         for step in std::iter::once(None).chain(session.steps.iter().map(Some)) {
-            // The last step's answer and tool result join the conversation (step 0 is the task).
-            let output = step.map_or(200, |s| s.output_tokens);
+            // The last step's answer and tool result join the conversation (the first call is
+            // the task alone).
+            let output = step.map_or(FIRST_ANSWER_TOKENS, |s| s.output_tokens);
             if let Some(s) = step {
-                for m in &s.messages {
-                    input += counter.count(m["content"].as_str().unwrap_or_default()) + CHAT_TOKENS_PER_MESSAGE;
-                }
                 messages.extend(s.messages.iter().cloned());
                 clock_ms += s.gap_secs * 1000;
             }
             let now = origin + Duration::from_millis(clock_ms);
             let chat = ChatRequest::from_json(json!({ "messages": messages }))?;
-            largest = largest.max(input);
             steps += 1;
 
             let t = Instant::now();
             let d = router.route_chat(&chat, c)?;
-            per[0].routing += t.elapsed();
-            per[0].routed += 1;
-            per[0].bill(router, &d.model, input, output, clock_ms, quality(&d.model));
+            tally[0].routed(t.elapsed());
+            // The router's own count of the conversation bills every strategy.
+            let input = d.input_tokens;
+            largest = largest.max(input);
+            tally[0].bill(router, &d.model, input, output, clock_ms, quality(&d.model));
 
             let t = Instant::now();
             let d = router.route_session_at(&chat, Some(&name), c, now)?;
-            per[2].routing += t.elapsed();
-            per[2].routed += 1;
-            per[2].bill(router, &d.model, input, output, clock_ms, quality(&d.model));
+            let took = t.elapsed();
+            tally[2].routed(took);
+            tally[2].bill(router, &d.model, input, output, clock_ms, quality(&d.model));
 
-            if sticky.is_none() {
-                // Sticky keeps the session's first choice (the same first decision as cache-aware).
-                per[1].routing += t.elapsed();
-                per[1].routed += 1;
-                sticky = Some(d.model.clone());
-            }
-            let model = sticky.clone().expect("set");
-            per[1].bill(router, &model, input, output, clock_ms, quality(&model));
-        }
-        for (k, p) in per.iter().enumerate() {
-            let t = &mut tallies[k];
-            t.cost += p.cost;
-            t.switches += p.switches;
-            t.quality += p.quality;
-            t.prompt_tokens += p.prompt_tokens;
-            t.cached_tokens += p.cached_tokens;
-            t.routing += p.routing;
-            t.routed += p.routed;
-            let base = run_cumulative[k];
-            cumulative[k].extend(p.cumulative.iter().map(|c| base + c));
-            run_cumulative[k] += p.cost;
+            // Sticky keeps the session's first choice (the same first decision as cache-aware).
+            let model = sticky.get_or_insert_with(|| {
+                tally[1].routed(took);
+                d.model.clone()
+            });
+            tally[1].bill(router, model, input, output, clock_ms, quality(model));
         }
     }
     let strategies = ["per-request", "sticky", "cache-aware"]
         .iter()
-        .zip(tallies.iter().zip(cumulative))
-        .map(|(name, (t, cumulative_usd))| StrategyReport {
+        .zip(tally)
+        .map(|(name, t)| StrategyReport {
             strategy: (*name).to_string(),
             cost_usd: t.cost,
             switches: t.switches,
             predicted_quality: t.quality / steps.max(1) as f64,
             cached_share: t.cached_tokens as f64 / t.prompt_tokens.max(1) as f64,
             routing_ms: t.routing.as_secs_f64() * 1e3 / t.routed.max(1) as f64,
-            cumulative_usd,
+            cumulative_usd: t.cumulative,
         })
         .collect();
     Ok(ReplayReport {
