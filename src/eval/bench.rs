@@ -397,20 +397,7 @@ fn knobs(policy: Policy, typical_cost: f64) -> Vec<f64> {
 
 /// The model index each assessment picks under every knob: `[knob][prompt]`.
 fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<usize>>> {
-    knobs
-        .iter()
-        .map(|&k| {
-            let c = policy.constraints(k);
-            assessments
-                .iter()
-                .map(|a| {
-                    let choice = a.choose(&c)?;
-                    let name = &choice.candidates[choice.chosen.expect("choose returns a chosen model")].model;
-                    index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))
-                })
-                .collect()
-        })
-        .collect()
+    knobs.iter().map(|&k| assessments_choose(assessments, &policy.constraints(k), index)).collect()
 }
 
 /// Squared errors of quality predictions against measured qualities, with the baseline's.
