@@ -17,7 +17,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{ExemplarStore, StoreHit};
 use crate::error::{Error, Location, Result};
 use crate::exemplar::Exemplar;
-use crate::session::{SessionKey, SessionState, SessionStore};
+use crate::session::{SessionKey, SessionState, SessionStore, MAX_IDLE_SECS};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -50,6 +50,8 @@ pub struct PgStore {
     place: String,
     /// The search, written once (it runs on every routed prompt).
     nearest_sql: String,
+    /// A session's load and save, written once (they run on every session step).
+    session_sql: (String, String),
     /// The model id and dimension once attached.
     attached: OnceLock<(String, usize)>,
     /// Set once the sessions table is known to exist.
@@ -232,11 +234,20 @@ impl PgStoreBuilder {
             })?;
         let nearest_sql =
             format!("select id, exemplar::text, (embedding <=> $1)::float4 from {t} order by embedding <=> $1 limit $2", t = self.table);
+        let session_sql = (
+            format!("select state::text from {t}_sessions where key = $1", t = self.table),
+            format!(
+                "insert into {t}_sessions (key, state, last_used) values ($1, $2::text::jsonb, now()) \
+                 on conflict (key) do update set state = excluded.state, last_used = now()",
+                t = self.table
+            ),
+        );
         Ok(PgStore {
             pool: Some(pool),
             table: self.table,
             place,
             nearest_sql,
+            session_sql,
             attached: OnceLock::new(),
             sessions_ready: OnceLock::new(),
             sessions_saved: std::sync::atomic::AtomicU64::new(0),
@@ -303,9 +314,7 @@ impl PgStore {
             });
         }
         let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(|e| self.error("could not begin", e))?;
-        // Two routers starting at once must not both create the schema.
-        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", e))?;
+        let mut tx = self.schema_transaction(&mut client)?;
         tx.batch_execute("create extension if not exists vector")
             .map_err(|e| self.error("the server lacks the pgvector extension (`create extension vector` failed)", e))?;
         tx.batch_execute(
@@ -438,18 +447,21 @@ impl PgStore {
     }
 }
 
-/// Sessions unused this long are deleted (now and then, as sessions are saved): the longest idle
-/// time a router may keep a session.
-const SESSION_RETENTION: &str = "30 days";
-
 impl PgStore {
+    /// A transaction holding the schema lock: two routers starting at once must not both create
+    /// the schema.
+    fn schema_transaction<'c>(&self, client: &'c mut postgres::Client) -> Result<postgres::Transaction<'c>> {
+        let mut tx = client.transaction().map_err(|e| self.error("could not begin", e))?;
+        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", e))?;
+        Ok(tx)
+    }
+
     /// Creates the sessions table `<table>_sessions` once per store (under the schema lock).
     fn sessions_table(&self, client: &mut postgres::Client) -> Result<()> {
         if self.sessions_ready.get().is_some() {
             return Ok(());
         }
-        let mut tx = client.transaction().map_err(|e| self.error("could not begin", e))?;
-        tx.execute("select pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(|e| self.error("could not lock the schema", e))?;
+        let mut tx = self.schema_transaction(client)?;
         tx.batch_execute(&format!(
             "create table if not exists {t}_sessions (key bytea primary key, state jsonb not null, \
              last_used timestamptz not null default now())",
@@ -464,9 +476,8 @@ impl PgStore {
     fn load_session_now(&self, key: &SessionKey) -> Result<Option<SessionState>> {
         let mut client = self.client()?;
         self.sessions_table(&mut client)?;
-        let row = client
-            .query_opt(&format!("select state::text from {}_sessions where key = $1", self.table), &[&key.bytes().as_slice()])
-            .map_err(|e| self.error("could not read a session", e))?;
+        let row =
+            client.query_opt(&self.session_sql.0, &[&key.bytes().as_slice()]).map_err(|e| self.error("could not read a session", e))?;
         row.map(|r| {
             let text: String = r.get(0);
             serde_json::from_str(&text).map_err(|e| Error::Store {
@@ -483,19 +494,11 @@ impl PgStore {
         self.sessions_table(&mut client)?;
         let text =
             serde_json::to_string(state).map_err(|e| Error::Store { source: None, store: self.place.clone(), message: e.to_string() })?;
-        client
-            .execute(
-                &format!(
-                    "insert into {}_sessions (key, state, last_used) values ($1, $2::text::jsonb, now()) \
-                     on conflict (key) do update set state = excluded.state, last_used = now()",
-                    self.table
-                ),
-                &[&key.bytes().as_slice(), &text],
-            )
-            .map_err(|e| self.error("could not save a session", e))?;
+        client.execute(&self.session_sql.1, &[&key.bytes().as_slice(), &text]).map_err(|e| self.error("could not save a session", e))?;
         if self.sessions_saved.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000 == 999 {
             client
-                .execute(&format!("delete from {}_sessions where last_used < now() - interval '{SESSION_RETENTION}'", self.table), &[])
+                // Rows unused longer than any router keeps a session.
+                .execute(&format!("delete from {}_sessions where last_used < now() - interval '{MAX_IDLE_SECS} seconds'", self.table), &[])
                 .map_err(|e| self.error("could not prune idle sessions", e))?;
         }
         Ok(())
