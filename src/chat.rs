@@ -99,6 +99,11 @@ impl Usage {
         })
     }
 
+    /// Prompt tokens neither read from nor written to the cache (billed at the input price).
+    pub fn uncached_input_tokens(&self) -> u64 {
+        self.input_tokens.saturating_sub(self.cached_input_tokens).saturating_sub(self.cache_write_tokens)
+    }
+
     /// Anthropic's `usage` object: its `input_tokens` leaves out what was read from or written to
     /// the cache, so the prompt is the sum of the three.
     fn of_anthropic(u: &Value) -> Usage {

@@ -115,7 +115,7 @@ fn yes() -> bool {
 impl ModelPrice {
     /// Expected USD for `input_tokens` in and `output_tokens` out, at list (uncached) prices.
     pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_per_mtok + output_tokens as f64 * self.output_per_mtok) / 1_000_000.0
+        self.cost_of(&crate::chat::Usage::new(input_tokens, output_tokens))
     }
 
     /// USD for the tokens of `usage`: cache hits at the cached-input price (the input price where
@@ -133,10 +133,10 @@ impl ModelPrice {
     /// # Ok::<(), semroute::Error>(())
     /// ```
     pub fn cost_of(&self, usage: &crate::chat::Usage) -> f64 {
+        // (Held to the prompt: a provider's counts are not trusted to add up.)
         let cached = usage.cached_input_tokens.min(usage.input_tokens);
         let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
-        let plain = usage.input_tokens - cached - written;
-        (plain as f64 * self.input_per_mtok
+        (usage.uncached_input_tokens() as f64 * self.input_per_mtok
             + cached as f64 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
             + written as f64 * self.cache_write_per_mtok.unwrap_or(self.input_per_mtok)
             + usage.output_tokens as f64 * self.output_per_mtok)

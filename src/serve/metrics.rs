@@ -98,9 +98,8 @@ impl Metrics {
 
     /// Counts the tokens of one answer by kind.
     pub(crate) fn tokens(&self, model: &str, u: crate::chat::Usage) {
-        let uncached = u.input_tokens.saturating_sub(u.cached_input_tokens).saturating_sub(u.cache_write_tokens);
         for (kind, n) in [
-            ("uncached", uncached),
+            ("uncached", u.uncached_input_tokens()),
             ("cache_read", u.cached_input_tokens),
             ("cache_write", u.cache_write_tokens),
             ("output", u.output_tokens),
