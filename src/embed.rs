@@ -46,7 +46,8 @@ pub fn load_installed(name: &str) -> Result<Arc<dyn Embedder>> {
 }
 
 /// Turns text into vectors. Implementations return L2-normalised vectors of length [`dim`](Self::dim),
-/// so a dot product is a cosine similarity.
+/// so a dot product is a cosine similarity; the one exception is the zero vector, for a text the
+/// model can say nothing about (a static model that knows none of its tokens), similar to nothing.
 ///
 /// Small on purpose (one concept, like tower's `Service`): a remote embedding API or another local
 /// model plugs in by implementing these four methods.

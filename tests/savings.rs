@@ -118,13 +118,7 @@ fn harness_routes_the_test_split_through_a_router_built_on_train() {
     for t in &r.targets {
         assert!((t.kept - t.quality / t.reference_quality).abs() < 1e-12);
         assert!(t.cost_usd > 0.0 && t.reference_cost_usd > 0.0);
-        // A target met by one model gets exactly that model's test figures, through the router.
-        if let Some(m) = t.config.strip_prefix("single model ") {
-            let single = r.single_models.iter().find(|s| s.model == m).unwrap();
-            assert_eq!((t.quality, t.cost_usd, t.knob), (single.quality, single.cost_usd, None), "{t:?}");
-        }
     }
-    println!("targets met by: {:?}", r.targets.iter().map(|t| t.config.as_str()).collect::<Vec<_>>());
     // The oracle bounds everything, and AIQs are means of qualities.
     for a in [r.aiq, r.zero_router_aiq] {
         assert!((0.0..=1.0).contains(&a) && a <= r.oracle_aiq + 1e-12, "{a} {}", r.oracle_aiq);
