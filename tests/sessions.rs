@@ -162,6 +162,17 @@ fn a_harder_follow_up_raises_an_easy_session() {
     assert!(q(&d, &easy.model) < q(&easy, &easy.model), "this one did");
     assert_eq!(d.model, hard_alone.model, "{}", d.reason);
     assert!(d.session.unwrap().switched || easy.model == hard_alone.model);
+    // With follow-ups turned off, the session stays as hard as its first turn.
+    let tasks_only = Router::builder()
+        .embedder(common::embedder())
+        .cache_dir(common::vector_cache())
+        .sessions(SessionSettings::default().follow_ups(false))
+        .build()
+        .unwrap();
+    tasks_only.route_session(&chat(&messages[..1]), Some("follow-up"), &c).unwrap();
+    let d = tasks_only.route_session(&chat(&messages), Some("follow-up"), &c).unwrap();
+    assert!((q(&d, &easy.model) - q(&easy, &easy.model)).abs() < 1e-6, "kept as f32 between steps");
+    assert_eq!(d.model, easy.model, "{}", d.reason);
 }
 
 #[test]
