@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SETS = ["zeroeval-gsm", "zeroeval-crux", "alpacaeval", "llmeval2-zh", "halluqa-zh", "routellm-gsm8k", "routellm-mtbench"]
-MODELS = ["all-minilm-l6-v2", "multilingual-e5-small", "static-all-minilm-l6-v2", "static-multilingual-e5-small"]
+MODELS = ["all-minilm-l6-v2", "all-minilm-l6-v2-int8", "multilingual-e5-small", "multilingual-e5-small-int8", "static-all-minilm-l6-v2", "static-multilingual-e5-small"]
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "target/savings")
 
 

@@ -6,7 +6,8 @@
 //!   default's kernel-ridge model adds is the difference to `route/*`);
 //! - `quality_model/predict_*`: the kernel-ridge model's prediction alone, over the built-in
 //!   exemplars (its fit time is printed once);
-//! - `route_e5/*`: the same with multilingual-e5-small, when it is installed;
+//! - `route_e5/*`, `route_minilm_int8/*`, `route_e5_int8/*`: the same with multilingual-e5-small
+//!   and with the int8 copies of both models, when installed;
 //! - `route_static/*`, `route_static_e5/*`: the static models distilled from MiniLM and from e5
 //!   (`semroute setup static-all-minilm-l6-v2`, `... static-multilingual-e5-small`), when installed;
 //! - `embed/short_en`: the embedding alone, to see its share;
@@ -63,15 +64,23 @@ fn bench_route(c: &mut Criterion) {
     }
     g.finish();
 
-    // The multilingual second choice, when it is installed.
-    if let Ok(e5) = semroute::FastEmbedder::load_installed("multilingual-e5-small") {
-        let router = Router::builder().embedder(std::sync::Arc::new(e5)).build().expect("e5 router");
-        let mut g = c.benchmark_group("route_e5");
-        g.measurement_time(Duration::from_secs(5)).sample_size(30);
-        for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH)] {
-            g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
+    // The other transformers, when installed: the multilingual model, and the int8 copies of both
+    // (`semroute setup all-minilm-l6-v2-int8`, `... multilingual-e5-small-int8`).
+    for (group, name) in [
+        ("route_e5", "multilingual-e5-small"),
+        ("route_minilm_int8", "all-minilm-l6-v2-int8"),
+        ("route_e5_int8", "multilingual-e5-small-int8"),
+    ] {
+        if let Ok(e) = semroute::embed::load_installed(name) {
+            let router = Router::builder().embedder(e.clone()).build().expect("router");
+            let mut g = c.benchmark_group(group);
+            g.measurement_time(Duration::from_secs(5)).sample_size(30);
+            for (name, prompt) in [("short_en", SHORT_EN), ("short_zh", SHORT_ZH)] {
+                g.bench_function(name, |b| b.iter(|| router.route(black_box(prompt)).unwrap()));
+            }
+            g.bench_function("embed_short_en", |b| b.iter(|| e.embed(black_box(SHORT_EN)).unwrap()));
+            g.finish();
         }
-        g.finish();
     }
 
     // The static models (issue 17), when installed: `route_static/*` (from MiniLM) and
@@ -200,7 +209,6 @@ fn bench_index(c: &mut Criterion) {
     }
     g.finish();
 }
-
 
 criterion_group! {
     name = benches;

@@ -2,10 +2,13 @@
 //! side-by-side benchmark with aurelio's semantic-router (`benches/aurelio.sh`).
 //!
 //! ```text
-//! cargo run --release --example decision_timing -- --prompts FILE [--embedding-model NAME] [--limit 200]
+//! cargo run --release --example decision_timing -- --prompts FILE [--embedding-model NAME]... [--limit 200] [--rounds 1]
 //! ```
-//! FILE is JSONL with a `prompt` field per line. Prints one JSON object: the model, the number of
-//! decisions, and the mean, p50 and p99 per decision in milliseconds.
+//! FILE is JSONL with a `prompt` field per line. Prints one JSON object per model: the model, the
+//! number of decisions, and the mean, p50 and p99 per decision in milliseconds. With several
+//! models, each routes the whole file in turn, `rounds` times, so a noisy machine slows them
+//! alike and their ratio holds. (Not prompt by prompt: each model would then evict the other's
+//! weights from the processor's cache, and every one would look three times slower.)
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,9 +21,12 @@ struct Args {
     /// JSONL with a `prompt` field per line.
     #[arg(long)]
     prompts: PathBuf,
-    /// The installed embedding model (default: MiniLM).
+    /// The installed embedding model (default: the default model); repeat to time several side by side.
     #[arg(long)]
-    embedding_model: Option<String>,
+    embedding_model: Vec<String>,
+    /// Passes over the prompts.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// At most this many prompts.
     #[arg(long, default_value_t = 200)]
     limit: usize,
@@ -35,23 +41,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["prompt"].as_str().unwrap_or_default().to_string()))
         .take(args.limit)
         .collect::<Result<_, _>>()?;
-    let name = args.embedding_model.clone().unwrap_or_else(|| semroute::embed::DEFAULT_MODEL.to_string());
-    let router = Router::builder().embedder(semroute::embed::load_installed(&name)?).build()?;
-    for p in prompts.iter().take(5) {
-        router.route(p)?;
+    let names =
+        if args.embedding_model.is_empty() { vec![semroute::embed::DEFAULT_MODEL.to_string()] } else { args.embedding_model.clone() };
+    let routers = names
+        .iter()
+        .map(|name| Ok(Router::builder().embedder(semroute::embed::load_installed(name)?).build()?))
+        .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+    for router in &routers {
+        for p in prompts.iter().take(5) {
+            router.route(p)?;
+        }
     }
-    let mut ms = Vec::with_capacity(prompts.len());
-    for p in &prompts {
-        let t = Instant::now();
-        router.route(p)?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    let mut ms = vec![Vec::with_capacity(prompts.len() * args.rounds); routers.len()];
+    for _ in 0..args.rounds {
+        for (router, ms) in routers.iter().zip(&mut ms) {
+            for p in &prompts {
+                let t = Instant::now();
+                router.route(p)?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
     }
-    let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
-    println!(
-        "{}",
-        serde_json::json!({"router": "semroute", "model": name, "decisions": ms.len(), "mean_ms": mean, "p50_ms": at(0.5), "p99_ms": at(0.99)})
-    );
+    for (name, mut ms) in names.iter().zip(ms) {
+        let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+        println!(
+            "{}",
+            serde_json::json!({"router": "semroute", "model": name, "decisions": ms.len(), "mean_ms": mean, "p50_ms": at(0.5), "p99_ms": at(0.99)})
+        );
+    }
     Ok(())
 }

@@ -74,3 +74,31 @@ fn the_fallback_rule_is_derived_for_e5_too() {
     // (e5 puts nonsense about as close to the exemplars as an unfamiliar real request, so few
     // nonsense prompts fall back on it: 1 of 24 in the fresh-prompt check; see the README.)
 }
+
+/// The int8 copy (`semroute setup multilingual-e5-small-int8`, src/setup/quantize_int8.py): the
+/// same tokenizer and prefix, the weight matrices quantised per channel.
+#[test]
+fn the_int8_copy_stays_close_to_the_float32_model_and_routes_the_same_way() {
+    let int8 = common::installed("multilingual-e5-small-int8");
+    assert_ne!(int8.model_id(), e5().model_id(), "cached vectors must not be shared between the two");
+    assert_eq!(int8.suggested_min_similarity(), Some(0.86), "the teacher's usage lines are copied");
+    let r = common::reference(include_str!("fixtures/e5_reference.json"));
+    let texts: Vec<&str> = r.sentences.iter().map(|s| s.text.as_str()).collect();
+    let full = e5().embed_batch(&texts).unwrap();
+    let small = int8.embed_batch(&texts).unwrap();
+    let cosines: Vec<f32> = full.iter().zip(&small).map(|(a, b)| cosine(a, b)).collect();
+    let worst = cosines.iter().copied().fold(1.0f32, f32::min);
+    eprintln!("int8 against float32 over {} sentences: worst cosine {worst:.4}", texts.len());
+    assert!(worst >= 0.98, "{cosines:?}");
+    // Not identical: a copy that quietly kept the float32 weights would pass the bound above.
+    assert!(worst < 0.99999, "{cosines:?}");
+
+    let router = Router::builder().embedder(int8).no_cache().build().unwrap();
+    for prompt in ["证明：任意有限整环都是域。请给出严格证明。", "Prove that there are infinitely many primes, rigorously."]
+    {
+        let d = router.route(prompt).unwrap();
+        assert_eq!(d.tier, Some(Tier::Strong), "{prompt:?} went to {} ({})", d.model, d.reason);
+    }
+    let d = router.route("Reformat this JSON so it is indented: {\"a\":1}").unwrap();
+    assert!(d.tier < Some(Tier::Strong) && !d.fallback, "{} ({})", d.model, d.reason);
+}

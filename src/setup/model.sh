@@ -19,7 +19,7 @@
 # and checks the graph against numpy. e5 expects its input as "query: <text>".
 #
 # Where: $SEMROUTE_HOME, default ${XDG_CACHE_HOME:-$HOME/.cache}/semroute.
-# Usage: semroute setup [multilingual-e5-small] [--force]   (or, from a checkout: bash src/setup/model.sh ...)
+# Usage: semroute setup [MODEL] [--force]   (or, from a checkout: bash src/setup/model.sh ...)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,8 +37,9 @@ force=""
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    all-minilm-l6-v2 | multilingual-e5-small | static-all-minilm-l6-v2 | static-multilingual-e5-small) model_name="$arg" ;;
-    *) fail "unknown argument '$arg' (usage: semroute setup [multilingual-e5-small] [--force])" ;;
+    all-minilm-l6-v2 | multilingual-e5-small | static-all-minilm-l6-v2 | static-multilingual-e5-small \
+      | all-minilm-l6-v2-int8 | multilingual-e5-small-int8) model_name="$arg" ;;
+    *) fail "unknown argument '$arg' (usage: semroute setup [MODEL] [--force])" ;;
   esac
 done
 dest="$home/models/$model_name"
@@ -70,6 +71,46 @@ if [ "${model_name#static-}" != "$model_name" ]; then
   say "model ready in $dest"
   exit 0
 fi
+# An int8 model: the installed float32 teacher with its weight matrices quantised per channel by
+# quantize_int8.py (ONNX Runtime's dynamic quantisation; a few seconds from MiniLM, about 20 s and
+# 2.3 GB of memory from multilingual-e5-small), checked against the teacher. It reads text exactly
+# as the teacher does, so the teacher's usage lines (prefix, fallback threshold) are copied.
+if [ "${model_name%-int8}" != "$model_name" ]; then
+  teacher="${model_name%-int8}"
+  bash "$here/model.sh" "$teacher" || fail "the teacher model $teacher could not be installed"
+  usage=$(grep -E '^(prefix|min_similarity)=' "$home/models/$teacher/READY" || true)
+  if [ -z "$force" ] && [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+    if [ "$(grep -E '^(prefix|min_similarity)=' "$dest/READY" || true)" != "$usage" ]; then
+      { grep -vE '^(prefix|min_similarity)=' "$dest/READY"; if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi; } > "$dest/READY.new" \
+        && mv "$dest/READY.new" "$dest/READY" || fail "could not update $dest/READY"
+      say "updated how to use the model in $dest/READY"
+    fi
+    say "model ready in $dest"
+    exit 0
+  fi
+  rm -rf "$dest"
+  tmp="$dest.tmp.$$"
+  trap 'rm -rf "$tmp"' EXIT
+  say "quantising $model_name from $home/models/$teacher (weight matrices to int8, per channel)"
+  PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/quantize_int8.py" "$home/models/$teacher" "$tmp" >&2 \
+    || fail "the quantisation failed (see above)"
+  (cd "$tmp" && sha256sum model.onnx tokenizer.json config.json special_tokens_map.json tokenizer_config.json > SHA256SUMS) \
+    || fail "could not checksum $tmp"
+  {
+    grep -E '^model=' "$home/models/$teacher/READY" || true
+    printf 'source=%s, weight matrices quantised to int8 per channel (quantize_int8.py)\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
+      "$teacher" "$ort_version" "$(wc -c < "$tmp/model.onnx" | tr -d ' ')"
+    if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi
+  } > "$tmp/READY"
+  if ! mv -T "$tmp" "$dest" 2>/dev/null; then
+    [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) \
+      || fail "could not move the model into $dest"
+    say "installed meanwhile by another set-up"
+  fi
+  say "model ready in $dest"
+  exit 0
+fi
+
 e5_bin_sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
 
 if [ -n "$force" ]; then

@@ -1,0 +1,122 @@
+"""Writes an int8 copy of an installed transformer: the weight matrices quantised per channel.
+
+Usage: quantize_int8.py TEACHER_DIR OUT_DIR
+
+TEACHER_DIR is a float32 model installed by model.sh (model.onnx, the four tokenizer files).
+Every MatMul whose second input is a weight matrix (the attention projections and the feed-
+forward layers: 36 in MiniLM-L6, 72 in multilingual-e5-small) becomes ONNX Runtime's dynamic int8
+MatMul (onnxruntime.quantization.quantize_dynamic): the weights int8 with one scale per output
+column (per channel), the activations quantised per call. The attention products (activation x
+activation), the embedding tables, layer norms and GELU stay float32.
+
+Why per channel: one scale per whole matrix (per tensor), tried first, left the vectors at a
+median cosine of 0.93 to the float32 ones (minimum 0.74) on the built-in exemplars, which changes
+routing; one scale per column keeps them at 0.99 and the forward pass about twice as fast on a
+2-core x86 machine (weights are read from memory in a quarter of the bytes).
+
+Then it checks the copy against the float32 graph on fixed English and Chinese sentences
+(tokenised by a plain vocabulary lookup, enough to feed real token ids) and fails when any mean-
+pooled vector's cosine to the float32 one is below 0.95. Writes OUT_DIR/model.onnx and copies the
+tokenizer files. Needs numpy, onnx and onnxruntime only.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+TOKENIZER_FILES = ["tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json"]
+MIN_COSINE = 0.95
+CHECK_SENTENCES = [
+    "What is the capital of Australia?",
+    "Prove that there are infinitely many primes, and explain each step of the argument.",
+    "Refactor this multithreaded Java class so that it cannot deadlock, and prove it.",
+    "Fix the typo in this sentence: the the cat sat on the mat.",
+    "Summarise the following meeting notes into action items with owners and deadlines.",
+    "用一句话总结这段新闻",
+    "请证明存在无穷多个素数",
+    "我们的登录接口已经把单引号转义了，渗透测试还是说能注入，帮我分析原因",
+]
+
+
+def ids_of(tok, text, prefix):
+    """Token ids by looking whole words (then single characters) up in the vocabulary."""
+    model = tok["model"]
+    if model["type"] == "WordPiece":
+        vocab = model["vocab"]
+        start, end, unk = vocab["[CLS]"], vocab["[SEP]"], vocab["[UNK]"]
+        words = text.lower().split()
+        pieces = lambda w: [w] if w in vocab else list(w)  # noqa: E731
+        lookup = lambda p: vocab.get(p, unk)  # noqa: E731
+    elif model["type"] == "Unigram":
+        vocab = {p: i for i, (p, _) in enumerate(model["vocab"])}
+        start, end, unk = vocab["<s>"], vocab["</s>"], model.get("unk_id", 3)
+        words = (prefix + text).split()
+        pieces = lambda w: ["\u2581" + w] if "\u2581" + w in vocab else ["\u2581"] + list(w)  # noqa: E731
+        lookup = lambda p: vocab.get(p, unk)  # noqa: E731
+    else:
+        sys.exit(f"unsupported tokenizer model {model['type']!r}")
+    ids = [start] + [lookup(p) for w in words for p in pieces(w)][:254] + [end]
+    return np.array([ids], np.int64)
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    teacher, out = sys.argv[1], sys.argv[2]
+    os.makedirs(out, exist_ok=True)
+    src = onnx.load(os.path.join(teacher, "model.onnx"))
+    weights = {i.name for i in src.graph.initializer}
+    for k, node in enumerate(src.graph.node):
+        if not node.name:
+            node.name = f"node_{k}"
+    chosen = [n.name for n in src.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    if not chosen:
+        sys.exit("no weight MatMul found in the teacher's graph")
+    named = os.path.join(out, "named.onnx")
+    onnx.save(src, named)
+    quantize_dynamic(named, os.path.join(out, "model.onnx"), nodes_to_quantize=chosen, per_channel=True,
+                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    os.remove(named)
+    for f in TOKENIZER_FILES:
+        shutil.copyfile(os.path.join(teacher, f), os.path.join(out, f))
+    print(f"quantised {len(chosen)} weight matrices to int8 (per channel)")
+    check(teacher, out)
+
+
+def check(teacher, out):
+    with open(os.path.join(teacher, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    prefix = ""
+    with open(os.path.join(teacher, "READY"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("prefix="):
+                prefix = line.strip()[len("prefix="):].strip('"')
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    full = ort.InferenceSession(os.path.join(teacher, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    small = ort.InferenceSession(os.path.join(out, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in full.get_inputs()}
+    cosines = []
+    for text in CHECK_SENTENCES:
+        ids = ids_of(tok, text, prefix)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        a = full.run(None, feed)[0][0].mean(axis=0)
+        b = small.run(None, feed)[0][0].mean(axis=0)
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    worst = min(cosines)
+    if not worst >= MIN_COSINE:
+        sys.exit(f"the int8 graph disagrees with the float32 one: cosine {worst:.4f} < {MIN_COSINE}")
+    print(f"checked against the float32 graph on {len(cosines)} sentences: cosine min {worst:.4f}, "
+          f"median {float(np.median(cosines)):.4f}")
+
+
+if __name__ == "__main__":
+    main()
