@@ -8,7 +8,7 @@
 #   bash benches/aurelio.sh [LIMIT]
 #
 # Installs semantic-router 1.1.1, tokenizers and onnxruntime from PyPI into target/aurelio-py
-# (once; not your site-packages). Needs `semroute setup` done (the MiniLM model).
+# (once; not your site-packages). Needs the MiniLM model (`semroute setup all-minilm-l6-v2`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 limit="${1:-200}"
@@ -16,7 +16,7 @@ python="${PYTHON:-python3}"
 home="${SEMROUTE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/semroute}"
 py=target/aurelio-py
 model="$home/models/all-minilm-l6-v2"
-[ -f "$model/READY" ] || { echo "aurelio bench: no MiniLM model in $model (run: cargo run --release -- setup)" >&2; exit 1; }
+[ -f "$model/READY" ] || { echo "aurelio bench: no MiniLM model in $model (run: cargo run --release -- setup all-minilm-l6-v2)" >&2; exit 1; }
 if ! PYTHONPATH="$py" "$python" -c "import semantic_router, tokenizers, onnxruntime" >/dev/null 2>&1; then
     echo "aurelio bench: installing semantic-router 1.1.1 into $py" >&2
     "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$py" \
@@ -26,7 +26,8 @@ fi
 cargo build --release --example decision_timing >&2
 prompts=tests/fixtures/fresh/prompts.jsonl
 aurelio=$(PYTHONPATH="$py" "$python" benches/aurelio_bench.py "$model" exemplars "$prompts" "$limit")
-minilm=$(./target/release/examples/decision_timing --prompts "$prompts" --limit "$limit")
+# The same graph on both sides: MiniLM (float32), named, since it is no longer the default.
+minilm=$(./target/release/examples/decision_timing --prompts "$prompts" --limit "$limit" --embedding-model all-minilm-l6-v2)
 static=""
 if [ -f "$home/models/static-all-minilm-l6-v2/READY" ]; then
     static=$(./target/release/examples/decision_timing --prompts "$prompts" --limit "$limit" --embedding-model static-all-minilm-l6-v2)

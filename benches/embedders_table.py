@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The savings benchmark per embedding model, seed 42: one Markdown row per data set with each
 model's AIQ (against the single models' hull) and its cost at 95% of the best model's quality
-over the cheapest single model reaching 95%. Reads target/savings/<set>.json (the default MiniLM
-run) and target/savings/<model>/<set>.json (benches/savings.sh --embedding-model <model>)."""
+over the cheapest single model reaching 95%. Reads target/savings/<model>/<set>.json
+(benches/savings.sh --embedding-model <model>, for every model, the default included)."""
 import json
 import sys
 from pathlib import Path
@@ -13,7 +13,7 @@ root = Path(sys.argv[1] if len(sys.argv) > 1 else "target/savings")
 
 
 def seed42(model, name):
-    path = root / f"{name}.json" if model == MODELS[0] else root / model / f"{name}.json"
+    path = root / model / f"{name}.json"
     if not path.exists():
         return None
     runs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]

@@ -7,13 +7,20 @@ use semroute::embed::{cosine, Embedder, EmbedderOptions, FastEmbedder, Home};
 use semroute::error::SETUP_COMMAND;
 use semroute::Error;
 
+/// The model this file checks (the default before the int8 multilingual model; still installable).
+const MINILM: &str = "all-minilm-l6-v2";
+
+fn minilm() -> std::sync::Arc<FastEmbedder> {
+    common::installed(MINILM)
+}
+
 fn reference() -> common::Reference {
     common::reference(include_str!("fixtures/minilm_reference.json"))
 }
 
 #[test]
 fn agrees_with_candle_reference_in_english_and_chinese() {
-    let e = common::embedder();
+    let e = minilm();
     let r = reference();
     assert!(r.sentences.len() >= 10);
     let chinese = r.sentences.iter().filter(|s| s.text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))).count();
@@ -32,7 +39,7 @@ fn agrees_with_candle_reference_in_english_and_chinese() {
 
 #[test]
 fn reproduces_documented_similarity() {
-    let e = common::embedder();
+    let e = minilm();
     let a = e.embed("A man is eating food.").unwrap();
     let b = e.embed("A man is eating a piece of bread.").unwrap();
     let c = cosine(&a, &b);
@@ -41,7 +48,7 @@ fn reproduces_documented_similarity() {
 
 #[test]
 fn single_and_batched_embeddings_agree_and_are_unit_length() {
-    let e = common::embedder();
+    let e = minilm();
     let texts = ["short", "a much longer sentence that needs padding in a batch with a short one", "中文句子"];
     let batch = e.embed_batch(&texts).unwrap();
     for (t, v) in texts.iter().zip(&batch) {
@@ -55,7 +62,7 @@ fn single_and_batched_embeddings_agree_and_are_unit_length() {
 
 #[test]
 fn very_long_text_is_truncated_not_refused() {
-    let e = common::embedder();
+    let e = minilm();
     let long = "word ".repeat(20_000);
     let v = e.embed(&long).unwrap();
     assert_eq!(v.len(), 384);
@@ -65,7 +72,7 @@ fn very_long_text_is_truncated_not_refused() {
 }
 
 fn model_dir() -> std::path::PathBuf {
-    Home::from_env().model_dir(semroute::embed::DEFAULT_MODEL)
+    Home::from_env().model_dir(MINILM)
 }
 
 #[test]
@@ -87,7 +94,7 @@ fn copy_model(dir: &std::path::Path, onnx: &[u8]) {
 
 #[test]
 fn truncated_model_is_reported_as_damaged() {
-    let _ = common::embedder(); // make sure the real model is installed
+    let _ = minilm(); // make sure the real model is installed
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path(), b"not an onnx graph");
     let err = FastEmbedder::load(dir.path(), &Home::from_env().ort_library(), &EmbedderOptions::default()).unwrap_err();
@@ -97,7 +104,7 @@ fn truncated_model_is_reported_as_damaged() {
 
 #[test]
 fn tampered_tokenizer_is_reported_as_damaged() {
-    let _ = common::embedder();
+    let _ = minilm();
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path(), b"x");
     let mut tok = std::fs::read(dir.path().join("tokenizer.json")).unwrap();

@@ -71,15 +71,16 @@ if [ "${model_name#static-}" != "$model_name" ]; then
   say "model ready in $dest"
   exit 0
 fi
-# An int8 model: the installed float32 teacher with its weight matrices quantised per channel by
-# quantize_int8.py (ONNX Runtime's dynamic quantisation; a few seconds from MiniLM, about 20 s and
-# 2.3 GB of memory from multilingual-e5-small), checked against the teacher. It reads text exactly
+# An int8 model: the installed float32 teacher with its weight matrices (per channel) and word
+# embeddings quantised by quantize_int8.py (ONNX Runtime's dynamic quantisation; a few seconds
+# from MiniLM, about 20 s and 2.3 GB of memory from multilingual-e5-small), checked against it. It reads text exactly
 # as the teacher does, so the teacher's usage lines (prefix, fallback threshold) are copied.
 if [ "${model_name%-int8}" != "$model_name" ]; then
   teacher="${model_name%-int8}"
   bash "$here/model.sh" "$teacher" || fail "the teacher model $teacher could not be installed"
   usage=$(grep -E '^(prefix|min_similarity)=' "$home/models/$teacher/READY" || true)
-  if [ -z "$force" ] && [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+  # recipe=3: the word embeddings quantised too, a scale per token (an older copy is made again).
+  if [ -z "$force" ] && grep -qx 'recipe=3' "$dest/READY" 2>/dev/null && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
     if [ "$(grep -E '^(prefix|min_similarity)=' "$dest/READY" || true)" != "$usage" ]; then
       { grep -vE '^(prefix|min_similarity)=' "$dest/READY"; if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi; } > "$dest/READY.new" \
         && mv "$dest/READY.new" "$dest/READY" || fail "could not update $dest/READY"
@@ -98,7 +99,7 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
     || fail "could not checksum $tmp"
   {
     grep -E '^model=' "$home/models/$teacher/READY" || true
-    printf 'source=%s, weight matrices quantised to int8 per channel (quantize_int8.py)\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
+    printf 'source=%s, weight matrices and word embeddings quantised to int8 (quantize_int8.py)\nrecipe=3\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
       "$teacher" "$ort_version" "$(wc -c < "$tmp/model.onnx" | tr -d ' ')"
     if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi
   } > "$tmp/READY"
