@@ -59,3 +59,25 @@ fn fresh_prompts_go_to_their_side() {
     let routine_fallbacks = report.outcomes.iter().filter(|o| o.side == Side::Cheap && o.fallback).count();
     assert!(routine_fallbacks <= 8, "{routine_fallbacks} routine prompts fell back");
 }
+
+/// The int8 copy of MiniLM (`semroute setup all-minilm-l6-v2-int8`) against MiniLM itself, case
+/// by case: quantisation may move a knife-edge prompt, not the router's behaviour.
+#[test]
+fn the_int8_copy_of_minilm_decides_like_minilm() {
+    let full = check_sides(&common::router(), &cases()).unwrap();
+    let int8 =
+        semroute::Router::builder().embedder(common::installed("all-minilm-l6-v2-int8")).cache_dir(common::vector_cache()).build().unwrap();
+    let small = check_sides(&int8, &cases()).unwrap();
+    let n = full.outcomes.len();
+    let same_tier = full.outcomes.iter().zip(&small.outcomes).filter(|(a, b)| a.tier == b.tier && a.fallback == b.fallback).count();
+    let same_side = full.outcomes.iter().zip(&small.outcomes).filter(|(a, b)| a.agree == b.agree).count();
+    eprintln!(
+        "int8 against float32: same tier {same_tier} of {n}, same side {same_side}; on its side {:.1}% against {:.1}%",
+        100.0 * small.overall().agreement(),
+        100.0 * full.overall().agreement()
+    );
+    // Measured when the copy was added: see the README's "int8 copies".
+    assert!(same_tier * 100 >= n * 85, "{same_tier} of {n}");
+    assert!(same_side * 100 >= n * 92, "{same_side} of {n}");
+    assert!((small.overall().agreement() - full.overall().agreement()).abs() <= 0.04);
+}
