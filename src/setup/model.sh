@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the embedding model semroute routes with, fully offline at run time.
 # By default all-MiniLM-L6-v2 (English); `multilingual-e5-small` installs the opt-in multilingual
-# model instead (see the end of this comment).
+# model instead (see the end of this comment). `<model>-int8` writes an int8 copy of either (see
+# quantize_int8.py) and `static-<model>` distils a static one (distill_static.py), each from its
+# installed float32 teacher.
 #
 # What it does (each step is skipped when its result is already there, so it is safe to re-run):
 #   1. pip-installs numpy, onnx and onnxruntime into a private folder (not your site-packages);
@@ -92,7 +94,7 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
   rm -rf "$dest"
   tmp="$dest.tmp.$$"
   trap 'rm -rf "$tmp"' EXIT
-  say "quantising $model_name from $home/models/$teacher (weight matrices to int8, per channel)"
+  say "quantising $model_name from $home/models/$teacher (weight matrices per channel and word embeddings per token, to int8)"
   PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/quantize_int8.py" "$home/models/$teacher" "$tmp" >&2 \
     || fail "the quantisation failed (see above)"
   (cd "$tmp" && sha256sum model.onnx tokenizer.json config.json special_tokens_map.json tokenizer_config.json > SHA256SUMS) \
