@@ -12,6 +12,14 @@
 //! only a small share of the exemplars themselves exceed ([`Familiarity::derive`]). An exemplar's translations
 //! (exemplars sharing its `pair`) do not count as its neighbours, since a new prompt has no twin.
 //!
+//! Some embedders put every text in one narrow cone: with multilingual-e5-small two unrelated
+//! built-in exemplars are 0.82 similar on average, and the set's mean vector has a squared length
+//! of 0.82 (all-MiniLM-L6-v2: 0.17). Distances then measure little but that shared direction. Where
+//! the set's mean vector holds more than half of an average vector's squared length
+//! ([`CENTRE_ABOVE`]), the rule measures distances after removing it ([`Centre`]): the cosine
+//! of `v − mean` and `e − mean`, computed from the index's own similarities, with the nearest
+//! exemplars re-ranked by it.
+//!
 //! ```
 //! use semroute::exemplar::ExemplarSet;
 //! use semroute::familiar::Familiarity;
@@ -28,7 +36,7 @@
 //! let f = Familiarity::derive(&index, &set, 0.02).expect("enough exemplars");
 //!
 //! // A prompt between two exemplars is familiar; one off the circle, far from all, is not.
-//! let judge = |v: &[f32]| f.judge(&index.search(v, 8).iter().map(|h: &Hit| (Some(h.position), h.similarity)).collect::<Vec<_>>());
+//! let judge = |v: &[f32]| f.judge(&index.search(v, 8).iter().map(|h: &Hit| (Some(h.position), h.similarity)).collect::<Vec<_>>(), v);
 //! assert!(judge(&at(9.0)).unfamiliar.is_none());
 //! let off = [0.6f32, 0.0, 0.8];
 //! assert!(judge(&off).unfamiliar.is_some());
@@ -50,6 +58,82 @@ pub const DENSITY_MAX_EXEMPLARS: usize = 20_000;
 /// Sets smaller than this cannot derive a rule (the embedder's suggestion, else 0.3, is used).
 pub const MIN_EXEMPLARS: usize = 20;
 
+/// The density rule removes the set's mean direction ([`Centre`]) when the mean vector's squared
+/// length is above this: when more than half of an average vector is the direction every text
+/// shares.
+pub const CENTRE_ABOVE: f32 = 0.5;
+
+/// The exemplar set's mean vector, and each exemplar's projection on it and squared length: what
+/// turns a similarity from the index into the similarity of the two vectors with the mean removed.
+#[derive(Debug, Clone)]
+pub struct Centre {
+    mean: Arc<Vec<f32>>,
+    norm2: f32,
+    /// (projection on the mean, squared length) per exemplar, by position.
+    exemplars: Arc<Vec<(f32, f32)>>,
+}
+
+impl Centre {
+    /// The centre of `vectors`, if their mean's squared length is above [`CENTRE_ABOVE`].
+    fn of(vectors: &[&[f32]]) -> Option<Centre> {
+        let (n, dim) = (vectors.len(), vectors.first()?.len());
+        let mut mean = vec![0.0f32; dim];
+        for v in vectors {
+            for (m, x) in mean.iter_mut().zip(v.iter()) {
+                *m += x / n as f32;
+            }
+        }
+        let norm2 = dot(&mean, &mean);
+        if !(norm2 > CENTRE_ABOVE) {
+            return None;
+        }
+        let exemplars = vectors.iter().map(|v| (dot(v, &mean), dot(v, v))).collect();
+        Some(Centre { mean: Arc::new(mean), norm2, exemplars: Arc::new(exemplars) })
+    }
+
+    /// The squared length of the mean vector removed.
+    pub fn norm2(&self) -> f32 {
+        self.norm2
+    }
+
+    /// (projection on the mean, squared length) of a vector.
+    fn project(&self, v: &[f32]) -> (f32, f32) {
+        (dot(v, &self.mean), dot(v, v))
+    }
+
+    /// The similarity, with the mean removed, of a vector projected as `q` and the exemplar at
+    /// `position`, whose similarity (dot product) to it is `s`.
+    fn similarity(&self, s: f32, q: (f32, f32), position: usize) -> Option<f32> {
+        let &(b, ee) = self.exemplars.get(position)?;
+        let (a, qq, m) = (f64::from(q.0), f64::from(q.1), f64::from(self.norm2));
+        let (b, ee) = (f64::from(b), f64::from(ee));
+        let den = ((qq - 2.0 * a + m).max(1e-9) * (ee - 2.0 * b + m).max(1e-9)).sqrt();
+        Some(((f64::from(s) - a - b + m) / den).clamp(-1.0, 1.0) as f32)
+    }
+
+    /// `hits` (position, similarity) with their similarities centred, most similar first.
+    fn rerank(&self, q: (f32, f32), hits: impl IntoIterator<Item = (usize, f32)>) -> Vec<(usize, f32)> {
+        let mut out: Vec<(usize, f32)> = hits.into_iter().filter_map(|(p, s)| Some((p, self.similarity(s, q, p)?))).collect();
+        out.sort_by(|x, y| y.1.total_cmp(&x.1));
+        out
+    }
+
+    /// This centre with the exemplars at positions `from..` of `vectors` projected (the mean
+    /// stays that of the set it was derived from).
+    fn extended(&self, vectors: &[&[f32]], from: usize) -> Centre {
+        let mut all = Vec::clone(&self.exemplars);
+        all.truncate(from);
+        for v in vectors.iter().skip(all.len()) {
+            all.push(self.project(v));
+        }
+        Centre { mean: self.mean.clone(), norm2: self.norm2, exemplars: Arc::new(all) }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// The fallback rule in force.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -68,6 +152,8 @@ pub enum Familiarity {
         /// dense, so that a prompt near a clump of near-duplicates is not called unfamiliar for
         /// being a little farther from them than they are from each other.
         typical: f32,
+        /// The set's mean direction, removed before distances are measured, where it dominates.
+        centre: Option<Centre>,
     },
 }
 
@@ -97,11 +183,12 @@ impl Familiarity {
         if n > DENSITY_MAX_EXEMPLARS {
             let step = n.div_ceil(2000);
             let mut nearest: Vec<f32> =
-                (0..n).step_by(step).filter_map(|i| others(index, exemplars, i, vectors[i], 1).first().map(|h| h.1)).collect();
+                (0..n).step_by(step).filter_map(|i| others(index, exemplars, i, vectors[i], 1, None).first().map(|h| h.1)).collect();
             nearest.sort_by(f32::total_cmp);
             return (!nearest.is_empty()).then(|| Familiarity::Similarity(quantile(&nearest, share)));
         }
-        let near: Vec<Vec<(usize, f32)>> = (0..n).map(|i| others(index, exemplars, i, vectors[i], NEIGHBOURS)).collect();
+        let centre = Centre::of(&vectors[..n]);
+        let near: Vec<Vec<(usize, f32)>> = (0..n).map(|i| others(index, exemplars, i, vectors[i], NEIGHBOURS, centre.as_ref())).collect();
         let spread: Vec<f32> = near.iter().map(|h| mean_distance(h) as f32).collect();
         let typical = {
             let mut s: Vec<f32> = near.iter().zip(&spread).filter(|(h, _)| !h.is_empty()).map(|(_, &s)| s).collect();
@@ -124,7 +211,7 @@ impl Familiarity {
         // Never below 1: a prompt as close to its neighbours as they are to theirs is familiar
         // (a set of near-duplicates would otherwise put the limit at 0).
         let limit = f64::from(quantile(&ratios, 1.0 - share)).max(1.0);
-        Some(Familiarity::Density { limit, spread: Arc::new(spread), typical })
+        Some(Familiarity::Density { limit, spread: Arc::new(spread), typical, centre })
     }
 
     /// This rule after exemplars were added at positions `from..` of `index` (their spreads are
@@ -132,21 +219,22 @@ impl Familiarity {
     pub fn extended(&self, index: &LiveIndex, exemplars: &ExemplarSet, from: usize) -> Familiarity {
         match self {
             Familiarity::Similarity(_) => self.clone(),
-            Familiarity::Density { limit, spread, typical } => {
+            Familiarity::Density { limit, spread, typical, centre } => {
                 let vectors: Vec<&[f32]> = index.vectors().collect();
+                let centre = centre.as_ref().map(|c| c.extended(&vectors, from));
                 let mut all = Vec::clone(spread);
                 all.truncate(from);
                 for i in all.len()..exemplars.len().min(vectors.len()) {
-                    all.push(mean_distance(&others(index, exemplars, i, vectors[i], NEIGHBOURS)) as f32);
+                    all.push(mean_distance(&others(index, exemplars, i, vectors[i], NEIGHBOURS, centre.as_ref())) as f32);
                 }
-                Familiarity::Density { limit: *limit, spread: Arc::new(all), typical: *typical }
+                Familiarity::Density { limit: *limit, spread: Arc::new(all), typical: *typical, centre }
             }
         }
     }
 
-    /// Judges a prompt from its nearest exemplars, most similar first: (position in the
-    /// in-process index, if any; similarity).
-    pub fn judge(&self, hits: &[(Option<usize>, f32)]) -> Judgement {
+    /// Judges a prompt (its vector `query`) from its nearest exemplars, most similar first:
+    /// (position in the in-process index, if any; similarity).
+    pub fn judge(&self, hits: &[(Option<usize>, f32)], query: &[f32]) -> Judgement {
         let Some(&(_, top)) = hits.first() else {
             return Judgement { unfamiliarity: None, unfamiliar: Some("there are no exemplars to compare with".into()) };
         };
@@ -155,8 +243,12 @@ impl Familiarity {
                 unfamiliarity: None,
                 unfamiliar: (top < *min).then(|| format!("the nearest exemplar is only {top:.3} similar (below {min:.3})")),
             },
-            Familiarity::Density { limit, spread, typical } => {
-                let used: Vec<(usize, f32)> = hits.iter().take(NEIGHBOURS).filter_map(|&(p, s)| p.map(|p| (p, s))).collect();
+            Familiarity::Density { limit, spread, typical, centre } => {
+                let local = hits.iter().filter_map(|&(p, s)| p.map(|p| (p, s)));
+                let used: Vec<(usize, f32)> = match centre {
+                    Some(c) => c.rerank(c.project(query), local).into_iter().take(NEIGHBOURS).collect(),
+                    None => local.take(NEIGHBOURS).collect(),
+                };
                 let known: Vec<f32> = used.iter().filter_map(|&(p, _)| spread.get(p).copied()).collect();
                 if known.is_empty() {
                     return Judgement { unfamiliarity: None, unfamiliar: None };
@@ -183,6 +275,14 @@ impl Familiarity {
         }
     }
 
+    /// The mean direction the density rule removes, if it does (see [`Centre`]).
+    pub fn centre(&self) -> Option<&Centre> {
+        match self {
+            Familiarity::Density { centre, .. } => centre.as_ref(),
+            Familiarity::Similarity(_) => None,
+        }
+    }
+
     /// The threshold of the similarity rule, if it is the one in force.
     pub fn min_similarity(&self) -> Option<f32> {
         match self {
@@ -192,16 +292,19 @@ impl Familiarity {
     }
 }
 
-/// Up to `k` nearest exemplars of exemplar `i` (vector `v`), skipping itself and its `pair`.
-fn others(index: &LiveIndex, exemplars: &ExemplarSet, i: usize, v: &[f32], k: usize) -> Vec<(usize, f32)> {
+/// Up to `k` nearest exemplars of exemplar `i` (vector `v`), skipping itself and its `pair`;
+/// with a centre, re-ranked by the centred similarity.
+fn others(index: &LiveIndex, exemplars: &ExemplarSet, i: usize, v: &[f32], k: usize, centre: Option<&Centre>) -> Vec<(usize, f32)> {
     let me = exemplars.get(i);
-    index
-        .search(v, k + 8)
+    let hits = index
+        .search(v, k + if centre.is_some() { 16 } else { 8 })
         .into_iter()
         .filter(|h| h.position != i && (me.pair.is_none() || exemplars.get(h.position).pair != me.pair))
-        .take(k)
-        .map(|h| (h.position, h.similarity))
-        .collect()
+        .map(|h| (h.position, h.similarity));
+    match centre {
+        Some(c) => c.rerank(c.project(v), hits).into_iter().take(k).collect(),
+        None => hits.take(k).collect(),
+    }
 }
 
 fn mean_distance(hits: &[(usize, f32)]) -> f64 {
@@ -220,4 +323,67 @@ fn ratio(distance: f64, spreads: impl Iterator<Item = f32>, typical: f32) -> f64
 
 fn quantile(sorted: &[f32], q: f64) -> f32 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{HnswIndex, NeighbourIndex};
+
+    fn set(n: usize) -> ExemplarSet {
+        let lines: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"id":"e{i}","prompt":"p{i}","category":"c","language":"en","label":{{"tier":"cheap","reason":"r","output_tokens":5}}}}"#))
+            .collect();
+        ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl").unwrap()
+    }
+
+    fn unit(v: [f32; 4]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    fn judge(f: &Familiarity, index: &LiveIndex, v: &[f32]) -> Judgement {
+        f.judge(&index.search(v, 8).iter().map(|h| (Some(h.position), h.similarity)).collect::<Vec<_>>(), v)
+    }
+
+    #[test]
+    fn a_shared_direction_is_removed_before_distances_are_measured() {
+        // 60 exemplars on a circle in the (e1, e2) plane, all leaning far along e0 (as an
+        // anisotropic embedder puts every text in one narrow cone): every pair is 0.8 similar or
+        // more. A prompt off that circle (along e3) is 0.9 similar to every exemplar, as close
+        // as they are to each other, yet like none of them.
+        let at = |deg: f32| {
+            let a = deg.to_radians();
+            unit([3.0, a.cos(), a.sin(), 0.0])
+        };
+        let vectors: Vec<Vec<f32>> = (0..60).map(|i| at(i as f32 * 6.0)).collect();
+        let index = LiveIndex::new(HnswIndex::build(&vectors).unwrap());
+        let f = Familiarity::derive(&index, &set(60), 0.02).unwrap();
+        let c = f.centre().expect("the mean direction dominates");
+        assert!(c.norm2() > CENTRE_ABOVE, "{}", c.norm2());
+        assert!(judge(&f, &index, &at(9.0)).unfamiliar.is_none(), "between two exemplars");
+        let off = unit([3.0, 0.0, 0.0, 1.0]);
+        let j = judge(&f, &index, &off);
+        assert!(j.unfamiliar.is_some(), "{j:?}");
+
+        // Centred similarities are those of the vectors with the mean removed.
+        let mean: Vec<f32> = (0..4).map(|d| vectors.iter().map(|v| v[d]).sum::<f32>() / 60.0).collect();
+        let minus = |v: &[f32]| -> Vec<f32> { v.iter().zip(&mean).map(|(x, m)| x - m).collect() };
+        let cos = |a: &[f32], b: &[f32]| dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+        let q = at(9.0);
+        let got = c.similarity(dot(&q, &vectors[3]), c.project(&q), 3).unwrap();
+        assert!((got - cos(&minus(&q), &minus(&vectors[3]))).abs() < 1e-4, "{got}");
+    }
+
+    #[test]
+    fn a_set_without_a_dominant_direction_is_not_centred() {
+        let at = |deg: f32| {
+            let a = deg.to_radians();
+            unit([0.0, a.cos(), a.sin(), 0.0])
+        };
+        let vectors: Vec<Vec<f32>> = (0..60).map(|i| at(i as f32 * 6.0)).collect();
+        let index = LiveIndex::new(HnswIndex::build(&vectors).unwrap());
+        let f = Familiarity::derive(&index, &set(60), 0.02).unwrap();
+        assert!(f.centre().is_none());
+    }
 }

@@ -146,6 +146,9 @@ pub struct Settings {
     pub unfamiliar_limit: Option<f64>,
     /// The share of the exemplars themselves the derived rule would call unfamiliar.
     pub unfamiliar_share: f64,
+    /// Whether the density rule measures distances with the set's mean direction removed (it
+    /// does where that direction dominates the vectors: see [`familiar`](crate::familiar)).
+    pub unfamiliar_centred: bool,
     /// How many standard errors a model's predicted quality must clear the bar by (0: the
     /// point prediction alone).
     pub caution: f64,
@@ -305,6 +308,7 @@ impl Router {
             fallback_model: state.fallback_model.clone(),
             min_similarity: state.familiarity.min_similarity(),
             unfamiliar_limit: state.familiarity.limit(),
+            unfamiliar_centred: state.familiarity.centre().is_some(),
             ..self.inner.settings.clone()
         }
     }
@@ -599,7 +603,7 @@ impl Router {
                 .collect(),
             Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (None, h.exemplar, h.similarity)).collect(),
         };
-        let judgement = state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>());
+        let judgement = state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>(), vector);
         let found: Vec<(Arc<Exemplar>, f32)> = hits.into_iter().take(s.k).map(|h| (h.1, h.2)).collect();
         let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
         let mut predictions = predict_from(&grades, &state.prices, s.temperature, &state.prior);
@@ -1214,6 +1218,7 @@ impl RouterBuilder {
             min_similarity: None,
             unfamiliar_limit: None,
             unfamiliar_share,
+            unfamiliar_centred: false,
             caution,
             fallback_model: String::new(),
             temperature,

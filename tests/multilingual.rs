@@ -102,3 +102,29 @@ fn the_int8_copy_stays_close_to_the_float32_model_and_routes_the_same_way() {
     let d = router.route("Reformat this JSON so it is indented: {\"a\":1}").unwrap();
     assert!(d.tier < Some(Tier::Strong) && !d.fallback, "{} ({})", d.model, d.reason);
 }
+
+/// e5 puts every text in one narrow cone (two unrelated built-in exemplars are 0.82 similar on
+/// average), so the fallback rule measures distances with the set's mean direction removed: then
+/// keyboard mashing is unknown and everyday requests are not (measured as the raw rule, the
+/// mashing below was familiar and the two requests were not).
+#[test]
+fn on_e5_the_fallback_rule_removes_the_shared_direction() {
+    let int8 = Router::builder().embedder(common::installed("multilingual-e5-small-int8")).no_cache().build().unwrap();
+    for r in [router(), int8] {
+        assert!(r.settings().unfamiliar_centred);
+        for nonsense in ["asdkjh qwe zxcmnb", "qqqq wxwx zzkj plmpl"] {
+            let d = r.route(nonsense).unwrap();
+            assert!(d.fallback, "{nonsense:?}: {}", d.reason);
+        }
+        for everyday in [
+            "What is the capital of Australia?",
+            "Summarise this paragraph in one sentence: the meeting moved to Tuesday because the venue flooded.",
+            "把这句话翻译成英文：我们下周一开会讨论预算。",
+        ] {
+            let d = r.route(everyday).unwrap();
+            assert!(!d.fallback, "{everyday:?}: {}", d.reason);
+        }
+    }
+    // MiniLM's vectors share less (0.17), and its rule is left as it was.
+    assert!(!common::router().settings().unfamiliar_centred);
+}
