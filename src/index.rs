@@ -163,6 +163,12 @@ fn check_dimensions(vectors: &[Vec<f32>]) -> Result<usize> {
 /// own short beam search. Why: `hnsw_rs`'s search allocates an `Arc` and hashes every node it
 /// visits, which measured 1.3 ms per query at 100k vectors on our 2-core machine; the same graph
 /// searched flat costs a fraction of that (see `benches/route.rs`).
+///
+/// Up to [`EXACT_SCAN_UP_TO`] vectors a search scans them all instead of walking the graph: as
+/// fast there (35 µs at 1k against 40 µs for the graph, `cargo bench --bench route`), and exact.
+/// The graph's pruned neighbour lists can leave a node that no search reaches: on
+/// multilingual-e5-small's built-in exemplars, whose similarities all lie between 0.7 and 1, two
+/// of 475 exemplars were not found even when searched with their own vector.
 pub struct HnswIndex {
     dim: usize,
     vectors: Slab<f32>,
@@ -170,6 +176,8 @@ pub struct HnswIndex {
     layers: Vec<Links>,
     entry: u32,
     ef_search: usize,
+    /// Up to this many vectors, a search scans them all.
+    scan_up_to: usize,
 }
 
 impl std::fmt::Debug for HnswIndex {
@@ -211,6 +219,7 @@ impl HnswIndex {
                 layers: vec![Links { offsets: Slab::Owned(vec![0]), links: Slab::Owned(Vec::new()) }],
                 entry: 0,
                 ef_search: ef_search.max(1),
+                scan_up_to: EXACT_SCAN_UP_TO,
             });
         }
         let graph: Hnsw<'static, f32, UnitCosine> = Hnsw::new(links, vectors.len().max(1), 16, ef_construction.max(links), UnitCosine);
@@ -254,6 +263,7 @@ impl HnswIndex {
             layers: layers.into_iter().map(|(offsets, links)| Links { offsets: Slab::Owned(offsets), links: Slab::Owned(links) }).collect(),
             entry: entry.0,
             ef_search: ef_search.max(1),
+            scan_up_to: EXACT_SCAN_UP_TO,
         })
     }
 
@@ -269,6 +279,20 @@ impl HnswIndex {
     /// ```
     pub fn with_ef_search(mut self, ef: usize) -> Self {
         self.ef_search = ef.max(1);
+        self
+    }
+
+    /// The same index, scanning every vector only when it holds at most `n` (0: always the
+    /// graph; the default is [`EXACT_SCAN_UP_TO`]).
+    ///
+    /// ```
+    /// use semroute::index::{HnswIndex, NeighbourIndex};
+    /// let index = HnswIndex::build(&[vec![1.0, 0.0], vec![0.0, 1.0]])?.with_scan_up_to(0);
+    /// assert_eq!(index.search(&[1.0, 0.0], 1)[0].position, 0);
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn with_scan_up_to(mut self, n: usize) -> Self {
+        self.scan_up_to = n;
         self
     }
 
@@ -422,11 +446,23 @@ impl Ord for Scored {
     }
 }
 
+/// Indexes of at most this many vectors are searched by an exact scan (see [`HnswIndex`]).
+pub const EXACT_SCAN_UP_TO: usize = 2048;
+
 impl NeighbourIndex for HnswIndex {
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
         let n = self.len();
         if n == 0 || k == 0 || query.len() != self.dim {
             return Vec::new();
+        }
+        if n <= self.scan_up_to {
+            let by = |a: &Hit, b: &Hit| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position));
+            let mut hits: Vec<Hit> = (0..n as u32).map(|i| Hit { position: i as usize, similarity: dot(query, self.vector(i)) }).collect();
+            let k = k.min(n);
+            hits.select_nth_unstable_by(k - 1, by);
+            hits.truncate(k);
+            hits.sort_by(by);
+            return hits;
         }
         // Greedy descent through the upper layers.
         let mut current = Scored(self.distance(query, self.entry), self.entry);
@@ -693,7 +729,7 @@ impl HnswIndex {
             if r.at != body.len() {
                 return Err("unexpected bytes after the graph".into());
             }
-            Ok(HnswIndex { dim: h.dim, vectors, layers, entry: h.entry, ef_search: h.ef_search })
+            Ok(HnswIndex { dim: h.dim, vectors, layers, entry: h.entry, ef_search: h.ef_search, scan_up_to: EXACT_SCAN_UP_TO })
         })();
         parsed.map_err(bad)
     }
@@ -936,9 +972,16 @@ mod tests {
                 vec![t.cos(), t.sin(), 0.0]
             })
             .collect();
-        let hnsw = HnswIndex::build(&vectors).unwrap();
+        let hnsw = HnswIndex::build(&vectors).unwrap().with_scan_up_to(0);
         let exact = ExactIndex::build(vectors.clone()).unwrap();
+        let scanned = HnswIndex::build(&vectors).unwrap();
         for q in vectors.iter().step_by(17) {
+            let positions = |h: Vec<Hit>| {
+                let mut p: Vec<usize> = h.iter().map(|h| h.position).collect();
+                p.sort();
+                p
+            };
+            assert_eq!(positions(scanned.search(q, 5)), positions(exact.search(q, 5)), "a small index is scanned exactly");
             let a: Vec<usize> = hnsw.search(q, 5).iter().map(|h| h.position).collect();
             let mut b: Vec<usize> = exact.search(q, 5).iter().map(|h| h.position).collect();
             let mut a_sorted = a.clone();

@@ -49,22 +49,28 @@ fn fresh_prompts_go_to_their_side() {
     let hard_cheap: Vec<&str> =
         report.outcomes.iter().filter(|o| o.side == Side::Strong && o.tier == semroute::Tier::Cheap).map(|o| o.id.as_str()).collect();
     eprintln!("overall {:.1}% on its side; hard prompts sent to the cheap tier: {hard_cheap:?}", 100.0 * all.agreement());
-    // The aim met: no hard prompt on the cheap tier. Floors for the rest: what the defaults
-    // measured when this check was added (MiniLM, caution 1: 76.0%, 4 of 24 nonsense prompts
-    // fell back, 5 routine ones did).
+    // The aim met: no hard prompt on the cheap tier. Floors for the rest: what the default
+    // (multilingual-e5-small in int8, caution 1, the centred fallback rule) measured when it
+    // became the default: 85.2% on its side, 90.2% of the Chinese hard prompts on the strong tier,
+    // 22 of 24 nonsense prompts fell back, 5 routine ones did (MiniLM, the default before:
+    // 76.0%, 73.2%, 4, 5).
     assert!(hard_cheap.is_empty(), "{hard_cheap:?}");
-    assert!(all.agreement() >= 0.75, "{:.3}", all.agreement());
+    assert!(all.agreement() >= 0.84, "{:.3}", all.agreement());
+    let zh_hard = &by["zh Strong"];
+    assert!(zh_hard.agreement() >= 0.88, "{:.3} of the Chinese hard prompts on the strong tier", zh_hard.agreement());
     let unknown = by.iter().filter(|(k, _)| k.ends_with("Unknown")).map(|(_, t)| t.agree).sum::<usize>();
-    assert!(unknown >= 3, "only {unknown} of 24 nonsense prompts fell back");
+    assert!(unknown >= 20, "only {unknown} of 24 nonsense prompts fell back");
     let routine_fallbacks = report.outcomes.iter().filter(|o| o.side == Side::Cheap && o.fallback).count();
-    assert!(routine_fallbacks <= 8, "{routine_fallbacks} routine prompts fell back");
+    assert!(routine_fallbacks <= 7, "{routine_fallbacks} routine prompts fell back");
 }
 
 /// The int8 copy of MiniLM (`semroute setup all-minilm-l6-v2-int8`) against MiniLM itself, case
 /// by case: quantisation may move a knife-edge prompt, not the router's behaviour.
 #[test]
 fn the_int8_copy_of_minilm_decides_like_minilm() {
-    let full = check_sides(&common::router(), &cases()).unwrap();
+    let minilm =
+        semroute::Router::builder().embedder(common::installed("all-minilm-l6-v2")).cache_dir(common::vector_cache()).build().unwrap();
+    let full = check_sides(&minilm, &cases()).unwrap();
     let int8 =
         semroute::Router::builder().embedder(common::installed("all-minilm-l6-v2-int8")).cache_dir(common::vector_cache()).build().unwrap();
     let small = check_sides(&int8, &cases()).unwrap();

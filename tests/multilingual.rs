@@ -126,5 +126,6 @@ fn on_e5_the_fallback_rule_removes_the_shared_direction() {
         }
     }
     // MiniLM's vectors share less (0.17), and its rule is left as it was.
-    assert!(!common::router().settings().unfamiliar_centred);
+    let minilm = Router::builder().embedder(common::installed("all-minilm-l6-v2")).cache_dir(common::vector_cache()).build().unwrap();
+    assert!(!minilm.settings().unfamiliar_centred);
 }

