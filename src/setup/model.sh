@@ -34,6 +34,23 @@ python="${PYTHON:-python3}"
 
 say() { printf 'semroute setup: %s\n' "$*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
+# Brings the usage lines (prefix, min_similarity) of an installed model's READY up to date.
+sync_usage() {  # sync_usage DIR "LINES"
+  if [ "$(grep -E '^(prefix|min_similarity)=' "$1/READY" || true)" != "$2" ]; then
+    { grep -vE '^(prefix|min_similarity)=' "$1/READY"; if [ -n "$2" ]; then printf '%s\n' "$2"; fi; } > "$1/READY.new" \
+      && mv "$1/READY.new" "$1/READY" || fail "could not update $1/READY"
+    say "updated how to use the model in $1/READY"
+  fi
+}
+# Moves a finished model folder into place whole; two set-ups running at once (tests in
+# parallel, say) each build one, the first to finish installs, the other finds it installed.
+move_into_place() {  # move_into_place TMP DEST
+  if ! mv -T "$1" "$2" 2>/dev/null; then
+    [ -f "$2/READY" ] && (cd "$2" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) \
+      || fail "could not move the model into $2"
+    say "installed meanwhile by another set-up"
+  fi
+}
 
 force=""
 for arg in "$@"; do
@@ -56,8 +73,7 @@ if [ "${model_name#static-}" != "$model_name" ]; then
     exit 0
   fi
   rm -rf "$dest"
-  # A folder of this process's own, moved into place whole: two set-ups running at once (tests
-  # in parallel, say) each distil, the first to finish installs, the other finds it installed.
+  # A folder of this process's own, moved into place whole (move_into_place).
   tmp="$dest.tmp.$$"
   trap 'rm -rf "$tmp"' EXIT
   say "distilling $model_name from $home/models/$teacher (every vocabulary token through the teacher, PCA, SIF weights)"
@@ -65,11 +81,7 @@ if [ "${model_name#static-}" != "$model_name" ]; then
     || fail "the distillation failed (see above)"
   (cd "$tmp" && sha256sum embeddings.f16 tokenizer.json static.json > SHA256SUMS) || fail "could not checksum $tmp"
   printf 'kind=static\nteacher=%s\nembeddings.f16.bytes=%s\n' "$teacher" "$(wc -c < "$tmp/embeddings.f16" | tr -d ' ')" > "$tmp/READY"
-  if ! mv -T "$tmp" "$dest" 2>/dev/null; then
-    [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) \
-      || fail "could not move the model into $dest"
-    say "installed meanwhile by another set-up"
-  fi
+  move_into_place "$tmp" "$dest"
   say "model ready in $dest"
   exit 0
 fi
@@ -83,11 +95,7 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
   usage=$(grep -E '^(prefix|min_similarity)=' "$home/models/$teacher/READY" || true)
   # recipe=3: the word embeddings quantised too, a scale per token (an older copy is made again).
   if [ -z "$force" ] && grep -qx 'recipe=3' "$dest/READY" 2>/dev/null && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
-    if [ "$(grep -E '^(prefix|min_similarity)=' "$dest/READY" || true)" != "$usage" ]; then
-      { grep -vE '^(prefix|min_similarity)=' "$dest/READY"; if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi; } > "$dest/READY.new" \
-        && mv "$dest/READY.new" "$dest/READY" || fail "could not update $dest/READY"
-      say "updated how to use the model in $dest/READY"
-    fi
+    sync_usage "$dest" "$usage"
     say "model ready in $dest"
     exit 0
   fi
@@ -105,11 +113,7 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
       "$teacher" "$ort_version" "$(wc -c < "$tmp/model.onnx" | tr -d ' ')"
     if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi
   } > "$tmp/READY"
-  if ! mv -T "$tmp" "$dest" 2>/dev/null; then
-    [ -f "$dest/READY" ] && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) \
-      || fail "could not move the model into $dest"
-    say "installed meanwhile by another set-up"
-  fi
+  move_into_place "$tmp" "$dest"
   say "model ready in $dest"
   exit 0
 fi
@@ -141,12 +145,7 @@ if [ -f "$dest/READY" ] && [ -f "$ort_dir/libonnxruntime.so.$ort_version" ] \
    && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
   # A model installed by an older version of this script keeps its files; only how to use it
   # is brought up to date.
-  current=$(grep -E '^(prefix|min_similarity)=' "$dest/READY" || true)
-  if [ "$current" != "$usage_line" ]; then
-    { grep -vE '^(prefix|min_similarity)=' "$dest/READY"; if [ -n "$usage_line" ]; then printf '%s\n' "$usage_line"; fi; } > "$dest/READY.new" \
-      && mv "$dest/READY.new" "$dest/READY" || fail "could not update $dest/READY"
-    say "updated how to use the model in $dest/READY"
-  fi
+  sync_usage "$dest" "$usage_line"
   say "model ready in $dest"
   exit 0
 fi
