@@ -23,6 +23,7 @@ tokenizer files. Needs numpy, onnx and onnxruntime only.
 """
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -111,6 +112,9 @@ def main():
     if not chosen:
         sys.exit("no weight MatMul found in the teacher's graph")
     quantize_word_embeddings(src)
+    # ONNX Runtime's tool advises its shape pre-processing pass on every run; the check below is
+    # what tells whether the result is right, so the advice is not shown.
+    logging.getLogger().setLevel(logging.ERROR)
     named = os.path.join(out, "named.onnx")
     onnx.save(src, named)
     quantize_dynamic(named, os.path.join(out, "model.onnx"), nodes_to_quantize=chosen, per_channel=True,
