@@ -1,7 +1,7 @@
 //! `semroute`: send each LLM prompt to the cheapest model that will answer it well enough.
 //!
 //! ```text
-//! semroute setup [multilingual-e5-small] [--force]   # install an embedding model (once)
+//! semroute setup [MODEL] [--force]                   # install an embedding model (once)
 //! semroute route "Prove that sqrt(2) is irrational."  # route prompts and explain each decision
 //! semroute serve --providers providers.toml --client-keys keys.txt   # the OpenAI-compatible server
 //! semroute grade --providers providers.toml --exemplars DIR --out graded.jsonl
