@@ -46,7 +46,7 @@
 use std::sync::Arc;
 
 use crate::exemplar::ExemplarSet;
-use crate::index::{LiveIndex, NeighbourIndex};
+use crate::index::{dot, LiveIndex, NeighbourIndex};
 
 /// How many nearest exemplars the density ratio averages over.
 pub const NEIGHBOURS: usize = 5;
@@ -130,10 +130,6 @@ impl Centre {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// The fallback rule in force.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -174,6 +170,12 @@ impl Familiarity {
     /// sets over [`DENSITY_MAX_EXEMPLARS`], the similarity below which `share` of a sample's
     /// nearest-other similarities fall. `None` below [`MIN_EXEMPLARS`].
     pub fn derive(index: &LiveIndex, exemplars: &ExemplarSet, share: f64) -> Option<Familiarity> {
+        Self::derive_centred(index, exemplars, share, true)
+    }
+
+    /// [`derive`](Familiarity::derive), with the mean direction removed only if `centre` allows
+    /// it (the tests compare the two rules).
+    fn derive_centred(index: &LiveIndex, exemplars: &ExemplarSet, share: f64, centre: bool) -> Option<Familiarity> {
         let n = exemplars.len().min(index.len());
         if n < MIN_EXEMPLARS {
             return None;
@@ -187,7 +189,7 @@ impl Familiarity {
             nearest.sort_by(f32::total_cmp);
             return (!nearest.is_empty()).then(|| Familiarity::Similarity(quantile(&nearest, share)));
         }
-        let centre = Centre::of(&vectors[..n]);
+        let centre = if centre { Centre::of(&vectors[..n]) } else { None };
         let near: Vec<Vec<(usize, f32)>> = (0..n).map(|i| others(index, exemplars, i, vectors[i], NEIGHBOURS, centre.as_ref())).collect();
         let spread: Vec<f32> = near.iter().map(|h| mean_distance(h) as f32).collect();
         let typical = {
@@ -350,8 +352,8 @@ mod tests {
     fn a_shared_direction_is_removed_before_distances_are_measured() {
         // 60 exemplars on a circle in the (e1, e2) plane, all leaning far along e0 (as an
         // anisotropic embedder puts every text in one narrow cone): every pair is 0.8 similar or
-        // more. A prompt off that circle (along e3) is 0.9 similar to every exemplar, as close
-        // as they are to each other, yet like none of them.
+        // more. The rule is centred; a prompt between two exemplars stays familiar and one off
+        // the circle is not (here the plain rule would agree: the next test is where they part).
         let at = |deg: f32| {
             let a = deg.to_radians();
             unit([3.0, a.cos(), a.sin(), 0.0])
@@ -373,6 +375,39 @@ mod tests {
         let q = at(9.0);
         let got = c.similarity(dot(&q, &vectors[3]), c.project(&q), 3).unwrap();
         assert!((got - cos(&minus(&q), &minus(&vectors[3]))).abs() < 1e-4, "{got}");
+    }
+
+    #[test]
+    fn the_plain_rule_calls_familiar_what_only_shares_the_common_direction() {
+        // 60 exemplars leaning along e0 with residuals spread over e1..e20 (pseudo-random, fixed);
+        // the prompt leans the same way, with a small residual along e21, where no exemplar
+        // goes. It is as close to its nearest exemplars as they are to theirs, because most of
+        // every vector is e0; with e0's share removed it is like none of them.
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / 2f64.powi(31) * 2.0 - 1.0) as f32
+        };
+        let normalise = |v: Vec<f32>| {
+            let n = dot(&v, &v).sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let vectors: Vec<Vec<f32>> = (0..60)
+            .map(|_| {
+                let r = normalise((0..20).map(|_| rnd()).collect());
+                normalise(std::iter::once(2.0).chain(r).chain(std::iter::once(0.0)).collect())
+            })
+            .collect();
+        let mut q = vec![0.0f32; 22];
+        (q[0], q[21]) = (2.0, 0.2);
+        let q = normalise(q);
+        let index = LiveIndex::new(HnswIndex::build(&vectors).unwrap());
+        let plain = Familiarity::derive_centred(&index, &set(60), 0.02, false).unwrap();
+        let centred = Familiarity::derive(&index, &set(60), 0.02).unwrap();
+        assert!(plain.centre().is_none() && centred.centre().is_some());
+        let (p, c) = (judge(&plain, &index, &q), judge(&centred, &index, &q));
+        assert!(p.unfamiliar.is_none(), "the plain rule: {p:?}");
+        assert!(c.unfamiliar.is_some(), "the centred rule: {c:?}");
     }
 
     #[test]

@@ -456,13 +456,7 @@ impl NeighbourIndex for HnswIndex {
             return Vec::new();
         }
         if n <= self.scan_up_to {
-            let by = |a: &Hit, b: &Hit| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position));
-            let mut hits: Vec<Hit> = (0..n as u32).map(|i| Hit { position: i as usize, similarity: dot(query, self.vector(i)) }).collect();
-            let k = k.min(n);
-            hits.select_nth_unstable_by(k - 1, by);
-            hits.truncate(k);
-            hits.sort_by(by);
-            return hits;
+            return best((0..n as u32).map(|i| Hit { position: i as usize, similarity: dot(query, self.vector(i)) }).collect(), k);
         }
         // Greedy descent through the upper layers.
         let mut current = Scored(self.distance(query, self.entry), self.entry);
@@ -536,17 +530,22 @@ impl ExactIndex {
     }
 }
 
+/// The `k` most similar of `hits`, most similar first (the lower position first on ties).
+fn best(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
+    let k = k.min(hits.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let by = |a: &Hit, b: &Hit| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position));
+    hits.select_nth_unstable_by(k - 1, by);
+    hits.truncate(k);
+    hits.sort_by(by);
+    hits
+}
+
 impl NeighbourIndex for ExactIndex {
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
-        let mut hits: Vec<Hit> = self.vectors.iter().enumerate().map(|(position, v)| Hit { position, similarity: dot(query, v) }).collect();
-        let k = k.min(hits.len());
-        if k == 0 {
-            return Vec::new();
-        }
-        hits.select_nth_unstable_by(k - 1, |a, b| b.similarity.total_cmp(&a.similarity));
-        hits.truncate(k);
-        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-        hits
+        best(self.vectors.iter().enumerate().map(|(position, v)| Hit { position, similarity: dot(query, v) }).collect(), k)
     }
 
     fn len(&self) -> usize {

@@ -51,6 +51,18 @@ move_into_place() {  # move_into_place TMP DEST
     say "installed meanwhile by another set-up"
   fi
 }
+# A model derived from its installed float32 teacher by SCRIPT (int8 or static): written into a
+# folder of this process's own ($tmp, removed on exit unless moved into place) and its FILES
+# checksummed there; the caller writes READY and moves $tmp into place.
+derive() {  # derive SCRIPT WHAT FILE...
+  local script="$1" what="$2"
+  shift 2
+  rm -rf "$dest"
+  tmp="$dest.tmp.$$"
+  trap 'rm -rf "$tmp"' EXIT
+  PYTHONPATH="$pylib" "$python" "$here/$script" "$home/models/$teacher" "$tmp" >&2 || fail "the $what failed (see above)"
+  (cd "$tmp" && sha256sum "$@" > SHA256SUMS) || fail "could not checksum $tmp"
+}
 
 force=""
 for arg in "$@"; do
@@ -72,14 +84,8 @@ if [ "${model_name#static-}" != "$model_name" ]; then
     say "model ready in $dest"
     exit 0
   fi
-  rm -rf "$dest"
-  # A folder of this process's own, moved into place whole (move_into_place).
-  tmp="$dest.tmp.$$"
-  trap 'rm -rf "$tmp"' EXIT
   say "distilling $model_name from $home/models/$teacher (every vocabulary token through the teacher, PCA, SIF weights)"
-  PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/distill_static.py" "$home/models/$teacher" "$tmp" >&2 \
-    || fail "the distillation failed (see above)"
-  (cd "$tmp" && sha256sum embeddings.f16 tokenizer.json static.json > SHA256SUMS) || fail "could not checksum $tmp"
+  derive distill_static.py distillation embeddings.f16 tokenizer.json static.json
   printf 'kind=static\nteacher=%s\nembeddings.f16.bytes=%s\n' "$teacher" "$(wc -c < "$tmp/embeddings.f16" | tr -d ' ')" > "$tmp/READY"
   move_into_place "$tmp" "$dest"
   say "model ready in $dest"
@@ -87,8 +93,8 @@ if [ "${model_name#static-}" != "$model_name" ]; then
 fi
 # An int8 model: the installed float32 teacher with its weight matrices (per channel) and word
 # embeddings quantised by quantize_int8.py (ONNX Runtime's dynamic quantisation; a few seconds
-# from MiniLM, about 20 s and 2.3 GB of memory from multilingual-e5-small), checked against it. It reads text exactly
-# as the teacher does, so the teacher's usage lines (prefix, fallback threshold) are copied.
+# from MiniLM, about 20 s and 2.3 GB of memory from multilingual-e5-small), checked against it.
+# It reads text exactly as the teacher does, so the teacher's usage lines are copied.
 if [ "${model_name%-int8}" != "$model_name" ]; then
   teacher="${model_name%-int8}"
   bash "$here/model.sh" "$teacher" || fail "the teacher model $teacher could not be installed"
@@ -99,14 +105,8 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
     say "model ready in $dest"
     exit 0
   fi
-  rm -rf "$dest"
-  tmp="$dest.tmp.$$"
-  trap 'rm -rf "$tmp"' EXIT
   say "quantising $model_name from $home/models/$teacher (weight matrices per channel and word embeddings per token, to int8)"
-  PYTHONPATH="$pylib" "${PYTHON:-python3}" "$here/quantize_int8.py" "$home/models/$teacher" "$tmp" >&2 \
-    || fail "the quantisation failed (see above)"
-  (cd "$tmp" && sha256sum model.onnx tokenizer.json config.json special_tokens_map.json tokenizer_config.json > SHA256SUMS) \
-    || fail "could not checksum $tmp"
+  derive quantize_int8.py quantisation model.onnx tokenizer.json config.json special_tokens_map.json tokenizer_config.json
   {
     grep -E '^model=' "$home/models/$teacher/READY" || true
     printf 'source=%s, weight matrices and word embeddings quantised to int8 (quantize_int8.py)\nrecipe=3\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
