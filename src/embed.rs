@@ -75,6 +75,13 @@ pub trait Embedder: Send + Sync {
         None
     }
 
+    /// Whether a short text embeds in microseconds (a table lookup, no model run), so that a
+    /// server may embed on its async tasks rather than hand the work to a blocking thread.
+    /// `false` unless an implementation says so.
+    fn is_quick(&self) -> bool {
+        false
+    }
+
     /// Embeds one text.
     fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let mut v = self.embed_batch(&[text])?;
@@ -149,6 +156,10 @@ impl Embedder for Memo {
 
     fn suggested_min_similarity(&self) -> Option<f32> {
         self.inner.suggested_min_similarity()
+    }
+
+    fn is_quick(&self) -> bool {
+        self.inner.is_quick()
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {

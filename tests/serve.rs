@@ -1058,3 +1058,22 @@ async fn routed_requests_are_steps_of_a_session() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+/// With a static embedder a short request is routed on the server's async tasks, a long one on a
+/// blocking thread (`Router::is_quick`); both are answered, routed and recorded alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_embedder_routes_short_requests_in_place_and_long_ones_aside() {
+    let fake = FakeLlm::start().await;
+    let s = serve(&fake, ALL_OK, &["--embedding-model", "static-all-minilm-l6-v2"]);
+    let long = format!("Summarise this report in three bullet points:\n{}", "The quarterly figures rose in every region. ".repeat(120));
+    assert!(long.len() > semroute::router::QUICK_BYTES);
+    for prompt in [PROMPT, long.as_str()] {
+        let (status, headers, body) =
+            post(&s, Some(CLIENT_KEY), json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]}).to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&headers, "x-semroute-routed"), "true");
+        assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    }
+    let usage = s.usage_n(2).await;
+    assert_eq!(usage.len(), 2, "{usage:?}");
+}

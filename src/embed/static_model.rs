@@ -101,15 +101,18 @@ impl StaticEmbedder {
     fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
         let end = text.char_indices().nth(MAX_CHARS).map_or(text.len(), |(i, _)| i);
         let encoding = self.tokenizer.encode(&text[..end], false).map_err(|e| Error::Embedding(format!("tokenising: {e}")))?;
+        use half::slice::HalfFloatSliceExt;
         let mut sum = vec![0f32; self.dim];
+        // A row widened at once (the processor's vector conversion), then added.
+        let mut row32 = vec![0f32; self.dim];
         let mut n = 0usize;
         for (&id, &special) in encoding.get_ids().iter().zip(encoding.get_special_tokens_mask()) {
             if special == 1 || Some(id) == self.unk || id as usize >= self.rows {
                 continue;
             }
-            let row = &self.table[id as usize * self.dim..(id as usize + 1) * self.dim];
-            for (s, x) in sum.iter_mut().zip(row) {
-                *s += x.to_f32();
+            self.table[id as usize * self.dim..(id as usize + 1) * self.dim].convert_to_f32_slice(&mut row32);
+            for (s, x) in sum.iter_mut().zip(&row32) {
+                *s += x;
             }
             n += 1;
         }
@@ -150,6 +153,10 @@ impl Embedder for StaticEmbedder {
 
     fn dim(&self) -> usize {
         self.dim
+    }
+
+    fn is_quick(&self) -> bool {
+        true
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {

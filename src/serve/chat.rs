@@ -178,8 +178,15 @@ async fn answer(app: Arc<App>, caller: Caller, headers: &HeaderMap, body: Result
             Some(Err(_)) => return Err(ApiError::invalid("invalid_session", format!("header `{SESSION_HEADER}` must be visible ASCII"))),
         };
         let router = app.router.clone();
-        let chat2 = chat.clone();
-        let routed = tokio::task::spawn_blocking(move || router.route_session(&chat2, session.as_deref(), &constraints)).await;
+        // A quick decision is made here; a slow one (a transformer, a shared store, a long
+        // text) on a blocking thread, so that it holds up no other request.
+        let bytes: usize = chat.texts().map(|(_, t)| t.len()).sum();
+        let routed = if router.is_quick(bytes) {
+            Ok(router.route_session(&chat, session.as_deref(), &constraints))
+        } else {
+            let chat2 = chat.clone();
+            tokio::task::spawn_blocking(move || router.route_session(&chat2, session.as_deref(), &constraints)).await
+        };
         app.metrics.routing_seconds.observe(started.elapsed().as_secs_f64());
         let decision = match routed {
             Ok(Ok(d)) => d,
