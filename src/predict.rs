@@ -94,6 +94,11 @@ pub enum Predictor {
     /// model (RouteLLM's matrix factorisation, an IRT model), fitted on every exemplar. Needs
     /// the in-process index.
     LowRank(LowRankSettings),
+    /// The mean of three: the neighbours, the [`QualityModel`] and the [`LowRankModel`], each
+    /// with a third of the weight. Predictors that err in different ways average to a steadier
+    /// one; cross-validation ([`select`]) keeps it only where it predicts better out of fold.
+    /// Needs the in-process index.
+    Ensemble(RidgeSettings, LowRankSettings),
 }
 
 impl Predictor {
@@ -105,7 +110,7 @@ impl Predictor {
                 Some(RidgeSettings::for_embedder(embedder))
             }
             Predictor::Auto | Predictor::Neighbours | Predictor::LowRank(_) => None,
-            Predictor::KernelRidge(s) | Predictor::Blend(s) => Some(*s),
+            Predictor::KernelRidge(s) | Predictor::Blend(s) | Predictor::Ensemble(s, _) => Some(*s),
         }
     }
 
@@ -120,6 +125,11 @@ impl Predictor {
     ) -> Result<Option<Fitted>> {
         if let Predictor::LowRank(settings) = self {
             return Fitted::low_rank(exemplars, &vectors, prices, *settings).map(Some);
+        }
+        if let Predictor::Ensemble(ridge, low_rank) = self {
+            let low_rank = Fitted::low_rank(exemplars, &vectors, prices, *low_rank)?;
+            let ridge = QualityModel::fit(exemplars, vectors, prices, *ridge)?;
+            return Ok(Some(Fitted::Ensemble(Box::new((ridge, low_rank)))));
         }
         match self.ridge_for(exemplars.len(), embedder) {
             Some(ridge) => Ok(Some(Fitted::Ridge(QualityModel::fit(exemplars, vectors, prices, ridge)?))),
@@ -136,12 +146,16 @@ impl Predictor {
     /// assert_eq!(Predictor::Blend(RidgeSettings::default()).combine(1.0, 0.5), 0.75);
     /// assert_eq!(Predictor::KernelRidge(RidgeSettings::default()).combine(1.0, 0.5), 0.5);
     /// assert_eq!(Predictor::Neighbours.combine(1.0, 0.5), 1.0);
+    /// // The ensemble's model is the mean of its two: each of the three counts a third.
+    /// let ensemble = Predictor::Ensemble(RidgeSettings::default(), Default::default());
+    /// assert!((ensemble.combine(1.0, 0.25) - 0.5).abs() < 1e-12);
     /// ```
     pub fn combine(&self, neighbours: f64, model: f64) -> f64 {
         match self {
             Predictor::KernelRidge(_) | Predictor::LowRank(_) => model,
             Predictor::Neighbours => neighbours,
             Predictor::Auto | Predictor::Blend(_) => 0.5 * (neighbours + model),
+            Predictor::Ensemble(..) => (neighbours + 2.0 * model) / 3.0,
         }
     }
 
@@ -164,6 +178,7 @@ impl Predictor {
             (Predictor::KernelRidge(_), true) => "kernel-ridge",
             (Predictor::LowRank(_), true) => "low-rank",
             (Predictor::Auto | Predictor::Blend(_), true) => "kernel-ridge+neighbours",
+            (Predictor::Ensemble(..), true) => "kernel-ridge+low-rank+neighbours",
         }
     }
 }
@@ -181,6 +196,8 @@ pub enum Fitted {
         /// Column names.
         names: Vec<String>,
     },
+    /// Both, for [`Predictor::Ensemble`]: kernel ridge and a [`Fitted::LowRank`].
+    Ensemble(Box<(QualityModel, Fitted)>),
 }
 
 impl Fitted {
@@ -211,6 +228,14 @@ impl Fitted {
         match self {
             Fitted::Ridge(m) => m.predict(prompt, vector),
             Fitted::LowRank { model, names } => names.iter().cloned().zip(model.predict(vector)).collect(),
+            // The mean of the two where both predict; either alone elsewhere.
+            Fitted::Ensemble(both) => {
+                let mut out = both.0.predict(prompt, vector);
+                for (name, q) in both.1.predict(prompt, vector) {
+                    out.entry(name).and_modify(|r| *r = 0.5 * (*r + q)).or_insert(q);
+                }
+                out
+            }
         }
     }
 }
@@ -419,4 +444,68 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
         })
         .collect();
     Predictions { per_model, weights }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 60 measured exemplars of two kinds (model "a" right on the first kind only, "b" on
+    /// both), on two directions, and their prices.
+    fn two_kinds() -> (ExemplarSet, Vec<Vec<f32>>, PriceTable) {
+        let lines: Vec<String> = (0..60)
+            .map(|i| format!(r#"{{"id":"e{i}","prompt":"p{i}","category":"c","language":"en","results":{{"a":{{"quality":{},"output_tokens":5}},"b":{{"quality":1,"output_tokens":5}}}}}}"#, (i % 2 == 0) as u8))
+            .collect();
+        let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl").unwrap();
+        let vectors = (0..60).map(|i| if i % 2 == 0 { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect();
+        let prices = PriceTable::from_toml_str(
+            "[models.a]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\nsource = \"s\"\nas_of = \"2025\"\n[models.b]\nprovider = \"p\"\ninput_per_mtok = 2.0\noutput_per_mtok = 2.0\nsource = \"s\"\nas_of = \"2025\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        (set, vectors, prices)
+    }
+
+    #[test]
+    fn the_ensemble_is_the_mean_of_its_models_and_the_neighbours() {
+        let (set, vectors, prices) = two_kinds();
+        let (ridge, low) = (RidgeSettings::default(), LowRankSettings::default());
+        let both = Fitted::Ensemble(Box::new((
+            QualityModel::fit(&set, vectors.clone(), &prices, ridge).unwrap(),
+            Fitted::low_rank(&set, &vectors, &prices, low).unwrap(),
+        )));
+        let alone_ridge = Fitted::Ridge(QualityModel::fit(&set, vectors.clone(), &prices, ridge).unwrap());
+        let alone_low = Fitted::low_rank(&set, &vectors, &prices, low).unwrap();
+        for v in [[1.0f32, 0.0], [0.0, 1.0], [0.6, 0.8]] {
+            let (e, r, l) = (both.predict("p", &v), alone_ridge.predict("p", &v), alone_low.predict("p", &v));
+            for m in ["a", "b"] {
+                assert!((e[m] - 0.5 * (r[m] + l[m])).abs() < 1e-9, "{m} at {v:?}: {} against {} and {}", e[m], r[m], l[m]);
+            }
+            // It tells the kinds apart: "a" is good on the first direction only.
+            if v == [1.0, 0.0] {
+                assert!(e["a"] > 0.8, "{e:?}");
+            }
+            if v == [0.0, 1.0] {
+                assert!(e["a"] < 0.2, "{e:?}");
+            }
+        }
+        // Fitted through the predictor, the same; with the neighbours, a third each.
+        let p = Predictor::Ensemble(ridge, low);
+        struct Two;
+        impl Embedder for Two {
+            fn model_id(&self) -> &str {
+                "two"
+            }
+            fn dim(&self) -> usize {
+                2
+            }
+            fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+                Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect())
+            }
+        }
+        let fitted = p.fit(&set, vectors.clone(), &prices, &Two).unwrap().unwrap();
+        assert!(matches!(fitted, Fitted::Ensemble(_)));
+        assert_eq!(p.describe(true), "kernel-ridge+low-rank+neighbours");
+        assert!((p.combine(0.9, 0.3) - 0.5).abs() < 1e-12);
+    }
 }

@@ -1211,10 +1211,10 @@ impl RouterBuilder {
             return Err(Error::Config(format!("prior_strength must be a non-negative number, got {prior_strength}")));
         }
         let predictor = self.predictor.unwrap_or_default();
-        if let Predictor::KernelRidge(r) | Predictor::Blend(r) = &predictor {
+        if let Predictor::KernelRidge(r) | Predictor::Blend(r) | Predictor::Ensemble(r, _) = &predictor {
             r.check()?;
         }
-        if let Predictor::LowRank(l) = &predictor {
+        if let Predictor::LowRank(l) | Predictor::Ensemble(_, l) = &predictor {
             l.check().map_err(|e| Error::Config(format!("low-rank settings: {e}")))?;
         }
         if self.store.is_some() && !matches!(predictor, Predictor::Auto | Predictor::Neighbours) {

@@ -111,7 +111,7 @@ fn harness_routes_the_test_split_through_a_router_built_on_train() {
     assert_eq!(r.reference_model, "o1-preview-2024-09-12");
     assert_eq!(r.cheap_model, "gemma-2-2b-it");
     // Every candidate was scored out of fold, and the chosen one has the largest AIQ.
-    assert_eq!(r.candidates.len(), 8 * 2);
+    assert_eq!(r.candidates.len(), 9 * 2);
     assert!(r.candidates.iter().all(|c| c.oof_aiq <= r.chosen.oof_aiq + 1e-12));
     // One target per asked share, each with its test figures and the reference's.
     assert_eq!(r.targets.iter().map(|t| t.target).collect::<Vec<_>>(), vec![0.90, 0.95, 0.98]);
@@ -297,7 +297,7 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
         low_rank: LowRankSettings { l2: 1e-4, ..LowRankSettings::default() },
     };
     let scores = select::cross_validate(&set, &vectors, &prices, &candidates, 5).unwrap();
-    assert_eq!(scores.scores.len(), 4);
+    assert_eq!(scores.scores.len(), 5);
     let d = router.route("aaaa a").unwrap();
     assert_eq!(d.quality_from, scores.best().0.describe(true), "{:?}", scores.scores);
     assert_eq!(d.model, "small", "{}", d.reason);

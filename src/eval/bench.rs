@@ -55,7 +55,8 @@ impl RouterConfig {
     /// candidate that wins where nothing about a prompt predicts its outcome), the nearest
     /// neighbours (k 8, sharp weights), smoothed neighbours (k 32 and 128, flat weights, shrunk
     /// towards each model's mean), the kernel-ridge model alone, its blend with the neighbours, and
-    /// the low-rank model (l2 1e-4).
+    /// the low-rank model (l2 1e-4), and the ensemble of the last three with the neighbours
+    /// ([`Predictor::Ensemble`]).
     pub fn defaults(embedder: &dyn Embedder) -> Vec<RouterConfig> {
         let ridge = RidgeSettings::for_embedder(embedder);
         let c = |name: &str, predictor, k, temperature, prior_strength| RouterConfig {
@@ -75,6 +76,7 @@ impl RouterConfig {
             c("kernel-ridge", Predictor::KernelRidge(ridge), 8, 0.05, 0.0),
             c("blend", Predictor::Blend(ridge), 8, 0.05, 0.0),
             c("low-rank", Predictor::LowRank(LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }), 8, 0.05, 0.0),
+            c("ensemble", Predictor::Ensemble(ridge, LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }), 8, 0.05, 0.0),
         ]
     }
 

@@ -5,7 +5,7 @@
 //! predicts every model's quality on the exemplars of the remaining fold, which it has not seen.
 //! The candidate whose out-of-fold predictions are closest to the measured qualities (Brier
 //! score: the mean squared difference over every measured exemplar × model pair) wins; on a tie
-//! the earlier of blend, neighbours, kernel ridge, low rank. Nothing but the exemplars is read,
+//! the earlier of blend, neighbours, kernel ridge, low rank, ensemble. Nothing but the exemplars is read,
 //! so a benchmark that builds a router on its train split chooses on the train split alone.
 //!
 //! ```
@@ -61,7 +61,7 @@ impl Scores {
     }
 }
 
-/// Cross-validates blend, neighbours, kernel ridge and low rank on `exemplars` (every one
+/// Cross-validates blend, neighbours, kernel ridge, low rank and their ensemble on `exemplars` (every one
 /// measured) with their unit `vectors`, over `folds` folds (position modulo `folds`).
 pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &PriceTable, c: &Candidates, folds: usize) -> Result<Scores> {
     let n = exemplars.len();
@@ -69,9 +69,15 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
         return Err(Error::Config(format!("cross-validation needs at least {} exemplars with a vector each, got {n}", 2 * folds)));
     }
     let ridge = Predictor::Blend(c.ridge);
-    let candidates = [ridge, Predictor::Neighbours, Predictor::KernelRidge(c.ridge), Predictor::LowRank(c.low_rank)];
+    let candidates = [
+        ridge,
+        Predictor::Neighbours,
+        Predictor::KernelRidge(c.ridge),
+        Predictor::LowRank(c.low_rank),
+        Predictor::Ensemble(c.ridge, c.low_rank),
+    ];
     // (sum of squared errors, pairs) per candidate.
-    let mut acc = [(0.0f64, 0usize); 4];
+    let mut acc = [(0.0f64, 0usize); 5];
     for fold in 0..folds {
         let (inside, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % folds != fold);
         let part = ExemplarSet::from_exemplars(inside.iter().map(|&i| exemplars.get(i).clone()).collect())?;
@@ -80,8 +86,10 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
         let prior = if c.prior.strength() > 0.0 { Prior::from_exemplars(&part, prices, c.prior.strength()) } else { Prior::none() };
         // A model that cannot be fitted on a fold (too few exemplars speak about it, say) leaves
         // that candidate to the neighbours there, as the router does.
-        let fitted_ridge = QualityModel::fit(&part, part_vectors.clone(), prices, c.ridge).ok().map(Fitted::Ridge);
+        let ridge_model = QualityModel::fit(&part, part_vectors.clone(), prices, c.ridge).ok();
         let fitted_low = Fitted::low_rank(&part, &part_vectors, prices, c.low_rank).ok();
+        let fitted_both = ridge_model.clone().zip(fitted_low.clone()).map(|b| Fitted::Ensemble(Box::new(b)));
+        let fitted_ridge = ridge_model.map(Fitted::Ridge);
         for &i in &held {
             let ex = exemplars.get(i);
             let Grade::Measured { results } = &ex.grade else {
@@ -94,6 +102,7 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
                 let mut pred = neighbours.clone();
                 let model = match p {
                     Predictor::LowRank(_) => fitted_low.as_ref(),
+                    Predictor::Ensemble(..) => fitted_both.as_ref(),
                     Predictor::Neighbours => None,
                     _ => fitted_ridge.as_ref(),
                 };

@@ -40,7 +40,7 @@ pub struct Args {
     #[command(flatten)]
     fallback: FallbackArgs,
     /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours` or `low-rank`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours", "low-rank"])]
+    #[arg(long, default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours", "low-rank", "ensemble"])]
     predictor: String,
     /// Kernel ridge: kernel width in units of 1 - cosine (default: the embedder's).
     #[arg(long)]
@@ -76,6 +76,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "kernel-ridge" => Predictor::KernelRidge(ridge),
         "neighbours" => Predictor::Neighbours,
         "low-rank" => Predictor::LowRank(LowRankSettings::default()),
+        "ensemble" => Predictor::Ensemble(ridge, LowRankSettings::default()),
         _ => Predictor::Auto,
     };
     let started = std::time::Instant::now();
