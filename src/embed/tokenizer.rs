@@ -149,19 +149,20 @@ impl CompactUnigram {
             scores.push(score);
         }
         starts.push(text.len() as u32);
-        let piece_at = |i: usize| &text.as_bytes()[starts[i] as usize..starts[i + 1] as usize];
-        // An fst takes its keys sorted and once each: sort the ids by piece (stably, so that of
-        // equal pieces the last listed comes last) and keep each piece's last id.
-        let mut order: Vec<u32> = (0..scores.len() as u32).collect();
-        order.sort_by(|&a, &b| piece_at(a as usize).cmp(piece_at(b as usize)));
+        let bytes = text.as_bytes();
+        // An fst takes its keys sorted and once each: sort (piece, id) pairs, so that of equal
+        // pieces the last listed comes last, and keep each piece's last id.
+        let mut order: Vec<(&[u8], u32)> =
+            starts.windows(2).enumerate().map(|(id, w)| (&bytes[w[0] as usize..w[1] as usize], id as u32)).collect();
+        order.sort_unstable();
         let mut builder = fst::MapBuilder::memory();
-        for (n, &id) in order.iter().enumerate() {
-            let key = piece_at(id as usize);
-            if order.get(n + 1).is_some_and(|&next| piece_at(next as usize) == key) {
+        for (n, &(key, id)) in order.iter().enumerate() {
+            if order.get(n + 1).is_some_and(|next| next.0 == key) {
                 continue;
             }
             builder.insert(key, u64::from(id)).map_err(|e| e.to_string())?;
         }
+        drop(order);
         let ids = builder.into_map();
         Ok(CompactUnigram { ids, text, starts, scores, min_score, unk_id: unk_id.map(|u| u as u32), byte_fallback })
     }
