@@ -638,7 +638,7 @@ impl Router {
         Ok(Assessment { router: self.clone(), state, found, judgement, predictions, input_tokens, cache: None })
     }
 
-    /// Routes one step of an agent session (see [`session`](crate::session)): the session named
+    /// Routes one step of an agent session (see [`session`]): the session named
     /// `session`, or else the one the conversation's leading messages identify. The task (its
     /// first user turn) is assessed once and its predictions reused at later steps; each model's
     /// cost counts the prompt cache the session holds with it; a switch of model happens only

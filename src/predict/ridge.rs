@@ -125,7 +125,8 @@ impl RidgeSettings {
     }
 }
 
-/// Each priced model's quality, regressed on every exemplar; see the [module docs](self).
+/// Each priced model's quality, regressed on every exemplar by kernel ridge and calibrated (the
+/// README's "How quality is predicted" describes the kernel, the features and the calibration).
 #[derive(Debug, Clone)]
 pub struct QualityModel {
     settings: RidgeSettings,

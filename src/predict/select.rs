@@ -1,4 +1,4 @@
-//! How [`Predictor::Auto`](super::Predictor::Auto) chooses for a set of measured exemplars: by
+//! How [`Predictor::Auto`] chooses for a set of measured exemplars: by
 //! cross-validation on the exemplars themselves.
 //!
 //! The set is cut into folds; each candidate predictor is fitted on all folds but one and
