@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::error::{Error, Location, Result};
 use crate::exemplar::ExemplarSet;
 use crate::models_toml::line_of;
-use crate::predict::{Predictor, RidgeSettings};
+use crate::predict::{LowRankSettings, Predictor, RidgeSettings};
 use crate::pricing::PriceTable;
 use crate::router::RouterBuilder;
 use crate::session::{MAX_IDLE_SECS, MAX_SESSIONS};
@@ -68,7 +68,8 @@ pub struct RouterConfig {
     pub unfamiliar_share: Option<f64>,
     /// The safe model used when nothing similar is known.
     pub fallback_model: Option<String>,
-    /// How quality is predicted: `auto`, `blend`, `kernel-ridge` or `neighbours`.
+    /// How quality is predicted: `auto`, `blend`, `kernel-ridge`, `neighbours`, `low-rank` or
+    /// `ensemble`.
     pub predictor: Option<PredictorName>,
     /// The durable learning log (feedback is synced there and replayed at start).
     pub learn_log: Option<PathBuf>,
@@ -99,6 +100,10 @@ pub enum PredictorName {
     KernelRidge,
     /// [`Predictor::Neighbours`].
     Neighbours,
+    /// [`Predictor::LowRank`].
+    LowRank,
+    /// [`Predictor::Ensemble`].
+    Ensemble,
 }
 
 impl std::str::FromStr for PredictorName {
@@ -109,7 +114,9 @@ impl std::str::FromStr for PredictorName {
             "blend" => Ok(PredictorName::Blend),
             "kernel-ridge" => Ok(PredictorName::KernelRidge),
             "neighbours" => Ok(PredictorName::Neighbours),
-            _ => Err(format!("`{s}` is not a predictor (auto, blend, kernel-ridge, neighbours)")),
+            "low-rank" => Ok(PredictorName::LowRank),
+            "ensemble" => Ok(PredictorName::Ensemble),
+            _ => Err(format!("`{s}` is not a predictor (auto, blend, kernel-ridge, neighbours, low-rank, ensemble)")),
         }
     }
 }
@@ -300,6 +307,9 @@ impl RouterConfig {
                 PredictorName::Blend => Predictor::Blend(ridge),
                 PredictorName::KernelRidge => Predictor::KernelRidge(ridge),
                 PredictorName::Neighbours => Predictor::Neighbours,
+                // The low-rank settings `Predictor::Auto` cross-validates with.
+                PredictorName::LowRank => Predictor::LowRank(LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }),
+                PredictorName::Ensemble => Predictor::Ensemble(ridge, LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }),
             });
         }
         if let Some(p) = &self.exemplars {

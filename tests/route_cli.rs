@@ -141,6 +141,13 @@ fn a_config_file_sets_the_router_and_flags_override_it() {
     let out = run(&["--json", "--config", config, "--quality-bar", "0.6", prompt], b"");
     assert_eq!(json_lines(&out)[0]["quality_bar"], 0.6);
 
+    // Every predictor can be named, in the file or by flag.
+    std::fs::write(&path, "[router]\npredictor = \"ensemble\"\n").unwrap();
+    let out = run(&["--json", "--config", config, prompt], b"");
+    assert_eq!(json_lines(&out)[0]["quality_from"], "kernel-ridge+low-rank+neighbours", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["--json", "--config", config, "--predictor", "low-rank", prompt], b"");
+    assert_eq!(json_lines(&out)[0]["quality_from"], "low-rank");
+
     std::fs::write(&path, "[router]\nk = 5\nquality_bar = \"high\"\n").unwrap();
     let out = run(&["--json", "--config", config, prompt], b"");
     assert_eq!(out.status.code(), Some(2));

@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     embedding_model: Option<String>,
     /// How quality is predicted: `auto` (default: the mean of a kernel-ridge model over every
-    /// exemplar and the neighbours), `blend` (the same at any size), `kernel-ridge` or `neighbours`.
+    /// exemplar and the neighbours), `blend` (the same at any size), `kernel-ridge`, `neighbours`,
+    /// `low-rank` or `ensemble` (the neighbours, kernel ridge and low rank, a third each).
     #[arg(long, value_name = "P")]
     predictor: Option<PredictorName>,
     /// A settings file (`semroute.toml`, its `[router]` table); the flags above override it.
