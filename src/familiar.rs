@@ -247,10 +247,7 @@ impl Familiarity {
             },
             Familiarity::Density { limit, spread, typical, centre } => {
                 let local = hits.iter().filter_map(|&(p, s)| p.map(|p| (p, s)));
-                let used: Vec<(usize, f32)> = match centre {
-                    Some(c) => c.rerank(c.project(query), local).into_iter().take(NEIGHBOURS).collect(),
-                    None => local.take(NEIGHBOURS).collect(),
-                };
+                let used = nearest(centre.as_ref(), query, local, NEIGHBOURS);
                 let known: Vec<f32> = used.iter().filter_map(|&(p, _)| spread.get(p).copied()).collect();
                 if known.is_empty() {
                     return Judgement { unfamiliarity: None, unfamiliar: None };
@@ -303,6 +300,12 @@ fn others(index: &LiveIndex, exemplars: &ExemplarSet, i: usize, v: &[f32], k: us
         .into_iter()
         .filter(|h| h.position != i && (me.pair.is_none() || exemplars.get(h.position).pair != me.pair))
         .map(|h| (h.position, h.similarity));
+    nearest(centre, v, hits, k)
+}
+
+/// The first `k` of `hits` (position, similarity; most similar first) of the vector `v`; with a
+/// centre, the `k` most similar by the centred similarity, which they then carry.
+fn nearest(centre: Option<&Centre>, v: &[f32], hits: impl Iterator<Item = (usize, f32)>, k: usize) -> Vec<(usize, f32)> {
     match centre {
         Some(c) => c.rerank(c.project(v), hits).into_iter().take(k).collect(),
         None => hits.take(k).collect(),
@@ -344,6 +347,19 @@ mod tests {
         v.iter().map(|x| x / n).collect()
     }
 
+    /// The point `deg` degrees round a circle in the (e1, e2) plane, leaning `lean` along e0.
+    fn on_circle(lean: f32, deg: f32) -> Vec<f32> {
+        let a = deg.to_radians();
+        unit([lean, a.cos(), a.sin(), 0.0])
+    }
+
+    /// 60 exemplars every 6 degrees round that circle, and their index.
+    fn circle(lean: f32) -> (Vec<Vec<f32>>, LiveIndex) {
+        let vectors: Vec<Vec<f32>> = (0..60).map(|i| on_circle(lean, i as f32 * 6.0)).collect();
+        let index = LiveIndex::new(HnswIndex::build(&vectors).unwrap());
+        (vectors, index)
+    }
+
     fn judge(f: &Familiarity, index: &LiveIndex, v: &[f32]) -> Judgement {
         f.judge(&index.search(v, 8).iter().map(|h| (Some(h.position), h.similarity)).collect::<Vec<_>>(), v)
     }
@@ -354,12 +370,8 @@ mod tests {
         // anisotropic embedder puts every text in one narrow cone): every pair is 0.8 similar or
         // more. The rule is centred; a prompt between two exemplars stays familiar and one off
         // the circle is not (here the plain rule would agree: the next test is where they part).
-        let at = |deg: f32| {
-            let a = deg.to_radians();
-            unit([3.0, a.cos(), a.sin(), 0.0])
-        };
-        let vectors: Vec<Vec<f32>> = (0..60).map(|i| at(i as f32 * 6.0)).collect();
-        let index = LiveIndex::new(HnswIndex::build(&vectors).unwrap());
+        let at = |deg: f32| on_circle(3.0, deg);
+        let (vectors, index) = circle(3.0);
         let f = Familiarity::derive(&index, &set(60), 0.02).unwrap();
         let c = f.centre().expect("the mean direction dominates");
         assert!(c.norm2() > CENTRE_ABOVE, "{}", c.norm2());
@@ -412,12 +424,7 @@ mod tests {
 
     #[test]
     fn a_set_without_a_dominant_direction_is_not_centred() {
-        let at = |deg: f32| {
-            let a = deg.to_radians();
-            unit([0.0, a.cos(), a.sin(), 0.0])
-        };
-        let vectors: Vec<Vec<f32>> = (0..60).map(|i| at(i as f32 * 6.0)).collect();
-        let index = LiveIndex::new(HnswIndex::build(&vectors).unwrap());
+        let (_, index) = circle(0.0);
         let f = Familiarity::derive(&index, &set(60), 0.02).unwrap();
         assert!(f.centre().is_none());
     }

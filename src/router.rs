@@ -552,24 +552,27 @@ impl Router {
         &self.inner.embedder
     }
 
-    /// Whether routing a request whose texts total `bytes` takes well under a millisecond, so
-    /// that a server may route on its async tasks instead of handing the work to a blocking
-    /// thread (a hop that costs more than such a decision): the embedder is quick
-    /// ([`Embedder::is_quick`]), the exemplars and sessions are kept in process (not in a shared
-    /// store, which is a network call), and the text is at most [`QUICK_BYTES`].
+    /// Whether routing `chat` ([`route_session`](Router::route_session)) takes about a
+    /// millisecond at most, so that a server may route on its async tasks instead of handing the
+    /// work to a blocking thread (a hop that costs more than a short prompt's decision): the
+    /// embedder is quick ([`Embedder::is_quick`]), the exemplars and sessions are kept in process
+    /// (not in a shared store, which is a network call), and the conversation's texts total at
+    /// most [`QUICK_BYTES`] (counted only that far).
     ///
     /// ```no_run
+    /// use semroute::chat::ChatRequest;
+    ///
     /// let router = semroute::Router::builder().build()?;
     /// // The default embedder runs a transformer: never quick.
-    /// assert!(!router.is_quick(20));
+    /// assert!(!router.is_quick(&ChatRequest::user("hi")));
     /// # Ok::<(), semroute::Error>(())
     /// ```
-    pub fn is_quick(&self, bytes: usize) -> bool {
+    pub fn is_quick(&self, chat: &ChatRequest) -> bool {
         let inner = &*self.inner;
-        bytes <= QUICK_BYTES
-            && inner.sessions_in_process
+        inner.sessions_in_process
             && inner.embedder.is_quick()
             && matches!(inner.state.load().search, Search::Local(_))
+            && chat.texts().try_fold(0usize, |n, (_, t)| Some(n + t.len()).filter(|&n| n <= QUICK_BYTES)).is_some()
     }
 
     /// `input_tokens`: the prompt's own count when `None`.
@@ -953,9 +956,10 @@ pub const CHAT_TOKENS_PER_MESSAGE: u64 = 4;
 /// Answer length assumed for a model no neighbour speaks about (only used for its cost).
 const DEFAULT_OUTPUT_TOKENS: u64 = 500;
 
-/// The longest request text [`Router::is_quick`] calls quick: 4 KB (about a thousand tokens)
-/// embeds in about 0.2 ms with a static embedder, tokens counted included, on the 2-core machine
-/// the README measures on.
+/// The longest request text [`Router::is_quick`] calls quick: 4 KB (about a thousand tokens).
+/// A route of that length with a static embedder took 0.8 to 1.4 ms at the median (English and
+/// Chinese, both static models; `decision_timing`), a short prompt about 0.1 ms, on the 2-core
+/// machine the README measures on.
 pub const QUICK_BYTES: usize = 4096;
 
 fn check_prompt(prompt: &str) -> Result<()> {

@@ -69,10 +69,11 @@ fn a_router_on_the_static_model_routes_and_an_unknown_prompt_falls_back() {
     // A server may route a short request on its async tasks; a long one, or any request with
     // a transformer, goes to a blocking thread.
     assert!(embedder().is_quick());
-    assert!(router.is_quick(200) && router.is_quick(semroute::router::QUICK_BYTES));
-    assert!(!router.is_quick(semroute::router::QUICK_BYTES + 1));
+    let chat = |bytes: usize| semroute::chat::ChatRequest::user(&"a".repeat(bytes));
+    assert!(router.is_quick(&chat(200)) && router.is_quick(&chat(semroute::router::QUICK_BYTES)));
+    assert!(!router.is_quick(&chat(semroute::router::QUICK_BYTES + 1)));
     let transformer = Router::builder().embedder(semroute::embed::load_installed("all-minilm-l6-v2").unwrap()).build().unwrap();
-    assert!(!transformer.is_quick(200));
+    assert!(!transformer.is_quick(&chat(200)));
 }
 
 #[test]

@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
-use super::tokenizer::{self, TextTokenizer};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
+use super::tokenizer::{self, TextTokenizer};
 use super::{checksum_of, sha256_hex, Embedder, Home};
 use crate::error::{Error, Result};
 
@@ -101,7 +102,6 @@ impl StaticEmbedder {
     fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
         let end = text.char_indices().nth(MAX_CHARS).map_or(text.len(), |(i, _)| i);
         let encoding = self.tokenizer.encode(&text[..end], false).map_err(|e| Error::Embedding(format!("tokenising: {e}")))?;
-        use half::slice::HalfFloatSliceExt;
         let mut sum = vec![0f32; self.dim];
         // A row widened at once (the processor's vector conversion), then added.
         let mut row32 = vec![0f32; self.dim];

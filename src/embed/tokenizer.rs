@@ -204,7 +204,7 @@ impl CompactUnigram {
 
     /// The best segmentation of `sentence` (byte ranges, in order): SentencePiece's Viterbi
     /// search, with runs of unknown characters fused into one piece, as `tokenizers` does.
-    fn segment(&self, sentence: &str) -> tokenizers::Result<Vec<(usize, usize, Option<u32>)>> {
+    fn segment(&self, sentence: &str) -> tokenizers::Result<Vec<(usize, usize)>> {
         #[derive(Clone, Copy)]
         struct Best {
             id: u32,
@@ -247,16 +247,12 @@ impl CompactUnigram {
             if Some(node.id) == self.unk_id {
                 unknown_run = Some((from, unknown_run.map_or(end, |(_, e)| e)));
             } else {
-                if let Some((s, e)) = unknown_run.take() {
-                    pieces.push((s, e, None));
-                }
-                pieces.push((from, end, Some(node.id)));
+                pieces.extend(unknown_run.take());
+                pieces.push((from, end));
             }
             end = from;
         }
-        if let Some((s, e)) = unknown_run {
-            pieces.push((s, e, None));
-        }
+        pieces.extend(unknown_run);
         pieces.reverse();
         Ok(pieces)
     }
@@ -266,7 +262,7 @@ impl CompactUnigram {
             return Ok(Vec::new());
         }
         let mut tokens = Vec::new();
-        for (start, end, _) in self.segment(sentence)? {
+        for (start, end) in self.segment(sentence)? {
             let piece = &sentence[start..end];
             // As `tokenizers` does: every piece is looked up again by its text, so a fused run
             // of unknown characters that happens to be a piece gets that piece's id.

@@ -180,8 +180,7 @@ async fn answer(app: Arc<App>, caller: Caller, headers: &HeaderMap, body: Result
         let router = app.router.clone();
         // A quick decision is made here; a slow one (a transformer, a shared store, a long
         // text) on a blocking thread, so that it holds up no other request.
-        let bytes: usize = chat.texts().map(|(_, t)| t.len()).sum();
-        let routed = if router.is_quick(bytes) {
+        let routed = if router.is_quick(&chat) {
             Ok(router.route_session(&chat, session.as_deref(), &constraints))
         } else {
             let chat2 = chat.clone();
