@@ -106,6 +106,45 @@ pub enum PredictorName {
     Ensemble,
 }
 
+impl PredictorName {
+    /// The predictor this name stands for, with `ridge` as its kernel-ridge settings (usually
+    /// [`RidgeSettings::for_embedder`]) and the low-rank settings `Predictor::Auto`
+    /// cross-validates with.
+    ///
+    /// ```
+    /// use semroute::config::PredictorName;
+    /// use semroute::predict::{Predictor, RidgeSettings};
+    ///
+    /// let p = "kernel-ridge".parse::<PredictorName>().unwrap().predictor(RidgeSettings::default());
+    /// assert!(matches!(p, Predictor::KernelRidge(_)));
+    /// ```
+    pub fn predictor(self, ridge: RidgeSettings) -> Predictor {
+        let low_rank = LowRankSettings { l2: 1e-4, ..LowRankSettings::default() };
+        match self {
+            PredictorName::Auto => Predictor::Auto,
+            PredictorName::Blend => Predictor::Blend(ridge),
+            PredictorName::KernelRidge => Predictor::KernelRidge(ridge),
+            PredictorName::Neighbours => Predictor::Neighbours,
+            PredictorName::LowRank => Predictor::LowRank(low_rank),
+            PredictorName::Ensemble => Predictor::Ensemble(ridge, low_rank),
+        }
+    }
+}
+
+impl PredictorName {
+    /// The name as written in a config file or flag (`kernel-ridge`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PredictorName::Auto => "auto",
+            PredictorName::Blend => "blend",
+            PredictorName::KernelRidge => "kernel-ridge",
+            PredictorName::Neighbours => "neighbours",
+            PredictorName::LowRank => "low-rank",
+            PredictorName::Ensemble => "ensemble",
+        }
+    }
+}
+
 impl std::str::FromStr for PredictorName {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -302,15 +341,7 @@ impl RouterConfig {
             b = b.embedder(embedder);
         }
         if let Some(p) = self.predictor {
-            b = b.predictor(match p {
-                PredictorName::Auto => Predictor::Auto,
-                PredictorName::Blend => Predictor::Blend(ridge),
-                PredictorName::KernelRidge => Predictor::KernelRidge(ridge),
-                PredictorName::Neighbours => Predictor::Neighbours,
-                // The low-rank settings `Predictor::Auto` cross-validates with.
-                PredictorName::LowRank => Predictor::LowRank(LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }),
-                PredictorName::Ensemble => Predictor::Ensemble(ridge, LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }),
-            });
+            b = b.predictor(p.predictor(ridge));
         }
         if let Some(p) = &self.exemplars {
             b = b.exemplars(if p.is_file() { ExemplarSet::load_file(p)? } else { ExemplarSet::load_dir(p)? });

@@ -475,7 +475,14 @@ mod tests {
 
     /// a: quality 0.5, $0.001; b: 0.8, $0.01; c: 0.9, $0.1 (1,000 answer tokens each).
     fn predictions() -> Predictions {
-        let p = |q| ModelPrediction { quality: q, output_tokens: 1000.0, support: 1.0, effective_neighbours: 8.0, cost_usd: None };
+        let p = |q| ModelPrediction {
+            quality: q,
+            output_tokens: 1000.0,
+            support: 1.0,
+            effective_neighbours: 8.0,
+            cost_usd: None,
+            quality_se: None,
+        };
         Predictions {
             per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),
             weights: vec![1.0],
@@ -557,7 +564,14 @@ mod tests {
             format!("[models.{name}]\nprovider = \"p\"\ninput_per_mtok = {input}\noutput_per_mtok = 0.0\ncached_input_per_mtok = {cached}\nsource = \"test\"\nas_of = \"2026\"\n")
         };
         let t = PriceTable::from_toml_str(&(m("x", 1.0, 0.1) + &m("y", 0.5, 0.25)), "t.toml").unwrap();
-        let p = |q| ModelPrediction { quality: q, output_tokens: 0.0, support: 1.0, effective_neighbours: 8.0, cost_usd: None };
+        let p = |q| ModelPrediction {
+            quality: q,
+            output_tokens: 0.0,
+            support: 1.0,
+            effective_neighbours: 8.0,
+            cost_usd: None,
+            quality_se: None,
+        };
         let p = Predictions {
             per_model: [("x", p(0.9)), ("y", p(y_quality))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),
             weights: vec![],

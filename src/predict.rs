@@ -160,11 +160,20 @@ impl Predictor {
     }
 
     /// Sets each model's quality in `predictions` (the neighbours') from `model`'s prediction for
-    /// `prompt` and its `vector`, by [`combine`](Predictor::combine). Answer lengths stay the
-    /// neighbours'; a model the neighbours say nothing about stays absent.
+    /// `prompt` and its `vector`, by [`combine`](Predictor::combine), and its standard error
+    /// ([`ModelPrediction::quality_se`]) where the model gives one (kernel ridge): for
+    /// [`KernelRidge`](Predictor::KernelRidge) the model's own, for the blend that of a mean of
+    /// two estimates, `½·√(se_neighbours² + se_model²)`. Answer lengths stay the neighbours'; a
+    /// model the neighbours say nothing about stays absent.
     pub fn apply(&self, model: &Fitted, prompt: &str, vector: &[f32], predictions: &mut Predictions) {
-        for (name, q) in model.predict(prompt, vector) {
+        for (name, (q, se)) in model.predict_with_error(prompt, vector) {
             if let Some(p) = predictions.per_model.get_mut(&name) {
+                let neighbours_se = p.neighbours_error();
+                p.quality_se = match (self, se) {
+                    (Predictor::KernelRidge(_), Some(se)) => Some(se),
+                    (Predictor::Auto | Predictor::Blend(_), Some(se)) => Some(0.5 * (neighbours_se.powi(2) + se.powi(2)).sqrt()),
+                    _ => None,
+                };
                 p.quality = self.combine(p.quality, q);
             }
         }
@@ -223,6 +232,15 @@ impl Fitted {
         Ok(Fitted::LowRank { model, names: keep.iter().map(|&m| names[m].to_string()).collect() })
     }
 
+    /// Each model's predicted quality for `prompt` with its `vector`, and its standard error
+    /// where the model knows it (kernel ridge, see [`QualityModel::predict_with_error`]).
+    pub fn predict_with_error(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, (f64, Option<f64>)> {
+        match self {
+            Fitted::Ridge(m) => m.predict_with_error(prompt, vector),
+            _ => self.predict(prompt, vector).into_iter().map(|(m, q)| (m, (q, None))).collect(),
+        }
+    }
+
     /// Each model's predicted quality for `prompt` with its `vector`.
     pub fn predict(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
         match self {
@@ -256,10 +274,15 @@ pub struct ModelPrediction {
     /// Predicted USD of the call, from the neighbours' measured costs (weighted mean over those
     /// that carry one); `None` when none does, and the cost is answer tokens × price.
     pub cost_usd: Option<f64>,
+    /// The standard error of `quality` when a fitted model's own uncertainty went into it
+    /// (see [`Predictor::apply`]); `None`: the neighbours' alone, see
+    /// [`standard_error`](ModelPrediction::standard_error).
+    pub quality_se: Option<f64>,
 }
 
 impl ModelPrediction {
-    /// The standard error of the predicted quality, as if it were the mean of
+    /// The standard error of the predicted quality: [`quality_se`](ModelPrediction::quality_se)
+    /// where a fitted model set it, otherwise the neighbours' own, as if the quality were the mean of
     /// [`effective_neighbours`](ModelPrediction::effective_neighbours) graded answers: the
     /// standard deviation of a Beta posterior with Jeffreys' prior (½, ½) after `n` answers
     /// averaging `q`, so one neighbour alone is unsure (0.25 at q = 1) and eight agreeing ones
@@ -268,12 +291,21 @@ impl ModelPrediction {
     /// ```
     /// use semroute::predict::ModelPrediction;
     ///
-    /// let p = |q, n| ModelPrediction { quality: q, output_tokens: 100.0, support: 1.0, effective_neighbours: n, cost_usd: None };
+    /// let p = |q, n| ModelPrediction { quality: q, output_tokens: 100.0, support: 1.0, effective_neighbours: n, cost_usd: None, quality_se: None };
     /// assert!((p(1.0, 1.0).standard_error() - 0.25).abs() < 1e-12);
     /// assert!(p(1.0, 8.0).standard_error() < 0.08);
     /// assert!(p(0.6, 8.0).standard_error() > p(0.9, 8.0).standard_error());
     /// ```
     pub fn standard_error(&self) -> f64 {
+        if let Some(se) = self.quality_se {
+            return se;
+        }
+        self.neighbours_error()
+    }
+
+    /// The Beta-posterior standard error of [`standard_error`](ModelPrediction::standard_error),
+    /// ignoring `quality_se`.
+    pub fn neighbours_error(&self) -> f64 {
         let q = self.quality.clamp(0.0, 1.0);
         let n = self.effective_neighbours.max(0.0);
         let (a, b) = (0.5 + n * q, 0.5 + n * (1.0 - q));
@@ -440,7 +472,10 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
                 }
             }
             let cost_usd = (cw > 0.0).then(|| c / cw);
-            (m.to_string(), ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd })
+            (
+                m.to_string(),
+                ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd, quality_se: None },
+            )
         })
         .collect();
     Predictions { per_model, weights }
@@ -464,6 +499,41 @@ mod tests {
         )
         .unwrap();
         (set, vectors, prices)
+    }
+
+    #[test]
+    fn the_blend_carries_both_errors_and_kernel_ridge_its_own() {
+        let (set, vectors, prices) = two_kinds();
+        let ridge = RidgeSettings::default();
+        let fitted = Fitted::Ridge(QualityModel::fit(&set, vectors, &prices, ridge).unwrap());
+        let v = [0.6f32, 0.8];
+        let (q, se) = fitted.predict_with_error("p", &v)["a"];
+        let se = se.expect("a fitted target has an error");
+        let neighbours = || {
+            let p = ModelPrediction {
+                quality: 0.9,
+                output_tokens: 5.0,
+                support: 1.0,
+                effective_neighbours: 4.0,
+                cost_usd: None,
+                quality_se: None,
+            };
+            Predictions { per_model: [("a".to_string(), p)].into_iter().collect(), weights: vec![1.0] }
+        };
+        let nb_se = neighbours().per_model["a"].standard_error();
+        let mut blend = neighbours();
+        Predictor::Blend(ridge).apply(&fitted, "p", &v, &mut blend);
+        let a = blend.per_model["a"];
+        assert!((a.quality - 0.5 * (0.9 + q)).abs() < 1e-12);
+        assert!((a.standard_error() - 0.5 * (nb_se * nb_se + se * se).sqrt()).abs() < 1e-12, "{a:?}");
+        assert_eq!(a.neighbours_error(), ModelPrediction { quality_se: None, ..a }.standard_error());
+        let mut alone = neighbours();
+        Predictor::KernelRidge(ridge).apply(&fitted, "p", &v, &mut alone);
+        assert_eq!((alone.per_model["a"].quality, alone.per_model["a"].standard_error()), (q, se));
+        // The neighbours alone keep their Beta-posterior error.
+        let mut none = neighbours();
+        Predictor::Neighbours.apply(&fitted, "p", &v, &mut none);
+        assert_eq!(none.per_model["a"].standard_error(), nb_se);
     }
 
     #[test]

@@ -240,6 +240,10 @@ pub struct TaskPrediction {
     pub effective_neighbours: f32,
     /// Predicted USD from measured costs, where any.
     pub cost_usd: Option<f32>,
+    /// The quality's standard error where a fitted model gave one
+    /// ([`ModelPrediction::quality_se`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_se: Option<f32>,
 }
 
 /// What a session remembers between steps. Serializable, so that a shared store can keep it.
@@ -301,6 +305,7 @@ impl SessionState {
                         support: f64::from(t.support),
                         effective_neighbours: f64::from(t.effective_neighbours),
                         cost_usd: t.cost_usd.map(f64::from),
+                        quality_se: t.quality_se.map(f64::from),
                     },
                 )
             })
@@ -318,8 +323,16 @@ impl SessionState {
                     support: p.support as f32,
                     effective_neighbours: p.effective_neighbours as f32,
                     cost_usd: p.cost_usd.map(|c| c as f32),
+                    quality_se: p.quality_se.map(|c| c as f32),
                 },
-                None => TaskPrediction { quality: None, output_tokens: 0.0, support: 0.0, effective_neighbours: 0.0, cost_usd: None },
+                None => TaskPrediction {
+                    quality: None,
+                    output_tokens: 0.0,
+                    support: 0.0,
+                    effective_neighbours: 0.0,
+                    cost_usd: None,
+                    quality_se: None,
+                },
             })
             .collect()
     }

@@ -150,6 +150,9 @@ struct Fit {
     /// Mean of each training column of the kernel, and of the whole kernel (for centring).
     column_mean: Vec<f64>,
     grand_mean: f64,
+    /// The lower Cholesky factor of `K_c + λI`, kept (at most
+    /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] rows) for the posterior variance of a prediction.
+    factor: Option<DMatrix<f64>>,
     targets: Vec<Target>,
 }
 
@@ -162,6 +165,8 @@ enum Target {
         dual: Vec<f64>,
         /// Platt scaling of the raw score: `1 / (1 + exp(−(a·s + b)))`.
         platt: (f64, f64),
+        /// Mean squared leave-one-out residual of the raw score: the noise variance σ².
+        noise: f64,
     },
 }
 
@@ -250,25 +255,41 @@ impl QualityModel {
     /// ten exemplars speak about are absent (the neighbours judge them); so is every model when
     /// the vector does not have the fitted dimension or holds a non-finite value.
     pub fn predict(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
+        self.predict_with_error(prompt, vector).into_iter().map(|(m, (q, _))| (m, q)).collect()
+    }
+
+    /// [`predict`](QualityModel::predict), with each quality's standard error where the model
+    /// knows it: the Gaussian-process posterior standard deviation of the raw score (kernel
+    /// ridge is that posterior's mean, with noise σ² the mean squared leave-one-out residual
+    /// and prior scale σ²/λ), carried through the Platt sigmoid. Near many exemplars that agree
+    /// it is small; far from every exemplar it approaches the prior's.
+    pub fn predict_with_error(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, (f64, Option<f64>)> {
         if vector.len() != self.dim || vector.iter().any(|x| !x.is_finite()) {
             return BTreeMap::new();
         }
         let z = self.standardise(&prompt_features(prompt));
+        let self_kernel = self.kernel(vector, vector, &z, &z);
         let row: Vec<f64> = (0..self.len()).map(|j| self.kernel(vector, self.vector(j), &z, &self.features[j])).collect();
-        let scores: Vec<Vec<f64>> = self
+        let scores: Vec<Vec<(f64, Option<f64>)>> = self
             .fits
             .iter()
             .map(|fit| {
                 let k: Vec<f64> = fit.rows.iter().map(|&j| row[j]).collect();
                 let k_mean = k.iter().sum::<f64>() / k.len() as f64;
                 let centred: Vec<f64> = k.iter().zip(&fit.column_mean).map(|(x, c)| x - k_mean - c + fit.grand_mean).collect();
+                let variance = fit.factor.as_ref().map(|l| {
+                    let prior = self_kernel - 2.0 * k_mean + fit.grand_mean;
+                    (prior - forward_norm2(l, &centred)).max(0.0)
+                });
                 fit.targets
                     .iter()
                     .map(|t| match t {
-                        Target::Constant(q) => *q,
-                        Target::Fitted { intercept, dual, platt } => {
+                        Target::Constant(q) => (*q, None),
+                        Target::Fitted { intercept, dual, platt, noise } => {
                             let s = intercept + centred.iter().zip(dual).map(|(a, b)| a * b).sum::<f64>();
-                            sigmoid(platt.0 * s + platt.1)
+                            let q = sigmoid(platt.0 * s + platt.1);
+                            let se = variance.map(|v| q * (1.0 - q) * platt.0 * (noise / self.settings.lambda * v).sqrt());
+                            (q, se)
                         }
                     })
                     .collect()
@@ -276,8 +297,8 @@ impl QualityModel {
             .collect();
         self.models
             .iter()
-            .filter(|(_, &(f, t))| scores[f][t].is_finite())
-            .map(|(m, &(f, t))| (m.clone(), scores[f][t].clamp(0.0, 1.0)))
+            .filter(|(_, &(f, t))| scores[f][t].0.is_finite())
+            .map(|(m, &(f, t))| (m.clone(), (scores[f][t].0.clamp(0.0, 1.0), scores[f][t].1.filter(|e| e.is_finite()))))
             .collect()
     }
 
@@ -322,7 +343,7 @@ impl QualityModel {
         let constant = |y: &[f64]| y.iter().all(|v| (v - y[0]).abs() < 1e-12);
         if targets.iter().all(|y| constant(y)) {
             let out = targets.iter().map(|y| Target::Constant(y[0])).collect();
-            return Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, targets: out });
+            return Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor: None, targets: out });
         }
         let chol = a.cholesky().ok_or_else(|| Error::Config("the kernel ridge system is not positive definite".into()))?;
         // diag((K_c + λI)⁻¹) gives every training exemplar's exact leave-one-out score; with
@@ -367,13 +388,36 @@ impl QualityModel {
                 })
                 .collect();
             // Scores that do not rank the targets (the kernel told nothing) give the mean.
+            let noise = loo.iter().zip(y).map(|(s, t)| (t - s).powi(2)).sum::<f64>() / n as f64;
             out.push(match platt(&loo, y) {
-                Some(p) => Target::Fitted { intercept: mean, dual: dual.iter().copied().collect(), platt: p },
+                Some(p) => Target::Fitted { intercept: mean, dual: dual.iter().copied().collect(), platt: p, noise },
                 None => Target::Constant(mean),
             });
         }
-        Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, targets: out })
+        let factor = (n <= KERNEL_RIDGE_MAX_EXEMPLARS).then(|| chol.l());
+        Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor, targets: out })
     }
+}
+
+/// `‖L⁻¹b‖²` for a lower-triangular `l`, by forward substitution.
+fn forward_norm2(l: &DMatrix<f64>, b: &[f64]) -> f64 {
+    let n = b.len();
+    let mut x = b.to_vec();
+    for j in 0..n {
+        let d = l[(j, j)];
+        if d == 0.0 {
+            return f64::NAN;
+        }
+        x[j] /= d;
+        let xj = x[j];
+        if xj != 0.0 {
+            let column = l.column(j);
+            for r in j + 1..n {
+                x[r] -= column[r] * xj;
+            }
+        }
+    }
+    x.iter().map(|v| v * v).sum()
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -541,6 +585,24 @@ mod tests {
             vectors.push(unit(angle + jitter));
         }
         (ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl").unwrap(), vectors)
+    }
+
+    #[test]
+    fn the_standard_error_grows_away_from_the_exemplars() {
+        let (set, vectors) = clusters();
+        let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
+        let model = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default()).unwrap();
+        let se = |angle: f64| {
+            let p = model.predict_with_error("prompt x", &unit(angle));
+            assert_eq!(p["small"].0, model.predict("prompt x", &unit(angle))["small"], "the same quality as predict");
+            // A constant (every exemplar agrees) has no model error: the neighbours judge it.
+            assert_eq!(p["big"].1, None);
+            p["small"].1.unwrap()
+        };
+        let (inside, between, opposite) = (se(0.0), se(0.6), se(std::f64::consts::PI));
+        assert!(inside > 0.0 && inside < 0.1, "{inside}");
+        assert!(between > 2.0 * inside, "half-way between the clusters: {between} against {inside}");
+        assert!(opposite > 2.0 * inside, "where no exemplar is: {opposite} against {inside}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 use std::path::PathBuf;
 
 use crate::fallback_args::FallbackArgs;
+use semroute::config::PredictorName;
 use semroute::eval::{check_sides, Side, SideCase, SideReport};
+use semroute::predict::RidgeSettings;
 use semroute::{ExemplarSet, Router};
 
 #[derive(clap::Args)]
@@ -31,6 +33,10 @@ pub struct Args {
     fallback: FallbackArgs,
     #[arg(long, default_value_t = 0.7)]
     quality_bar: f64,
+    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours`, `low-rank` or
+    /// `ensemble`.
+    #[arg(long, default_value = "auto")]
+    predictor: PredictorName,
     /// List every case the router did not send to its side.
     #[arg(long)]
     misses: bool,
@@ -50,7 +56,9 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         cases.extend(SideCase::load(f)?);
     }
-    let mut b = Router::builder().embedder(semroute::embed::load_installed(&args.model)?).quality_bar(args.quality_bar);
+    let embedder = semroute::embed::load_installed(&args.model)?;
+    let predictor = args.predictor.predictor(RidgeSettings::for_embedder(embedder.as_ref()));
+    let mut b = Router::builder().embedder(embedder).quality_bar(args.quality_bar).predictor(predictor);
     if let Some(dir) = &args.exemplars {
         b = b.exemplars(ExemplarSet::load_dir(dir)?);
     }
@@ -58,9 +66,10 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let report = check_sides(&router, &cases)?;
     println!(
-        "{} prompts, model {}, bar {}, caution {}, fallback {} ({:.1} s)",
+        "{} prompts, model {}, predictor {}, bar {}, caution {}, fallback {} ({:.1} s)",
         cases.len(),
         args.model,
+        args.predictor.name(),
         args.quality_bar,
         args.fallback.caution,
         match (router.settings().unfamiliar_limit, router.settings().min_similarity) {

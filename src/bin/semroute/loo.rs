@@ -13,8 +13,9 @@
 use std::path::PathBuf;
 
 use crate::fallback_args::FallbackArgs;
+use semroute::config::PredictorName;
 use semroute::eval::{leave_one_out, LooReport};
-use semroute::predict::{LowRankSettings, Predictor, RidgeSettings};
+use semroute::predict::RidgeSettings;
 use semroute::{ExemplarSet, PriceTable};
 
 #[derive(clap::Args)]
@@ -39,9 +40,10 @@ pub struct Args {
     prior_strength: f64,
     #[command(flatten)]
     fallback: FallbackArgs,
-    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours` or `low-rank`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "blend", "kernel-ridge", "neighbours", "low-rank", "ensemble"])]
-    predictor: String,
+    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours`, `low-rank` or
+    /// `ensemble`.
+    #[arg(long, default_value = "auto")]
+    predictor: PredictorName,
     /// Kernel ridge: kernel width in units of 1 - cosine (default: the embedder's).
     #[arg(long)]
     bandwidth: Option<f64>,
@@ -71,14 +73,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         feature_weight: args.feature_weight,
         lambda: args.lambda,
     };
-    let predictor = match args.predictor.as_str() {
-        "blend" => Predictor::Blend(ridge),
-        "kernel-ridge" => Predictor::KernelRidge(ridge),
-        "neighbours" => Predictor::Neighbours,
-        "low-rank" => Predictor::LowRank(LowRankSettings::default()),
-        "ensemble" => Predictor::Ensemble(ridge, LowRankSettings::default()),
-        _ => Predictor::Auto,
-    };
+    let predictor = args.predictor.predictor(ridge);
     let started = std::time::Instant::now();
     let report = leave_one_out(&set, &prices, embedder, |b| {
         args.fallback.apply(
@@ -98,7 +93,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.fallback.caution,
         args.temperature,
         args.prior_strength,
-        args.predictor,
+        args.predictor.name(),
         started.elapsed().as_secs_f64()
     );
     print_tables(&report, args.markdown);
