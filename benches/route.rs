@@ -4,7 +4,8 @@
 //!   real model and the built-in exemplars and prices;
 //! - `route_neighbours/*`: short prompts with the neighbours alone predicting quality (what the
 //!   default's kernel-ridge model adds is the difference to `route/*`);
-//! - `quality_model/predict_*`: the kernel-ridge model's prediction alone, over the built-in
+//! - `quality_model/predict_*`: the kernel-ridge model's prediction alone (`predict_with_error_*`:
+//!   with each standard error, as caution uses it), over the built-in
 //!   exemplars (its fit time is printed once);
 //! - `route_e5/*`, `route_minilm_int8/*`, `route_e5_int8/*`: the same with multilingual-e5-small
 //!   and with the int8 copies of both models, when installed;
@@ -121,6 +122,9 @@ fn bench_quality_model(c: &mut Criterion) {
     for (name, prompt) in [("predict_short_en", SHORT_EN), ("predict_short_zh", SHORT_ZH)] {
         let v = embedder.embed(prompt).expect("embedding");
         g.bench_function(name, |b| b.iter(|| model.predict(black_box(prompt), black_box(&v))));
+        // With each quality's standard error (what caution needs): one triangular solve more.
+        let with_error = name.replace("predict", "predict_with_error");
+        g.bench_function(with_error, |b| b.iter(|| model.predict_with_error(black_box(prompt), black_box(&v))));
     }
     g.finish();
 }

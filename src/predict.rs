@@ -82,13 +82,15 @@ pub enum Predictor {
     Auto,
     /// The similarity-weighted mean of the k nearest exemplars' grades ([`predict_from`]).
     Neighbours,
-    /// A [`QualityModel`] alone: kernel ridge over every exemplar, calibrated. Needs the
-    /// in-process index (the exemplars' vectors).
+    /// A [`QualityModel`] alone: kernel ridge over every exemplar, calibrated, with its own
+    /// standard error ([`QualityModel::predict_with_error`]). Needs the in-process index (the
+    /// exemplars' vectors).
     KernelRidge(RidgeSettings),
     /// The mean of the two: the [`QualityModel`] reads difficulty across the whole set, the
     /// neighbours keep a near-duplicate exemplar decisive (the model alone smooths over it, and
     /// over a single piece of feedback). On the built-in set this sends the fewest exemplars to
-    /// a weaker tier than their label (see the README).
+    /// a weaker tier than their label (see the README). Its standard error is that of a mean of
+    /// two estimates: `½·√(se_neighbours² + se_model²)`.
     Blend(RidgeSettings),
     /// A [`LowRankModel`] alone: a logistic factorisation of prompt × model shared by every
     /// model (RouteLLM's matrix factorisation, an IRT model), fitted on every exemplar. Needs

@@ -50,12 +50,13 @@ fn fresh_prompts_go_to_their_side() {
         report.outcomes.iter().filter(|o| o.side == Side::Strong && o.tier == semroute::Tier::Cheap).map(|o| o.id.as_str()).collect();
     eprintln!("overall {:.1}% on its side; hard prompts sent to the cheap tier: {hard_cheap:?}", 100.0 * all.agreement());
     // The aim met: no hard prompt on the cheap tier. Floors for the rest: what the default
-    // (multilingual-e5-small in int8, caution 1, the centred fallback rule) measured when it
-    // became the default: 85.2% on its side, 90.2% of the Chinese hard prompts on the strong tier,
-    // 22 of 24 nonsense prompts fell back, 5 routine ones did (MiniLM, the default before:
-    // 76.0%, 73.2%, 4, 5).
+    // (multilingual-e5-small in int8, caution 1 counting the kernel-ridge model's own error, the
+    // centred fallback rule) measured: 88.0% on its side (85.2% when caution counted the
+    // neighbours' error alone), 90.2% of the Chinese hard prompts on the strong tier, 22 of 24
+    // nonsense prompts fell back, 5 routine ones did (MiniLM, the default before: 76.0%, 73.2%,
+    // 4, 5).
     assert!(hard_cheap.is_empty(), "{hard_cheap:?}");
-    assert!(all.agreement() >= 0.84, "{:.3}", all.agreement());
+    assert!(all.agreement() >= 0.87, "{:.3}", all.agreement());
     let zh_hard = &by["zh Strong"];
     assert!(zh_hard.agreement() >= 0.88, "{:.3} of the Chinese hard prompts on the strong tier", zh_hard.agreement());
     let unknown = by.iter().filter(|(k, _)| k.ends_with("Unknown")).map(|(_, t)| t.agree).sum::<usize>();
