@@ -129,9 +129,7 @@ impl PredictorName {
             PredictorName::Ensemble => Predictor::Ensemble(ridge, low_rank),
         }
     }
-}
 
-impl PredictorName {
     /// The name as written in a config file or flag (`kernel-ridge`).
     pub fn name(self) -> &'static str {
         match self {

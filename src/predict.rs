@@ -305,8 +305,8 @@ impl ModelPrediction {
         self.neighbours_error()
     }
 
-    /// The Beta-posterior standard error of [`standard_error`](ModelPrediction::standard_error),
-    /// ignoring `quality_se`.
+    /// The neighbours' own standard error (the Beta posterior that
+    /// [`standard_error`](ModelPrediction::standard_error) describes), whatever `quality_se` says.
     pub fn neighbours_error(&self) -> f64 {
         let q = self.quality.clamp(0.0, 1.0);
         let n = self.effective_neighbours.max(0.0);

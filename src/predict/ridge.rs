@@ -18,7 +18,9 @@
 //! about a group of models (one for a hand-labelled set; feedback on a model gives that model its
 //! own set): 40 ms for the 427 built-in exemplars. The cost grows with the cube of the count,
 //! which is why [`Predictor::Auto`](super::Predictor::Auto) uses the model only up to
-//! [`KERNEL_RIDGE_MAX_EXEMPLARS`]. Predicting scans the exemplars once, like the exact index.
+//! [`KERNEL_RIDGE_MAX_EXEMPLARS`]. Predicting scans the exemplars once, like the exact index;
+//! its standard error ([`QualityModel::predict_with_error`]) adds one triangular solve against
+//! the factor kept from the fit.
 //!
 //! ```
 //! use semroute::exemplar::ExemplarSet;
@@ -42,6 +44,12 @@
 //! assert_eq!(q["big"], 1.0); // every exemplar says the strong model answers well
 //! assert!(q["small"] > 0.8, "{q:?}");
 //! assert!(model.predict("prove lemma 99", &[0.0, 1.0])["small"] < 0.2);
+//!
+//! // With its standard error: a Gaussian-process posterior's, so larger where no exemplar is.
+//! let (_, near) = model.predict_with_error("add 4 and 5", &[0.999, 0.045])["small"];
+//! let (_, far) = model.predict_with_error("add 4 and 5", &[-0.8, -0.6])["small"];
+//! assert!(near.unwrap() < far.unwrap());
+//! assert_eq!(model.predict_with_error("add 4 and 5", &[1.0, 0.0])["big"].1, None); // a constant
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
