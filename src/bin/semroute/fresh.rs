@@ -124,9 +124,11 @@ fn print_tables(report: &SideReport, md: bool) {
     let side = |s: Side| format!("{s:?}").to_lowercase();
     header("overall");
     row("all", &report.overall());
-    for (what, groups) in
-        [("language × side", report.by(|o| format!("{} {}", o.language, side(o.side)))), ("category", report.by(|o| o.category.clone()))]
-    {
+    for (what, groups) in [
+        ("language", report.by(|o| o.language.clone())),
+        ("language × side", report.by(|o| format!("{} {}", o.language, side(o.side)))),
+        ("category", report.by(|o| o.category.clone())),
+    ] {
         header(what);
         for (k, t) in &groups {
             row(k, t);
