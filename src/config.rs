@@ -108,8 +108,7 @@ pub enum PredictorName {
 
 impl PredictorName {
     /// The predictor this name stands for, with `ridge` as its kernel-ridge settings (usually
-    /// [`RidgeSettings::for_embedder`]) and the low-rank settings `Predictor::Auto`
-    /// cross-validates with.
+    /// [`RidgeSettings::for_embedder`]) and [`LowRankSettings::for_router`].
     ///
     /// ```
     /// use semroute::config::PredictorName;
@@ -119,7 +118,7 @@ impl PredictorName {
     /// assert!(matches!(p, Predictor::KernelRidge(_)));
     /// ```
     pub fn predictor(self, ridge: RidgeSettings) -> Predictor {
-        let low_rank = LowRankSettings { l2: 1e-4, ..LowRankSettings::default() };
+        let low_rank = LowRankSettings::for_router();
         match self {
             PredictorName::Auto => Predictor::Auto,
             PredictorName::Blend => Predictor::Blend(ridge),

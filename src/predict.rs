@@ -170,10 +170,9 @@ impl Predictor {
     pub fn apply(&self, model: &Fitted, prompt: &str, vector: &[f32], predictions: &mut Predictions) {
         for (name, (q, se)) in model.predict_with_error(prompt, vector) {
             if let Some(p) = predictions.per_model.get_mut(&name) {
-                let neighbours_se = p.neighbours_error();
                 p.quality_se = match (self, se) {
                     (Predictor::KernelRidge(_), Some(se)) => Some(se),
-                    (Predictor::Auto | Predictor::Blend(_), Some(se)) => Some(0.5 * (neighbours_se.powi(2) + se.powi(2)).sqrt()),
+                    (Predictor::Auto | Predictor::Blend(_), Some(se)) => Some(0.5 * (p.neighbours_error().powi(2) + se.powi(2)).sqrt()),
                     _ => None,
                 };
                 p.quality = self.combine(p.quality, q);

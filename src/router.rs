@@ -1448,7 +1448,7 @@ fn quality_model(
                 temperature: settings.temperature,
                 prior: prior_of(exemplars, prices, settings.prior_strength),
                 ridge: RidgeSettings::for_embedder(embedder),
-                low_rank: LowRankSettings { l2: 1e-4, ..LowRankSettings::default() },
+                low_rank: LowRankSettings::for_router(),
             };
             match select::cross_validate(exemplars, &vectors, prices, &candidates, 5) {
                 Ok(scores) => {

@@ -294,7 +294,7 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
         temperature: 0.05,
         prior: Prior::none(),
         ridge: RidgeSettings::for_embedder(&Letters),
-        low_rank: LowRankSettings { l2: 1e-4, ..LowRankSettings::default() },
+        low_rank: LowRankSettings::for_router(),
     };
     let scores = select::cross_validate(&set, &vectors, &prices, &candidates, 5).unwrap();
     assert_eq!(scores.scores.len(), 5);

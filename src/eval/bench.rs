@@ -75,8 +75,8 @@ impl RouterConfig {
             c("knn-128-smoothed", Predictor::Neighbours, 128, 1.0, 8.0),
             c("kernel-ridge", Predictor::KernelRidge(ridge), 8, 0.05, 0.0),
             c("blend", Predictor::Blend(ridge), 8, 0.05, 0.0),
-            c("low-rank", Predictor::LowRank(LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }), 8, 0.05, 0.0),
-            c("ensemble", Predictor::Ensemble(ridge, LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }), 8, 0.05, 0.0),
+            c("low-rank", Predictor::LowRank(LowRankSettings::for_router()), 8, 0.05, 0.0),
+            c("ensemble", Predictor::Ensemble(ridge, LowRankSettings::for_router()), 8, 0.05, 0.0),
         ]
     }
 

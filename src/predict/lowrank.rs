@@ -64,6 +64,22 @@ impl Default for LowRankSettings {
 }
 
 impl LowRankSettings {
+    /// The settings a router fits the low-rank model with: what [`Predictor::Auto`]
+    /// cross-validates, what the `low-rank` and `ensemble` names in a config file or flag stand
+    /// for, and the savings harness's candidates. The default with a lighter penalty (l2 1e-4).
+    ///
+    /// ```
+    /// use semroute::predict::LowRankSettings;
+    ///
+    /// assert_eq!(LowRankSettings::for_router().l2, 1e-4);
+    /// assert_eq!(LowRankSettings::for_router().rank, LowRankSettings::default().rank);
+    /// ```
+    ///
+    /// [`Predictor::Auto`]: super::Predictor::Auto
+    pub fn for_router() -> Self {
+        LowRankSettings { l2: 1e-4, ..LowRankSettings::default() }
+    }
+
     /// Checks the settings are usable: rank in 1..=64, `l2` finite and ≥ 0, iterations in
     /// 1..=10,000, learning rate finite and > 0. The error says which one is not.
     pub fn check(&self) -> Result<(), String> {

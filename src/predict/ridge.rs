@@ -281,7 +281,7 @@ impl QualityModel {
             return BTreeMap::new();
         }
         let z = self.standardise(&prompt_features(prompt));
-        let self_kernel = self.kernel(vector, vector, &z, &z);
+        let self_kernel = with_error.then(|| self.kernel(vector, vector, &z, &z));
         let row: Vec<f64> = (0..self.len()).map(|j| self.kernel(vector, self.vector(j), &z, &self.features[j])).collect();
         let scores: Vec<Vec<(f64, Option<f64>)>> = self
             .fits
@@ -290,7 +290,7 @@ impl QualityModel {
                 let k: Vec<f64> = fit.rows.iter().map(|&j| row[j]).collect();
                 let k_mean = k.iter().sum::<f64>() / k.len() as f64;
                 let centred: Vec<f64> = k.iter().zip(&fit.column_mean).map(|(x, c)| x - k_mean - c + fit.grand_mean).collect();
-                let variance = fit.factor.as_ref().filter(|_| with_error).map(|l| {
+                let variance = fit.factor.as_ref().zip(self_kernel).map(|(l, self_kernel)| {
                     let prior = self_kernel - 2.0 * k_mean + fit.grand_mean;
                     (prior - forward_norm2(l, &centred)).max(0.0)
                 });
@@ -362,26 +362,14 @@ impl QualityModel {
         // diag((K_c + λI)⁻¹) gives every training exemplar's exact leave-one-out score; with
         // K_c + λI = L·Lᵀ it is the squared column norms of L⁻¹, found one column at a time by
         // forward substitution (no n × n inverse held).
-        let l = chol.l_dirty();
+        let l = chol.l_dirty().as_slice();
         let mut x = vec![0.0; n];
         let mut inverse_diag: Vec<f64> = Vec::with_capacity(n);
         for c in 0..n {
             x[c..].fill(0.0);
             x[c] = 1.0;
-            // Column-oriented, so that the inner loop walks down one column of L in memory.
-            for j in c..n {
-                let d = l[(j, j)];
-                if d == 0.0 || !d.is_finite() {
-                    return Err(Error::Config("the kernel ridge system is singular".into()));
-                }
-                x[j] /= d;
-                let xj = x[j];
-                if xj != 0.0 {
-                    let column = l.column(j);
-                    for r in j + 1..n {
-                        x[r] -= column[r] * xj;
-                    }
-                }
+            if !forward_substitute(&mut x, c, |j| &l[j * n + j..(j + 1) * n]) {
+                return Err(Error::Config("the kernel ridge system is singular".into()));
             }
             inverse_diag.push(x[c..].iter().map(|v| v * v).sum::<f64>());
         }
@@ -415,17 +403,29 @@ impl QualityModel {
     }
 }
 
-/// `‖L⁻¹b‖²` for a lower-triangular `L` packed as [`Fit::factor`] is, by forward substitution.
+/// `‖L⁻¹b‖²` for a lower-triangular `L` packed as [`Fit::factor`] is (NaN if `L` is singular).
 fn forward_norm2(packed: &[f64], b: &[f64]) -> f64 {
     let n = b.len();
     let mut x = b.to_vec();
-    let mut at = 0;
-    for j in 0..n {
-        let column = &packed[at..at + n - j];
-        at += n - j;
+    // Column j starts after the n + (n − 1) + … + (n − j + 1) entries of the columns before it.
+    if !forward_substitute(&mut x, 0, |j| {
+        let at = j * n - j * j.saturating_sub(1) / 2;
+        &packed[at..at + n - j]
+    }) {
+        return f64::NAN;
+    }
+    x.iter().map(|v| v * v).sum()
+}
+
+/// Solves `L·y = x` in place for a lower-triangular `L`, `x` being zero before row `from`;
+/// `column(j)` is column `j` of `L` from its diagonal down. Column-oriented, so that the inner
+/// loop walks down one column in memory. `false` when a diagonal entry is zero or not finite.
+fn forward_substitute<'a>(x: &mut [f64], from: usize, column: impl Fn(usize) -> &'a [f64]) -> bool {
+    for j in from..x.len() {
+        let column = column(j);
         let d = column[0];
-        if d == 0.0 {
-            return f64::NAN;
+        if d == 0.0 || !d.is_finite() {
+            return false;
         }
         x[j] /= d;
         let xj = x[j];
@@ -435,7 +435,7 @@ fn forward_norm2(packed: &[f64], b: &[f64]) -> f64 {
             }
         }
     }
-    x.iter().map(|v| v * v).sum()
+    true
 }
 
 fn sigmoid(x: f64) -> f64 {
