@@ -56,8 +56,9 @@ pub struct RouteDecision {
     pub reason: String,
     /// What predicted the models' quality: `"neighbours"` (the nearest exemplars' weighted
     /// grades), `"kernel-ridge"` (a model fitted on every exemplar, see
-    /// [`QualityModel`](crate::predict::QualityModel)) or `"kernel-ridge+neighbours"` (the mean of
-    /// the two, the default).
+    /// [`QualityModel`](crate::predict::QualityModel), updated by near-copies of the prompt: the
+    /// default on hand labels), `"kernel-ridge+neighbours"` (the mean of the two), `"low-rank"`
+    /// or `"kernel-ridge+low-rank+neighbours"` ([`Predictor`](crate::predict::Predictor)).
     #[serde(default)]
     pub quality_from: String,
     /// The nearest exemplars, most similar first.

@@ -75,22 +75,22 @@ pub enum Predictor {
     /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the
     /// predictor that cross-validation on the exemplars finds most accurate ([`select`]: blend,
     /// neighbours, kernel ridge or low rank, by Brier score; chosen once at build, 1.15 s at
-    /// 560 exemplars × 49 models); otherwise (hand labels) [`Blend`](Predictor::Blend) with
-    /// [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
+    /// 560 exemplars × 49 models); otherwise (hand labels) [`KernelRidge`](Predictor::KernelRidge)
+    /// with [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
     /// and with a shared store.
     #[default]
     Auto,
     /// The similarity-weighted mean of the k nearest exemplars' grades ([`predict_from`]).
     Neighbours,
     /// A [`QualityModel`] alone: kernel ridge over every exemplar, calibrated, with its own
-    /// standard error ([`QualityModel::predict_with_error`]). Needs the in-process index (the
-    /// exemplars' vectors).
+    /// standard error ([`QualityModel::predict_with_error`]), updated by the near-copies of the
+    /// prompt among the neighbours ([`with_copies`]: feedback on the very prompt counts at once,
+    /// before any refit). It reads difficulty across the whole set, where a handful of
+    /// neighbours reads one region's labels. Needs the in-process index (the exemplars' vectors).
     KernelRidge(RidgeSettings),
-    /// The mean of the two: the [`QualityModel`] reads difficulty across the whole set, the
-    /// neighbours keep a near-duplicate exemplar decisive (the model alone smooths over it, and
-    /// over a single piece of feedback). On the built-in set this sends the fewest exemplars to
-    /// a weaker tier than their label (see the README). Its standard error is that of a mean of
-    /// two estimates: `½·√(se_neighbours² + se_model²)`.
+    /// The mean of the kernel-ridge model (as [`KernelRidge`](Predictor::KernelRidge)) and the
+    /// neighbours. Its standard error is that of a mean of two estimates:
+    /// `½·√(se_neighbours² + se_model²)`.
     Blend(RidgeSettings),
     /// A [`LowRankModel`] alone: a logistic factorisation of prompt × model shared by every
     /// model (RouteLLM's matrix factorisation, an IRT model), fitted on every exemplar. Needs
@@ -165,10 +165,24 @@ impl Predictor {
     /// `prompt` and its `vector`, by [`combine`](Predictor::combine), and its standard error
     /// ([`ModelPrediction::quality_se`]) where the model gives one (kernel ridge): for
     /// [`KernelRidge`](Predictor::KernelRidge) the model's own, for the blend that of a mean of
-    /// two estimates, `½·√(se_neighbours² + se_model²)`. Answer lengths stay the neighbours'; a
-    /// model the neighbours say nothing about stays absent.
-    pub fn apply(&self, model: &Fitted, prompt: &str, vector: &[f32], predictions: &mut Predictions) {
+    /// two estimates, `½·√(se_neighbours² + se_model²)`. A kernel model's prediction is first
+    /// updated by the near-copies of the prompt among its `neighbours` (graded exemplars with
+    /// their similarity, priced by `prices`; see [`with_copies`]): a model fitted on every
+    /// exemplar smooths over a single one, but an answer graded on the very prompt, such as
+    /// feedback, is the best evidence there is. Answer lengths stay the neighbours'; a model the
+    /// neighbours say nothing about stays absent.
+    pub fn apply(
+        &self,
+        model: &Fitted,
+        prompt: &str,
+        vector: &[f32],
+        neighbours: &[(&Grade, f32)],
+        prices: &PriceTable,
+        predictions: &mut Predictions,
+    ) {
+        let copies = model.copy_width().map(|w| copies(neighbours, prices, w)).unwrap_or_default();
         for (name, (q, se)) in model.predict_with_error(prompt, vector) {
+            let (q, se) = with_copies(q, se, copies.get(name.as_str()).copied().unwrap_or_default());
             if let Some(p) = predictions.per_model.get_mut(&name) {
                 p.quality_se = match (self, se) {
                     (Predictor::KernelRidge(_), Some(se)) => Some(se),
@@ -231,6 +245,16 @@ impl Fitted {
         let model =
             LowRankModel::fit(vectors, &targets, settings).map_err(|e| Error::Config(format!("the low-rank quality model: {e}")))?;
         Ok(Fitted::LowRank { model, names: keep.iter().map(|&m| names[m].to_string()).collect() })
+    }
+
+    /// The width, in units of `1 − cosine`, within which a neighbour counts as a copy of the
+    /// prompt ([`COPY_WIDTH`] of the kernel's): `None` for a model without a kernel (low rank).
+    pub fn copy_width(&self) -> Option<f64> {
+        match self {
+            Fitted::Ridge(m) => Some(COPY_WIDTH * m.settings().bandwidth),
+            Fitted::Ensemble(both) => Some(COPY_WIDTH * both.0.settings().bandwidth),
+            Fitted::LowRank { .. } => None,
+        }
     }
 
     /// Each model's predicted quality for `prompt` with its `vector`, and its standard error
@@ -425,6 +449,60 @@ fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> impl Iterator<Item 
     measured.chain(labelled)
 }
 
+/// How much narrower than the kernel's width "a copy of the prompt" is. A neighbour at
+/// similarity `s` counts as `exp((s − 1) / w)` of a copy, with `w` this share of the kernel's
+/// width ([`RidgeSettings::bandwidth`]): the very prompt counts 1, one at the kernel's own width
+/// counts e⁻⁵ (0.7%). With multilingual-e5-small (width 0.1) the same instruction over other
+/// data ("Reformat this JSON …" with another object, similarity 0.93) counts 3%, so only a
+/// prompt close to verbatim moves a kernel model's prediction much.
+pub const COPY_WIDTH: f64 = 0.2;
+
+/// Below this a neighbour's share of a copy is not counted.
+const MIN_COPY: f64 = 1e-3;
+
+/// Per model, what the near-copies among `neighbours` say about it: (Σκ, Σκ·q, Σκ²), where κ is
+/// each neighbour's share of a copy at `width` (see [`COPY_WIDTH`]).
+pub fn copies<'a>(neighbours: &[(&'a Grade, f32)], prices: &'a PriceTable, width: f64) -> BTreeMap<&'a str, (f64, f64, f64)> {
+    let mut out: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+    for &(grade, s) in neighbours {
+        let kappa = ((f64::from(s).min(1.0) - 1.0) / width).exp();
+        if !(kappa >= MIN_COPY) {
+            continue;
+        }
+        for (model, q, _, _) in evidence(grade, prices) {
+            let e = out.entry(model).or_default();
+            e.0 += kappa;
+            e.1 += kappa * q;
+            e.2 += kappa * kappa;
+        }
+    }
+    out
+}
+
+/// A model's predicted quality `q` (standard error `se`) for a prompt, updated by its near-copies
+/// `(Σκ, Σκ·q, Σκ²)` ([`copies`]): the model's estimate counts as one copy, so
+/// `q' = (q + Σκ·qᵢ) / (1 + Σκ)`. Two copies graded 0 bring a prediction of 0.8 to 0.27, and one
+/// graded 1 lifts 0.5 to 0.75. The error is that of this weighted mean, the copies' grades
+/// varying as Bernoulli outcomes around their mean (with half a success and half a failure
+/// added, so agreeing copies are not taken as certain): `√((se / (1 + Σκ))² + Σκ²·ȳ(1−ȳ) / (1 + Σκ)²)`.
+///
+/// ```
+/// use semroute::predict::with_copies;
+///
+/// assert_eq!(with_copies(0.8, Some(0.1), (0.0, 0.0, 0.0)), (0.8, Some(0.1)));
+/// let (q, se) = with_copies(0.8, Some(0.1), (2.0, 0.0, 2.0));
+/// assert!((q - 0.8 / 3.0).abs() < 1e-12 && se.unwrap() > 0.1 / 3.0);
+/// ```
+pub fn with_copies(q: f64, se: Option<f64>, (n, sum, sum2): (f64, f64, f64)) -> (f64, Option<f64>) {
+    if n <= 0.0 {
+        return (q, se);
+    }
+    let total = 1.0 + n;
+    let mean = (sum + 0.5) / (n + 1.0);
+    let se = se.map(|se| ((se / total).powi(2) + sum2 * mean * (1.0 - mean) / (total * total)).sqrt());
+    ((q + sum) / total, se)
+}
+
 /// Predicts each priced model's quality and answer length from `hits` into `exemplars`.
 pub fn predict(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceTable, temperature: f64) -> Predictions {
     predict_with_prior(exemplars, hits, prices, temperature, &Prior::none())
@@ -523,18 +601,57 @@ mod tests {
         };
         let nb_se = neighbours().per_model["a"].standard_error();
         let mut blend = neighbours();
-        Predictor::Blend(ridge).apply(&fitted, "p", &v, &mut blend);
+        Predictor::Blend(ridge).apply(&fitted, "p", &v, &[], &prices, &mut blend);
         let a = blend.per_model["a"];
         assert!((a.quality - 0.5 * (0.9 + q)).abs() < 1e-12);
         assert!((a.standard_error() - 0.5 * (nb_se * nb_se + se * se).sqrt()).abs() < 1e-12, "{a:?}");
         assert_eq!(a.neighbours_error(), ModelPrediction { quality_se: None, ..a }.standard_error());
         let mut alone = neighbours();
-        Predictor::KernelRidge(ridge).apply(&fitted, "p", &v, &mut alone);
+        Predictor::KernelRidge(ridge).apply(&fitted, "p", &v, &[], &prices, &mut alone);
         assert_eq!((alone.per_model["a"].quality, alone.per_model["a"].standard_error()), (q, se));
         // The neighbours alone keep their Beta-posterior error.
         let mut none = neighbours();
-        Predictor::Neighbours.apply(&fitted, "p", &v, &mut none);
+        Predictor::Neighbours.apply(&fitted, "p", &v, &[], &prices, &mut none);
         assert_eq!(none.per_model["a"].standard_error(), nb_se);
+    }
+
+    #[test]
+    fn a_copy_of_the_prompt_moves_the_model_and_a_mere_neighbour_does_not() {
+        let (set, vectors, prices) = two_kinds();
+        let ridge = RidgeSettings::default();
+        let fitted = Fitted::Ridge(QualityModel::fit(&set, vectors, &prices, ridge).unwrap());
+        let v = [1.0f32, 0.0];
+        let (q, se) = fitted.predict_with_error("p", &v)["a"];
+        assert!(q > 0.8, "{q}");
+        let bad = ExemplarSet::from_jsonl_str(
+            r#"{"id":"f","prompt":"p","category":"c","language":"en","results":{"a":{"quality":0.0,"output_tokens":5}}}"#,
+            "f.jsonl",
+        )
+        .unwrap();
+        let grade = &bad.get(0).grade;
+        let run = |neighbours: &[(&Grade, f32)]| {
+            let mut p = predict_from(neighbours, &prices, 0.05, &Prior::none());
+            p.per_model.entry("a".into()).or_insert(ModelPrediction {
+                quality: 1.0,
+                output_tokens: 5.0,
+                support: 1.0,
+                effective_neighbours: 1.0,
+                cost_usd: None,
+                quality_se: None,
+            });
+            Predictor::KernelRidge(ridge).apply(&fitted, "p", &v, neighbours, &prices, &mut p);
+            p.per_model["a"]
+        };
+        // Two copies graded 0: the model's estimate counts as one of three.
+        let two = run(&[(grade, 1.0), (grade, 1.0)]);
+        assert!((two.quality - q / 3.0).abs() < 1e-9, "{two:?}");
+        let expected = with_copies(q, se, (2.0, 0.0, 2.0)).1.unwrap();
+        assert!((two.standard_error() - expected).abs() < 1e-12);
+        // A neighbour at the kernel's width (0.5 for these settings) counts e⁻⁵ of a copy.
+        let far = run(&[(grade, 0.5)]);
+        assert!((far.quality - q / (1.0 + (-5.0f64).exp())).abs() < 1e-9, "{far:?}");
+        // A model without a kernel (low rank) is not updated.
+        assert_eq!(Fitted::low_rank(&set, &two_kinds().1, &prices, LowRankSettings::default()).unwrap().copy_width(), None);
     }
 
     #[test]

@@ -635,7 +635,7 @@ impl Router {
         if let Some(model) = &state.quality {
             // Quality from the model fitted on every exemplar (with the neighbours', when
             // blended); answer lengths from the neighbours.
-            state.predictor.apply(model, prompt, vector, &mut predictions);
+            state.predictor.apply(model, prompt, vector, &grades, &state.prices, &mut predictions);
         }
         let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
         Ok(Assessment { router: self.clone(), state, found, judgement, predictions, input_tokens, cache: None })
@@ -1463,7 +1463,7 @@ fn quality_model(
                 }
             }
         }
-        (Predictor::Auto, None) if in_range => Predictor::Blend(RidgeSettings::for_embedder(embedder)),
+        (Predictor::Auto, None) if in_range => Predictor::KernelRidge(RidgeSettings::for_embedder(embedder)),
         (Predictor::Auto, None) => Predictor::Neighbours,
         (explicit, _) => explicit,
     };

@@ -141,6 +141,10 @@ fn learned_feedback_steers_later_decisions_and_survives_a_restart() {
     let at_once = router.route(prompt).unwrap();
     let top: Vec<&str> = at_once.neighbours.iter().take(3).map(|n| n.id.as_str()).collect();
     assert!(top.iter().all(|id| id.starts_with("feedback:")), "{top:?}");
+    // And the quality model's prediction is updated by these copies of the prompt before any refit.
+    let c = at_once.candidates.iter().find(|c| c.model == cheapest).unwrap();
+    assert!(c.predicted_quality.unwrap() < 0.5 && !c.clears_bar, "{c:?}");
+    assert_ne!(at_once.model, cheapest);
     router.refit();
     let after = router.route(prompt).unwrap();
     assert_eq!(router.exemplars().len(), n0 + 3);

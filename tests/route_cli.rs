@@ -38,7 +38,7 @@ fn json_mode_prints_one_object_per_prompt() {
         }
     }
     assert_eq!(lines[0]["tier"], "cheap");
-    assert_eq!(lines[0]["quality_from"], "kernel-ridge+neighbours", "the default predictor on the built-in set");
+    assert_eq!(lines[0]["quality_from"], "kernel-ridge", "the default predictor on the built-in set");
 }
 
 #[test]

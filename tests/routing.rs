@@ -280,7 +280,9 @@ fn warm_start_reads_cached_vectors_and_graph() {
 
 /// The default predictor against the neighbours alone, on a quarter of the built-in exemplars
 /// held out (every fourth), with routers built on the other three quarters: the tier of the
-/// chosen model against the held-out label.
+/// chosen model against the held-out label. The point predictions (caution 0) agree with more
+/// labels; with the default caution, at most 2% of the held-out prompts go to a weaker tier than
+/// their label (issue 19's aim).
 #[test]
 fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
     use semroute::exemplar::Grade;
@@ -290,15 +292,14 @@ fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
     let all = ExemplarSet::builtin().unwrap();
     let (train, held): (Vec<_>, Vec<_>) = all.iter().cloned().enumerate().partition(|(i, _)| i % 4 != 0);
     let train = ExemplarSet::from_exemplars(train.into_iter().map(|x| x.1).collect()).unwrap();
-    // One cache for both routers: the training set is embedded once.
+    // One cache for every router: the training set is embedded once.
     let cache = tempfile::tempdir().unwrap();
-    let build = |p: Predictor| {
-        // The point predictions compared (caution would escalate both alike).
+    let build = |p: Predictor, caution: f64| {
         Router::builder()
             .embedder(common::embedder())
             .exemplars(train.clone())
             .predictor(p)
-            .caution(0.0)
+            .caution(caution)
             .cache_dir(cache.path())
             .build()
             .unwrap()
@@ -314,14 +315,27 @@ fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
         }
         (agree, under)
     };
-    let blended = build(Predictor::Auto);
-    let neighbours = build(Predictor::Neighbours);
-    assert_eq!(blended.route("Sort a list in Python").unwrap().quality_from, "kernel-ridge+neighbours");
+    let default = build(Predictor::Auto, 0.0);
+    let neighbours = build(Predictor::Neighbours, 0.0);
+    assert_eq!(default.route("Sort a list in Python").unwrap().quality_from, "kernel-ridge");
     assert_eq!(neighbours.route("Sort a list in Python").unwrap().quality_from, "neighbours");
-    let (b, n) = (score(&blended), score(&neighbours));
-    eprintln!("held out {}: default predictor agrees {} (under {}), neighbours {} (under {})", held.len(), b.0, b.1, n.0, n.1);
+    let (b, n) = (score(&default), score(&neighbours));
+    let (bc, nc) = (score(&build(Predictor::Auto, 1.0)), score(&build(Predictor::Neighbours, 1.0)));
+    eprintln!(
+        "held out {}: caution 0, default agrees {} (under {}), neighbours {} (under {}); caution 1, default {} ({}), neighbours {} ({})",
+        held.len(),
+        b.0,
+        b.1,
+        n.0,
+        n.1,
+        bc.0,
+        bc.1,
+        nc.0,
+        nc.1
+    );
     assert!(b.0 > n.0, "agreement: default {} vs neighbours {}", b.0, n.0);
-    assert!(b.1 <= n.1, "sent to a weaker tier: default {} vs neighbours {}", b.1, n.1);
+    assert!(bc.0 > nc.0, "agreement with the defaults: {} vs neighbours {}", bc.0, nc.0);
+    assert!(bc.1 * 50 <= held.len(), "sent to a weaker tier with the defaults: {} of {}", bc.1, held.len());
 }
 
 /// `Predictor::Auto` fits the quality model only from 50 exemplars on: a router that starts below
@@ -338,7 +352,7 @@ fn the_quality_model_is_fitted_once_there_are_enough_exemplars() {
     let prompt = "Translate to English: 我明天去机场接朋友。";
     assert_eq!(r.route(prompt).unwrap().quality_from, "neighbours");
     r.add_exemplars(all[KERNEL_RIDGE_MIN_EXEMPLARS - 10..KERNEL_RIDGE_MIN_EXEMPLARS + 10].to_vec()).unwrap();
-    assert_eq!(r.route(prompt).unwrap().quality_from, "kernel-ridge+neighbours");
+    assert_eq!(r.route(prompt).unwrap().quality_from, "kernel-ridge");
 }
 
 #[test]

@@ -302,7 +302,7 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
     assert_eq!(d.quality_from, scores.best().0.describe(true), "{:?}", scores.scores);
     assert_eq!(d.model, "small", "{}", d.reason);
     assert_eq!(router.route("bbbb b").unwrap().model, "big");
-    // An explicit predictor is not second-guessed; a hand-labelled set keeps the blend.
+    // An explicit predictor is not second-guessed.
     let knn =
         semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set).prices(prices).predictor(Predictor::Neighbours).no_cache();
     assert_eq!(knn.build().unwrap().route("aaaa a").unwrap().quality_from, "neighbours");

@@ -107,7 +107,7 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
                     _ => fitted_ridge.as_ref(),
                 };
                 if let Some(m) = model {
-                    p.apply(m, &ex.prompt, &vectors[i], &mut pred);
+                    p.apply(m, &ex.prompt, &vectors[i], &grades, prices, &mut pred);
                 }
                 for (model, r) in results.iter().filter(|(m, _)| prices.get(m).is_some()) {
                     if let Some(q) = pred.per_model.get(model) {

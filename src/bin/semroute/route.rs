@@ -53,9 +53,11 @@ pub struct Args {
     /// installs them).
     #[arg(long, value_name = "NAME")]
     embedding_model: Option<String>,
-    /// How quality is predicted: `auto` (default: the mean of a kernel-ridge model over every
-    /// exemplar and the neighbours), `blend` (the same at any size), `kernel-ridge`, `neighbours`,
-    /// `low-rank` or `ensemble` (the neighbours, kernel ridge and low rank, a third each).
+    /// How quality is predicted: `auto` (default: on hand labels a kernel-ridge model over every
+    /// exemplar, updated by near-copies of the prompt; on measured exemplars whichever predictor
+    /// cross-validates best), `kernel-ridge` (the same at any size), `blend` (its mean with the
+    /// neighbours), `neighbours`, `low-rank` or `ensemble` (the neighbours, kernel ridge and low
+    /// rank, a third each).
     #[arg(long, value_name = "P")]
     predictor: Option<PredictorName>,
     /// A settings file (`semroute.toml`, its `[router]` table); the flags above override it.
