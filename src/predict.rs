@@ -462,7 +462,7 @@ const MIN_COPY: f64 = 1e-3;
 
 /// Per model, what the near-copies among `neighbours` say about it: (Σκ, Σκ·q, Σκ²), where κ is
 /// each neighbour's share of a copy at `width` (see [`COPY_WIDTH`]).
-pub fn copies<'a>(neighbours: &[(&'a Grade, f32)], prices: &'a PriceTable, width: f64) -> BTreeMap<&'a str, (f64, f64, f64)> {
+fn copies<'a>(neighbours: &[(&'a Grade, f32)], prices: &'a PriceTable, width: f64) -> BTreeMap<&'a str, (f64, f64, f64)> {
     let mut out: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
     for &(grade, s) in neighbours {
         let kappa = ((f64::from(s).min(1.0) - 1.0) / width).exp();
@@ -480,9 +480,9 @@ pub fn copies<'a>(neighbours: &[(&'a Grade, f32)], prices: &'a PriceTable, width
 }
 
 /// A model's predicted quality `q` (standard error `se`) for a prompt, updated by its near-copies
-/// `(Σκ, Σκ·q, Σκ²)` ([`copies`]): the model's estimate counts as one copy, so
-/// `q' = (q + Σκ·qᵢ) / (1 + Σκ)`. Two copies graded 0 bring a prediction of 0.8 to 0.27, and one
-/// graded 1 lifts 0.5 to 0.75. The error is that of this weighted mean, the copies' grades
+/// `(Σκ, Σκ·q, Σκ²)`, κ each one's share of a copy ([`COPY_WIDTH`]): the model's estimate counts
+/// as one copy, so `q' = (q + Σκ·qᵢ) / (1 + Σκ)`. Two copies graded 0 bring a prediction of 0.8
+/// to 0.27, and one graded 1 lifts 0.5 to 0.75. The error is that of this weighted mean, the copies' grades
 /// varying as Bernoulli outcomes around their mean (with half a success and half a failure
 /// added, so agreeing copies are not taken as certain): `√((se / (1 + Σκ))² + Σκ²·ȳ(1−ȳ) / (1 + Σκ)²)`.
 ///

@@ -1,9 +1,11 @@
 //! The fresh-prompt check (issue 19): 226 everyday prompts written by hand for this check, half
 //! in Chinese, each with the side a careful person would send it to, plus 24 nonsense prompts,
 //! routed with the built-in exemplars, prices and the default embedder. It reports agreement and
-//! the hard prompts sent cheap, and holds the defaults to what they measured when this check was
-//! added (see the README's built-in exemplars section); the aims (90%, no hard prompt on the
-//! cheap tier) are not all met yet, so these floors catch a regression, not success.
+//! the hard prompts sent cheap, and holds the default to the aims it meets (see the README's
+//! built-in exemplars section): no hard prompt on the cheap tier, 90% on their side overall;
+//! each language is held to 88% (the aim is 90%, met with 92.4% and 91.5%), leaving a few
+//! prompts' room for the rounding of another processor's int8 kernels, which moves knife-edge
+//! prompts.
 
 mod common;
 
@@ -49,18 +51,22 @@ fn fresh_prompts_go_to_their_side() {
     let hard_cheap: Vec<&str> =
         report.outcomes.iter().filter(|o| o.side == Side::Strong && o.tier == semroute::Tier::Cheap).map(|o| o.id.as_str()).collect();
     eprintln!("overall {:.1}% on its side; hard prompts sent to the cheap tier: {hard_cheap:?}", 100.0 * all.agreement());
-    // The aim met: no hard prompt on the cheap tier. Floors for the rest: what the default
-    // (multilingual-e5-small in int8, caution 1 counting the kernel-ridge model's own error, the
-    // centred fallback rule) measured: 88.0% on its side (85.2% when caution counted the
-    // neighbours' error alone), 90.2% of the Chinese hard prompts on the strong tier, 22 of 24
-    // nonsense prompts fell back, 5 routine ones did (MiniLM, the default before: 76.0%, 73.2%,
-    // 4, 5).
+    // The default (multilingual-e5-small in int8, kernel ridge updated by near-copies, caution 1
+    // with its own error, the centred fallback rule) measured 92.0% (English 92.4%, Chinese
+    // 91.5%), 90.2% of the Chinese hard prompts on the strong tier, 21 of 24 nonsense prompts
+    // fell back and 5 routine ones did (the blend with the neighbours before: 88.0%, 89.4%,
+    // 86.4%, 90.2%, 22, 5).
     assert!(hard_cheap.is_empty(), "{hard_cheap:?}");
-    assert!(all.agreement() >= 0.87, "{:.3}", all.agreement());
+    assert!(all.agreement() >= 0.90, "{:.3}", all.agreement());
+    let by_language = report.by(|o| o.language.clone());
+    for language in ["en", "zh"] {
+        let t = &by_language[language];
+        assert!(t.agreement() >= 0.88, "{language}: {:.3} on their side", t.agreement());
+    }
     let zh_hard = &by["zh Strong"];
-    assert!(zh_hard.agreement() >= 0.88, "{:.3} of the Chinese hard prompts on the strong tier", zh_hard.agreement());
+    assert!(zh_hard.agreement() >= 0.85, "{:.3} of the Chinese hard prompts on the strong tier", zh_hard.agreement());
     let unknown = by.iter().filter(|(k, _)| k.ends_with("Unknown")).map(|(_, t)| t.agree).sum::<usize>();
-    assert!(unknown >= 20, "only {unknown} of 24 nonsense prompts fell back");
+    assert!(unknown >= 19, "only {unknown} of 24 nonsense prompts fell back");
     let routine_fallbacks = report.outcomes.iter().filter(|o| o.side == Side::Cheap && o.fallback).count();
     assert!(routine_fallbacks <= 7, "{routine_fallbacks} routine prompts fell back");
 }
