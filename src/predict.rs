@@ -453,7 +453,7 @@ fn evidence<'a>(grade: &'a Grade, prices: &'a PriceTable) -> impl Iterator<Item 
 /// similarity `s` counts as `exp((s − 1) / w)` of a copy, with `w` this share of the kernel's
 /// width ([`RidgeSettings::bandwidth`]): the very prompt counts 1, one at the kernel's own width
 /// counts e⁻⁵ (0.7%). With multilingual-e5-small (width 0.1) the same instruction over other
-/// data ("Reformat this JSON …" with another object, similarity 0.93) counts 3%, so only a
+/// data ("Reformat this JSON …" with another object, similarity 0.93) counts 4%, so only a
 /// prompt close to verbatim moves a kernel model's prediction much.
 pub const COPY_WIDTH: f64 = 0.2;
 
@@ -482,9 +482,11 @@ fn copies<'a>(neighbours: &[(&'a Grade, f32)], prices: &'a PriceTable, width: f6
 /// A model's predicted quality `q` (standard error `se`) for a prompt, updated by its near-copies
 /// `(Σκ, Σκ·q, Σκ²)`, κ each one's share of a copy ([`COPY_WIDTH`]): the model's estimate counts
 /// as one copy, so `q' = (q + Σκ·qᵢ) / (1 + Σκ)`. Two copies graded 0 bring a prediction of 0.8
-/// to 0.27, and one graded 1 lifts 0.5 to 0.75. The error is that of this weighted mean, the copies' grades
-/// varying as Bernoulli outcomes around their mean (with half a success and half a failure
-/// added, so agreeing copies are not taken as certain): `√((se / (1 + Σκ))² + Σκ²·ȳ(1−ȳ) / (1 + Σκ)²)`.
+/// to 0.27, and one graded 1 lifts 0.5 to 0.75. The error is that of this weighted mean, the
+/// copies' grades varying as Bernoulli outcomes around their mean ȳ (with half a success and half
+/// a failure added, so agreeing copies are not taken as certain):
+/// `√((se / (1 + Σκ))² + Σκ²·ȳ(1−ȳ) / (1 + Σκ)²)`. Without an error from the model (`se` None)
+/// there is none after either.
 ///
 /// ```
 /// use semroute::predict::with_copies;
