@@ -5,10 +5,11 @@
 //! ## The flow of one prompt
 //! ```text
 //! prompt ──► tokens (pricing::TokenCounter, tiktoken cl100k)
-//!        └─► vector (embed::Embedder: all-MiniLM-L6-v2 on ONNX Runtime, local)
+//!        └─► vector (embed::Embedder: multilingual-e5-small in int8 on ONNX Runtime, local)
 //!               └─► neighbours (index: k nearest graded exemplars, HNSW)
-//!                      └─► predictions (predict: per-model quality, answer length and measured
-//!                          cost, from the neighbours and a model fitted on every exemplar)
+//!                      └─► predictions (predict: per-model quality from a model fitted on
+//!                          every exemplar, updated by near-copies among the neighbours; answer
+//!                          length and measured cost from the neighbours)
 //!                             └─► priced candidates (pricing::PriceTable: expected USD)
 //!                                    └─► choice (policy: a quality bar or a utility, constraints,
 //!                                        fallback)
