@@ -380,10 +380,10 @@ impl FastEmbedder {
             .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
             // ONNX Runtime fuses each residual Add and the LayerNormalization after it into one
             // SkipLayerNormalization, whose CPU kernel (1.32) is slower than the two it replaces:
-            // about 29 µs a call against 7 µs plus the add, at 12 tokens. multilingual-e5-small
-            // has 24 of them (MiniLM's graph never gets this fusion); unfused, its int8 forward
-            // pass takes 8–12% less time (one thread, per-call CPU time). The vectors move by
-            // rounding only (cosine 0.998 or more to the fused ones).
+            // about 29 µs a call against 7 µs plus the add, at 12 tokens (profiled in Python).
+            // multilingual-e5-small has 24 of them; unfused, its int8 forward pass takes 8–12%
+            // less time (one thread, per-call CPU time). The vectors move by rounding only
+            // (cosine to the fused ones: mean 0.9997, worst 0.9978 over 44 sentences).
             .with_disabled_optimizers("SkipLayerNormFusion")
             .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
             .commit_from_file(&model_path)

@@ -249,7 +249,7 @@ impl Fitted {
 
     /// The width, in units of `1 − cosine`, within which a neighbour counts as a copy of the
     /// prompt ([`COPY_WIDTH`] of the kernel's): `None` for a model without a kernel (low rank).
-    pub fn copy_width(&self) -> Option<f64> {
+    fn copy_width(&self) -> Option<f64> {
         match self {
             Fitted::Ridge(m) => Some(COPY_WIDTH * m.settings().bandwidth),
             Fitted::Ensemble(both) => Some(COPY_WIDTH * both.0.settings().bandwidth),
@@ -632,15 +632,8 @@ mod tests {
         .unwrap();
         let grade = &bad.get(0).grade;
         let run = |neighbours: &[(&Grade, f32)]| {
+            // The neighbours' own prediction (the copy speaks about "a"), then the model's.
             let mut p = predict_from(neighbours, &prices, 0.05, &Prior::none());
-            p.per_model.entry("a".into()).or_insert(ModelPrediction {
-                quality: 1.0,
-                output_tokens: 5.0,
-                support: 1.0,
-                effective_neighbours: 1.0,
-                cost_usd: None,
-                quality_se: None,
-            });
             Predictor::KernelRidge(ridge).apply(&fitted, "p", &v, neighbours, &prices, &mut p);
             p.per_model["a"]
         };
