@@ -33,6 +33,9 @@ pub struct LooOutcome {
     pub model: String,
     /// Whether the router fell back (nothing similar enough).
     pub fallback: bool,
+    /// Per tier, the highest predicted chance of a good answer among its models, before caution
+    /// (what [`LooReport::best_thresholds`] reads).
+    pub tier_quality: BTreeMap<Tier, f64>,
 }
 
 /// Counts of agreement with the labels.
@@ -65,8 +68,23 @@ impl Tally {
     }
 }
 
+/// What the best per-tier thresholds on the predicted quality do, chosen with hindsight on the
+/// very outcomes they are scored on ([`LooReport::best_thresholds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Frontier {
+    /// Share routed to the label's tier.
+    pub agreement: f64,
+    /// Exemplars routed to a weaker tier than their label.
+    pub under: usize,
+    /// The predicted quality the cheap tier needed.
+    pub cheap_threshold: f64,
+    /// The predicted quality the mid tier needed.
+    pub mid_threshold: f64,
+}
+
 /// Every held-out exemplar's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
 pub struct LooReport {
     /// One per labelled exemplar, in the set's order.
@@ -86,6 +104,50 @@ impl LooReport {
             out.entry(key(o)).or_default().add(o);
         }
         out
+    }
+
+    /// The most agreement any rule of the form "the cheap tier where its predicted quality is at
+    /// least `a`, else the mid tier where its own is at least `b`, else the strong tier" reaches
+    /// with at most `max_under` exemplars sent to a weaker tier than their label, the thresholds
+    /// chosen in hindsight (a grid of hundredths) on these very outcomes; fallbacks keep the tier
+    /// they were routed to. Every quality bar and caution is such a rule or close to one (caution
+    /// subtracts each prediction's own error), so this is the ceiling the policy can reach on
+    /// these predictions: to go past it, the predictions must get better. `None` when no rule
+    /// keeps `under` that low.
+    ///
+    /// ```
+    /// use semroute::eval::LooReport;
+    ///
+    /// let report = LooReport::default();
+    /// assert!(report.best_thresholds(0).is_some_and(|f| f.under == 0));
+    /// ```
+    pub fn best_thresholds(&self, max_under: usize) -> Option<Frontier> {
+        let grid: Vec<f64> = (0..=101).map(|i| f64::from(i) / 100.0).collect();
+        let quality = |o: &LooOutcome, t: Tier| o.tier_quality.get(&t).copied().unwrap_or(-1.0);
+        let mut best: Option<(usize, Frontier)> = None;
+        for &a in &grid {
+            for &b in &grid {
+                let (mut agree, mut under) = (0, 0);
+                for o in &self.outcomes {
+                    let routed = if o.fallback {
+                        o.routed
+                    } else if quality(o, Tier::Cheap) >= a {
+                        Tier::Cheap
+                    } else if quality(o, Tier::Mid) >= b {
+                        Tier::Mid
+                    } else {
+                        Tier::Strong
+                    };
+                    agree += usize::from(routed == o.label);
+                    under += usize::from(routed < o.label);
+                }
+                if under <= max_under && best.as_ref().map_or(true, |(n, f)| agree > *n || (agree == *n && under < f.under)) {
+                    let agreement = agree as f64 / self.outcomes.len().max(1) as f64;
+                    best = Some((agree, Frontier { agreement, under, cheap_threshold: a, mid_threshold: b }));
+                }
+            }
+        }
+        best.map(|(_, f)| f)
     }
 
     /// Pairs of an English exemplar and its Chinese twin: (routed to the same tier, compared).
@@ -147,9 +209,70 @@ pub fn leave_one_out(
             routed: d
                 .tier
                 .ok_or_else(|| crate::error::Error::Config(format!("model `{}` has no tier to compare with the label", d.model)))?,
+            tier_quality: tier_quality(&d.candidates),
             model: d.model,
             fallback: d.fallback,
         });
     }
     Ok(LooReport { outcomes })
+}
+
+/// Per tier, the highest predicted quality among the candidates of that tier.
+fn tier_quality(candidates: &[crate::decision::Candidate]) -> BTreeMap<Tier, f64> {
+    let mut out: BTreeMap<Tier, f64> = BTreeMap::new();
+    for c in candidates {
+        if let (Some(t), Some(q)) = (c.tier, c.predicted_quality) {
+            let e = out.entry(t).or_insert(q);
+            *e = e.max(q);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(label: Tier, cheap: f64, mid: f64) -> LooOutcome {
+        LooOutcome {
+            id: String::new(),
+            category: String::new(),
+            language: "en".into(),
+            pair: None,
+            label,
+            routed: Tier::Strong,
+            model: String::new(),
+            fallback: false,
+            tier_quality: [(Tier::Cheap, cheap), (Tier::Mid, mid), (Tier::Strong, 1.0)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn best_thresholds_trade_agreement_for_under_as_counted_by_hand() {
+        // A cheap exemplar predicted 0.9 for cheap, a mid one 0.8 for cheap (so "cheap ≥ 0.8"
+        // sends it under), a strong one 0.6 for mid.
+        let report = LooReport {
+            outcomes: vec![outcome(Tier::Cheap, 0.9, 1.0), outcome(Tier::Mid, 0.8, 0.9), outcome(Tier::Strong, 0.3, 0.6)],
+        };
+        // Allowed no under: cheap needs more than 0.8, mid more than 0.6; all three agree.
+        let f = report.best_thresholds(0).unwrap();
+        assert_eq!((f.under, f.agreement), (0, 1.0));
+        assert!(f.cheap_threshold > 0.8 && f.cheap_threshold <= 0.9, "{f:?}");
+        assert!(f.mid_threshold > 0.6 && f.mid_threshold <= 0.9, "{f:?}");
+        // Make the mid exemplar look cheaper than the cheap one: agreeing on both needs an under.
+        let report = LooReport {
+            outcomes: vec![outcome(Tier::Cheap, 0.7, 1.0), outcome(Tier::Mid, 0.8, 0.9), outcome(Tier::Strong, 0.3, 0.6)],
+        };
+        let strict = report.best_thresholds(0).unwrap();
+        assert_eq!((strict.under, strict.agreement), (0, 2.0 / 3.0));
+        // Allowing an under buys nothing here (cheap ≤ 0.7 agrees on the cheap one but sends the
+        // mid one under), and among equal agreements the fewer unders win.
+        let loose = report.best_thresholds(1).unwrap();
+        assert_eq!((loose.under, loose.agreement), (0, 2.0 / 3.0), "{loose:?}");
+        // A fallback keeps its tier whatever the thresholds.
+        let mut fell = outcome(Tier::Cheap, 1.0, 1.0);
+        fell.fallback = true;
+        let report = LooReport { outcomes: vec![fell] };
+        assert_eq!(report.best_thresholds(0).unwrap().agreement, 0.0);
+    }
 }

@@ -34,7 +34,7 @@ mod sessions;
 mod sides;
 
 pub use bench::{run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetResult};
-pub use loo::{leave_one_out, LooOutcome, LooReport, Tally};
+pub use loo::{leave_one_out, Frontier, LooOutcome, LooReport, Tally};
 pub use sessions::{replay, ReplayReport, ReplaySettings, StrategyReport};
 pub use sides::{check_sides, Side, SideCase, SideOutcome, SideReport, SideTally};
 

@@ -37,6 +37,9 @@ pub struct Args {
     /// `ensemble`.
     #[arg(long, default_value = "auto")]
     predictor: PredictorName,
+    /// Kernel ridge: ridge penalty (default: the embedder's, `RidgeSettings::for_embedder`).
+    #[arg(long)]
+    lambda: Option<f64>,
     /// List every case the router did not send to its side.
     #[arg(long)]
     misses: bool,
@@ -57,7 +60,8 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         cases.extend(SideCase::load(f)?);
     }
     let embedder = semroute::embed::load_installed(&args.model)?;
-    let predictor = args.predictor.predictor(RidgeSettings::for_embedder(embedder.as_ref()));
+    let ridge = RidgeSettings::for_embedder(embedder.as_ref());
+    let predictor = args.predictor.predictor(RidgeSettings { lambda: args.lambda.unwrap_or(ridge.lambda), ..ridge });
     let mut b = Router::builder().embedder(embedder).quality_bar(args.quality_bar).predictor(predictor);
     if let Some(dir) = &args.exemplars {
         b = b.exemplars(ExemplarSet::load_dir(dir)?);

@@ -128,6 +128,17 @@ fn print_tables(report: &LooReport, md: bool) {
             row(k, t);
         }
     }
+    // The ceiling of any bar or caution on these predictions: 2% of the exemplars sent lower.
+    let cap = report.outcomes.len() * 2 / 100;
+    if let Some(f) = report.best_thresholds(cap) {
+        println!(
+            "\nbest thresholds in hindsight with at most {cap} under (2%): {:.1}% agree, {} under (cheap tier at predicted quality ≥ {:.2}, mid ≥ {:.2})",
+            100.0 * f.agreement,
+            f.under,
+            f.cheap_threshold,
+            f.mid_threshold
+        );
+    }
     let fallbacks = report.outcomes.iter().filter(|o| o.fallback).count();
     let (same, compared) = report.pairs_on_same_tier();
     println!(
