@@ -320,9 +320,10 @@ fn default_predictor_beats_the_neighbours_on_held_out_exemplars() {
     assert_eq!(default.route("Sort a list in Python").unwrap().quality_from, "kernel-ridge");
     assert_eq!(neighbours.route("Sort a list in Python").unwrap().quality_from, "neighbours");
     let (b, n) = (score(&default), score(&neighbours));
-    let (bc, nc) = (score(&build(Predictor::Auto, 1.0)), score(&build(Predictor::Neighbours, 1.0)));
+    let caution = semroute::router::DEFAULT_CAUTION;
+    let (bc, nc) = (score(&build(Predictor::Auto, caution)), score(&build(Predictor::Neighbours, caution)));
     eprintln!(
-        "held out {}: caution 0, default agrees {} (under {}), neighbours {} (under {}); caution 1, default {} ({}), neighbours {} ({})",
+        "held out {}: caution 0, default agrees {} (under {}), neighbours {} (under {}); default caution, default {} ({}), neighbours {} ({})",
         held.len(),
         b.0,
         b.1,

@@ -43,7 +43,7 @@ pub struct Args {
     /// derived from the exemplars' own density).
     #[arg(long, value_name = "S")]
     min_similarity: Option<f32>,
-    /// Standard errors a predicted quality must clear the bar by (default 1).
+    /// Standard errors a predicted quality must clear the bar by (default 0.75).
     #[arg(long, value_name = "Z")]
     caution: Option<f64>,
     /// The safe model used when no exemplar is close enough.
