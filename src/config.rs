@@ -60,7 +60,8 @@ pub struct RouterConfig {
     pub quality_bar: Option<f64>,
     /// Nearest exemplars consulted (1..=1000).
     pub k: Option<usize>,
-    /// Standard errors a predicted quality must clear the bar by (0..=10).
+    /// Standard errors a predicted quality must clear the bar by (0..=10; unset: derived from
+    /// the hand labels, see [`RouterBuilder::caution`](crate::RouterBuilder::caution)).
     pub caution: Option<f64>,
     /// A fixed fallback threshold (nearest similarity, in [-1, 1]) instead of the derived rule.
     pub min_similarity: Option<f32>,

@@ -33,10 +33,10 @@ use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
 use crate::policy::{choose, Choice, ChoiceInput, Constraints, Objective};
 use crate::predict::{
-    predict_from, select, Fitted, LowRankSettings, Predictions, Predictor, Prior, RidgeSettings, KERNEL_RIDGE_MAX_EXEMPLARS,
-    KERNEL_RIDGE_MIN_EXEMPLARS,
+    predict_from, select, Fitted, LowRankSettings, ModelPrediction, Predictions, Predictor, Prior, RidgeSettings,
+    KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
 };
-use crate::pricing::{PriceTable, TokenCounter};
+use crate::pricing::{PriceTable, Tier, TokenCounter};
 use crate::session::{self, CacheView, MemorySessions, SessionInfo, SessionKey, SessionSettings, SessionState, SessionStore};
 use crate::store::ExemplarStore;
 
@@ -56,6 +56,9 @@ struct Inner {
     /// The similarity threshold the builder was given; `None`: derived from each generation's
     /// exemplars.
     configured_min_similarity: Option<f32>,
+    /// The caution the builder was given; `None`: derived from each state's hand labels where
+    /// it can be ([`caution_for`]).
+    configured_caution: Option<f64>,
     cache: Option<VectorCache>,
     /// The shared exemplar store, when neighbours come from one instead of an in-process index.
     store: Option<Arc<dyn ExemplarStore>>,
@@ -115,6 +118,8 @@ struct State {
     generation: u64,
     /// How many of `exemplars` (the first ones) the quality model was fitted on.
     fitted_on: usize,
+    /// The caution in force, and whether it was derived from the exemplars ([`caution_for`]).
+    caution: (f64, bool),
 }
 
 /// Numbers each build or reload, so a background refit of older data is never stored.
@@ -152,8 +157,11 @@ pub struct Settings {
     /// does where that direction dominates the vectors: see [`familiar`](crate::familiar)).
     pub unfamiliar_centred: bool,
     /// How many standard errors a model's predicted quality must clear the bar by (0: the
-    /// point prediction alone).
+    /// point prediction alone): the one set with [`RouterBuilder::caution`], else the one derived
+    /// from the hand-labelled exemplars in force, else [`DEFAULT_CAUTION`].
     pub caution: f64,
+    /// Whether `caution` was derived from the exemplars (see [`RouterBuilder::caution`]).
+    pub caution_derived: bool,
     /// The safe model.
     pub fallback_model: String,
     /// Softmax temperature of neighbour weights.
@@ -311,6 +319,8 @@ impl Router {
             min_similarity: state.familiarity.min_similarity(),
             unfamiliar_limit: state.familiarity.limit(),
             unfamiliar_centred: state.familiarity.centre().is_some(),
+            caution: state.caution.0,
+            caution_derived: state.caution.1,
             ..self.inner.settings.clone()
         }
     }
@@ -339,6 +349,7 @@ impl Router {
             prices,
             inner.configured_fallback.as_deref(),
             inner.configured_min_similarity,
+            inner.configured_caution,
             &inner.settings,
             inner.cache.as_ref(),
             inner.store.as_ref(),
@@ -461,7 +472,23 @@ impl Router {
         if current.generation != snapshot.generation || current.fitted_on >= snapshot.exemplars.len() {
             return;
         }
-        inner.state.store(Arc::new(State { predictor, selected, quality, fitted_on: snapshot.exemplars.len(), ..State::clone(&current) }));
+        let caution = caution_for(
+            inner.configured_caution,
+            &snapshot.exemplars,
+            predictor,
+            quality.as_deref(),
+            &snapshot.prices,
+            &inner.settings,
+            &snapshot.fallback_model,
+        );
+        inner.state.store(Arc::new(State {
+            predictor,
+            selected,
+            quality,
+            caution,
+            fitted_on: snapshot.exemplars.len(),
+            ..State::clone(&current)
+        }));
     }
 
     /// `state` plus `items` (with their `vectors`), validated.
@@ -495,15 +522,24 @@ impl Router {
         };
         // The quality model is refitted on everything (40 ms at 427 exemplars, cubic in their
         // number), now or in the background.
-        let (predictor, selected, quality, fitted_on) = match refit {
+        let (predictor, selected, quality, fitted_on, caution) = match refit {
             Refit::Now => {
-                let (p, s, q) =
-                    quality_model(&search, &exemplars, &state.prices, &self.inner.settings, state.selected, self.inner.embedder.as_ref());
-                (p, s, q, exemplars.len())
+                let inner = &*self.inner;
+                let (p, s, q) = quality_model(&search, &exemplars, &state.prices, &inner.settings, state.selected, inner.embedder.as_ref());
+                let caution = caution_for(
+                    inner.configured_caution,
+                    &exemplars,
+                    p,
+                    q.as_deref(),
+                    &state.prices,
+                    &inner.settings,
+                    &state.fallback_model,
+                );
+                (p, s, q, exemplars.len(), caution)
             }
             // (A shared store has no model to refit: nothing is owed.)
-            Refit::Later if matches!(search, Search::Shared(_)) => (state.predictor, state.selected, None, exemplars.len()),
-            Refit::Later => (state.predictor, state.selected, state.quality.clone(), state.fitted_on),
+            Refit::Later if matches!(search, Search::Shared(_)) => (state.predictor, state.selected, None, exemplars.len(), state.caution),
+            Refit::Later => (state.predictor, state.selected, state.quality.clone(), state.fitted_on, state.caution),
         };
         let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
         Ok(State {
@@ -518,6 +554,7 @@ impl Router {
             selected,
             fallback_model: state.fallback_model.clone(),
             familiarity,
+            caution,
         })
     }
 
@@ -879,7 +916,7 @@ impl Assessment {
                 prices: &self.state.prices,
                 input_tokens: self.input_tokens,
                 unfamiliar: self.judgement.unfamiliar.as_deref(),
-                caution: s.caution,
+                caution: self.state.caution.0,
                 objective: constraints.objective(s.objective()),
                 fallback_model: &self.state.fallback_model,
                 default_output_tokens: DEFAULT_OUTPUT_TOKENS,
@@ -1094,10 +1131,18 @@ impl RouterBuilder {
         self
     }
 
-    /// How cautious the quality bar is (default [`DEFAULT_CAUTION`], 0.75): a model clears the bar
-    /// only when its predicted quality minus this many standard errors does. The standard error is that of a
-    /// quality estimated from the neighbours actually behind the prediction: few, far-apart or
-    /// disagreeing neighbours give a wide one (see
+    /// How cautious the quality bar is: a model clears the bar only when its predicted quality
+    /// minus this many standard errors does. Unset, it is derived from the hand-labelled
+    /// exemplars in force (again at every reload or refit): the least caution, in steps of 0.05,
+    /// at which at most [`DERIVED_CAUTION_UNDER`] (2%) of them would go to a weaker tier than
+    /// their label, each decided by the policy on the kernel-ridge model's leave-one-out
+    /// prediction for it (0.75 for the built-in exemplars with the default embedder, 1 with
+    /// MiniLM, whose predictions on Chinese are surer than they should be). Without hand labels
+    /// or a kernel-ridge model it is [`DEFAULT_CAUTION`]. [`Router::settings`] says which
+    /// caution is in force and whether it was derived. The standard error
+    /// is the prediction's own: the kernel-ridge model's posterior error where the model
+    /// predicts, else that of a quality estimated from the neighbours actually behind it (few,
+    /// far-apart or disagreeing neighbours give a wide one; see
     /// [`Candidate::quality_se`](crate::decision::Candidate::quality_se)), so an unsure
     /// prediction escalates to a stronger model instead of gambling on a cheap one. 0 uses the
     /// point prediction alone. The utility objective is not affected (it weighs expected values).
@@ -1203,6 +1248,7 @@ impl RouterBuilder {
             return Err(Error::Config(format!("unfamiliar_share must be within [0, 1], got {unfamiliar_share}")));
         }
         let caution = self.caution.unwrap_or(DEFAULT_CAUTION);
+        let caution_derived = self.caution.is_none();
         if !(caution.is_finite() && caution >= 0.0) {
             return Err(Error::Config(format!("caution must be a finite, non-negative number of standard errors, got {caution}")));
         }
@@ -1251,6 +1297,7 @@ impl RouterBuilder {
             unfamiliar_share,
             unfamiliar_centred: false,
             caution,
+            caution_derived,
             fallback_model: String::new(),
             temperature,
             prior_strength,
@@ -1266,6 +1313,7 @@ impl RouterBuilder {
             prices,
             self.fallback_model.as_deref(),
             self.min_similarity,
+            self.caution,
             &settings,
             cache.as_ref(),
             self.store.as_ref(),
@@ -1314,6 +1362,7 @@ impl RouterBuilder {
                 settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
                 configured_fallback: self.fallback_model,
                 configured_min_similarity: self.min_similarity,
+                configured_caution: self.caution,
                 cache,
                 store: self.store,
                 state: ArcSwap::from_pointee(state),
@@ -1353,6 +1402,7 @@ fn build_state(
     prices: PriceTable,
     fallback: Option<&str>,
     min_similarity: Option<f32>,
+    caution: Option<f64>,
     settings: &Settings,
     cache: Option<&VectorCache>,
     store: Option<&Arc<dyn ExemplarStore>>,
@@ -1379,6 +1429,7 @@ fn build_state(
         }
     };
     let (predictor, selected, quality) = quality_model(&search, &exemplars, &prices, settings, None, embedder);
+    let caution = caution_for(caution, &exemplars, predictor, quality.as_deref(), &prices, settings, &fallback_model);
     let prior = prior_of(&exemplars, &prices, settings.prior_strength);
     let familiarity = match (min_similarity, &search) {
         (Some(s), _) => Some(Familiarity::Similarity(s)),
@@ -1400,6 +1451,7 @@ fn build_state(
         familiarity,
         generation,
         fitted_on,
+        caution,
     })
 }
 
@@ -1415,10 +1467,125 @@ enum Refit {
 /// Default of [`RouterBuilder::unfamiliar_share`].
 pub const DEFAULT_UNFAMILIAR_SHARE: f64 = 0.02;
 
-/// Default of [`RouterBuilder::caution`]: the least caution that keeps at most 2% of the built-in
-/// exemplars below their label's tier in leave-one-out (0.75: 8 of 475; 0.6 sends 12), chosen on
-/// that set and checked on the fresh prompts, which it does not see.
+/// [`RouterBuilder::caution`] where it cannot be derived from hand labels (measured exemplars, a
+/// shared store, a predictor other than kernel ridge): what the derived rule gives the built-in
+/// exemplars with the default embedder.
 pub const DEFAULT_CAUTION: f64 = 0.75;
+
+/// The share of the hand-labelled exemplars that a derived caution lets go to a weaker tier than
+/// their label, each decided on its own leave-one-out predictions (see [`RouterBuilder::caution`]).
+pub const DERIVED_CAUTION_UNDER: f64 = 0.02;
+
+/// The caution in force for a state, and whether it was derived: the one configured, else the
+/// one the hand labels give ([`derived_caution`]), else [`DEFAULT_CAUTION`].
+fn caution_for(
+    configured: Option<f64>,
+    exemplars: &ExemplarSet,
+    predictor: Predictor,
+    quality: Option<&Fitted>,
+    prices: &PriceTable,
+    settings: &Settings,
+    fallback_model: &str,
+) -> (f64, bool) {
+    if let Some(z) = configured {
+        return (z, false);
+    }
+    match derived_caution(exemplars, predictor, quality, prices, settings, fallback_model) {
+        Some(z) => (z, true),
+        None => (DEFAULT_CAUTION, false),
+    }
+}
+
+/// The least caution, in steps of 0.05 up to 3, at which at most [`DERIVED_CAUTION_UNDER`] of
+/// the hand-labelled exemplars (or, where no step gets there, as few as at 3) go to a weaker
+/// tier than their label when the policy decides each
+/// on the predictions it would get were it not an exemplar: the kernel-ridge model's exact
+/// leave-one-out quality and error ([`QualityModel::left_out`](crate::predict::QualityModel::left_out)),
+/// at the router's default bar, priced at the label's answer length and about four bytes a token.
+/// `None` without a kernel-ridge model (the predictor in force is another) or below
+/// [`KERNEL_RIDGE_MIN_EXEMPLARS`] labels. More caution never sends an exemplar lower, so the
+/// steps are bisected: about eight passes over the labels.
+fn derived_caution(
+    exemplars: &ExemplarSet,
+    predictor: Predictor,
+    quality: Option<&Fitted>,
+    prices: &PriceTable,
+    settings: &Settings,
+    fallback_model: &str,
+) -> Option<f64> {
+    let (Predictor::KernelRidge(_), Some(Fitted::Ridge(model))) = (predictor, quality) else {
+        return None;
+    };
+    let cases: Vec<(Tier, Predictions, u64)> = exemplars
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let Grade::Labelled(label) = &e.grade else { return None };
+            let per_model = model
+                .left_out(i)
+                .into_iter()
+                .map(|(m, (quality, quality_se))| {
+                    let p = ModelPrediction {
+                        quality,
+                        output_tokens: f64::from(label.output_tokens),
+                        support: 1.0,
+                        effective_neighbours: 1.0,
+                        cost_usd: None,
+                        quality_se,
+                    };
+                    (m, p)
+                })
+                .collect();
+            Some((label.tier, Predictions { per_model, weights: Vec::new() }, e.prompt.len() as u64 / 4))
+        })
+        .collect();
+    if cases.len() < KERNEL_RIDGE_MIN_EXEMPLARS {
+        return None;
+    }
+    // Conformal risk control's finite-sample rule (Angelopoulos et al., 2022): with the prompt
+    // to come counted as one more case that goes lower, k of n may go lower where
+    // (k + 1) / (n + 1) stays within the share, so that the share holds in expectation for a
+    // new prompt exchangeable with the exemplars (here on leave-one-out predictions, the
+    // jackknife's, not a held-out split's: an approximation).
+    let allowed = (DERIVED_CAUTION_UNDER * (cases.len() + 1) as f64 - 1.0).floor().max(0.0) as usize;
+    let step = |k: usize| k as f64 / 20.0;
+    let under = |k: usize| {
+        cases
+            .iter()
+            .filter(|(label, predictions, input_tokens)| {
+                let input = ChoiceInput {
+                    predictions,
+                    prices,
+                    input_tokens: *input_tokens,
+                    unfamiliar: None,
+                    objective: Objective::QualityBar(settings.quality_bar),
+                    caution: step(k),
+                    fallback_model,
+                    default_output_tokens: DEFAULT_OUTPUT_TOKENS,
+                    cache: None,
+                };
+                let choice = choose(input, &Constraints::default());
+                choice.chosen.and_then(|c| choice.candidates[c].tier).is_some_and(|t| t < *label)
+            })
+            .count()
+    };
+    // Where no caution keeps the share (labels the predictions are sure of and wrong about),
+    // the least caution that sends as few lower as the most does: more would only cost.
+    let (mut low, mut high) = (0, 60);
+    let allowed = allowed.max(under(high));
+    if under(low) <= allowed {
+        return Some(0.0);
+    }
+    while high - low > 1 {
+        let mid = (low + high) / 2;
+        if under(mid) <= allowed {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Some(step(high))
+}
 
 /// The predictor in force for these exemplars and the model it fits, if any (only over the
 /// in-process index, which holds every exemplar's vector). With [`Predictor::Auto`] and a set of

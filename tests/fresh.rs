@@ -51,8 +51,9 @@ fn fresh_prompts_go_to_their_side() {
     let hard_cheap: Vec<&str> =
         report.outcomes.iter().filter(|o| o.side == Side::Strong && o.tier == semroute::Tier::Cheap).map(|o| o.id.as_str()).collect();
     eprintln!("overall {:.1}% on its side; hard prompts sent to the cheap tier: {hard_cheap:?}", 100.0 * all.agreement());
-    // The default (multilingual-e5-small in int8, kernel ridge updated by near-copies, caution
-    // 0.75 with its own error, the centred fallback rule) measured 92.4% (English 92.4%, Chinese
+    // The default (multilingual-e5-small in int8, kernel ridge updated by near-copies, the
+    // caution derived from the labels, 0.75, with the model's own error, the centred fallback
+    // rule) measured 92.4% (English 92.4%, Chinese
     // 92.4%), 90.2% of the Chinese hard prompts on the strong tier, 21 of 24 nonsense prompts
     // fell back and 5 routine ones did (caution 1 before: 92.0%, 92.4%, 91.5%, 90.2%, 21, 5).
     assert!(hard_cheap.is_empty(), "{hard_cheap:?}");

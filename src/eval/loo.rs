@@ -251,18 +251,16 @@ mod tests {
     fn best_thresholds_trade_agreement_for_under_as_counted_by_hand() {
         // A cheap exemplar predicted 0.9 for cheap, a mid one 0.8 for cheap (so "cheap ≥ 0.8"
         // sends it under), a strong one 0.6 for mid.
-        let report = LooReport {
-            outcomes: vec![outcome(Tier::Cheap, 0.9, 1.0), outcome(Tier::Mid, 0.8, 0.9), outcome(Tier::Strong, 0.3, 0.6)],
-        };
+        let report =
+            LooReport { outcomes: vec![outcome(Tier::Cheap, 0.9, 1.0), outcome(Tier::Mid, 0.8, 0.9), outcome(Tier::Strong, 0.3, 0.6)] };
         // Allowed no under: cheap needs more than 0.8, mid more than 0.6; all three agree.
         let f = report.best_thresholds(0).unwrap();
         assert_eq!((f.under, f.agreement), (0, 1.0));
         assert!(f.cheap_threshold > 0.8 && f.cheap_threshold <= 0.9, "{f:?}");
         assert!(f.mid_threshold > 0.6 && f.mid_threshold <= 0.9, "{f:?}");
         // Make the mid exemplar look cheaper than the cheap one: agreeing on both needs an under.
-        let report = LooReport {
-            outcomes: vec![outcome(Tier::Cheap, 0.7, 1.0), outcome(Tier::Mid, 0.8, 0.9), outcome(Tier::Strong, 0.3, 0.6)],
-        };
+        let report =
+            LooReport { outcomes: vec![outcome(Tier::Cheap, 0.7, 1.0), outcome(Tier::Mid, 0.8, 0.9), outcome(Tier::Strong, 0.3, 0.6)] };
         let strict = report.best_thresholds(0).unwrap();
         assert_eq!((strict.under, strict.agreement), (0, 2.0 / 3.0));
         // Allowing an under buys nothing here (cheap ≤ 0.7 agrees on the cheap one but sends the

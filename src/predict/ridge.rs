@@ -162,6 +162,9 @@ struct Fit {
     /// (`n(n+1)/2` values: 0.9 MB at 475 exemplars, 16 MB at 2,000), kept for the posterior
     /// variance of a prediction; not kept above [`KERNEL_RIDGE_MAX_EXEMPLARS`] rows.
     factor: Option<Vec<f64>>,
+    /// `diag((K_c + λI)⁻¹)`: each row's leave-one-out score and posterior variance come from it
+    /// (empty when every target is constant).
+    inverse_diag: Vec<f64>,
     targets: Vec<Target>,
 }
 
@@ -176,6 +179,8 @@ enum Target {
         platt: (f64, f64),
         /// Mean squared leave-one-out residual of the raw score: the noise variance σ².
         noise: f64,
+        /// Each row's exact leave-one-out raw score.
+        loo: Vec<f64>,
     },
 }
 
@@ -276,6 +281,32 @@ impl QualityModel {
         self.scores(prompt, vector, true)
     }
 
+    /// [`predict_with_error`](QualityModel::predict_with_error) for the `i`-th exemplar the model
+    /// was fitted on, as if it had been left out of the fit: its exact leave-one-out score (the
+    /// one the Platt scaling was fitted on) and the posterior variance of a point the fit never
+    /// saw, `1 / [(K_c + λI)⁻¹]ᵢᵢ − λ` (the kernel's centring and the Platt scaling stay those of
+    /// the whole fit). Models whose fit does not hold the exemplar are absent.
+    pub fn left_out(&self, i: usize) -> BTreeMap<String, (f64, Option<f64>)> {
+        let lambda = self.settings.lambda;
+        self.models
+            .iter()
+            .filter_map(|(m, &(f, t))| {
+                let fit = &self.fits[f];
+                // (A fit's rows are in the set's order.)
+                let p = fit.rows.binary_search(&i).ok()?;
+                let out = match &fit.targets[t] {
+                    Target::Constant(q) => (*q, None),
+                    Target::Fitted { platt, noise, loo, .. } => {
+                        let q = sigmoid(platt.0 * loo[p] + platt.1);
+                        let variance = (1.0 / fit.inverse_diag[p] - lambda).max(0.0);
+                        (q, Some(q * (1.0 - q) * platt.0 * (noise / lambda * variance).sqrt()))
+                    }
+                };
+                (out.0.is_finite()).then(|| (m.clone(), (out.0.clamp(0.0, 1.0), out.1.filter(|e| e.is_finite()))))
+            })
+            .collect()
+    }
+
     fn scores(&self, prompt: &str, vector: &[f32], with_error: bool) -> BTreeMap<String, (f64, Option<f64>)> {
         if vector.len() != self.dim || vector.iter().any(|x| !x.is_finite()) {
             return BTreeMap::new();
@@ -298,7 +329,7 @@ impl QualityModel {
                     .iter()
                     .map(|t| match t {
                         Target::Constant(q) => (*q, None),
-                        Target::Fitted { intercept, dual, platt, noise } => {
+                        Target::Fitted { intercept, dual, platt, noise, .. } => {
                             let s = intercept + centred.iter().zip(dual).map(|(a, b)| a * b).sum::<f64>();
                             let q = sigmoid(platt.0 * s + platt.1);
                             let se = variance.map(|v| q * (1.0 - q) * platt.0 * (noise / self.settings.lambda * v).sqrt());
@@ -356,7 +387,7 @@ impl QualityModel {
         let constant = |y: &[f64]| y.iter().all(|v| (v - y[0]).abs() < 1e-12);
         if targets.iter().all(|y| constant(y)) {
             let out = targets.iter().map(|y| Target::Constant(y[0])).collect();
-            return Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor: None, targets: out });
+            return Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor: None, inverse_diag: Vec::new(), targets: out });
         }
         let chol = a.cholesky().ok_or_else(|| Error::Config("the kernel ridge system is not positive definite".into()))?;
         // diag((K_c + λI)⁻¹) gives every training exemplar's exact leave-one-out score; with
@@ -391,7 +422,7 @@ impl QualityModel {
             // Scores that do not rank the targets (the kernel told nothing) give the mean.
             let noise = loo.iter().zip(y).map(|(s, t)| (t - s).powi(2)).sum::<f64>() / n as f64;
             out.push(match platt(&loo, y) {
-                Some(p) => Target::Fitted { intercept: mean, dual: dual.iter().copied().collect(), platt: p, noise },
+                Some(p) => Target::Fitted { intercept: mean, dual: dual.iter().copied().collect(), platt: p, noise, loo },
                 None => Target::Constant(mean),
             });
         }
@@ -399,7 +430,7 @@ impl QualityModel {
             let l = chol.l_dirty();
             (0..n).flat_map(|c| (c..n).map(move |r| (c, r))).map(|(c, r)| l[(r, c)]).collect()
         });
-        Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor, targets: out })
+        Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor, inverse_diag, targets: out })
     }
 }
 
@@ -631,6 +662,31 @@ mod tests {
         assert!(inside > 0.0 && inside < 0.1, "{inside}");
         assert!(between > 2.0 * inside, "half-way between the clusters: {between} against {inside}");
         assert!(opposite > 2.0 * inside, "where no exemplar is: {opposite} against {inside}");
+    }
+
+    #[test]
+    fn left_out_predicts_like_a_fit_without_the_exemplar() {
+        let (set, vectors) = clusters();
+        let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
+        let model = QualityModel::fit(&set, vectors.clone(), &prices, RidgeSettings::default()).unwrap();
+        for i in [0, 3, 10, 19] {
+            let out = model.left_out(i);
+            let others =
+                ExemplarSet::from_exemplars(set.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, e)| e.clone()).collect()).unwrap();
+            let vs: Vec<Vec<f32>> = vectors.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v.clone()).collect();
+            let refit = QualityModel::fit(&others, vs, &prices, RidgeSettings::default()).unwrap();
+            let prompt = &set.get(i).prompt;
+            let (q, se) = out["small"];
+            let (rq, rse) = refit.predict_with_error(prompt, &vectors[i])["small"];
+            let inside = model.predict_with_error(prompt, &vectors[i])["small"].1.unwrap();
+            assert!((q - rq).abs() < 0.01, "exemplar {i}: left out {q}, refitted without it {rq}");
+            let (se, rse) = (se.unwrap(), rse.unwrap());
+            eprintln!("exemplar {i}: left out {q:.4} ± {se:.4}, refitted {rq:.4} ± {rse:.4}, held {inside:.4}");
+            assert!(se > inside, "exemplar {i}: a point the fit never saw is less sure ({se}) than one it holds ({inside})");
+            assert!(se > 0.8 * rse && se < 1.25 * rse, "exemplar {i}: {se} against the refit's {rse}");
+            assert_eq!(out["big"], (1.0, None), "a constant stays one");
+        }
+        assert!(model.left_out(20).is_empty(), "no such exemplar");
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.model,
         args.predictor.name(),
         args.quality_bar,
-        args.fallback.caution,
+        match router.settings() {
+            s if s.caution_derived => format!("{} (derived)", s.caution),
+            s => s.caution.to_string(),
+        },
         match (router.settings().unfamiliar_limit, router.settings().min_similarity) {
             (Some(l), _) => format!("above unfamiliarity {l:.2}"),
             (None, Some(s)) => format!("below similarity {s:.3}"),

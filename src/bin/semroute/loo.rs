@@ -90,7 +90,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.model,
         args.k,
         args.quality_bar,
-        args.fallback.caution,
+        args.fallback.caution.map_or("derived by each router".to_string(), |z| z.to_string()),
         args.temperature,
         args.prior_strength,
         args.predictor.name(),

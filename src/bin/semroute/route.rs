@@ -43,7 +43,8 @@ pub struct Args {
     /// derived from the exemplars' own density).
     #[arg(long, value_name = "S")]
     min_similarity: Option<f32>,
-    /// Standard errors a predicted quality must clear the bar by (default 0.75).
+    /// Standard errors a predicted quality must clear the bar by (default: derived from the
+    /// hand labels, 0.75 for the built-in ones with the default embedder).
     #[arg(long, value_name = "Z")]
     caution: Option<f64>,
     /// The safe model used when no exemplar is close enough.
