@@ -1476,8 +1476,16 @@ pub const DEFAULT_CAUTION: f64 = 0.75;
 /// their label, each decided on its own leave-one-out predictions (see [`RouterBuilder::caution`]).
 pub const DERIVED_CAUTION_UNDER: f64 = 0.02;
 
-/// The caution in force for a state, and whether it was derived: the one configured, else the
-/// one the hand labels give ([`derived_caution`]), else [`DEFAULT_CAUTION`].
+/// The caution in force for a state, and whether it was derived: the one configured; else the
+/// least caution, in steps of 0.05 up to 3, at which at most [`DERIVED_CAUTION_UNDER`] of the
+/// hand-labelled exemplars (or, where no step gets there, as few as at 3) go to a weaker tier
+/// than their label when the policy decides each on the predictions it would get were it not an
+/// exemplar: the kernel-ridge model's exact leave-one-out quality and error
+/// ([`QualityModel::left_out`](crate::predict::QualityModel::left_out)), at the router's default
+/// bar, priced at the label's answer length and about four bytes a token; else (no kernel-ridge
+/// model in force, or fewer than [`KERNEL_RIDGE_MIN_EXEMPLARS`] labels) [`DEFAULT_CAUTION`]. More
+/// caution never sends an exemplar lower, so the steps are bisected: about eight passes over the
+/// labels.
 fn caution_for(
     configured: Option<f64>,
     exemplars: &ExemplarSet,
@@ -1490,31 +1498,8 @@ fn caution_for(
     if let Some(z) = configured {
         return (z, false);
     }
-    match derived_caution(exemplars, predictor, quality, prices, settings, fallback_model) {
-        Some(z) => (z, true),
-        None => (DEFAULT_CAUTION, false),
-    }
-}
-
-/// The least caution, in steps of 0.05 up to 3, at which at most [`DERIVED_CAUTION_UNDER`] of
-/// the hand-labelled exemplars (or, where no step gets there, as few as at 3) go to a weaker
-/// tier than their label when the policy decides each
-/// on the predictions it would get were it not an exemplar: the kernel-ridge model's exact
-/// leave-one-out quality and error ([`QualityModel::left_out`](crate::predict::QualityModel::left_out)),
-/// at the router's default bar, priced at the label's answer length and about four bytes a token.
-/// `None` without a kernel-ridge model (the predictor in force is another) or below
-/// [`KERNEL_RIDGE_MIN_EXEMPLARS`] labels. More caution never sends an exemplar lower, so the
-/// steps are bisected: about eight passes over the labels.
-fn derived_caution(
-    exemplars: &ExemplarSet,
-    predictor: Predictor,
-    quality: Option<&Fitted>,
-    prices: &PriceTable,
-    settings: &Settings,
-    fallback_model: &str,
-) -> Option<f64> {
     let (Predictor::KernelRidge(_), Some(Fitted::Ridge(model))) = (predictor, quality) else {
-        return None;
+        return (DEFAULT_CAUTION, false);
     };
     let cases: Vec<(Tier, Predictions, u64)> = exemplars
         .iter()
@@ -1540,7 +1525,7 @@ fn derived_caution(
         })
         .collect();
     if cases.len() < KERNEL_RIDGE_MIN_EXEMPLARS {
-        return None;
+        return (DEFAULT_CAUTION, false);
     }
     // Conformal risk control's finite-sample rule (Angelopoulos et al., 2022): with the prompt
     // to come counted as one more case that goes lower, k of n may go lower where
@@ -1574,7 +1559,7 @@ fn derived_caution(
     let (mut low, mut high) = (0, 60);
     let allowed = allowed.max(under(high));
     if under(low) <= allowed {
-        return Some(0.0);
+        return (0.0, true);
     }
     while high - low > 1 {
         let mid = (low + high) / 2;
@@ -1584,7 +1569,7 @@ fn derived_caution(
             low = mid;
         }
     }
-    Some(step(high))
+    (step(high), true)
 }
 
 /// The predictor in force for these exemplars and the model it fits, if any (only over the
