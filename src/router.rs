@@ -459,28 +459,21 @@ impl Router {
         if snapshot.fitted_on == snapshot.exemplars.len() {
             return;
         }
-        let (predictor, selected, quality) = quality_model(
+        let (predictor, selected, quality, caution) = quality_model(
             &snapshot.search,
             &snapshot.exemplars,
             &snapshot.prices,
             &inner.settings,
             snapshot.selected,
             inner.embedder.as_ref(),
+            inner.configured_caution,
+            &snapshot.fallback_model,
         );
         let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = inner.state.load_full();
         if current.generation != snapshot.generation || current.fitted_on >= snapshot.exemplars.len() {
             return;
         }
-        let caution = caution_for(
-            inner.configured_caution,
-            &snapshot.exemplars,
-            predictor,
-            quality.as_deref(),
-            &snapshot.prices,
-            &inner.settings,
-            &snapshot.fallback_model,
-        );
         inner.state.store(Arc::new(State {
             predictor,
             selected,
@@ -525,14 +518,14 @@ impl Router {
         let (predictor, selected, quality, fitted_on, caution) = match refit {
             Refit::Now => {
                 let inner = &*self.inner;
-                let (p, s, q) = quality_model(&search, &exemplars, &state.prices, &inner.settings, state.selected, inner.embedder.as_ref());
-                let caution = caution_for(
-                    inner.configured_caution,
+                let (p, s, q, caution) = quality_model(
+                    &search,
                     &exemplars,
-                    p,
-                    q.as_deref(),
                     &state.prices,
                     &inner.settings,
+                    state.selected,
+                    inner.embedder.as_ref(),
+                    inner.configured_caution,
                     &state.fallback_model,
                 );
                 (p, s, q, exemplars.len(), caution)
@@ -1247,9 +1240,7 @@ impl RouterBuilder {
         if !(0.0..=1.0).contains(&unfamiliar_share) {
             return Err(Error::Config(format!("unfamiliar_share must be within [0, 1], got {unfamiliar_share}")));
         }
-        let caution = self.caution.unwrap_or(DEFAULT_CAUTION);
-        let caution_derived = self.caution.is_none();
-        if !(caution.is_finite() && caution >= 0.0) {
+        if let Some(caution) = self.caution.filter(|z| !(z.is_finite() && *z >= 0.0)) {
             return Err(Error::Config(format!("caution must be a finite, non-negative number of standard errors, got {caution}")));
         }
         let temperature = self.temperature.unwrap_or(0.05);
@@ -1287,7 +1278,7 @@ impl RouterBuilder {
             Some(e) => e,
             None => Arc::new(FastEmbedder::load_default()?),
         };
-        // The fallback model and the similarity threshold come with the state.
+        // The fallback model, the similarity threshold and the caution come with the state.
         let settings = Settings {
             k,
             quality_bar,
@@ -1296,8 +1287,8 @@ impl RouterBuilder {
             unfamiliar_limit: None,
             unfamiliar_share,
             unfamiliar_centred: false,
-            caution,
-            caution_derived,
+            caution: DEFAULT_CAUTION,
+            caution_derived: false,
             fallback_model: String::new(),
             temperature,
             prior_strength,
@@ -1428,8 +1419,8 @@ fn build_state(
             (ExemplarSet::from_exemplars(store.all()?)?, Search::Shared(store.clone()))
         }
     };
-    let (predictor, selected, quality) = quality_model(&search, &exemplars, &prices, settings, None, embedder);
-    let caution = caution_for(caution, &exemplars, predictor, quality.as_deref(), &prices, settings, &fallback_model);
+    let (predictor, selected, quality, caution) =
+        quality_model(&search, &exemplars, &prices, settings, None, embedder, caution, &fallback_model);
     let prior = prior_of(&exemplars, &prices, settings.prior_strength);
     let familiarity = match (min_similarity, &search) {
         (Some(s), _) => Some(Familiarity::Similarity(s)),
@@ -1572,6 +1563,23 @@ fn caution_for(
     (step(high), true)
 }
 
+/// The predictor in force for these exemplars, the model it fits and the caution in force with it
+/// ([`caution_for`]: derived from the model where it can be, so the two are fitted together).
+fn quality_model(
+    search: &Search,
+    exemplars: &ExemplarSet,
+    prices: &PriceTable,
+    settings: &Settings,
+    selected: Option<Predictor>,
+    embedder: &dyn Embedder,
+    configured_caution: Option<f64>,
+    fallback_model: &str,
+) -> (Predictor, Option<Predictor>, Option<Arc<Fitted>>, (f64, bool)) {
+    let (predictor, selected, quality) = fitted_predictor(search, exemplars, prices, settings, selected, embedder);
+    let caution = caution_for(configured_caution, exemplars, predictor, quality.as_deref(), prices, settings, fallback_model);
+    (predictor, selected, quality, caution)
+}
+
 /// The predictor in force for these exemplars and the model it fits, if any (only over the
 /// in-process index, which holds every exemplar's vector). With [`Predictor::Auto`] and a set of
 /// measured exemplars only (50 to 2,000), cross-validation on the exemplars chooses among blend,
@@ -1579,7 +1587,7 @@ fn caution_for(
 /// kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
 /// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
 /// exemplar or a piece of feedback, already kept, stop the router from starting.
-fn quality_model(
+fn fitted_predictor(
     search: &Search,
     exemplars: &ExemplarSet,
     prices: &PriceTable,
