@@ -150,6 +150,9 @@ pub enum Objective {
     QualityBar(f64),
     /// The model maximising `predicted quality × usd − expected cost`, where `usd` (≥ 0) is what
     /// one full point of quality is worth: 0 picks the cheapest model, larger values buy quality.
+    /// A model predicted better than the fallback (safe) model is credited with that gain only
+    /// as far as its lower bound (predicted quality less caution × standard error) reaches, so a
+    /// lucky-looking prediction among many does not draw the choice away from the safe model.
     UsdPerQuality(f64),
 }
 
@@ -309,11 +312,29 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
 
     if let Objective::UsdPerQuality(usd) = input.objective {
         if (0..candidates.len()).any(|i| eligible(i) && candidates[i].predicted_quality.is_some()) {
-            let utility = |c: &Candidate| {
-                c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q * usd - c.session_cost_usd.unwrap_or(c.expected_cost_usd))
+            // A model predicted better than the safe model is credited with that gain only as far
+            // as its lower bound (predicted quality less `caution` standard errors) reaches: the
+            // largest of many noisy predictions is high partly by luck (the optimiser's curse),
+            // so a gain that may be noise does not draw the choice away from the safe model.
+            // Predictions at or below the safe model's count as they are. With no caution (or no
+            // safe model allowed) this is plain utility.
+            let safe_quality = (0..candidates.len())
+                .find(|&i| eligible(i) && candidates[i].model == input.fallback_model)
+                .and_then(|i| candidates[i].predicted_quality);
+            let utility = |c: &Candidate, cautious: bool| {
+                let cost = c.session_cost_usd.unwrap_or(c.expected_cost_usd);
+                c.predicted_quality.map_or(f64::NEG_INFINITY, |q| {
+                    let q = match safe_quality {
+                        Some(s) if cautious && q > s => s.max(q - input.caution * c.quality_se.unwrap_or(0.0)),
+                        _ => q,
+                    };
+                    q * usd - cost
+                })
             };
-            let i = best(&utility)?;
-            return Some((i, false, Why::Utility { usd, utility: utility(&candidates[i]) }));
+            let i = best(&|c| utility(c, true))?;
+            let plain = best(&|c| utility(c, false))?;
+            let kept_safe = candidates[i].model == input.fallback_model && plain != i;
+            return Some((i, false, Why::Utility { usd, utility: utility(&candidates[i], false), kept_safe }));
         }
     } else if let Some(i) = (0..candidates.len()).find(|&i| eligible(i) && candidates[i].clears_bar) {
         return Some((i, false, Why::Clears { bar, caution: input.caution }));
@@ -330,7 +351,7 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
 #[derive(Debug, Clone, Copy)]
 enum Why<'a> {
     Fallback { why: &'a str, excluded: bool },
-    Utility { usd: f64, utility: f64 },
+    Utility { usd: f64, utility: f64, kept_safe: bool },
     Clears { bar: f64, caution: f64 },
     NoneClears { objective: Objective, bar: f64, caution: f64 },
 }
@@ -344,8 +365,13 @@ impl Why<'_> {
             Why::Fallback { why, excluded: true } => {
                 format!("fallback: {why}; the safe model {fallback_model} is excluded, so the strongest allowed tier")
             }
-            Why::Utility { usd, utility } => format!(
+            Why::Utility { usd, utility, kept_safe: false } => format!(
                 "highest utility at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${utility:.6})",
+                c.expected_cost_usd
+            ),
+            Why::Utility { usd, utility, kept_safe: true } => format!(
+                "the safe model at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${utility:.6}); \
+                 no other model's higher utility survives its quality's uncertainty",
                 c.expected_cost_usd
             ),
             Why::Clears { bar, caution } if caution > 0.0 => format!(
@@ -524,6 +550,42 @@ mod tests {
         // The bar: the cheapest that clears it; none does at 0.95, so the best.
         assert_eq!(pick(Objective::QualityBar(0.7)).0, "b");
         assert_eq!(pick(Objective::QualityBar(0.95)).0, "c");
+    }
+
+    #[test]
+    fn under_a_utility_the_safe_model_gives_way_only_to_a_sure_gain() {
+        // The safe model is b (0.80 ± 0.01). c is predicted better (0.88) but loosely (± 0.10):
+        // at $10 per point plain utility takes c; with caution 1 the gain c is credited with stops
+        // at its lower bound (0.78, so none), b stays, and the reason says why.
+        let mut p = predictions();
+        p.per_model.get_mut("b").unwrap().quality_se = Some(0.01);
+        p.per_model.get_mut("c").unwrap().quality = 0.88;
+        p.per_model.get_mut("c").unwrap().quality_se = Some(0.10);
+        let t = prices();
+        let at = |p: &Predictions, usd: f64, caution: f64| {
+            let input = ChoiceInput {
+                predictions: p,
+                prices: &t,
+                input_tokens: 0,
+                unfamiliar: None,
+                objective: Objective::UsdPerQuality(usd),
+                caution,
+                fallback_model: "b",
+                default_output_tokens: 500,
+                cache: None,
+            };
+            let c = choose(input, &Constraints::default());
+            (c.candidates[c.chosen.unwrap()].model.clone(), c.reason)
+        };
+        assert_eq!(at(&p, 10.0, 0.0).0, "c");
+        let (m, reason) = at(&p, 10.0, 1.0);
+        assert_eq!(m, "b");
+        assert!(reason.contains("safe model") && reason.contains("uncertainty"), "{reason}");
+        // Predictions below the safe model's count as they are: where cost decides, the cheaper a.
+        assert_eq!(at(&p, 0.01, 1.0).0, "a");
+        // A gain surer than its uncertainty is taken.
+        p.per_model.get_mut("c").unwrap().quality_se = Some(0.01);
+        assert_eq!(at(&p, 10.0, 1.0).0, "c");
     }
 
     #[test]

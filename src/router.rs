@@ -157,7 +157,8 @@ pub struct Settings {
     /// does where that direction dominates the vectors: see [`familiar`](crate::familiar)).
     pub unfamiliar_centred: bool,
     /// How many standard errors a model's predicted quality must clear the bar by (0: the
-    /// point prediction alone): the one set with [`RouterBuilder::caution`], else the one derived
+    /// point prediction alone; under the utility objective, by how many a gain over the safe
+    /// model is discounted): the one set with [`RouterBuilder::caution`], else the one derived
     /// from the hand-labelled exemplars in force, else [`DEFAULT_CAUTION`].
     pub caution: f64,
     /// Whether `caution` was derived from the exemplars (see [`RouterBuilder::caution`]).
@@ -1138,7 +1139,9 @@ impl RouterBuilder {
     /// far-apart or disagreeing neighbours give a wide one; see
     /// [`Candidate::quality_se`](crate::decision::Candidate::quality_se)), so an unsure
     /// prediction escalates to a stronger model instead of gambling on a cheap one. 0 uses the
-    /// point prediction alone. The utility objective is not affected (it weighs expected values).
+    /// point prediction alone. Under the utility objective the same caution discounts a model's
+    /// predicted gain over the safe model (see
+    /// [`Objective::UsdPerQuality`](crate::policy::Objective::UsdPerQuality)).
     ///
     /// ```no_run
     /// let router = semroute::Router::builder().caution(2.0).build()?;

@@ -400,7 +400,8 @@ fn routing_is_assess_then_decide_under_any_objective() {
     let bar = Constraints::default().quality_bar(0.9);
     assert_eq!(a.decide(&bar).unwrap(), r.route_with(prompt, &bar).unwrap());
     // The utility objective: nothing is worth paying for at $0, so the cheapest model; a high
-    // price of quality buys the highest predicted quality.
+    // price of quality buys the highest predicted quality, unless that model's gain over the
+    // safe model is within its uncertainty: then the safe model, saying so.
     let free = a.decide(&Constraints::default().usd_per_quality(0.0)).unwrap();
     let cheapest = free.candidates.iter().find(|c| c.excluded.is_none()).unwrap();
     assert_eq!(free.model, cheapest.model);
@@ -408,7 +409,16 @@ fn routing_is_assess_then_decide_under_any_objective() {
     assert!(free.reason.contains("utility"), "{}", free.reason);
     let dear = a.decide(&Constraints::default().usd_per_quality(1e6)).unwrap();
     let best = dear.candidates.iter().filter_map(|c| c.predicted_quality).fold(f64::MIN, f64::max);
-    assert!((dear.predicted_quality - best).abs() < 1e-12);
+    let safe = r.settings().fallback_model;
+    if dear.model == safe && (dear.predicted_quality - best).abs() > 1e-12 {
+        assert!(dear.reason.contains("survives its quality's uncertainty"), "{}", dear.reason);
+        let top = dear.candidates.iter().find(|c| c.predicted_quality == Some(best)).unwrap();
+        let safe_q = dear.predicted_quality;
+        let caution = r.settings().caution;
+        assert!(best - caution * top.quality_se.unwrap() <= safe_q + 1e-9, "{} ± {:?} against {safe_q}", best, top.quality_se);
+    } else {
+        assert!((dear.predicted_quality - best).abs() < 1e-12);
+    }
     assert_eq!(serde_json::to_value(&dear).unwrap()["objective"], serde_json::json!({"usd_per_quality": 1e6}));
     // Both objectives at once are refused with a reason.
     let both = Constraints::default().quality_bar(0.5).usd_per_quality(1.0);
