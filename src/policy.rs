@@ -332,8 +332,8 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
                 })
             };
             let i = best(&|c| utility(c, true))?;
-            let plain = best(&|c| utility(c, false))?;
-            let kept_safe = candidates[i].model == input.fallback_model && plain != i;
+            // Whether plain utility would have left the safe model (asked only when it is kept).
+            let kept_safe = candidates[i].model == input.fallback_model && best(&|c| utility(c, false)) != Some(i);
             return Some((i, false, Why::Utility { usd, utility: utility(&candidates[i], false), kept_safe }));
         }
     } else if let Some(i) = (0..candidates.len()).find(|&i| eligible(i) && candidates[i].clears_bar) {
