@@ -1566,8 +1566,14 @@ fn caution_for(
     (step(high), true)
 }
 
-/// The predictor in force for these exemplars, the model it fits and the caution in force with it
+/// The predictor in force for these exemplars, the model it fits, if any (only over the
+/// in-process index, which holds every exemplar's vector), and the caution in force with it
 /// ([`caution_for`]: derived from the model where it can be, so the two are fitted together).
+/// With [`Predictor::Auto`] and a set of measured exemplars only (50 to 2,000), cross-validation
+/// on the exemplars chooses among blend, neighbours, kernel ridge and low rank ([`select`]); once
+/// chosen (`selected`), the choice is kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
+/// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
+/// exemplar or a piece of feedback, already kept, stop the router from starting.
 fn quality_model(
     search: &Search,
     exemplars: &ExemplarSet,
@@ -1578,71 +1584,55 @@ fn quality_model(
     configured_caution: Option<f64>,
     fallback_model: &str,
 ) -> (Predictor, Option<Predictor>, Option<Arc<Fitted>>, (f64, bool)) {
-    let (predictor, selected, quality) = fitted_predictor(search, exemplars, prices, settings, selected, embedder);
-    let caution = caution_for(configured_caution, exemplars, predictor, quality.as_deref(), prices, settings, fallback_model);
-    (predictor, selected, quality, caution)
-}
-
-/// The predictor in force for these exemplars and the model it fits, if any (only over the
-/// in-process index, which holds every exemplar's vector). With [`Predictor::Auto`] and a set of
-/// measured exemplars only (50 to 2,000), cross-validation on the exemplars chooses among blend,
-/// neighbours, kernel ridge and low rank ([`select`]); once chosen (`selected`), the choice is
-/// kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
-/// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
-/// exemplar or a piece of feedback, already kept, stop the router from starting.
-fn fitted_predictor(
-    search: &Search,
-    exemplars: &ExemplarSet,
-    prices: &PriceTable,
-    settings: &Settings,
-    selected: Option<Predictor>,
-    embedder: &dyn Embedder,
-) -> (Predictor, Option<Predictor>, Option<Arc<Fitted>>) {
-    let Search::Local(index) = search else {
-        return (settings.predictor, selected, None);
-    };
-    let n = exemplars.len();
-    let in_range = (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&n);
-    let mut selected = selected;
-    let predictor = match (settings.predictor, selected) {
-        (Predictor::Auto, Some(p)) => p,
-        (Predictor::Auto, None) if in_range && exemplars.iter().all(|e| matches!(e.grade, Grade::Measured { .. })) => {
-            let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
-            let candidates = select::Candidates {
-                k: settings.k,
-                temperature: settings.temperature,
-                prior: prior_of(exemplars, prices, settings.prior_strength),
-                ridge: RidgeSettings::for_embedder(embedder),
-                low_rank: LowRankSettings::for_router(),
-            };
-            match select::cross_validate(exemplars, &vectors, prices, &candidates, 5) {
-                Ok(scores) => {
-                    let best = scores.best().0;
-                    tracing::info!("Predictor::Auto chose {} by cross-validation: {:?}", best.describe(true), scores.scores);
-                    selected = Some(best);
-                    best
-                }
-                Err(e) => {
-                    tracing::warn!("Predictor::Auto could not cross-validate, so it blends: {e}");
-                    Predictor::Blend(RidgeSettings::for_embedder(embedder))
+    let (predictor, selected, quality) = 'fit: {
+        let Search::Local(index) = search else {
+            break 'fit (settings.predictor, selected, None);
+        };
+        let n = exemplars.len();
+        let in_range = (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&n);
+        let mut selected = selected;
+        let predictor = match (settings.predictor, selected) {
+            (Predictor::Auto, Some(p)) => p,
+            (Predictor::Auto, None) if in_range && exemplars.iter().all(|e| matches!(e.grade, Grade::Measured { .. })) => {
+                let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+                let candidates = select::Candidates {
+                    k: settings.k,
+                    temperature: settings.temperature,
+                    prior: prior_of(exemplars, prices, settings.prior_strength),
+                    ridge: RidgeSettings::for_embedder(embedder),
+                    low_rank: LowRankSettings::for_router(),
+                };
+                match select::cross_validate(exemplars, &vectors, prices, &candidates, 5) {
+                    Ok(scores) => {
+                        let best = scores.best().0;
+                        tracing::info!("Predictor::Auto chose {} by cross-validation: {:?}", best.describe(true), scores.scores);
+                        selected = Some(best);
+                        best
+                    }
+                    Err(e) => {
+                        tracing::warn!("Predictor::Auto could not cross-validate, so it blends: {e}");
+                        Predictor::Blend(RidgeSettings::for_embedder(embedder))
+                    }
                 }
             }
+            (Predictor::Auto, None) if in_range => Predictor::KernelRidge(RidgeSettings::for_embedder(embedder)),
+            (Predictor::Auto, None) => Predictor::Neighbours,
+            (explicit, _) => explicit,
+        };
+        if matches!(predictor, Predictor::Neighbours | Predictor::Auto) {
+            break 'fit (predictor, selected, None);
         }
-        (Predictor::Auto, None) if in_range => Predictor::KernelRidge(RidgeSettings::for_embedder(embedder)),
-        (Predictor::Auto, None) => Predictor::Neighbours,
-        (explicit, _) => explicit,
+        let vectors = index.vectors().map(<[f32]>::to_vec).collect();
+        match predictor.fit(exemplars, vectors, prices, embedder) {
+            Ok(model) => (predictor, selected, model.map(Arc::new)),
+            Err(e) => {
+                tracing::warn!("the neighbours alone predict quality: {e}");
+                (predictor, selected, None)
+            }
+        }
     };
-    if matches!(predictor, Predictor::Neighbours | Predictor::Auto) {
-        return (predictor, selected, None);
-    }
-    let vectors = index.vectors().map(<[f32]>::to_vec).collect();
-    match predictor.fit(exemplars, vectors, prices, embedder) {
-        Ok(model) => (predictor, selected, model.map(Arc::new)),
-        Err(e) => {
-            tracing::warn!("the neighbours alone predict quality: {e}");
-            (predictor, selected, None)
-        }
-    }
+    let caution = caution_for(configured_caution, exemplars, predictor, quality.as_deref(), prices, settings, fallback_model);
+    (predictor, selected, quality, caution)
 }
 
 /// Writes to a shared store those of `items` it lacks (embedding only them). One it holds under

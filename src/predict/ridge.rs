@@ -299,7 +299,7 @@ impl QualityModel {
                     Target::Fitted { platt, noise, loo, .. } => {
                         let q = sigmoid(platt.0 * loo[p] + platt.1);
                         let variance = (1.0 / fit.inverse_diag[p] - lambda).max(0.0);
-                        (q, Some(q * (1.0 - q) * platt.0 * (noise / lambda * variance).sqrt()))
+                        (q, Some(quality_error(q, platt.0, noise / lambda * variance)))
                     }
                 };
                 (out.0.is_finite()).then(|| (m.clone(), (out.0.clamp(0.0, 1.0), out.1.filter(|e| e.is_finite()))))
@@ -332,7 +332,7 @@ impl QualityModel {
                         Target::Fitted { intercept, dual, platt, noise, .. } => {
                             let s = intercept + centred.iter().zip(dual).map(|(a, b)| a * b).sum::<f64>();
                             let q = sigmoid(platt.0 * s + platt.1);
-                            let se = variance.map(|v| q * (1.0 - q) * platt.0 * (noise / self.settings.lambda * v).sqrt());
+                            let se = variance.map(|v| quality_error(q, platt.0, noise / self.settings.lambda * v));
                             (q, se)
                         }
                     })
@@ -471,6 +471,12 @@ fn forward_substitute<'a>(x: &mut [f64], from: usize, column: impl Fn(usize) -> 
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// The standard error of a quality `q = sigmoid(slope · s + b)` whose raw score `s` has this
+/// posterior variance (the delta method through the Platt scaling).
+fn quality_error(q: f64, slope: f64, score_variance: f64) -> f64 {
+    q * (1.0 - q) * slope * score_variance.sqrt()
 }
 
 /// Platt scaling: `(a, b)` minimising the cross-entropy of `sigmoid(a·s + b)` against the
