@@ -69,8 +69,8 @@ pub struct RouterConfig {
     pub unfamiliar_share: Option<f64>,
     /// The safe model used when nothing similar is known.
     pub fallback_model: Option<String>,
-    /// How quality is predicted: `auto`, `blend`, `kernel-ridge`, `neighbours`, `low-rank` or
-    /// `ensemble`.
+    /// How quality is predicted: `auto`, `blend`, `kernel-ridge`, `neighbours`, `low-rank`,
+    /// `ensemble` or `features`.
     pub predictor: Option<PredictorName>,
     /// The durable learning log (feedback is synced there and replayed at start).
     pub learn_log: Option<PathBuf>,
@@ -105,6 +105,8 @@ pub enum PredictorName {
     LowRank,
     /// [`Predictor::Ensemble`].
     Ensemble,
+    /// [`Predictor::Features`].
+    Features,
 }
 
 impl PredictorName {
@@ -127,6 +129,7 @@ impl PredictorName {
             PredictorName::Neighbours => Predictor::Neighbours,
             PredictorName::LowRank => Predictor::LowRank(low_rank),
             PredictorName::Ensemble => Predictor::Ensemble(ridge, low_rank),
+            PredictorName::Features => Predictor::Features(crate::predict::FeatureSettings::default()),
         }
     }
 
@@ -139,6 +142,7 @@ impl PredictorName {
             PredictorName::Neighbours => "neighbours",
             PredictorName::LowRank => "low-rank",
             PredictorName::Ensemble => "ensemble",
+            PredictorName::Features => "features",
         }
     }
 }
@@ -153,7 +157,8 @@ impl std::str::FromStr for PredictorName {
             "neighbours" => Ok(PredictorName::Neighbours),
             "low-rank" => Ok(PredictorName::LowRank),
             "ensemble" => Ok(PredictorName::Ensemble),
-            _ => Err(format!("`{s}` is not a predictor (auto, blend, kernel-ridge, neighbours, low-rank, ensemble)")),
+            "features" => Ok(PredictorName::Features),
+            _ => Err(format!("`{s}` is not a predictor (auto, blend, kernel-ridge, neighbours, low-rank, ensemble, features)")),
         }
     }
 }

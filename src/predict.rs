@@ -41,10 +41,12 @@
 
 use std::collections::BTreeMap;
 
+pub mod features;
 pub mod lowrank;
 mod ridge;
 pub mod select;
 
+pub use features::{FeatureModel, FeatureSettings};
 pub use lowrank::{LowRankModel, LowRankSettings};
 
 pub use ridge::{
@@ -74,7 +76,7 @@ pub enum Predictor {
     /// While the router holds from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to
     /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the
     /// predictor that cross-validation on the exemplars finds most accurate ([`select`]: blend,
-    /// neighbours, kernel ridge or low rank, by Brier score; chosen once at build, 1.15 s at
+    /// neighbours, kernel ridge, low rank, their ensemble or the feature model, by Brier score; chosen once at build, 1.15 s at
     /// 560 exemplars × 49 models); otherwise (hand labels) [`KernelRidge`](Predictor::KernelRidge)
     /// with [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
     /// and with a shared store.
@@ -101,6 +103,11 @@ pub enum Predictor {
     /// one; cross-validation ([`select`]) keeps it only where it predicts better out of fold.
     /// Needs the in-process index.
     Ensemble(RidgeSettings, LowRankSettings),
+    /// A [`FeatureModel`] alone: per model, a logistic regression on the prompt's features
+    /// (length, script, code and maths cues, digits, difficulty words), ten numbers per model,
+    /// so it generalises from a few dozen measured exemplars where the embedding-based models
+    /// have too little to fit. It reads no topic.
+    Features(FeatureSettings),
 }
 
 impl Predictor {
@@ -111,7 +118,7 @@ impl Predictor {
             Predictor::Auto if (KERNEL_RIDGE_MIN_EXEMPLARS..=KERNEL_RIDGE_MAX_EXEMPLARS).contains(&exemplars) => {
                 Some(RidgeSettings::for_embedder(embedder))
             }
-            Predictor::Auto | Predictor::Neighbours | Predictor::LowRank(_) => None,
+            Predictor::Auto | Predictor::Neighbours | Predictor::LowRank(_) | Predictor::Features(_) => None,
             Predictor::KernelRidge(s) | Predictor::Blend(s) | Predictor::Ensemble(s, _) => Some(*s),
         }
     }
@@ -127,6 +134,9 @@ impl Predictor {
     ) -> Result<Option<Fitted>> {
         if let Predictor::LowRank(settings) = self {
             return Fitted::low_rank(exemplars, &vectors, prices, *settings).map(Some);
+        }
+        if let Predictor::Features(settings) = self {
+            return Ok(Some(Fitted::Features(FeatureModel::fit(exemplars, prices, *settings)?)));
         }
         if let Predictor::Ensemble(ridge, low_rank) = self {
             let low_rank = Fitted::low_rank(exemplars, &vectors, prices, *low_rank)?;
@@ -154,7 +164,7 @@ impl Predictor {
     /// ```
     pub fn combine(&self, neighbours: f64, model: f64) -> f64 {
         match self {
-            Predictor::KernelRidge(_) | Predictor::LowRank(_) => model,
+            Predictor::KernelRidge(_) | Predictor::LowRank(_) | Predictor::Features(_) => model,
             Predictor::Neighbours => neighbours,
             Predictor::Auto | Predictor::Blend(_) => 0.5 * (neighbours + model),
             Predictor::Ensemble(..) => (neighbours + 2.0 * model) / 3.0,
@@ -201,6 +211,7 @@ impl Predictor {
             (_, false) | (Predictor::Neighbours, _) => "neighbours",
             (Predictor::KernelRidge(_), true) => "kernel-ridge",
             (Predictor::LowRank(_), true) => "low-rank",
+            (Predictor::Features(_), true) => "features",
             (Predictor::Auto | Predictor::Blend(_), true) => "kernel-ridge+neighbours",
             (Predictor::Ensemble(..), true) => "kernel-ridge+low-rank+neighbours",
         }
@@ -222,6 +233,8 @@ pub enum Fitted {
     },
     /// Both, for [`Predictor::Ensemble`]: kernel ridge and a [`Fitted::LowRank`].
     Ensemble(Box<(QualityModel, Fitted)>),
+    /// The prompt-feature model, for [`Predictor::Features`].
+    Features(FeatureModel),
 }
 
 impl Fitted {
@@ -253,7 +266,7 @@ impl Fitted {
         match self {
             Fitted::Ridge(m) => Some(COPY_WIDTH * m.settings().bandwidth),
             Fitted::Ensemble(both) => Some(COPY_WIDTH * both.0.settings().bandwidth),
-            Fitted::LowRank { .. } => None,
+            Fitted::LowRank { .. } | Fitted::Features(_) => None,
         }
     }
 
@@ -271,6 +284,7 @@ impl Fitted {
         match self {
             Fitted::Ridge(m) => m.predict(prompt, vector),
             Fitted::LowRank { model, names } => names.iter().cloned().zip(model.predict(vector)).collect(),
+            Fitted::Features(model) => model.predict(prompt),
             // The mean of the two where both predict; either alone elsewhere.
             Fitted::Ensemble(both) => {
                 let mut out = both.0.predict(prompt, vector);

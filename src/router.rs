@@ -1261,6 +1261,11 @@ impl RouterBuilder {
         if let Predictor::LowRank(l) | Predictor::Ensemble(_, l) = &predictor {
             l.check().map_err(|e| Error::Config(format!("low-rank settings: {e}")))?;
         }
+        if let Predictor::Features(f) = &predictor {
+            if !(f.l2.is_finite() && f.l2 >= 0.0) {
+                return Err(Error::Config(format!("the feature model's l2 must be a non-negative number, got {}", f.l2)));
+            }
+        }
         if self.store.is_some() && !matches!(predictor, Predictor::Auto | Predictor::Neighbours) {
             return Err(Error::Config(
                 "the kernel-ridge and low-rank predictors need the in-process index; with a shared store use Predictor::Neighbours or Auto"
@@ -1570,7 +1575,7 @@ fn caution_for(
 /// in-process index, which holds every exemplar's vector), and the caution in force with it
 /// ([`caution_for`]: derived from the model where it can be, so the two are fitted together).
 /// With [`Predictor::Auto`] and a set of measured exemplars only (50 to 2,000), cross-validation
-/// on the exemplars chooses among blend, neighbours, kernel ridge and low rank ([`select`]); once
+/// on the exemplars chooses among blend, neighbours, kernel ridge, low rank, their ensemble and the feature model ([`select`]); once
 /// chosen (`selected`), the choice is kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
 /// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
 /// exemplar or a piece of feedback, already kept, stop the router from starting.

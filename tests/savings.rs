@@ -111,7 +111,7 @@ fn harness_routes_the_test_split_through_a_router_built_on_train() {
     assert_eq!(r.reference_model, "o1-preview-2024-09-12");
     assert_eq!(r.cheap_model, "gemma-2-2b-it");
     // Every candidate was scored out of fold, and the chosen one has the largest AIQ.
-    assert_eq!(r.candidates.len(), 9 * 2);
+    assert_eq!(r.candidates.len(), 10 * 2);
     assert!(r.candidates.iter().all(|c| c.oof_aiq <= r.chosen.oof_aiq + 1e-12));
     // One target per asked share, each with its test figures and the reference's.
     assert_eq!(r.targets.iter().map(|t| t.target).collect::<Vec<_>>(), vec![0.90, 0.95, 0.98]);
@@ -297,7 +297,7 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
         low_rank: LowRankSettings::for_router(),
     };
     let scores = select::cross_validate(&set, &vectors, &prices, &candidates, 5).unwrap();
-    assert_eq!(scores.scores.len(), 5);
+    assert_eq!(scores.scores.len(), 6);
     let d = router.route("aaaa a").unwrap();
     assert_eq!(d.quality_from, scores.best().0.describe(true), "{:?}", scores.scores);
     assert_eq!(d.model, "small", "{}", d.reason);
@@ -306,6 +306,49 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
     let knn =
         semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set).prices(prices).predictor(Predictor::Neighbours).no_cache();
     assert_eq!(knn.build().unwrap().route("aaaa a").unwrap().quality_from, "neighbours");
+}
+
+#[test]
+fn the_feature_model_reads_difficulty_the_embedding_does_not_show() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::predict::{FeatureSettings, Predictor};
+    // The small model answers short questions and fails long ones full of numbers; the test
+    // embedder's vectors (letter counts) do not tell the two kinds apart by topic.
+    let lines: Vec<String> = (0..60)
+        .map(|i| {
+            let (prompt, small) = if i % 2 == 0 {
+                (format!("name a colour please {i}"), 1)
+            } else {
+                (format!("a shop sells {i} pens at 3.25 each and 17 boxes of 12 at 41.50; after a 15% discount and 8% tax, what is paid?"), 0)
+            };
+            format!(
+                r#"{{"id":"f{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#
+            )
+        })
+        .collect();
+    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "f.jsonl").unwrap();
+    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let router = semroute::Router::builder()
+        .embedder(Arc::new(Letters))
+        .exemplars(set)
+        .prices(prices)
+        .predictor(Predictor::Features(FeatureSettings::default()))
+        .no_cache()
+        .build()
+        .unwrap();
+    let easy = router.route("name a fruit").unwrap();
+    assert_eq!((easy.model.as_str(), easy.quality_from.as_str()), ("small", "features"), "{}", easy.reason);
+    let hard =
+        router.route("a farm has 240 hens laying 0.8 eggs a day; 35% are sold at 2.40 a dozen over 30 days, 12 break; how much?").unwrap();
+    assert_eq!(hard.model, "big", "{}", hard.reason);
+    // A penalty that is not a number is refused at build, naming the setting.
+    let bad = semroute::Router::builder()
+        .embedder(Arc::new(Letters))
+        .predictor(Predictor::Features(FeatureSettings::with_l2(f64::NAN)))
+        .no_cache()
+        .build()
+        .unwrap_err();
+    assert!(bad.to_string().contains("l2"), "{bad}");
 }
 
 #[test]

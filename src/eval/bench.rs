@@ -24,7 +24,7 @@ use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::ExemplarSet;
 use crate::policy::Constraints;
-use crate::predict::{LowRankSettings, Predictor, RidgeSettings};
+use crate::predict::{FeatureSettings, LowRankSettings, Predictor, RidgeSettings};
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::router::{Assessment, Router};
 
@@ -54,9 +54,10 @@ impl RouterConfig {
     /// model's mean alone (neighbours outweighed by the prior: no per-prompt routing, the
     /// candidate that wins where nothing about a prompt predicts its outcome), the nearest
     /// neighbours (k 8, sharp weights), smoothed neighbours (k 32 and 128, flat weights, shrunk
-    /// towards each model's mean), the kernel-ridge model alone, its blend with the neighbours, and
-    /// the low-rank model (l2 1e-4), and the ensemble of the last three with the neighbours
-    /// ([`Predictor::Ensemble`]).
+    /// towards each model's mean), the kernel-ridge model alone, its blend with the neighbours,
+    /// the low-rank model (l2 1e-4), the ensemble of the last three with the neighbours
+    /// ([`Predictor::Ensemble`]), and the feature model ([`Predictor::Features`]: few parameters,
+    /// for small train splits).
     pub fn defaults(embedder: &dyn Embedder) -> Vec<RouterConfig> {
         let ridge = RidgeSettings::for_embedder(embedder);
         let c = |name: &str, predictor, k, temperature, prior_strength| RouterConfig {
@@ -77,6 +78,7 @@ impl RouterConfig {
             c("blend", Predictor::Blend(ridge), 8, 0.05, 0.0),
             c("low-rank", Predictor::LowRank(LowRankSettings::for_router()), 8, 0.05, 0.0),
             c("ensemble", Predictor::Ensemble(ridge, LowRankSettings::for_router()), 8, 0.05, 0.0),
+            c("features", Predictor::Features(FeatureSettings::default()), 8, 0.05, 0.0),
         ]
     }
 

@@ -5,7 +5,7 @@
 //! predicts every model's quality on the exemplars of the remaining fold, which it has not seen.
 //! The candidate whose out-of-fold predictions are closest to the measured qualities (Brier
 //! score: the mean squared difference over every measured exemplar × model pair) wins; on a tie
-//! the earlier of blend, neighbours, kernel ridge, low rank, ensemble. Nothing but the exemplars is read,
+//! the earlier of blend, neighbours, kernel ridge, low rank, ensemble, features. Nothing but the exemplars is read,
 //! so a benchmark that builds a router on its train split chooses on the train split alone.
 //!
 //! ```
@@ -25,7 +25,7 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
-use super::{predict_from, Fitted, LowRankSettings, Predictor, Prior, QualityModel, RidgeSettings};
+use super::{predict_from, FeatureModel, FeatureSettings, Fitted, LowRankSettings, Predictor, Prior, QualityModel, RidgeSettings};
 use crate::error::{Error, Result};
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::index::{ExactIndex, NeighbourIndex};
@@ -61,7 +61,7 @@ impl Scores {
     }
 }
 
-/// Cross-validates blend, neighbours, kernel ridge, low rank and their ensemble on `exemplars` (every one
+/// Cross-validates blend, neighbours, kernel ridge, low rank, their ensemble and the feature model on `exemplars` (every one
 /// measured) with their unit `vectors`, over `folds` folds (position modulo `folds`).
 pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &PriceTable, c: &Candidates, folds: usize) -> Result<Scores> {
     let n = exemplars.len();
@@ -75,9 +75,10 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
         Predictor::KernelRidge(c.ridge),
         Predictor::LowRank(c.low_rank),
         Predictor::Ensemble(c.ridge, c.low_rank),
+        Predictor::Features(FeatureSettings::default()),
     ];
     // (sum of squared errors, pairs) per candidate.
-    let mut acc = [(0.0f64, 0usize); 5];
+    let mut acc = [(0.0f64, 0usize); 6];
     for fold in 0..folds {
         let (inside, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % folds != fold);
         let part = ExemplarSet::from_exemplars(inside.iter().map(|&i| exemplars.get(i).clone()).collect())?;
@@ -90,6 +91,7 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
         let fitted_low = Fitted::low_rank(&part, &part_vectors, prices, c.low_rank).ok();
         let fitted_both = ridge_model.clone().zip(fitted_low.clone()).map(|b| Fitted::Ensemble(Box::new(b)));
         let fitted_ridge = ridge_model.map(Fitted::Ridge);
+        let fitted_features = FeatureModel::fit(&part, prices, FeatureSettings::default()).ok().map(Fitted::Features);
         for &i in &held {
             let ex = exemplars.get(i);
             let Grade::Measured { results } = &ex.grade else {
@@ -103,6 +105,7 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
                 let model = match p {
                     Predictor::LowRank(_) => fitted_low.as_ref(),
                     Predictor::Ensemble(..) => fitted_both.as_ref(),
+                    Predictor::Features(_) => fitted_features.as_ref(),
                     Predictor::Neighbours => None,
                     _ => fitted_ridge.as_ref(),
                 };

@@ -33,8 +33,8 @@ pub struct Args {
     fallback: FallbackArgs,
     #[arg(long, default_value_t = 0.7)]
     quality_bar: f64,
-    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours`, `low-rank` or
-    /// `ensemble`.
+    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours`, `low-rank`,
+    /// `ensemble` or `features`.
     #[arg(long, default_value = "auto")]
     predictor: PredictorName,
     /// Kernel ridge: ridge penalty (default: the embedder's, `RidgeSettings::for_embedder`).

@@ -40,8 +40,8 @@ pub struct Args {
     prior_strength: f64,
     #[command(flatten)]
     fallback: FallbackArgs,
-    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours`, `low-rank` or
-    /// `ensemble`.
+    /// `auto` (the router's default), `blend`, `kernel-ridge`, `neighbours`, `low-rank`,
+    /// `ensemble` or `features`.
     #[arg(long, default_value = "auto")]
     predictor: PredictorName,
     /// Kernel ridge: kernel width in units of 1 - cosine (default: the embedder's).

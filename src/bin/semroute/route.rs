@@ -57,8 +57,9 @@ pub struct Args {
     /// How quality is predicted: `auto` (default: on hand labels a kernel-ridge model over every
     /// exemplar, updated by near-copies of the prompt; on measured exemplars whichever predictor
     /// cross-validates best), `kernel-ridge` (the same at any size), `blend` (its mean with the
-    /// neighbours), `neighbours`, `low-rank` or `ensemble` (the neighbours, kernel ridge and low
-    /// rank, a third each).
+    /// neighbours), `neighbours`, `low-rank`, `ensemble` (the neighbours, kernel ridge and low
+    /// rank, a third each) or `features` (per model, a logistic regression on the prompt's
+    /// features: length, digits, code and maths cues).
     #[arg(long, value_name = "P")]
     predictor: Option<PredictorName>,
     /// A settings file (`semroute.toml`, its `[router]` table); the flags above override it.
