@@ -110,9 +110,13 @@ fn harness_routes_the_test_split_through_a_router_built_on_train() {
     // The reference is the best model on the train split.
     assert_eq!(r.reference_model, "o1-preview-2024-09-12");
     assert_eq!(r.cheap_model, "gemma-2-2b-it");
-    // Every candidate was scored out of fold, and the chosen one has the largest AIQ.
+    // Every candidate was scored out of fold. The chosen one has the lowest frontier Brier score
+    // of those whose AIQ is near the largest (within a bootstrap standard error: checked in
+    // bench.rs's unit test).
     assert_eq!(r.candidates.len(), 10 * 2);
-    assert!(r.candidates.iter().all(|c| c.oof_aiq <= r.chosen.oof_aiq + 1e-12));
+    let best_aiq = r.candidates.iter().map(|c| c.oof_aiq).fold(f64::NEG_INFINITY, f64::max);
+    assert!(r.chosen.oof_aiq > best_aiq - 0.05, "{} against {best_aiq}", r.chosen.oof_aiq);
+    assert!(r.candidates.iter().all(|c| c.oof_frontier_brier > 0.0 && c.oof_brier > 0.0));
     // One target per asked share, each with its test figures and the reference's.
     assert_eq!(r.targets.iter().map(|t| t.target).collect::<Vec<_>>(), vec![0.90, 0.95, 0.98]);
     for t in &r.targets {

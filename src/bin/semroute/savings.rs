@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use semroute::embed::{Embedder, Memo};
-use semroute::eval::{BenchSettings, Dataset, Report};
+use semroute::eval::{BenchSettings, Dataset, Report, RouterConfig};
 use semroute::PriceTable;
 
 #[derive(clap::Args)]
@@ -53,6 +53,10 @@ pub struct Args {
     /// Installed embedding model.
     #[arg(long, default_value = semroute::embed::DEFAULT_MODEL)]
     embedding_model: String,
+    /// Cross-fit only these candidate configurations (comma-separated names, as the report lists
+    /// them: default, model-means, knn-8, ..., features); default: all of them.
+    #[arg(long, value_delimiter = ',')]
+    configs: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -61,6 +65,20 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let model: Arc<dyn Embedder> = semroute::embed::load_installed(&args.embedding_model)?;
     // One memory of vectors across seeds: each prompt is embedded once.
     let memo: Arc<dyn Embedder> = Arc::new(Memo::new(model));
+    let configs = if args.configs.is_empty() {
+        None
+    } else {
+        let all = RouterConfig::defaults(memo.as_ref());
+        let mut chosen = Vec::new();
+        for name in &args.configs {
+            let Some(c) = all.iter().find(|c| &c.name == name) else {
+                let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!("--configs: no candidate configuration named {name:?} (there are: {})", names.join(", ")).into());
+            };
+            chosen.push(c.clone());
+        }
+        Some(chosen)
+    };
     let mut reports = Vec::new();
     for s in 0..args.seeds {
         let seed = if s == 0 { args.seed } else { s };
@@ -70,6 +88,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             folds: args.folds,
             assume_output_tokens: args.assume_output_tokens,
             targets_from_every_candidate: args.targets_from_every_candidate,
+            configs: configs.clone(),
             ..BenchSettings::default()
         };
         let report = semroute::eval::run(&data, &prices, memo.clone(), &settings)?;
