@@ -99,8 +99,9 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
   teacher="${model_name%-int8}"
   bash "$here/model.sh" "$teacher" || fail "the teacher model $teacher could not be installed"
   usage=$(grep -E '^(prefix|min_similarity)=' "$home/models/$teacher/READY" || true)
-  # recipe=3: the word embeddings quantised too, a scale per token (an older copy is made again).
-  if [ -z "$force" ] && grep -qx 'recipe=3' "$dest/READY" 2>/dev/null && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+  # recipe=3: the word embeddings quantised too, a scale per token; recipe=4: each layer's
+  # attention fused into one QAttention (an older copy is made again).
+  if [ -z "$force" ] && grep -qx 'recipe=4' "$dest/READY" 2>/dev/null && (cd "$dest" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
     sync_usage "$dest" "$usage"
     say "model ready in $dest"
     exit 0
@@ -109,7 +110,7 @@ if [ "${model_name%-int8}" != "$model_name" ]; then
   derive quantize_int8.py quantisation model.onnx tokenizer.json config.json special_tokens_map.json tokenizer_config.json
   {
     grep -E '^model=' "$home/models/$teacher/READY" || true
-    printf 'source=%s, weight matrices and word embeddings quantised to int8 (quantize_int8.py)\nrecipe=3\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
+    printf 'source=%s, weight matrices and word embeddings quantised to int8, attention fused (quantize_int8.py)\nrecipe=4\nonnxruntime=%s\nmodel.onnx.bytes=%s\n' \
       "$teacher" "$ort_version" "$(wc -c < "$tmp/model.onnx" | tr -d ' ')"
     if [ -n "$usage" ]; then printf '%s\n' "$usage"; fi
   } > "$tmp/READY"

@@ -11,6 +11,15 @@ too, one scale per token (quantize_word_embeddings): multilingual-e5-small's 250
 is most of its weights, and in float32 it made loading take 3.4 s and 1.4 GB of memory. The attention products
 (activation x activation), position embeddings, layer norms and GELU stay float32.
 
+Before quantising, each layer's self-attention is fused into one com.microsoft Attention node
+(fuse_attention: ONNX Runtime's own BERT fusion, after _prepare rewrites the mask and the score
+scaling into the form it recognises, with the same values), which quantize_dynamic turns into
+QAttention: the Q, K and V projections int8 in one matrix, the heads' reshapes and transposes
+gone. The session runs 134 nodes instead of 305 for multilingual-e5-small, and the vectors are
+those of the unfused int8 graph (cosine 1.000000 over 80 English and Chinese sentences); its
+forward pass takes about 10% less time (measured in Python, one and two threads). Residual
+adds, layer norms and GELU (as BiasGelu, exact erf) stay unfused otherwise.
+
 Why per channel: one scale per whole matrix (per tensor), tried first, left the vectors at a
 median cosine of 0.93 to the float32 ones (minimum 0.74) on the built-in exemplars, which changes
 routing; one scale per column keeps them at 0.99 and the forward pass about twice as fast on a
@@ -19,7 +28,7 @@ routing; one scale per column keeps them at 0.99 and the forward pass about twic
 Then it checks the copy against the float32 graph on fixed English and Chinese sentences
 (tokenised by a plain vocabulary lookup, enough to feed real token ids) and fails when any mean-
 pooled vector's cosine to the float32 one is below 0.95. Writes OUT_DIR/model.onnx and copies the
-tokenizer files. Needs numpy, onnx and onnxruntime only.
+tokenizer files. Needs numpy, onnx and onnxruntime only (the fusion is onnxruntime.transformers).
 """
 
 import json
@@ -98,17 +107,88 @@ def quantize_word_embeddings(model):
         model.graph.node.insert(at + k, node)
 
 
+def _prepare(model, head_dim):
+    """export_onnx.py's graph, rewritten (same values) into the shape ORT's BERT attention fusion
+    (onnxruntime.transformers.fusion_attention) recognises:
+    - the additive mask Unsqueeze(Mul(Sub(1, Cast(mask)), min), [1, 2]) becomes
+      Mul(Sub(1, Cast(Unsqueeze(Unsqueeze(mask, 1), 2))), min);
+    - the score scaling Mul(QK^T, 1/sqrt(d)) becomes Div(QK^T, sqrt(d)): the fusion looks for the
+      mask as the first Mul feeding the mask Add, which otherwise finds the scaling Mul. The fused
+      Attention applies 1/sqrt(d) itself."""
+    g = model.graph
+    for k, node in enumerate(g.node):
+        if not node.name:
+            node.name = f"node_{k}"
+    by_out = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    uns = [n for n in g.node if n.op_type == "Unsqueeze" and n.input[0] in by_out and by_out[n.input[0]].op_type == "Mul"]
+    if len(uns) != 1:
+        raise SystemExit(f"expected one Unsqueeze of the additive attention mask, found {len(uns)}")
+    un = uns[0]
+    mul = by_out[un.input[0]]
+    sub = by_out.get(mul.input[0])
+    cast = by_out.get(sub.input[1]) if sub is not None else None
+    if sub is None or sub.op_type != "Sub" or cast is None or cast.op_type != "Cast":
+        raise SystemExit("the attention mask is not Mul(Sub(1, Cast(mask)), min)")
+    g.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "mask_axis_1"),
+                          numpy_helper.from_array(np.array([2], np.int64), "mask_axis_2")])
+    at = list(g.node).index(cast)
+    g.node.insert(at, helper.make_node("Unsqueeze", ["mask_rows", "mask_axis_2"], ["mask_4d"], name="mask_unsqueeze_2"))
+    g.node.insert(at, helper.make_node("Unsqueeze", [cast.input[0], "mask_axis_1"], ["mask_rows"], name="mask_unsqueeze_1"))
+    cast.input[0] = "mask_4d"
+    mul.output[0] = un.output[0]
+    g.node.remove(un)
+    g.initializer.append(numpy_helper.from_array(np.array(np.sqrt(head_dim), np.float32), "sqrt_head_dim"))
+    scaled = 0
+    for n in g.node:
+        if (n.op_type == "Mul" and n.input[1] in inits and n.input[0] in by_out
+                and by_out[n.input[0]].op_type == "MatMul" and numpy_helper.to_array(inits[n.input[1]]).size == 1
+                and np.isclose(float(numpy_helper.to_array(inits[n.input[1]])), 1.0 / np.sqrt(head_dim))):
+            n.op_type, n.input[1] = "Div", "sqrt_head_dim"
+            scaled += 1
+    return scaled
+
+
+def fuse_attention(model, num_heads, hidden):
+    """The float32 graph with each layer's self-attention as one com.microsoft Attention (and each
+    GELU with its bias as BiasGelu). Residual Add + LayerNormalization are left unfused (the
+    embedder disables SkipLayerNormFusion; see embed.rs)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    layers = _prepare(model, hidden // num_heads)
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    options.enable_embed_layer_norm = False  # the word-embedding table is quantised separately
+    options.enable_gelu_approximation = False  # keep exact (erf) GELU
+    options.use_raw_attention_mask(True)  # 2-D int32 mask: right for any padding side
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # "producer not matched"
+    fused = optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden,
+                           optimization_options=options, opt_level=0, use_gpu=False).model
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    count = sum(n.op_type == "Attention" for n in fused.graph.node)
+    if count != layers:
+        raise SystemExit(f"attention fusion matched {count} of {layers} layers")
+    return fused
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     teacher, out = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
+    with open(os.path.join(teacher, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
     src = onnx.load(os.path.join(teacher, "model.onnx"))
+    # Each layer's self-attention as one Attention node (quantised below to QAttention).
+    src = fuse_attention(src, cfg["num_attention_heads"], cfg["hidden_size"])
     weights = {i.name for i in src.graph.initializer}
     for k, node in enumerate(src.graph.node):
         if not node.name:
             node.name = f"node_{k}"
-    chosen = [n.name for n in src.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    chosen = [n.name for n in src.graph.node
+              if (n.op_type == "MatMul" and n.input[1] in weights) or n.op_type == "Attention"]
     if not chosen:
         sys.exit("no weight MatMul found in the teacher's graph")
     quantize_word_embeddings(src)
@@ -118,11 +198,15 @@ def main():
     named = os.path.join(out, "named.onnx")
     onnx.save(src, named)
     quantize_dynamic(named, os.path.join(out, "model.onnx"), nodes_to_quantize=chosen, per_channel=True,
-                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+                     weight_type=QuantType.QInt8,
+                     # shape inference stops at com.microsoft ops; every tensor here is float32
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT})
+    if any(n.op_type == "Attention" for n in onnx.load(os.path.join(out, "model.onnx")).graph.node):
+        sys.exit("quantize_dynamic left an Attention node in float32")
     os.remove(named)
     for f in TOKENIZER_FILES:
         shutil.copyfile(os.path.join(teacher, f), os.path.join(out, f))
-    print(f"quantised {len(chosen)} weight matrices (per channel) and the word embeddings (per token) to int8")
+    print(f"quantised {len(chosen)} weight nodes (the attention ones as QAttention; per channel) and the word embeddings (per token) to int8")
     check(teacher, out)
 
 
