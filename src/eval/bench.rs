@@ -8,13 +8,12 @@
 //! an out-of-fold assessment. Those assessments, decided under every knob of both [`Policy`]s,
 //! give out-of-fold cost–quality curves: among the configurations and policies whose AIQ is
 //! within one bootstrap standard error of the largest, the one whose predictions of the models on
-//! the train split's cost–quality frontier have the lowest
-//! out-of-fold Brier score draws the report's curve (the one-standard-error rule), and each
-//! quality target ("keep X% of the best model's quality") becomes
-//! that candidate's cheapest knob that clears X out of fold with one-sided 95% confidence (1.645
-//! standard errors of the paired difference with the reference). Then one router is
-//! built on the whole train split with that configuration, and the test split is routed through
-//! it. No test score is read before the routing is done.
+//! the train split's cost–quality frontier have the lowest out-of-fold Brier score draws the
+//! report's curve (the one-standard-error rule), and each quality target ("keep X% of the best
+//! model's quality") becomes that candidate's cheapest knob that clears X out of fold with
+//! one-sided 95% confidence (1.645 standard errors of the paired difference with the reference).
+//! Then one router is built on the whole train split with that configuration, and the test split
+//! is routed through it. No test score is read before the routing is done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
