@@ -250,6 +250,27 @@ fn a_negative_measured_cost_names_the_line() {
 }
 
 #[test]
+fn savings_configs_restricts_the_candidates_and_names_an_unknown_one() {
+    let run = |configs: &str| {
+        common::semroute("eval savings")
+            .args(["--dataset", fixture("crux-small.jsonl").to_str().unwrap()])
+            .args(["--prices", fixture("prices-crux-small.toml").to_str().unwrap()])
+            .args(["--folds", "3", "--json", "--configs", configs])
+            .output()
+            .unwrap()
+    };
+    let out = run("knn-8,features");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let names: Vec<&str> = v["candidates"].as_array().unwrap().iter().map(|c| c["config"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["knn-8", "knn-8", "features", "features"], "one per policy");
+    let out = run("knn-8,no-such");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"no-such\"") && err.contains("knn-128-smoothed"), "{err}");
+}
+
+#[test]
 fn savings_example_prints_one_json_object_per_seed_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("crux.png");

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! semroute savings --dataset ../shared/data/zeroeval-crux.jsonl \
-//!     --prices ../shared/data/prices-2024.toml [--seed 42] [--seeds 5] [--json] [--plot out.png]
+//!     --prices ../shared/data/prices-2024.toml [--seed 42] [--seeds 5] [--json] [--plot out.png] \
+//!     [--configs features,kernel-ridge]
 //! ```
 //! Argument parsing and printing only: the split, the cross-fitting, the router and the metrics
 //! are the library's.
