@@ -494,8 +494,8 @@ struct CalibrationAcc {
 }
 
 impl CalibrationAcc {
-    fn new() -> Self {
-        CalibrationAcc { sq: 0.0, base_sq: 0.0, n: 0, bins: [(0.0, 0.0, 0); 10], per_model: Vec::new() }
+    fn new(models: usize) -> Self {
+        CalibrationAcc { sq: 0.0, base_sq: 0.0, n: 0, bins: [(0.0, 0.0, 0); 10], per_model: vec![(0.0, 0); models] }
     }
 
     fn add(&mut self, a: &Assessment, q: &[f64], models: &[String], means: &[f64]) {
@@ -503,9 +503,6 @@ impl CalibrationAcc {
             let Some(p) = a.predictions().per_model.get(name) else { continue };
             let p = p.quality.clamp(0.0, 1.0);
             self.sq += (p - q[m]).powi(2);
-            if self.per_model.len() < models.len() {
-                self.per_model.resize(models.len(), (0.0, 0));
-            }
             self.per_model[m].0 += (p - q[m]).powi(2);
             self.per_model[m].1 += 1;
             self.base_sq += (means[m] - q[m]).powi(2);
@@ -651,7 +648,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     for config in &configs {
         let mut per_policy: Vec<Vec<Vec<usize>>> =
             settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect();
-        let mut calibration = CalibrationAcc::new();
+        let mut calibration = CalibrationAcc::new(models.len());
         for fold in 0..settings.folds {
             let (inside, held): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|&i| fold_of[i] != fold);
             let part: Vec<&Record> = inside.iter().map(|&i| train[i]).collect();
@@ -787,7 +784,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         .collect::<Result<_>>()?;
 
     // Test-split figures. Nothing above read a test score.
-    let mut calibration = CalibrationAcc::new();
+    let mut calibration = CalibrationAcc::new(models.len());
     let mut mae = (0.0, 0.0, 0usize);
     let train_mean_tokens: Vec<Option<f64>> = (0..models.len())
         .map(|m| {
