@@ -2,7 +2,7 @@
 //! side-by-side benchmark with aurelio's semantic-router (`benches/aurelio.sh`).
 //!
 //! ```text
-//! cargo run --release --example decision_timing -- --prompts FILE [--embedding-model NAME]... [--limit 200] [--rounds 1]
+//! cargo run --release --example decision_timing -- --prompts FILE [--embedding-model NAME]... [--limit 200] [--rounds 1] [--compare-spinning]
 //! ```
 //! FILE is JSONL with a `prompt` field per line. Prints one JSON object per model: the model, the
 //! number of decisions, and the mean, p50 and p99 per decision in milliseconds. With several
@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use semroute::embed::EmbedderOptions;
 use semroute::Router;
 
 #[derive(Parser)]
@@ -30,6 +31,10 @@ struct Args {
     /// At most this many prompts.
     #[arg(long, default_value_t = 200)]
     limit: usize,
+    /// Time each model twice side by side: with ONNX Runtime's threads spinning while they wait
+    /// (the default) and without (`EmbedderOptions::spinning`).
+    #[arg(long)]
+    compare_spinning: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,9 +48,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let names =
         if args.embedding_model.is_empty() { vec![semroute::embed::DEFAULT_MODEL.to_string()] } else { args.embedding_model.clone() };
-    let routers = names
+    let spins: &[bool] = if args.compare_spinning { &[true, false] } else { &[true] };
+    let variants: Vec<(String, bool)> = names.iter().flat_map(|n| spins.iter().map(move |&s| (n.clone(), s))).collect();
+    let routers = variants
         .iter()
-        .map(|name| Ok(Router::builder().embedder(semroute::embed::load_installed(name)?).build()?))
+        .map(|(name, spinning)| {
+            let options = EmbedderOptions { spinning: *spinning, ..EmbedderOptions::default() };
+            Ok(Router::builder().embedder(semroute::embed::load_installed_with(name, &options)?).build()?)
+        })
         .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
     for router in &routers {
         for p in prompts.iter().take(5) {
@@ -62,13 +72,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    for (name, mut ms) in names.iter().zip(ms) {
+    for ((name, spinning), mut ms) in variants.iter().zip(ms) {
         let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
         println!(
             "{}",
-            serde_json::json!({"router": "semroute", "model": name, "decisions": ms.len(), "mean_ms": mean, "p50_ms": at(0.5), "p99_ms": at(0.99)})
+            serde_json::json!({"router": "semroute", "model": name, "spinning": spinning, "decisions": ms.len(), "mean_ms": mean, "p50_ms": at(0.5), "p99_ms": at(0.99)})
         );
     }
     Ok(())

@@ -54,8 +54,14 @@ pub struct RouterConfig {
     pub exemplars: Option<PathBuf>,
     /// The price table (default: the built-in one).
     pub prices: Option<PathBuf>,
-    /// The installed embedding model (default `all-minilm-l6-v2`).
+    /// The installed embedding model (default [`DEFAULT_MODEL`](crate::embed::DEFAULT_MODEL),
+    /// multilingual-e5-small in int8).
     pub embedding_model: Option<String>,
+    /// ONNX Runtime threads the embedding model runs on (1..=256; default: every core).
+    pub embedding_threads: Option<usize>,
+    /// Whether those threads spin while they wait for work (default `true`); `false` on a
+    /// machine whose cores other busy processes share ([`EmbedderOptions::spinning`](crate::embed::EmbedderOptions::spinning)).
+    pub embedding_spinning: Option<bool>,
     /// Predicted quality the chosen model must reach, in [0, 1].
     pub quality_bar: Option<f64>,
     /// Nearest exemplars consulted (1..=1000).
@@ -282,6 +288,9 @@ impl Config {
         if let Some(z) = r.caution.filter(|z| !(0.0..=10.0).contains(z)) {
             return bad("router", "caution", format!("must be within [0, 10], got {z}"));
         }
+        if let Some(n) = r.embedding_threads.filter(|n| !(1..=256).contains(n)) {
+            return bad("router", "embedding_threads", format!("must be within 1..=256, got {n}"));
+        }
         if let Some(s) = r.min_similarity.filter(|s| !(-1.0..=1.0).contains(s)) {
             return bad("router", "min_similarity", format!("must be within [-1, 1], got {s}"));
         }
@@ -338,8 +347,15 @@ impl RouterConfig {
     pub fn builder(&self) -> Result<RouterBuilder> {
         let mut b = RouterBuilder::default();
         let mut ridge = RidgeSettings::default();
-        if let Some(name) = &self.embedding_model {
-            let embedder = crate::embed::load_installed(name)?;
+        if self.embedding_model.is_some() || self.embedding_threads.is_some() || self.embedding_spinning.is_some() {
+            let name = self.embedding_model.as_deref().unwrap_or(crate::embed::DEFAULT_MODEL);
+            let defaults = crate::embed::EmbedderOptions::default();
+            let options = crate::embed::EmbedderOptions {
+                threads: self.embedding_threads.or(defaults.threads),
+                spinning: self.embedding_spinning.unwrap_or(defaults.spinning),
+                ..defaults
+            };
+            let embedder = crate::embed::load_installed_with(name, &options)?;
             ridge = RidgeSettings::for_embedder(embedder.as_ref());
             b = b.embedder(embedder);
         }
@@ -496,6 +512,11 @@ mod tests {
         assert!(err("[router]\npredictor = \"magic\"\n").contains("router.predictor"));
         assert!(err("[router]\nk = 3\nk = 4\n").starts_with("s.toml:3"), "{}", err("[router]\nk = 3\nk = 4\n"));
         assert!(err("[serve]\nheader_timeout_secs = 0\n").contains("more than 0"));
+        assert_eq!(
+            err("[router]\nembedding_threads = 0\n"),
+            "s.toml:2: invalid setting (key `router.embedding_threads`): must be within 1..=256, got 0"
+        );
+        assert!(err("[router]\nembedding_spinning = \"no\"\n").starts_with("s.toml:2: invalid setting (key `router.embedding_spinning`)"));
     }
 
     #[test]

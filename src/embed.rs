@@ -42,12 +42,26 @@ pub use static_model::StaticEmbedder;
 /// # Ok::<(), semroute::Error>(())
 /// ```
 pub fn load_installed(name: &str) -> Result<Arc<dyn Embedder>> {
-    let dir = Home::from_env().model_dir(name);
+    load_installed_with(name, &EmbedderOptions::default())
+}
+
+/// [`load_installed`] with `options` for a transformer model (a static model runs no ONNX
+/// Runtime session: the options do not concern it).
+///
+/// ```no_run
+/// use semroute::embed::{load_installed_with, EmbedderOptions};
+///
+/// let e = semroute::embed::load_installed_with("multilingual-e5-small-int8", &EmbedderOptions { spinning: false, ..Default::default() })?;
+/// # Ok::<(), semroute::Error>(())
+/// ```
+pub fn load_installed_with(name: &str, options: &EmbedderOptions) -> Result<Arc<dyn Embedder>> {
+    let home = Home::from_env();
+    let dir = home.model_dir(name);
     let ready = std::fs::read_to_string(dir.join("READY")).unwrap_or_default();
     if ready.lines().any(|l| l == "kind=static") {
         Ok(Arc::new(StaticEmbedder::load(&dir)?))
     } else {
-        Ok(Arc::new(FastEmbedder::load_installed(name)?))
+        Ok(Arc::new(FastEmbedder::load(&dir, &home.ort_library(), options)?))
     }
 }
 
@@ -253,6 +267,15 @@ impl Home {
 }
 
 /// Options for [`FastEmbedder`].
+///
+/// ```no_run
+/// use semroute::embed::{load_installed_with, EmbedderOptions, DEFAULT_MODEL};
+///
+/// // On a server whose cores other processes share: two threads that sleep when idle.
+/// let options = EmbedderOptions { threads: Some(2), spinning: false, ..EmbedderOptions::default() };
+/// let embedder = load_installed_with(DEFAULT_MODEL, &options)?;
+/// # Ok::<(), semroute::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct EmbedderOptions {
     /// Longest input in model tokens; longer prompts are truncated (all-MiniLM-L6-v2 was trained
@@ -260,11 +283,16 @@ pub struct EmbedderOptions {
     pub max_tokens: usize,
     /// ONNX Runtime intra-op threads; `None` uses every core.
     pub threads: Option<usize>,
+    /// Whether ONNX Runtime's worker threads spin while they wait for work (its default, and
+    /// ours). Spinning answers the next operation sooner on cores the process has to itself; on
+    /// cores other processes share, the spinning threads take time from the work, and a route
+    /// is faster without it (see the README's "Performance"). The vectors are the same either way.
+    pub spinning: bool,
 }
 
 impl Default for EmbedderOptions {
     fn default() -> Self {
-        EmbedderOptions { max_tokens: 256, threads: None }
+        EmbedderOptions { max_tokens: 256, threads: None, spinning: true }
     }
 }
 
@@ -377,6 +405,8 @@ impl FastEmbedder {
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
             .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
             .with_intra_threads(threads)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .with_intra_op_spinning(options.spinning)
             .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
             // ONNX Runtime fuses each residual Add and the LayerNormalization after it into one
             // SkipLayerNormalization, whose CPU kernel (1.32) is slower than the two it replaces:

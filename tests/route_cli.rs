@@ -148,9 +148,40 @@ fn a_config_file_sets_the_router_and_flags_override_it() {
     let out = run(&["--json", "--config", config, "--predictor", "low-rank", prompt], b"");
     assert_eq!(json_lines(&out)[0]["quality_from"], "low-rank");
 
+    // The embedding model's threads and spinning change how fast, not what: the same decision
+    // and the same predicted qualities as the defaults.
+    std::fs::write(&path, "[router]\nembedding_threads = 1\nembedding_spinning = false\n").unwrap();
+    let plain = json_lines(&run(&["--json", prompt], b""))[0].clone();
+    let out = run(&["--json", "--config", config, prompt], b"");
+    let quiet = &json_lines(&out)[0];
+    assert_eq!(quiet["model"], plain["model"], "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(quiet["candidates"], plain["candidates"]);
+    assert_eq!(quiet["neighbours"], plain["neighbours"]);
+
     std::fs::write(&path, "[router]\nk = 5\nquality_bar = \"high\"\n").unwrap();
     let out = run(&["--json", "--config", config, prompt], b"");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("semroute.toml:3: invalid setting (key `router.quality_bar`)"), "{err}");
+}
+
+#[test]
+fn leave_one_out_prints_one_outcome_per_labelled_exemplar_in_json() {
+    // Twelve built-in exemplars as a set of their own: each is routed by a router built on the
+    // other eleven.
+    let starter = include_str!("../exemplars/starter.jsonl");
+    let lines: Vec<&str> = starter.lines().filter(|l| !l.trim().is_empty()).take(12).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("set.jsonl"), lines.join("\n")).unwrap();
+    let out = run_with(common::semroute("eval loo"), &["--exemplars", dir.path().to_str().unwrap(), "--json"], b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outcomes = json_lines(&out);
+    assert_eq!(outcomes.len(), 12);
+    for (o, line) in outcomes.iter().zip(&lines) {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(o["id"], e["id"]);
+        assert_eq!(o["label"], e["label"]["tier"]);
+        assert!(["cheap", "mid", "strong"].contains(&o["routed"].as_str().unwrap()), "{o}");
+        assert!(o["tier_quality"]["cheap"].as_f64().is_some_and(|q| (0.0..=1.0).contains(&q)), "{o}");
+    }
 }

@@ -56,6 +56,9 @@ pub struct Args {
     /// Print the tables in Markdown (for the README).
     #[arg(long)]
     markdown: bool,
+    /// Print each held-out exemplar's outcome as one JSON object per line instead of the tables.
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -84,6 +87,12 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .predictor(predictor),
         )
     })?;
+    if args.json {
+        for o in &report.outcomes {
+            println!("{}", serde_json::to_string(o)?);
+        }
+        return Ok(());
+    }
     println!(
         "leave-one-out over {} exemplars, model {}, k {}, bar {}, caution {}, temperature {}, prior strength {}, predictor {} ({:.1}s)",
         report.outcomes.len(),
