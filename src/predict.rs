@@ -76,7 +76,8 @@ pub enum Predictor {
     /// While the router holds from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to
     /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the
     /// predictor that cross-validation on the exemplars finds most accurate ([`select`]: blend,
-    /// neighbours, kernel ridge, low rank, their ensemble or the feature model, by Brier score; chosen once at build, 1.15 s at
+    /// neighbours, kernel ridge, low rank, their ensemble, the feature model or their
+    /// [stack](Predictor::Stacked), by Brier score; chosen once at build, 1.15 s at
     /// 560 exemplars × 49 models); otherwise (hand labels) [`KernelRidge`](Predictor::KernelRidge)
     /// with [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
     /// and with a shared store.
@@ -108,6 +109,85 @@ pub enum Predictor {
     /// so it generalises from a few dozen measured exemplars where the embedding-based models
     /// have too little to fit. It reads no topic.
     Features(FeatureSettings),
+    /// A weighted mean of the neighbours, the [`QualityModel`], the [`LowRankModel`] and the
+    /// [`FeatureModel`] (stacking: Wolpert, 1992; Breiman, 1996), the weights chosen by
+    /// cross-validation on the exemplars ([`select`]): what [`Auto`](Predictor::Auto) uses for
+    /// measured exemplars. Where no one predictor is best everywhere, the mix errs less than any
+    /// of them; where one is, it takes (nearly) all the weight. A model part a model is missing
+    /// from leaves its weight to the others. The standard error is the neighbours'. Needs the
+    /// in-process index.
+    Stacked(RidgeSettings, LowRankSettings, StackWeights),
+}
+
+/// The weights of [`Predictor::Stacked`]'s four predictors: non-negative, summing to 1.
+///
+/// ```
+/// use semroute::predict::StackWeights;
+///
+/// let w = StackWeights { neighbours: 0.2, kernel_ridge: 0.5, low_rank: 0.3, features: 0.0 };
+/// assert!(w.check().is_ok());
+/// assert!(StackWeights { neighbours: 0.9, ..w }.check().is_err()); // sums to 1.7
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StackWeights {
+    /// The neighbours' weight.
+    pub neighbours: f64,
+    /// The kernel-ridge model's.
+    pub kernel_ridge: f64,
+    /// The low-rank model's.
+    pub low_rank: f64,
+    /// The feature model's.
+    pub features: f64,
+}
+
+impl StackWeights {
+    /// An error unless every weight is within [0, 1] and they sum to 1 (within 1e-6).
+    pub fn check(&self) -> Result<()> {
+        let w = [self.neighbours, self.kernel_ridge, self.low_rank, self.features];
+        if w.iter().any(|x| !(0.0..=1.0).contains(x)) || (w.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
+            return Err(Error::Config(format!("stacking weights must be within [0, 1] and sum to 1, got {self:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// The models a [`Fitted::Stacked`] holds, each only where its weight is not 0.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Kernel ridge.
+    pub ridge: Option<QualityModel>,
+    /// Low rank (a [`Fitted::LowRank`]).
+    pub low_rank: Option<Fitted>,
+    /// The feature model.
+    pub features: Option<FeatureModel>,
+    /// The weights.
+    pub weights: StackWeights,
+}
+
+impl Stack {
+    /// The model parts' weighted mean per model, each part's weight shared among the parts that
+    /// predict the model; `ridge` is the kernel-ridge part's prediction (with or without copies).
+    fn mix(&self, ridge: Option<BTreeMap<String, f64>>, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
+        let w = &self.weights;
+        let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut add = |parts: BTreeMap<String, f64>, weight: f64| {
+            for (name, q) in parts {
+                let e = sums.entry(name).or_default();
+                e.0 += weight * q;
+                e.1 += weight;
+            }
+        };
+        if let Some(r) = ridge {
+            add(r, w.kernel_ridge);
+        }
+        if let Some(m) = &self.low_rank {
+            add(m.predict(prompt, vector), w.low_rank);
+        }
+        if let Some(m) = &self.features {
+            add(m.predict(prompt), w.features);
+        }
+        sums.into_iter().filter(|(_, (_, weight))| *weight > 0.0).map(|(name, (sum, weight))| (name, sum / weight)).collect()
+    }
 }
 
 impl Predictor {
@@ -119,7 +199,7 @@ impl Predictor {
                 Some(RidgeSettings::for_embedder(embedder))
             }
             Predictor::Auto | Predictor::Neighbours | Predictor::LowRank(_) | Predictor::Features(_) => None,
-            Predictor::KernelRidge(s) | Predictor::Blend(s) | Predictor::Ensemble(s, _) => Some(*s),
+            Predictor::KernelRidge(s) | Predictor::Blend(s) | Predictor::Ensemble(s, _) | Predictor::Stacked(s, ..) => Some(*s),
         }
     }
 
@@ -137,6 +217,13 @@ impl Predictor {
         }
         if let Predictor::Features(settings) = self {
             return Ok(Some(Fitted::Features(FeatureModel::fit(exemplars, prices, *settings)?)));
+        }
+        if let Predictor::Stacked(ridge, low_rank, w) = self {
+            w.check()?;
+            let low_rank = if w.low_rank > 0.0 { Some(Fitted::low_rank(exemplars, &vectors, prices, *low_rank)?) } else { None };
+            let features = if w.features > 0.0 { Some(FeatureModel::fit(exemplars, prices, FeatureSettings::default())?) } else { None };
+            let ridge = if w.kernel_ridge > 0.0 { Some(QualityModel::fit(exemplars, vectors, prices, *ridge)?) } else { None };
+            return Ok(Some(Fitted::Stacked(Box::new(Stack { ridge, low_rank, features, weights: *w }))));
         }
         if let Predictor::Ensemble(ridge, low_rank) = self {
             let low_rank = Fitted::low_rank(exemplars, &vectors, prices, *low_rank)?;
@@ -168,6 +255,7 @@ impl Predictor {
             Predictor::Neighbours => neighbours,
             Predictor::Auto | Predictor::Blend(_) => 0.5 * (neighbours + model),
             Predictor::Ensemble(..) => (neighbours + 2.0 * model) / 3.0,
+            Predictor::Stacked(_, _, w) => w.neighbours * neighbours + (1.0 - w.neighbours) * model,
         }
     }
 
@@ -190,6 +278,27 @@ impl Predictor {
         prices: &PriceTable,
         predictions: &mut Predictions,
     ) {
+        if let Fitted::Stacked(stack) = model {
+            // Near-copies update the kernel-ridge part alone, as in the cross-validation that
+            // weighed the parts.
+            let ridge = stack.ridge.as_ref().map(|m| {
+                let copies = copies(neighbours, prices, COPY_WIDTH * m.settings().bandwidth);
+                m.predict_with_error(prompt, vector)
+                    .into_iter()
+                    .map(|(name, (q, se))| {
+                        let q = with_copies(q, se, copies.get(name.as_str()).copied().unwrap_or_default()).0;
+                        (name, q)
+                    })
+                    .collect()
+            });
+            for (name, q) in stack.mix(ridge, prompt, vector) {
+                if let Some(p) = predictions.per_model.get_mut(&name) {
+                    p.quality_se = None;
+                    p.quality = self.combine(p.quality, q);
+                }
+            }
+            return;
+        }
         let copies = model.copy_width().map(|w| copies(neighbours, prices, w)).unwrap_or_default();
         for (name, (q, se)) in model.predict_with_error(prompt, vector) {
             let (q, se) = with_copies(q, se, copies.get(name.as_str()).copied().unwrap_or_default());
@@ -214,6 +323,7 @@ impl Predictor {
             (Predictor::Features(_), true) => "features",
             (Predictor::Auto | Predictor::Blend(_), true) => "kernel-ridge+neighbours",
             (Predictor::Ensemble(..), true) => "kernel-ridge+low-rank+neighbours",
+            (Predictor::Stacked(..), true) => "stacked",
         }
     }
 }
@@ -235,6 +345,8 @@ pub enum Fitted {
     Ensemble(Box<(QualityModel, Fitted)>),
     /// The prompt-feature model, for [`Predictor::Features`].
     Features(FeatureModel),
+    /// The models of [`Predictor::Stacked`] with its weights.
+    Stacked(Box<Stack>),
 }
 
 impl Fitted {
@@ -266,6 +378,7 @@ impl Fitted {
         match self {
             Fitted::Ridge(m) => Some(COPY_WIDTH * m.settings().bandwidth),
             Fitted::Ensemble(both) => Some(COPY_WIDTH * both.0.settings().bandwidth),
+            Fitted::Stacked(_) => None,
             Fitted::LowRank { .. } | Fitted::Features(_) => None,
         }
     }
@@ -285,6 +398,7 @@ impl Fitted {
             Fitted::Ridge(m) => m.predict(prompt, vector),
             Fitted::LowRank { model, names } => names.iter().cloned().zip(model.predict(vector)).collect(),
             Fitted::Features(model) => model.predict(prompt),
+            Fitted::Stacked(stack) => stack.mix(stack.ridge.as_ref().map(|m| m.predict(prompt, vector)), prompt, vector),
             // The mean of the two where both predict; either alone elsewhere.
             Fitted::Ensemble(both) => {
                 let mut out = both.0.predict(prompt, vector);
@@ -704,5 +818,24 @@ mod tests {
         assert!(matches!(fitted, Fitted::Ensemble(_)));
         assert_eq!(p.describe(true), "kernel-ridge+low-rank+neighbours");
         assert!((p.combine(0.9, 0.3) - 0.5).abs() < 1e-12);
+
+        // The stack: its models' weighted mean, the neighbours weighed in by `combine`; a model
+        // of weight 0 is not fitted at all.
+        let w = StackWeights { neighbours: 0.2, kernel_ridge: 0.3, low_rank: 0.5, features: 0.0 };
+        let p = Predictor::Stacked(ridge, low, w);
+        let Some(Fitted::Stacked(stack)) = p.fit(&set, vectors.clone(), &prices, &Two).unwrap() else { panic!("a stack") };
+        assert!(stack.ridge.is_some() && stack.low_rank.is_some() && stack.features.is_none());
+        let stacked = Fitted::Stacked(stack);
+        for v in [[1.0f32, 0.0], [0.0, 1.0], [0.6, 0.8]] {
+            let (s, r, l) = (stacked.predict("p", &v), alone_ridge.predict("p", &v), alone_low.predict("p", &v));
+            for m in ["a", "b"] {
+                assert!((s[m] - (0.3 * r[m] + 0.5 * l[m]) / 0.8).abs() < 1e-9, "{m} at {v:?}");
+            }
+        }
+        assert!((p.combine(0.9, 0.3) - (0.2 * 0.9 + 0.8 * 0.3)).abs() < 1e-12);
+        assert_eq!(p.describe(true), "stacked");
+        // Weights that do not sum to 1 are refused.
+        let bad = Predictor::Stacked(ridge, low, StackWeights { neighbours: 0.5, ..w });
+        assert!(bad.fit(&set, vectors, &prices, &Two).is_err());
     }
 }

@@ -1255,11 +1255,14 @@ impl RouterBuilder {
             return Err(Error::Config(format!("prior_strength must be a non-negative number, got {prior_strength}")));
         }
         let predictor = self.predictor.unwrap_or_default();
-        if let Predictor::KernelRidge(r) | Predictor::Blend(r) | Predictor::Ensemble(r, _) = &predictor {
+        if let Predictor::KernelRidge(r) | Predictor::Blend(r) | Predictor::Ensemble(r, _) | Predictor::Stacked(r, ..) = &predictor {
             r.check()?;
         }
-        if let Predictor::LowRank(l) | Predictor::Ensemble(_, l) = &predictor {
+        if let Predictor::LowRank(l) | Predictor::Ensemble(_, l) | Predictor::Stacked(_, l, _) = &predictor {
             l.check().map_err(|e| Error::Config(format!("low-rank settings: {e}")))?;
+        }
+        if let Predictor::Stacked(_, _, w) = &predictor {
+            w.check()?;
         }
         if let Predictor::Features(f) = &predictor {
             if !(f.l2.is_finite() && f.l2 >= 0.0) {
@@ -1575,7 +1578,7 @@ fn caution_for(
 /// in-process index, which holds every exemplar's vector), and the caution in force with it
 /// ([`caution_for`]: derived from the model where it can be, so the two are fitted together).
 /// With [`Predictor::Auto`] and a set of measured exemplars only (50 to 2,000), cross-validation
-/// on the exemplars chooses among blend, neighbours, kernel ridge, low rank, their ensemble and the feature model ([`select`]); once
+/// on the exemplars chooses among blend, neighbours, kernel ridge, low rank, their ensemble, the feature model and their stack ([`select`]); once
 /// chosen (`selected`), the choice is kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
 /// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
 /// exemplar or a piece of feedback, already kept, stop the router from starting.

@@ -322,7 +322,8 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
         low_rank: LowRankSettings::for_router(),
     };
     let scores = select::cross_validate(&set, &vectors, &prices, &candidates, 5).unwrap();
-    assert_eq!(scores.scores.len(), 6);
+    // Six predictors and their stack.
+    assert_eq!(scores.scores.len(), 7);
     let d = router.route("aaaa a").unwrap();
     assert_eq!(d.quality_from, scores.best().0.describe(true), "{:?}", scores.scores);
     assert_eq!(d.model, "small", "{}", d.reason);

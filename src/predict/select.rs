@@ -5,7 +5,12 @@
 //! predicts every model's quality on the exemplars of the remaining fold, which it has not seen.
 //! The candidate whose out-of-fold predictions are closest to the measured qualities (Brier
 //! score: the mean squared difference over every measured exemplar × model pair) wins; on a tie
-//! the earlier of blend, neighbours, kernel ridge, low rank, ensemble, features. Nothing but the exemplars is read,
+//! the earlier of blend, neighbours, kernel ridge, low rank, ensemble, features, and last their
+//! stack ([`Predictor::Stacked`]): the mix of the neighbours', kernel ridge's, low rank's and the
+//! feature model's out-of-fold predictions with the lowest Brier score, its weights found on a
+//! grid of twentieths. Each single predictor is a corner of that grid, so the stack scores at
+//! least as well as each of them on these predictions (its weights are fitted on them: a small
+//! optimism, three numbers fitted on every pair). Nothing but the exemplars is read,
 //! so a benchmark that builds a router on its train split chooses on the train split alone.
 //!
 //! ```
@@ -25,7 +30,9 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
-use super::{predict_from, FeatureModel, FeatureSettings, Fitted, LowRankSettings, Predictor, Prior, QualityModel, RidgeSettings};
+use super::{
+    predict_from, FeatureModel, FeatureSettings, Fitted, LowRankSettings, Predictor, Prior, QualityModel, RidgeSettings, StackWeights,
+};
 use crate::error::{Error, Result};
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::index::{ExactIndex, NeighbourIndex};
@@ -61,8 +68,8 @@ impl Scores {
     }
 }
 
-/// Cross-validates blend, neighbours, kernel ridge, low rank, their ensemble and the feature model on `exemplars` (every one
-/// measured) with their unit `vectors`, over `folds` folds (position modulo `folds`).
+/// Cross-validates blend, neighbours, kernel ridge, low rank, their ensemble, the feature model and
+/// their stack on `exemplars` (every one measured) with their unit `vectors`, over `folds` folds (position modulo `folds`).
 pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &PriceTable, c: &Candidates, folds: usize) -> Result<Scores> {
     let n = exemplars.len();
     if vectors.len() != n || folds < 2 || n < 2 * folds {
@@ -79,6 +86,10 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
     ];
     // (sum of squared errors, pairs) per candidate.
     let mut acc = [(0.0f64, 0usize); 6];
+    // For the stack, each pair's out-of-fold prediction by the neighbours, kernel ridge, low rank
+    // and the feature model (candidates 1, 2, 3 and 5), and its measured quality.
+    const STACKED: [usize; 4] = [1, 2, 3, 5];
+    let mut pairs: Vec<([f64; 4], f64)> = Vec::new();
     for fold in 0..folds {
         let (inside, held): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % folds != fold);
         let part = ExemplarSet::from_exemplars(inside.iter().map(|&i| exemplars.get(i).clone()).collect())?;
@@ -100,6 +111,7 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
             let hits = index.search(&vectors[i], c.k);
             let grades: Vec<(&Grade, f32)> = hits.iter().map(|h| (&part.get(h.position).grade, h.similarity)).collect();
             let neighbours = predict_from(&grades, prices, c.temperature, &prior);
+            let mut by_slot = Vec::with_capacity(candidates.len());
             for (slot, p) in candidates.iter().enumerate() {
                 let mut pred = neighbours.clone();
                 let model = match p {
@@ -118,8 +130,95 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
                         acc[slot].1 += 1;
                     }
                 }
+                by_slot.push(pred);
+            }
+            for (model, r) in results.iter().filter(|(m, _)| prices.get(m).is_some()) {
+                let q: Option<Vec<f64>> =
+                    STACKED.iter().map(|&slot| by_slot[slot].per_model.get(model).map(|p| p.quality.clamp(0.0, 1.0))).collect();
+                if let Some(q) = q {
+                    pairs.push(([q[0], q[1], q[2], q[3]], r.quality));
+                }
             }
         }
     }
-    Ok(Scores { scores: candidates.iter().zip(acc).map(|(&p, (sq, k))| (p, if k > 0 { sq / k as f64 } else { f64::INFINITY })).collect() })
+    let mut scores: Vec<(Predictor, f64)> =
+        candidates.iter().zip(acc).map(|(&p, (sq, k))| (p, if k > 0 { sq / k as f64 } else { f64::INFINITY })).collect();
+    if let Some((w, brier)) = stack_weights(&pairs) {
+        scores.push((Predictor::Stacked(c.ridge, c.low_rank, w), brier));
+    }
+    Ok(Scores { scores })
+}
+
+/// Steps of the grid of stacking weights: every mix in twentieths.
+const STACK_STEPS: usize = 20;
+
+/// The mix of the four predictions (weights in twentieths, summing to 1) with the lowest Brier
+/// score over `pairs` (each pair's four out-of-fold predictions and its measured quality), and
+/// that score; `None` without pairs. A grid, not an optimiser: 1,771 mixes over the pairs'
+/// sufficient statistics (the 4×4 cross-products), so it costs nothing next to the fits; ties
+/// go to the first mix tried, from the neighbours alone down.
+fn stack_weights(pairs: &[([f64; 4], f64)]) -> Option<(StackWeights, f64)> {
+    if pairs.is_empty() {
+        return None;
+    }
+    // Σ(w·q − y)² = wᵀ(ΣqqT)w − 2wᵀ(Σqy) + Σy².
+    let (mut qq, mut qy, mut yy) = ([[0.0f64; 4]; 4], [0.0f64; 4], 0.0);
+    for (q, y) in pairs {
+        for a in 0..4 {
+            qy[a] += q[a] * y;
+            for b in 0..4 {
+                qq[a][b] += q[a] * q[b];
+            }
+        }
+        yy += y * y;
+    }
+    let n = pairs.len() as f64;
+    let mut best: Option<([f64; 4], f64)> = None;
+    // From the neighbours alone down, so that ties keep the simpler mix.
+    for i in (0..=STACK_STEPS).rev() {
+        for j in (0..=STACK_STEPS - i).rev() {
+            for k in (0..=STACK_STEPS - i - j).rev() {
+                let l = STACK_STEPS - i - j - k;
+                let w = [i, j, k, l].map(|x| x as f64 / STACK_STEPS as f64);
+                let mut sse = yy;
+                for a in 0..4 {
+                    sse -= 2.0 * w[a] * qy[a];
+                    for b in 0..4 {
+                        sse += w[a] * w[b] * qq[a][b];
+                    }
+                }
+                if best.as_ref().map_or(true, |(_, b)| sse < *b - 1e-12) {
+                    best = Some((w, sse));
+                }
+            }
+        }
+    }
+    best.map(|(w, sse)| (StackWeights { neighbours: w[0], kernel_ridge: w[1], low_rank: w[2], features: w[3] }, (sse / n).max(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stack_weighs_predictions_whose_errors_cancel_equally() {
+        // The kernel model errs 0.2 high, the low-rank one 0.2 low, the neighbours and the
+        // feature model say 0.5 whatever the truth: half and half of the first two is exact.
+        let pairs: Vec<([f64; 4], f64)> =
+            (0..40).map(|i| if i % 2 == 0 { 0.3 } else { 0.7 }).map(|y| ([0.5, y + 0.2, y - 0.2, 0.5], y)).collect();
+        let (w, brier) = stack_weights(&pairs).unwrap();
+        assert_eq!(w, StackWeights { neighbours: 0.0, kernel_ridge: 0.5, low_rank: 0.5, features: 0.0 });
+        assert!(brier < 1e-12, "{brier}");
+        // One exact predictor takes all the weight; its Brier score is the stack's.
+        let pairs: Vec<([f64; 4], f64)> = (0..40).map(|i| f64::from(i % 2)).map(|y| ([0.5, 0.5, 0.5, y], y)).collect();
+        let (w, brier) = stack_weights(&pairs).unwrap();
+        assert_eq!((w.features, brier), (1.0, 0.0));
+        // Constant predictions 0.5 against outcomes 0 and 1: every mix scores 0.25, and the
+        // first (the neighbours alone) is kept.
+        let pairs: Vec<([f64; 4], f64)> = (0..40).map(|i| ([0.5; 4], f64::from(i % 2))).collect();
+        let (w, brier) = stack_weights(&pairs).unwrap();
+        assert_eq!(w.neighbours, 1.0);
+        assert!((brier - 0.25).abs() < 1e-12);
+        assert!(stack_weights(&[]).is_none());
+    }
 }
