@@ -1141,7 +1141,7 @@ impl RouterBuilder {
     /// prediction escalates to a stronger model instead of gambling on a cheap one. 0 uses the
     /// point prediction alone. Under the utility objective the same caution discounts a model's
     /// predicted gain over the safe model (see
-    /// [`Objective::UsdPerQuality`](crate::policy::Objective::UsdPerQuality)).
+    /// [`Objective::UsdPerQuality`]).
     ///
     /// ```no_run
     /// let router = semroute::Router::builder().caution(2.0).build()?;
