@@ -281,12 +281,14 @@ impl Predictor {
         if let Fitted::Stacked(stack) = model {
             // Near-copies update the kernel-ridge part alone, as in the cross-validation that
             // weighed the parts.
+            // The stack's error is the neighbours', so the kernel model's own (a triangular solve
+            // per route) is not computed.
             let ridge = stack.ridge.as_ref().map(|m| {
                 let copies = copies(neighbours, prices, COPY_WIDTH * m.settings().bandwidth);
-                m.predict_with_error(prompt, vector)
+                m.predict(prompt, vector)
                     .into_iter()
-                    .map(|(name, (q, se))| {
-                        let q = with_copies(q, se, copies.get(name.as_str()).copied().unwrap_or_default()).0;
+                    .map(|(name, q)| {
+                        let q = with_copies(q, None, copies.get(name.as_str()).copied().unwrap_or_default()).0;
                         (name, q)
                     })
                     .collect()
@@ -378,8 +380,8 @@ impl Fitted {
         match self {
             Fitted::Ridge(m) => Some(COPY_WIDTH * m.settings().bandwidth),
             Fitted::Ensemble(both) => Some(COPY_WIDTH * both.0.settings().bandwidth),
-            Fitted::Stacked(_) => None,
-            Fitted::LowRank { .. } | Fitted::Features(_) => None,
+            // A stack applies copies to its kernel-ridge part itself (`Predictor::apply`).
+            Fitted::LowRank { .. } | Fitted::Features(_) | Fitted::Stacked(_) => None,
         }
     }
 
