@@ -49,9 +49,7 @@ pub mod select;
 pub use features::{FeatureModel, FeatureSettings};
 pub use lowrank::{LowRankModel, LowRankSettings};
 
-pub use ridge::{
-    prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_LIMIT, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
-};
+pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS};
 
 use crate::embed::Embedder;
 use crate::error::{Error, Result};

@@ -653,10 +653,8 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             let (inside, held): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|&i| fold_of[i] != fold);
             let part: Vec<&Record> = inside.iter().map(|&i| train[i]).collect();
             let router = config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference])?;
-            let assessments: Vec<Assessment> = held
-                .iter()
-                .map(|&i| router.assess_embedded(&train[i].prompt, &vector_of(train[i])?, Some(train_out.input_tokens[i])))
-                .collect::<Result<_>>()?;
+            let assessments =
+                assess_all(&held, |&i| router.assess_embedded(&train[i].prompt, &vector_of(train[i])?, Some(train_out.input_tokens[i])))?;
             for (a, &i) in assessments.iter().zip(&held) {
                 calibration.add(a, &train_out.q[i], &models, &train_means);
             }
@@ -751,11 +749,9 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             continue;
         }
         let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference])?;
-        let assessed: Vec<Assessment> = test
-            .iter()
-            .enumerate()
-            .map(|(i, r)| router.assess_embedded(&r.prompt, &vector_of(r)?, Some(test_out.input_tokens[i])))
-            .collect::<Result<_>>()?;
+        let positions: Vec<usize> = (0..test.len()).collect();
+        let assessed =
+            assess_all(&positions, |&i| router.assess_embedded(&test[i].prompt, &vector_of(test[i])?, Some(test_out.input_tokens[i])))?;
         tested.insert(c, assessed);
     }
     let assessments = &tested[&ci];
@@ -893,6 +889,27 @@ enum Operating {
 }
 
 /// The model index each assessment picks under `constraints`.
+/// `assess` applied to each of `items`, in order, spread over the machine's cores (each an
+/// independent read of a router that nothing changes meanwhile, so the result is the same as one
+/// after the other). The first error, in order, is returned.
+fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + Sync) -> Result<Vec<Assessment>> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len() / 64).max(1);
+    if threads == 1 {
+        return items.iter().map(&assess).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> =
+            items.chunks(chunk).map(|part| scope.spawn(|| part.iter().map(&assess).collect::<Result<Vec<Assessment>>>())).collect();
+        let mut out = Vec::with_capacity(items.len());
+        for part in parts {
+            // A panic in a worker is a bug, not bad input: it goes on as the panic it was.
+            out.extend(part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
+        Ok(out)
+    })
+}
+
 fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<usize>> {
     assessments
         .iter()

@@ -18,7 +18,8 @@
 //! about a group of models (one for a hand-labelled set; feedback on a model gives that model its
 //! own set): 40 ms for the 427 built-in exemplars. The cost grows with the cube of the count,
 //! which is why [`Predictor::Auto`](super::Predictor::Auto) uses the model only up to
-//! [`KERNEL_RIDGE_MAX_EXEMPLARS`]. Predicting scans the exemplars once, like the exact index;
+//! [`KERNEL_RIDGE_MAX_EXEMPLARS`], and why a model asked for explicitly on more is fitted on
+//! that many of them, evenly spread (the rest still count for the neighbours). Predicting scans the exemplars once, like the exact index;
 //! its standard error ([`QualityModel::predict_with_error`]) adds one triangular solve against
 //! the factor kept from the fit.
 //!
@@ -79,10 +80,6 @@ pub const KERNEL_RIDGE_MIN_EXEMPLARS: usize = 50;
 /// Where all-MiniLM-L6-v2's unrelated text begins (the router's default fallback threshold), the
 /// scale [`RidgeSettings::default`]'s bandwidth was chosen on.
 const MINILM_UNRELATED: f32 = 0.3;
-
-/// [`QualityModel::fit`] refuses more exemplars than this: two n×n matrices of this size take
-/// 1.6 GB and the factorisation minutes.
-pub const KERNEL_RIDGE_LIMIT: usize = 10_000;
 
 /// A model fewer exemplars than this speak about is left to the neighbours.
 const MIN_ROWS: usize = 10;
@@ -149,6 +146,8 @@ pub struct QualityModel {
     fits: Vec<Fit>,
     /// Model name to (fit, target) in `fits`.
     models: BTreeMap<String, (usize, usize)>,
+    /// The exemplars some fit holds, in order.
+    used: Vec<usize>,
 }
 
 /// Centred kernel ridge over the exemplars at `rows`.
@@ -160,7 +159,7 @@ struct Fit {
     grand_mean: f64,
     /// The lower Cholesky factor of `K_c + λI`, column after column from the diagonal down
     /// (`n(n+1)/2` values: 0.9 MB at 475 exemplars, 16 MB at 2,000), kept for the posterior
-    /// variance of a prediction; not kept above [`KERNEL_RIDGE_MAX_EXEMPLARS`] rows.
+    /// variance of a prediction (a fit holds at most [`KERNEL_RIDGE_MAX_EXEMPLARS`] rows).
     factor: Option<Vec<f64>>,
     /// `diag((K_c + λI)⁻¹)`: each row's leave-one-out score and posterior variance come from it
     /// (empty when every target is constant).
@@ -193,11 +192,6 @@ impl QualityModel {
         if vectors.len() != n {
             return Err(Error::Config(format!("{} exemplars but {} vectors", n, vectors.len())));
         }
-        if n > KERNEL_RIDGE_LIMIT {
-            return Err(Error::Config(format!(
-                "the kernel-ridge model fits at most {KERNEL_RIDGE_LIMIT} exemplars (its cost grows with the cube of the count), got {n}"
-            )));
-        }
         let dim = vectors.first().map_or(0, Vec::len);
         if let Some(i) = vectors.iter().position(|v| v.len() != dim) {
             return Err(Error::Config(format!("vector {i} has {} dimensions, the first has {dim}", vectors[i].len())));
@@ -208,8 +202,17 @@ impl QualityModel {
         let raw: Vec<[f64; FEATURES]> = exemplars.iter().map(|e| prompt_features(&e.prompt)).collect();
         let (mean, scale) = standardisation(&raw);
         let flat: Vec<f32> = vectors.into_iter().flatten().collect();
-        let mut model =
-            QualityModel { settings, dim, vectors: flat, features: Vec::new(), mean, scale, fits: Vec::new(), models: BTreeMap::new() };
+        let mut model = QualityModel {
+            settings,
+            dim,
+            vectors: flat,
+            features: Vec::new(),
+            mean,
+            scale,
+            fits: Vec::new(),
+            models: BTreeMap::new(),
+            used: Vec::new(),
+        };
         model.features = raw.iter().map(|f| model.standardise(f)).collect();
 
         // What each exemplar says about each model, and which exemplars speak about which model.
@@ -231,6 +234,13 @@ impl QualityModel {
         // holds one block, not the kernel over every exemplar: groups of feedback on different
         // models share most rows, and the whole would be as costly to fill and far larger).
         for (rows, members) in groups {
+            // Above KERNEL_RIDGE_MAX_EXEMPLARS rows, the group is fitted on that many of them,
+            // evenly spread over the set's order (the "subset of data" approximation of a
+            // Gaussian process: Rasmussen and Williams, 2006, §8.3.1): the fit's time grows with
+            // the cube of its rows and its memory with their square (at 10,000 rows, minutes and
+            // 1.6 GB; at 2,000, seconds and 64 MB), and the rest say little more to a kernel
+            // already holding 2,000 exemplars.
+            let (rows, members) = thin(rows, members);
             let mut distinct: Vec<Vec<f64>> = Vec::new();
             let mut index_of = Vec::with_capacity(members.len());
             for (_, y) in &members {
@@ -247,10 +257,15 @@ impl QualityModel {
                 model.models.insert(m.to_string(), (f, t));
             }
         }
+        let mut used: Vec<usize> = model.fits.iter().flat_map(|fit| fit.rows.iter().copied()).collect();
+        used.sort_unstable();
+        used.dedup();
+        model.used = used;
         Ok(model)
     }
 
-    /// How many exemplars the model was fitted on.
+    /// How many exemplars the model was given (a group of more than
+    /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] is fitted on that many of them).
     pub fn len(&self) -> usize {
         self.features.len()
     }
@@ -313,7 +328,12 @@ impl QualityModel {
         }
         let z = self.standardise(&prompt_features(prompt));
         let self_kernel = with_error.then(|| self.kernel(vector, vector, &z, &z));
-        let row: Vec<f64> = (0..self.len()).map(|j| self.kernel(vector, self.vector(j), &z, &self.features[j])).collect();
+        // The kernel against every exemplar some fit holds (the others, beyond a thinned
+        // group's subset, are never read).
+        let mut row = vec![0.0; self.len()];
+        for &j in &self.used {
+            row[j] = self.kernel(vector, self.vector(j), &z, &self.features[j]);
+        }
         let scores: Vec<Vec<(f64, Option<f64>)>> = self
             .fits
             .iter()
@@ -426,12 +446,24 @@ impl QualityModel {
                 None => Target::Constant(mean),
             });
         }
-        let factor = (n <= KERNEL_RIDGE_MAX_EXEMPLARS).then(|| {
-            let l = chol.l_dirty();
-            (0..n).flat_map(|c| (c..n).map(move |r| (c, r))).map(|(c, r)| l[(r, c)]).collect()
-        });
+        let l = chol.l_dirty();
+        let factor = Some((0..n).flat_map(|c| (c..n).map(move |r| (c, r))).map(|(c, r)| l[(r, c)]).collect());
         Ok(Fit { rows: rows.to_vec(), column_mean, grand_mean, factor, inverse_diag, targets: out })
     }
+}
+
+/// A group's rows and each member's targets, cut to [`KERNEL_RIDGE_MAX_EXEMPLARS`] rows evenly
+/// spread over them (row `i · n / max` for `i` below `max`) when there are more; as they are
+/// otherwise.
+fn thin<'a>(rows: Vec<usize>, members: Vec<(&'a str, Vec<f64>)>) -> (Vec<usize>, Vec<(&'a str, Vec<f64>)>) {
+    let n = rows.len();
+    if n <= KERNEL_RIDGE_MAX_EXEMPLARS {
+        return (rows, members);
+    }
+    let keep: Vec<usize> = (0..KERNEL_RIDGE_MAX_EXEMPLARS).map(|i| i * n / KERNEL_RIDGE_MAX_EXEMPLARS).collect();
+    let rows = keep.iter().map(|&p| rows[p]).collect();
+    let members = members.into_iter().map(|(m, y)| (m, keep.iter().map(|&p| y[p]).collect())).collect();
+    (rows, members)
 }
 
 /// `‖L⁻¹b‖²` for a lower-triangular `L` packed as [`Fit::factor`] is (NaN if `L` is singular).
@@ -668,6 +700,38 @@ mod tests {
         assert!(inside > 0.0 && inside < 0.1, "{inside}");
         assert!(between > 2.0 * inside, "half-way between the clusters: {between} against {inside}");
         assert!(opposite > 2.0 * inside, "where no exemplar is: {opposite} against {inside}");
+    }
+
+    #[test]
+    fn a_group_of_more_than_the_limit_is_fitted_on_an_evenly_spread_subset() {
+        // 2,300 exemplars: the two clusters, alternating.
+        let n = KERNEL_RIDGE_MAX_EXEMPLARS + 300;
+        let mut lines = Vec::new();
+        let mut vectors = Vec::new();
+        for i in 0..n {
+            let (tier, angle) = if i % 2 == 0 { ("cheap", 0.0) } else { ("strong", 1.2) };
+            lines.push(format!(
+                r#"{{"id":"e{i}","prompt":"prompt {i}","category":"c","language":"en","label":{{"tier":"{tier}","reason":"r","output_tokens":10}}}}"#
+            ));
+            vectors.push(unit(angle + (i as f64 * 0.37).sin() * 0.1));
+        }
+        let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl").unwrap();
+        let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
+        let model = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default()).unwrap();
+        assert_eq!(model.len(), n, "every exemplar is held");
+        assert_eq!(model.fits.len(), 1);
+        let rows = &model.fits[0].rows;
+        assert_eq!(rows.len(), KERNEL_RIDGE_MAX_EXEMPLARS, "the fit holds the limit");
+        assert_eq!((rows[0], *rows.last().unwrap()), (0, (KERNEL_RIDGE_MAX_EXEMPLARS - 1) * n / KERNEL_RIDGE_MAX_EXEMPLARS));
+        assert!(rows.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 2), "evenly spread: {:?}", &rows[..10]);
+        assert_eq!(model.used, *rows);
+        // Both clusters are in the subset, and the model still tells them apart.
+        assert!(model.predict("prompt x", &unit(0.0))["small"] > 0.9);
+        assert!(model.predict("prompt x", &unit(1.2))["small"] < 0.1);
+        // An exemplar left out of the subset has no leave-one-out prediction; one in it has.
+        let dropped = (0..n).find(|i| rows.binary_search(i).is_err()).unwrap();
+        assert!(model.left_out(dropped).is_empty());
+        assert!(model.left_out(rows[1]).contains_key("small"));
     }
 
     #[test]
