@@ -480,7 +480,7 @@ fn choose_candidate(
 
 /// The model index each assessment picks under every knob: `[knob][prompt]`.
 fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<usize>>> {
-    knobs.iter().map(|&k| assessments_choose(assessments, &policy.constraints(k), index)).collect()
+    par_map(knobs, 8, |&k| assessments_choose(assessments, &policy.constraints(k), index))
 }
 
 /// Squared errors of quality predictions against measured qualities, with the baseline's.
@@ -649,20 +649,29 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         let mut per_policy: Vec<Vec<Vec<usize>>> =
             settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect();
         let mut calibration = CalibrationAcc::new(models.len());
-        for fold in 0..settings.folds {
-            let (inside, held): (Vec<usize>, Vec<usize>) = (0..train.len()).partition(|&i| fold_of[i] != fold);
-            let part: Vec<&Record> = inside.iter().map(|&i| train[i]).collect();
-            let router = config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference])?;
-            let assessments =
-                assess_all(&held, |&i| router.assess_embedded(&train[i].prompt, &vector_of(train[i])?, Some(train_out.input_tokens[i])))?;
-            for (a, &i) in assessments.iter().zip(&held) {
-                calibration.add(a, &train_out.q[i], &models, &train_means);
-            }
-            for (p, &policy) in settings.policies.iter().enumerate() {
-                let fold_picks = picks(&assessments, policy, &knobs(policy, typical_cost), &index)?;
-                for (k, row) in fold_picks.into_iter().enumerate() {
-                    for (j, &i) in held.iter().enumerate() {
-                        per_policy[p][k][i] = row[j];
+        // The folds' routers are built side by side, as many at once as there are cores
+        // (fitting is most of a build), and each is dropped once it has assessed its fold.
+        let folds: Vec<usize> = (0..settings.folds).collect();
+        let at_once = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        for batch in folds.chunks(at_once) {
+            let routers = par_map(batch, 1, |&fold| {
+                let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
+                config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference])
+            })?;
+            for (&fold, router) in batch.iter().zip(routers) {
+                let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
+                let assessments = assess_all(&held, |&i| {
+                    router.assess_embedded(&train[i].prompt, &vector_of(train[i])?, Some(train_out.input_tokens[i]))
+                })?;
+                for (a, &i) in assessments.iter().zip(&held) {
+                    calibration.add(a, &train_out.q[i], &models, &train_means);
+                }
+                for (p, &policy) in settings.policies.iter().enumerate() {
+                    let fold_picks = picks(&assessments, policy, &knobs(policy, typical_cost), &index)?;
+                    for (k, row) in fold_picks.into_iter().enumerate() {
+                        for (j, &i) in held.iter().enumerate() {
+                            per_policy[p][k][i] = row[j];
+                        }
                     }
                 }
             }
@@ -889,18 +898,18 @@ enum Operating {
 }
 
 /// The model index each assessment picks under `constraints`.
-/// `assess` applied to each of `items`, in order, spread over the machine's cores (each an
-/// independent read of a router that nothing changes meanwhile, so the result is the same as one
-/// after the other). The first error, in order, is returned.
-fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + Sync) -> Result<Vec<Assessment>> {
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len() / 64).max(1);
+/// `f` applied to each of `items`, in order, spread over the machine's cores (each call an
+/// independent read of data that nothing changes meanwhile, a router or its assessments, so the
+/// result is the same as one after the other). The first error, in order, is returned.
+fn par_map<T: Sync, R: Send>(items: &[T], min_per_thread: usize, f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let threads =
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len() / min_per_thread.max(1)).max(1);
     if threads == 1 {
-        return items.iter().map(&assess).collect();
+        return items.iter().map(&f).collect();
     }
     let chunk = items.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let parts: Vec<_> =
-            items.chunks(chunk).map(|part| scope.spawn(|| part.iter().map(&assess).collect::<Result<Vec<Assessment>>>())).collect();
+        let parts: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(|| part.iter().map(&f).collect::<Result<Vec<R>>>())).collect();
         let mut out = Vec::with_capacity(items.len());
         for part in parts {
             // A panic in a worker is a bug, not bad input: it goes on as the panic it was.
@@ -908,6 +917,11 @@ fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + 
         }
         Ok(out)
     })
+}
+
+/// Each of `items` assessed ([`par_map`], at least 64 a core).
+fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + Sync) -> Result<Vec<Assessment>> {
+    par_map(items, 64, assess)
 }
 
 fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<usize>> {
