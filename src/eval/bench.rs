@@ -23,6 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::par_map;
 use super::{aiq, apgr, cpt, output_tokens, split_indices, to_exemplars, CurvePoint, Dataset, Record};
 use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
@@ -898,28 +899,7 @@ enum Operating {
 }
 
 /// The model index each assessment picks under `constraints`.
-/// `f` applied to each of `items`, in order, spread over the machine's cores (each call an
-/// independent read of data that nothing changes meanwhile, a router or its assessments, so the
-/// result is the same as one after the other). The first error, in order, is returned.
-fn par_map<T: Sync, R: Send>(items: &[T], min_per_thread: usize, f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
-    let threads =
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len() / min_per_thread.max(1)).max(1);
-    if threads == 1 {
-        return items.iter().map(&f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(|| part.iter().map(&f).collect::<Result<Vec<R>>>())).collect();
-        let mut out = Vec::with_capacity(items.len());
-        for part in parts {
-            // A panic in a worker is a bug, not bad input: it goes on as the panic it was.
-            out.extend(part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
-        }
-        Ok(out)
-    })
-}
-
-/// Each of `items` assessed ([`par_map`], at least 64 a core).
+/// Each of `items` assessed ([`par_map`](super::par_map), at least 64 a core).
 fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + Sync) -> Result<Vec<Assessment>> {
     par_map(items, 64, assess)
 }

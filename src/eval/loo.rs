@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::embed::{Embedder, Memo};
 use crate::error::Result;
-use crate::exemplar::{ExemplarSet, Grade};
+use crate::exemplar::{Exemplar, ExemplarSet, Grade, TierLabel};
 use crate::pricing::{PriceTable, Tier};
 use crate::router::{Router, RouterBuilder};
 
@@ -189,18 +189,19 @@ pub fn leave_one_out(
     set: &ExemplarSet,
     prices: &PriceTable,
     embedder: Arc<dyn Embedder>,
-    configure: impl Fn(RouterBuilder) -> RouterBuilder,
+    configure: impl Fn(RouterBuilder) -> RouterBuilder + Sync,
 ) -> Result<LooReport> {
     let memo = Arc::new(Memo::new(embedder));
     memo.remember(&set.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>())?;
     let embedder: Arc<dyn Embedder> = memo;
-    let mut outcomes = Vec::new();
-    for ex in set.iter() {
-        let Grade::Labelled(label) = &ex.grade else { continue };
+    let labelled: Vec<(&Exemplar, &TierLabel)> =
+        set.iter().filter_map(|e| if let Grade::Labelled(label) = &e.grade { Some((e, label)) } else { None }).collect();
+    // One router per exemplar, built and asked on every core.
+    let outcomes = super::par_map(&labelled, 1, |&(ex, label)| {
         let others = ExemplarSet::from_exemplars(set.iter().filter(|e| e.id != ex.id).cloned().collect())?;
         let router = configure(Router::builder().embedder(embedder.clone()).exemplars(others).prices(prices.clone()).no_cache()).build()?;
         let d = router.route(&ex.prompt)?;
-        outcomes.push(LooOutcome {
+        Ok(LooOutcome {
             id: ex.id.clone(),
             category: ex.category.clone(),
             language: ex.language.clone(),
@@ -212,8 +213,8 @@ pub fn leave_one_out(
             tier_quality: tier_quality(&d.candidates),
             model: d.model,
             fallback: d.fallback,
-        });
-    }
+        })
+    })?;
     Ok(LooReport { outcomes })
 }
 
