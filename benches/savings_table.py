@@ -27,8 +27,8 @@ def met(t):
 
 
 rows = []
-print("| data set (test prompts, models) | AIQ router / hull / oracle | kept at 90% / 95% / 98% | cost at 95%: router / cheapest single at 95% / oracle | gap to the oracle closed | APGR | chosen for the curve (out of fold) |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| data set (test prompts, models) | AIQ router / hull / oracle | kept at 90% / 95% / 98% | random at the 95% point's reference share: kept | cost at 95%: router / cheapest single at 95% / oracle | gap to the oracle closed | APGR | chosen for the curve (out of fold) |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for name in SETS:
     runs = load(name)
     if not runs:
@@ -54,7 +54,8 @@ for name in SETS:
         hull_note = "" if above == n else f" ({above} of {n} ≥ hull)"
         print(f"| {name} ({r0['test']}, {len(r0['models'])}) {label} | {mean(lambda r: r['aiq']):.4f} / {mean(lambda r: r['zero_router_aiq']):.4f} / {mean(lambda r: r['oracle_aiq']):.4f}"
               f"{hull_note}"
-              f" | {kept} | ${mean(lambda r: at(r, 0.95)['cost_usd']):.4f} / ${mean(single):.4f} / ${mean(lambda r: at(r, 0.95)['oracle_cost_usd']):.4f} ({ratio:.2f}×)"
+              f" | {kept} | {100 * mean(lambda r: r['random_at_95']['quality'] / at(r, 0.95)['reference_quality']):.1f}%"
+              f" | ${mean(lambda r: at(r, 0.95)['cost_usd']):.4f} / ${mean(single):.4f} / ${mean(lambda r: at(r, 0.95)['oracle_cost_usd']):.4f} ({ratio:.2f}×)"
               f" | {100 * gap:.0f}% | {mean(lambda r: r['apgr']):.3f} | {chosen} |")
 if not rows:
     print("(no results in", out, ")")
@@ -82,3 +83,21 @@ for name in SETS:
     r = next((r for r in runs if r["seed"] == 42), runs[0])
     cells = ", ".join(f"{p:.2f}→{q:.2f} ({n})" for p, q, n in r["calibration"]["reliability"])
     print(f"- {name}: {cells}")
+
+print()
+print("Curve points below random routing at the same reference share (a random mix of the cheap and the reference model; every seed):")
+for name in SETS:
+    runs = load(name)
+    if not runs:
+        continue
+    below, points, worst = 0, 0, 0.0
+    for r in runs:
+        single = {m["model"]: m["quality"] for m in r["single_models"]}
+        qs, qw = single[r["reference_model"]], single[r["cheap_model"]]
+        for p in r["curve"]:
+            gap = qw + p["reference_share"] * (qs - qw) - p["quality"]
+            points += 1
+            if gap > 1e-9:
+                below += 1
+                worst = max(worst, gap)
+    print(f"- {name}: {below} of {points}" + (f" (at most {worst:.4f} below)" if below else ""))
