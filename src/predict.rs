@@ -49,6 +49,7 @@ pub mod select;
 pub use features::{FeatureModel, FeatureSettings};
 pub use lowrank::{LowRankModel, LowRankSettings};
 
+pub(crate) use ridge::evenly_spread;
 pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS};
 
 use crate::embed::Embedder;
@@ -71,14 +72,14 @@ use crate::pricing::PriceTable;
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]
 pub enum Predictor {
-    /// While the router holds from [`KERNEL_RIDGE_MIN_EXEMPLARS`] to
-    /// [`KERNEL_RIDGE_MAX_EXEMPLARS`] exemplars in process: when every one is measured, the
-    /// predictor that cross-validation on the exemplars finds most accurate ([`select`]: blend,
-    /// neighbours, kernel ridge, low rank, their ensemble, the feature model or their
-    /// [stack](Predictor::Stacked), by Brier score; chosen once at build, 1.15 s at
-    /// 560 exemplars × 49 models); otherwise (hand labels) [`KernelRidge`](Predictor::KernelRidge)
-    /// with [`RidgeSettings::for_embedder`]. [`Neighbours`](Predictor::Neighbours) outside that range
-    /// and with a shared store.
+    /// While the router holds at least [`KERNEL_RIDGE_MIN_EXEMPLARS`] exemplars in process and
+    /// every one is measured: the predictor that cross-validation on the exemplars finds most
+    /// accurate ([`select`]: blend, neighbours, kernel ridge, low rank, their ensemble, the
+    /// feature model or their [stack](Predictor::Stacked), by Brier score; chosen once at build,
+    /// 1.15 s at 560 exemplars × 49 models; above [`KERNEL_RIDGE_MAX_EXEMPLARS`], chosen on that
+    /// many evenly spread). Otherwise (hand labels), up to [`KERNEL_RIDGE_MAX_EXEMPLARS`],
+    /// [`KernelRidge`](Predictor::KernelRidge) with [`RidgeSettings::for_embedder`].
+    /// [`Neighbours`](Predictor::Neighbours) outside those ranges and with a shared store.
     #[default]
     Auto,
     /// The similarity-weighted mean of the k nearest exemplars' grades ([`predict_from`]).

@@ -1176,10 +1176,11 @@ impl RouterBuilder {
         self
     }
 
-    /// How each model's quality is predicted (default [`Predictor::Auto`]: the mean of a
-    /// kernel-ridge model fitted on every exemplar and the nearest neighbours' grades, for 50 to
-    /// 2,000 in-process exemplars; the neighbours alone otherwise and with a shared store). The
-    /// README has each predictor's leave-one-out tier agreement on the built-in set.
+    /// How each model's quality is predicted (default [`Predictor::Auto`]: on hand labels, a
+    /// kernel-ridge model fitted on every exemplar, for 50 to 2,000 in-process exemplars; on
+    /// measured exemplars, from 50, whichever predictor cross-validation on them finds best; the
+    /// neighbours alone otherwise and with a shared store). The README has each predictor's
+    /// leave-one-out tier agreement on the built-in set.
     pub fn predictor(mut self, predictor: Predictor) -> Self {
         self.predictor = Some(predictor);
         self
@@ -1577,11 +1578,12 @@ fn caution_for(
 /// The predictor in force for these exemplars, the model it fits, if any (only over the
 /// in-process index, which holds every exemplar's vector), and the caution in force with it
 /// ([`caution_for`]: derived from the model where it can be, so the two are fitted together).
-/// With [`Predictor::Auto`] and a set of measured exemplars only (50 to 2,000), cross-validation
-/// on the exemplars chooses among blend, neighbours, kernel ridge, low rank, their ensemble, the feature model and their stack ([`select`]); once
-/// chosen (`selected`), the choice is kept as exemplars are added. A fit that fails (too many exemplars for an explicit kernel
-/// predictor, say) leaves the neighbours to predict, with a warning: refusing would make an
-/// exemplar or a piece of feedback, already kept, stop the router from starting.
+/// With [`Predictor::Auto`] and a set of measured exemplars only (at least 50), cross-validation
+/// on the exemplars (on 2,000 evenly spread above that many) chooses among blend, neighbours,
+/// kernel ridge, low rank, their ensemble, the feature model and their stack ([`select`]); once
+/// chosen (`selected`), the choice is kept as exemplars are added. A fit that fails leaves the
+/// neighbours to predict, with a warning: refusing would make an exemplar or a piece of
+/// feedback, already kept, stop the router from starting.
 fn quality_model(
     search: &Search,
     exemplars: &ExemplarSet,
@@ -1601,8 +1603,22 @@ fn quality_model(
         let mut selected = selected;
         let predictor = match (settings.predictor, selected) {
             (Predictor::Auto, Some(p)) => p,
-            (Predictor::Auto, None) if in_range && exemplars.iter().all(|e| matches!(e.grade, Grade::Measured { .. })) => {
-                let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+            (Predictor::Auto, None)
+                if n >= KERNEL_RIDGE_MIN_EXEMPLARS && exemplars.iter().all(|e| matches!(e.grade, Grade::Measured { .. })) =>
+            {
+                let mut vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+                // Above KERNEL_RIDGE_MAX_EXEMPLARS, the choice is made on that many evenly
+                // spread (as the kernel model is fitted), so that building a router on a large
+                // graded workload costs what it does at that size; the choice is then fitted on
+                // every exemplar.
+                let thinned = (n > KERNEL_RIDGE_MAX_EXEMPLARS).then(|| {
+                    let keep = crate::predict::evenly_spread(n, KERNEL_RIDGE_MAX_EXEMPLARS);
+                    let mut wanted = keep.iter().copied().peekable();
+                    let picked: Vec<Exemplar> =
+                        exemplars.iter().enumerate().filter(|(i, _)| wanted.next_if_eq(i).is_some()).map(|(_, e)| e.clone()).collect();
+                    vectors = keep.iter().map(|&i| std::mem::take(&mut vectors[i])).collect();
+                    ExemplarSet::from_exemplars(picked)
+                });
                 let candidates = select::Candidates {
                     k: settings.k,
                     temperature: settings.temperature,
@@ -1610,7 +1626,12 @@ fn quality_model(
                     ridge: RidgeSettings::for_embedder(embedder),
                     low_rank: LowRankSettings::for_router(),
                 };
-                match select::cross_validate(exemplars, &vectors, prices, &candidates, 5) {
+                let scores = match thinned {
+                    None => select::cross_validate(exemplars, &vectors, prices, &candidates, 5),
+                    Some(Ok(set)) => select::cross_validate(&set, &vectors, prices, &candidates, 5),
+                    Some(Err(e)) => Err(e),
+                };
+                match scores {
                     Ok(scores) => {
                         let best = scores.best().0;
                         tracing::info!("Predictor::Auto chose {} by cross-validation: {:?}", best.describe(true), scores.scores);

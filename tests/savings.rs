@@ -335,6 +335,51 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
 }
 
 #[test]
+fn above_2000_measured_exemplars_auto_chooses_on_2000_evenly_spread() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::predict::{select, LowRankSettings, Prior, RidgeSettings, KERNEL_RIDGE_MAX_EXEMPLARS};
+    // 2,100 exemplars (Auto used to leave so many to the neighbours alone): the small model
+    // answers short prompts and fails long ones full of numbers, which the test embedder's
+    // letter counts (one a and one b in each) cannot tell apart at all.
+    let n = KERNEL_RIDGE_MAX_EXEMPLARS + 100;
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let (prompt, small) = if i % 2 == 0 {
+                (format!("ab {i}"), 1)
+            } else {
+                (format!("ab {i}: 31 47 52 68 73 89 94 15 26 37 48 59 60 71 82 93 + 4.5 * 6.25 / 17.75 - 3 = ?"), 0)
+            };
+            format!(
+                r#"{{"id":"r{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#
+            )
+        })
+        .collect();
+    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "m.jsonl").unwrap();
+    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let router =
+        semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
+    // The choice is cross-validation's on exemplars i · n / 2000.
+    let spread: Vec<_> =
+        (0..KERNEL_RIDGE_MAX_EXEMPLARS).map(|i| set.iter().nth(i * n / KERNEL_RIDGE_MAX_EXEMPLARS).unwrap().clone()).collect();
+    let spread = ExemplarSet::from_exemplars(spread).unwrap();
+    let vectors = Letters.embed_batch(&spread.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).unwrap();
+    let candidates = select::Candidates {
+        k: 8,
+        temperature: 0.05,
+        prior: Prior::none(),
+        ridge: RidgeSettings::for_embedder(&Letters),
+        low_rank: LowRankSettings::for_router(),
+    };
+    let best = select::cross_validate(&spread, &vectors, &prices, &candidates, 5).unwrap().best().0.describe(true);
+    assert_ne!(best, "neighbours", "the check tells the old rule from the new");
+    let d = router.route("ab 5000").unwrap();
+    assert_eq!(d.quality_from, best);
+    assert_eq!(d.model, "small", "{}", d.reason);
+    let hard = router.route("ab 5001: 13 74 25 86 37 98 49 51 62 73 84 95 16 27 38 + 5.5 * 2.25 / 71.75 - 9 = ?").unwrap();
+    assert_eq!(hard.model, "big", "{}", hard.reason);
+}
+
+#[test]
 fn the_feature_model_reads_difficulty_the_embedding_does_not_show() {
     use semroute::exemplar::ExemplarSet;
     use semroute::predict::{FeatureSettings, Predictor};

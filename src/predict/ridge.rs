@@ -460,10 +460,19 @@ fn thin<'a>(rows: Vec<usize>, members: Vec<(&'a str, Vec<f64>)>) -> (Vec<usize>,
     if n <= KERNEL_RIDGE_MAX_EXEMPLARS {
         return (rows, members);
     }
-    let keep: Vec<usize> = (0..KERNEL_RIDGE_MAX_EXEMPLARS).map(|i| i * n / KERNEL_RIDGE_MAX_EXEMPLARS).collect();
+    let keep = evenly_spread(n, KERNEL_RIDGE_MAX_EXEMPLARS);
     let rows = keep.iter().map(|&p| rows[p]).collect();
     let members = members.into_iter().map(|(m, y)| (m, keep.iter().map(|&p| y[p]).collect())).collect();
     (rows, members)
+}
+
+/// `at_most` positions of `0..n` evenly spread over it (`i · n / at_most` for `i` below
+/// `at_most`), or all of them when there are no more.
+pub(crate) fn evenly_spread(n: usize, at_most: usize) -> Vec<usize> {
+    if n <= at_most {
+        return (0..n).collect();
+    }
+    (0..at_most).map(|i| i * n / at_most).collect()
 }
 
 /// `‖L⁻¹b‖²` for a lower-triangular `L` packed as [`Fit::factor`] is (NaN if `L` is singular).
