@@ -50,6 +50,19 @@ fn bad_dataset_line_names_file_and_line() {
 }
 
 #[test]
+fn a_repeated_id_or_an_empty_prompt_names_the_line_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    let good = |id: &str| format!("{{\"id\":\"{id}\",\"prompt\":\"p {id}\",\"scores\":{{\"m\":0.5}}}}\n");
+    std::fs::write(&path, good("a") + &good("b") + "\n" + &good("a")).unwrap();
+    let msg = Dataset::load(&path).unwrap_err().to_string();
+    assert!(msg.contains("d.jsonl:4") && msg.contains("`id`") && msg.contains("duplicate id \"a\" (first at line 1)"), "{msg}");
+    std::fs::write(&path, good("a") + "{\"id\":\"b\",\"prompt\":\"  \",\"scores\":{\"m\":0.5}}\n").unwrap();
+    let msg = Dataset::load(&path).unwrap_err().to_string();
+    assert!(msg.contains("d.jsonl:2") && msg.contains("`prompt`") && msg.contains("empty"), "{msg}");
+}
+
+#[test]
 fn metrics_of_perfect_and_useless_routers() {
     let (weak, strong) = (0.6, 0.9);
     // Recovers the whole gap with 20% strong calls, then stays there.

@@ -129,14 +129,29 @@ impl Dataset {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut records = Vec::new();
+        // Each id's line, so that a repeated one names both.
+        let mut lines_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let bad = |message: String| Error::Exemplar { at: Location::line(path, i + 1), field: None, message };
-            let r: Record = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            let at = |field: Option<&str>, message: String| Error::Exemplar {
+                at: Location::line(path, i + 1),
+                field: field.map(str::to_string),
+                message,
+            };
+            let r: Record = serde_json::from_str(line).map_err(|e| at(None, e.to_string()))?;
             if let Some((m, q)) = r.scores.iter().find(|(_, q)| !(0.0..=1.0).contains(*q)) {
-                return Err(bad(format!("score of {m} is {q}, outside [0, 1]")));
+                return Err(at(Some("scores"), format!("score of {m} is {q}, outside [0, 1]")));
+            }
+            if r.id.trim().is_empty() {
+                return Err(at(Some("id"), "the id is empty".into()));
+            }
+            if r.prompt.trim().is_empty() {
+                return Err(at(Some("prompt"), "the prompt is empty or only whitespace: nothing to route".into()));
+            }
+            if let Some(first) = lines_of.insert(r.id.clone(), i + 1) {
+                return Err(at(Some("id"), format!("duplicate id {:?} (first at line {first})", r.id)));
             }
             records.push(r);
         }
