@@ -115,6 +115,18 @@ fn report(data: &Dataset) -> Report {
 }
 
 #[test]
+fn models_the_price_table_does_not_price_are_named_not_dropped_silently() {
+    let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
+    let all = prices();
+    let kept = ["gemma-2-2b-it", "gpt-4o-mini-2024-07-18", "o1-preview-2024-09-12"];
+    let three = PriceTable::from_models(kept.iter().map(|m| (m.to_string(), all.get(m).unwrap().clone()))).unwrap();
+    let r = run(&data, &three, common::embedder() as Arc<dyn Embedder>, &quick()).unwrap();
+    assert_eq!(r.models, kept);
+    assert_eq!(r.models_unpriced, ["claude-3-5-sonnet-20240620", "gpt-4o-2024-08-06", "qwen2.5-7b-instruct"]);
+    assert!(r.models_left_out.is_empty());
+}
+
+#[test]
 fn harness_routes_the_test_split_through_a_router_built_on_train() {
     let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
     let r = report(&data);

@@ -275,6 +275,8 @@ pub struct Report {
     pub models: Vec<String>,
     /// Priced models left out for lacking a score on some prompt.
     pub models_left_out: Vec<String>,
+    /// Models the data set scores that the price table does not price (so not routed to).
+    pub models_unpriced: Vec<String>,
     /// The assumption made about missing answer lengths, if any was needed.
     pub assumption: Option<String>,
     /// The best model on the train split (mean quality; the cheaper on ties).
@@ -566,9 +568,19 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let (models, left_out): (Vec<String>, Vec<String>) =
         prices.names().map(str::to_string).partition(|m| data.records.iter().all(|r| r.scores.contains_key(m)));
     let left_out: Vec<String> = left_out.into_iter().filter(|m| data.records.iter().any(|r| r.scores.contains_key(m))).collect();
+    let unpriced: Vec<String> = data
+        .records
+        .iter()
+        .flat_map(|r| r.scores.keys())
+        .filter(|m| prices.get(m).is_none())
+        .cloned()
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect();
     if models.len() < 2 {
         return Err(Error::Config(format!(
-            "the price table and the data set share fewer than two models scored on every prompt ({models:?})"
+            "the price table and the data set share fewer than two models scored on every prompt ({models:?}; priced but not \
+             scored on every prompt: {left_out:?}; scored but not priced: {unpriced:?})"
         )));
     }
     let prices = PriceTable::from_models(models.iter().map(|m| (m.clone(), prices.get(m).expect("listed").clone())))?;
@@ -866,6 +878,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         seed: settings.seed,
         models: models.clone(),
         models_left_out: left_out,
+        models_unpriced: unpriced,
         assumption,
         reference_model: models[reference].clone(),
         cheap_model: models[cheap].clone(),

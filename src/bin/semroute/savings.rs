@@ -151,6 +151,9 @@ fn print_report(args: &Args, r: &Report) {
     if !r.models_left_out.is_empty() {
         println!("left out (not scored on every prompt): {}", r.models_left_out.join(", "));
     }
+    if !r.models_unpriced.is_empty() {
+        println!("left out (no price in the price table): {}", r.models_unpriced.join(", "));
+    }
     println!("out-of-fold choice on train ({} candidates):", r.candidates.len());
     for c in &r.candidates {
         let mark = if c.config == r.chosen.config && c.policy == r.chosen.policy { "  <- chosen" } else { "" };
