@@ -319,34 +319,43 @@ fn savings_example_prints_one_json_object_per_seed_and_a_plot() {
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "{} bytes", bytes.len());
 }
 
-#[test]
-fn auto_cross_validates_the_predictor_on_measured_exemplars() {
-    use semroute::exemplar::ExemplarSet;
-    use semroute::predict::{select, LowRankSettings, Predictor, Prior, RidgeSettings};
-    // 80 measured exemplars of two kinds: the small model is right on the a-prompts only.
-    let lines: Vec<String> = (0..80)
+/// `n` measured exemplars alternating between two kinds of prompt (ids `{id}{i}`): the small
+/// model is right on the first kind only, the big one on both.
+fn two_kinds(n: usize, id: &str, first: impl Fn(usize) -> String, second: impl Fn(usize) -> String) -> semroute::exemplar::ExemplarSet {
+    let lines: Vec<String> = (0..n)
         .map(|i| {
-            let prompt = if i % 2 == 0 { format!("aaa a {i}") } else { format!("bbb b {i}") };
+            let (prompt, small) = if i % 2 == 0 { (first(i), 1) } else { (second(i), 0) };
             format!(
-                r#"{{"id":"r{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#,
-                u8::from(i % 2 == 0)
+                r#"{{"id":"{id}{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#
             )
         })
         .collect();
-    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "m.jsonl").unwrap();
-    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
-    let router =
-        semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
-    // What the router chose is what cross-validation on its exemplars finds most accurate.
-    let vectors = Letters.embed_batch(&set.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).unwrap();
-    let candidates = select::Candidates {
+    semroute::exemplar::ExemplarSet::from_jsonl_str(&lines.join("\n"), "m.jsonl").unwrap()
+}
+
+/// The candidates a router's `Predictor::Auto` cross-validates, with the router's settings.
+fn router_candidates() -> semroute::predict::select::Candidates {
+    use semroute::predict::{LowRankSettings, Prior, RidgeSettings};
+    semroute::predict::select::Candidates {
         k: 8,
         temperature: 0.05,
         prior: Prior::none(),
         ridge: RidgeSettings::for_embedder(&Letters),
         low_rank: LowRankSettings::for_router(),
-    };
-    let scores = select::cross_validate(&set, &vectors, &prices, &candidates, 5).unwrap();
+    }
+}
+
+#[test]
+fn auto_cross_validates_the_predictor_on_measured_exemplars() {
+    use semroute::predict::{select, Predictor};
+    // 80 measured exemplars of two kinds: the small model is right on the a-prompts only.
+    let set = two_kinds(80, "r", |i| format!("aaa a {i}"), |i| format!("bbb b {i}"));
+    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let router =
+        semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
+    // What the router chose is what cross-validation on its exemplars finds most accurate.
+    let vectors = Letters.embed_batch(&set.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).unwrap();
+    let scores = select::cross_validate(&set, &vectors, &prices, &router_candidates(), 5).unwrap();
     // Six predictors and their stack.
     assert_eq!(scores.scores.len(), 7);
     let d = router.route("aaaa a").unwrap();
@@ -362,24 +371,17 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
 #[test]
 fn above_2000_measured_exemplars_auto_chooses_on_2000_evenly_spread() {
     use semroute::exemplar::ExemplarSet;
-    use semroute::predict::{select, LowRankSettings, Prior, RidgeSettings, KERNEL_RIDGE_MAX_EXEMPLARS};
+    use semroute::predict::{select, KERNEL_RIDGE_MAX_EXEMPLARS};
     // 2,100 exemplars (Auto used to leave so many to the neighbours alone): the small model
     // answers short prompts and fails long ones full of numbers, which the test embedder's
     // letter counts (one a and one b in each) cannot tell apart at all.
     let n = KERNEL_RIDGE_MAX_EXEMPLARS + 100;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            let (prompt, small) = if i % 2 == 0 {
-                (format!("ab {i}"), 1)
-            } else {
-                (format!("ab {i}: 31 47 52 68 73 89 94 15 26 37 48 59 60 71 82 93 + 4.5 * 6.25 / 17.75 - 3 = ?"), 0)
-            };
-            format!(
-                r#"{{"id":"r{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#
-            )
-        })
-        .collect();
-    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "m.jsonl").unwrap();
+    let set = two_kinds(
+        n,
+        "r",
+        |i| format!("ab {i}"),
+        |i| format!("ab {i}: 31 47 52 68 73 89 94 15 26 37 48 59 60 71 82 93 + 4.5 * 6.25 / 17.75 - 3 = ?"),
+    );
     let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
     let router =
         semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
@@ -388,14 +390,7 @@ fn above_2000_measured_exemplars_auto_chooses_on_2000_evenly_spread() {
         (0..KERNEL_RIDGE_MAX_EXEMPLARS).map(|i| set.iter().nth(i * n / KERNEL_RIDGE_MAX_EXEMPLARS).unwrap().clone()).collect();
     let spread = ExemplarSet::from_exemplars(spread).unwrap();
     let vectors = Letters.embed_batch(&spread.iter().map(|e| e.prompt.as_str()).collect::<Vec<_>>()).unwrap();
-    let candidates = select::Candidates {
-        k: 8,
-        temperature: 0.05,
-        prior: Prior::none(),
-        ridge: RidgeSettings::for_embedder(&Letters),
-        low_rank: LowRankSettings::for_router(),
-    };
-    let best = select::cross_validate(&spread, &vectors, &prices, &candidates, 5).unwrap().best().0.describe(true);
+    let best = select::cross_validate(&spread, &vectors, &prices, &router_candidates(), 5).unwrap().best().0.describe(true);
     assert_ne!(best, "neighbours", "the check tells the old rule from the new");
     let d = router.route("ab 5000").unwrap();
     assert_eq!(d.quality_from, best);
@@ -406,23 +401,15 @@ fn above_2000_measured_exemplars_auto_chooses_on_2000_evenly_spread() {
 
 #[test]
 fn the_feature_model_reads_difficulty_the_embedding_does_not_show() {
-    use semroute::exemplar::ExemplarSet;
     use semroute::predict::{FeatureSettings, Predictor};
     // The small model answers short questions and fails long ones full of numbers; the test
     // embedder's vectors (letter counts) do not tell the two kinds apart by topic.
-    let lines: Vec<String> = (0..60)
-        .map(|i| {
-            let (prompt, small) = if i % 2 == 0 {
-                (format!("name a colour please {i}"), 1)
-            } else {
-                (format!("a shop sells {i} pens at 3.25 each and 17 boxes of 12 at 41.50; after a 15% discount and 8% tax, what is paid?"), 0)
-            };
-            format!(
-                r#"{{"id":"f{i}","prompt":"{prompt}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#
-            )
-        })
-        .collect();
-    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "f.jsonl").unwrap();
+    let set = two_kinds(
+        60,
+        "f",
+        |i| format!("name a colour please {i}"),
+        |i| format!("a shop sells {i} pens at 3.25 each and 17 boxes of 12 at 41.50; after a 15% discount and 8% tax, what is paid?"),
+    );
     let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
     let router = semroute::Router::builder()
         .embedder(Arc::new(Letters))
