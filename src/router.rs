@@ -1606,19 +1606,7 @@ fn quality_model(
             (Predictor::Auto, None)
                 if n >= KERNEL_RIDGE_MIN_EXEMPLARS && exemplars.iter().all(|e| matches!(e.grade, Grade::Measured { .. })) =>
             {
-                let mut vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
-                // Above KERNEL_RIDGE_MAX_EXEMPLARS, the choice is made on that many evenly
-                // spread (as the kernel model is fitted), so that building a router on a large
-                // graded workload costs what it does at that size; the choice is then fitted on
-                // every exemplar.
-                let thinned = (n > KERNEL_RIDGE_MAX_EXEMPLARS).then(|| {
-                    let keep = crate::predict::evenly_spread(n, KERNEL_RIDGE_MAX_EXEMPLARS);
-                    let mut wanted = keep.iter().copied().peekable();
-                    let picked: Vec<Exemplar> =
-                        exemplars.iter().enumerate().filter(|(i, _)| wanted.next_if_eq(i).is_some()).map(|(_, e)| e.clone()).collect();
-                    vectors = keep.iter().map(|&i| std::mem::take(&mut vectors[i])).collect();
-                    ExemplarSet::from_exemplars(picked)
-                });
+                let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
                 let candidates = select::Candidates {
                     k: settings.k,
                     temperature: settings.temperature,
@@ -1626,10 +1614,17 @@ fn quality_model(
                     ridge: RidgeSettings::for_embedder(embedder),
                     low_rank: LowRankSettings::for_router(),
                 };
-                let scores = match thinned {
-                    None => select::cross_validate(exemplars, &vectors, prices, &candidates, 5),
-                    Some(Ok(set)) => select::cross_validate(&set, &vectors, prices, &candidates, 5),
-                    Some(Err(e)) => Err(e),
+                // Above KERNEL_RIDGE_MAX_EXEMPLARS, the choice is made on that many evenly
+                // spread (as the kernel model is fitted), so that building a router on a large
+                // graded workload costs what it does at that size; the choice is then fitted on
+                // every exemplar.
+                let scores = if n > KERNEL_RIDGE_MAX_EXEMPLARS {
+                    let keep = crate::predict::evenly_spread(n, KERNEL_RIDGE_MAX_EXEMPLARS);
+                    let spread = keep.iter().map(|&i| vectors[i].clone()).collect::<Vec<_>>();
+                    ExemplarSet::from_exemplars(keep.iter().map(|&i| exemplars.get(i).clone()).collect())
+                        .and_then(|set| select::cross_validate(&set, &spread, prices, &candidates, 5))
+                } else {
+                    select::cross_validate(exemplars, &vectors, prices, &candidates, 5)
                 };
                 match scores {
                     Ok(scores) => {

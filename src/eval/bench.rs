@@ -23,8 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::par_map;
 use super::{aiq, apgr, cpt, output_tokens, split_indices, to_exemplars, CurvePoint, Dataset, Record};
+use super::{cores, par_map};
 use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::ExemplarSet;
@@ -665,8 +665,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         // The folds' routers are built side by side, as many at once as there are cores
         // (fitting is most of a build), and each is dropped once it has assessed its fold.
         let folds: Vec<usize> = (0..settings.folds).collect();
-        let at_once = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        for batch in folds.chunks(at_once) {
+        for batch in folds.chunks(cores()) {
             let routers = par_map(batch, 1, |&fold| {
                 let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
                 config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference])
@@ -911,12 +910,12 @@ enum Operating {
     Single(usize),
 }
 
-/// The model index each assessment picks under `constraints`.
-/// Each of `items` assessed ([`par_map`](super::par_map), at least 64 a core).
+/// Each of `items` assessed ([`par_map`], at least 64 a core).
 fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + Sync) -> Result<Vec<Assessment>> {
     par_map(items, 64, assess)
 }
 
+/// The model index each assessment picks under `constraints`.
 fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<usize>> {
     assessments
         .iter()

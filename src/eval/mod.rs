@@ -362,8 +362,7 @@ pub fn aiq(points: &[(f64, f64)], c_min: f64, c_max: f64) -> f64 {
 /// independent read of data that nothing changes meanwhile, a router or its assessments, so the
 /// result is the same as one after the other). The first error, in order, is returned.
 pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], min_per_thread: usize, f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
-    let threads =
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(items.len() / min_per_thread.max(1)).max(1);
+    let threads = cores().min(items.len() / min_per_thread.max(1)).max(1);
     if threads == 1 {
         return items.iter().map(&f).collect();
     }
@@ -377,4 +376,9 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], min_per_thread: usize, f: i
         }
         Ok(out)
     })
+}
+
+/// How many threads [`par_map`] spreads over: the machine's cores (1 when unknown).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

@@ -18,10 +18,11 @@
 //! about a group of models (one for a hand-labelled set; feedback on a model gives that model its
 //! own set): 40 ms for the 427 built-in exemplars. The cost grows with the cube of the count,
 //! which is why [`Predictor::Auto`](super::Predictor::Auto) uses the model only up to
-//! [`KERNEL_RIDGE_MAX_EXEMPLARS`], and why a model asked for explicitly on more is fitted on
-//! that many of them, evenly spread (the rest still count for the neighbours). Predicting scans the exemplars once, like the exact index;
-//! its standard error ([`QualityModel::predict_with_error`]) adds one triangular solve against
-//! the factor kept from the fit.
+//! [`KERNEL_RIDGE_MAX_EXEMPLARS`] on hand labels, and why a model on more is fitted on that many
+//! of them, evenly spread (the rest still count for the neighbours). Predicting scans the fitted
+//! exemplars once, like the exact index; its standard error
+//! ([`QualityModel::predict_with_error`]) adds one triangular solve against the factor kept from
+//! the fit.
 //!
 //! ```
 //! use semroute::exemplar::ExemplarSet;
