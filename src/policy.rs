@@ -147,6 +147,8 @@ impl Constraints {
 pub enum Objective {
     /// The cheapest model whose predicted quality reaches this bar, in `[0, 1]`; when none does,
     /// the highest predicted quality.
+    /// The safe (fallback) model keeps that choice unless another model's lower bound is above
+    /// the safe model's prediction.
     QualityBar(f64),
     /// The model maximising `predicted quality × usd − expected cost`, where `usd` (≥ 0) is what
     /// one full point of quality is worth: 0 picks the cheapest model, larger values buy quality.
@@ -341,19 +343,45 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
     // among equals; with caution, the best lower bound (a model whose high prediction rests on
-    // one lucky neighbour is not the safe choice).
+    // one lucky neighbour is not the safe choice). The safe model keeps the choice unless
+    // another's lower bound is above the safe model's own prediction: the guard of the utility
+    // objective at its highest price, and for the same reason (the best of many noisy lower
+    // bounds is high partly by luck, and the safe model is best on average).
     let lower = |c: &Candidate| c.predicted_quality.map_or(-1.0, |q| q - input.caution * c.quality_se.unwrap_or(0.0));
     let i = best(&lower)?;
-    Some((i, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution }))
+    let safe = (0..candidates.len())
+        .find(|&s| eligible(s) && candidates[s].model == input.fallback_model)
+        .and_then(|s| candidates[s].predicted_quality.map(|q| (s, q)));
+    if let Some((s, _)) = safe.filter(|&(s, q)| s != i && lower(&candidates[i]) <= q) {
+        return Some((s, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution, kept_safe: true }));
+    }
+    Some((i, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution, kept_safe: false }))
 }
 
 /// Why [`pick`] took a model, written out only for the chosen one.
 #[derive(Debug, Clone, Copy)]
 enum Why<'a> {
-    Fallback { why: &'a str, excluded: bool },
-    Utility { usd: f64, utility: f64, kept_safe: bool },
-    Clears { bar: f64, caution: f64 },
-    NoneClears { objective: Objective, bar: f64, caution: f64 },
+    Fallback {
+        why: &'a str,
+        excluded: bool,
+    },
+    Utility {
+        usd: f64,
+        utility: f64,
+        kept_safe: bool,
+    },
+    Clears {
+        bar: f64,
+        caution: f64,
+    },
+    /// `kept_safe`: the safe model was kept because no other model's lower bound rises above its
+    /// prediction.
+    NoneClears {
+        objective: Objective,
+        bar: f64,
+        caution: f64,
+        kept_safe: bool,
+    },
 }
 
 impl Why<'_> {
@@ -380,7 +408,11 @@ impl Why<'_> {
                 q - caution * se
             ),
             Why::Clears { bar, .. } => format!("cheapest model whose predicted quality {q:.2} clears the bar {bar:.2}"),
-            Why::NoneClears { objective: Objective::QualityBar(_), bar, caution } if caution > 0.0 => format!(
+            Why::NoneClears { objective: Objective::QualityBar(_), bar, kept_safe: true, .. } => format!(
+                "no model is predicted to clear the bar {bar:.2}; the safe model (predicted quality {q:.2} ± {se:.2}): \
+                 no other model's lower bound rises above its prediction"
+            ),
+            Why::NoneClears { objective: Objective::QualityBar(_), bar, caution, .. } if caution > 0.0 => format!(
                 "no model is predicted to clear the bar {bar:.2}{}; the highest lower bound: predicted quality {q:.2} ± {se:.2}",
                 by_errors(caution)
             ),
@@ -586,6 +618,42 @@ mod tests {
         // A gain surer than its uncertainty is taken.
         p.per_model.get_mut("c").unwrap().quality_se = Some(0.01);
         assert_eq!(at(&p, 10.0, 1.0).0, "c");
+    }
+
+    #[test]
+    fn when_no_model_clears_the_bar_the_safe_model_gives_way_only_to_a_sure_gain() {
+        // The safe model is b (0.80 ± 0.01); nothing clears the bar 0.95. c is predicted 0.90
+        // ± 0.10: its lower bound (0.80, with caution 1) is above b's (0.79) but not above b's
+        // prediction, so b keeps the choice, and the reason says why.
+        let mut p = predictions();
+        p.per_model.get_mut("b").unwrap().quality_se = Some(0.01);
+        p.per_model.get_mut("c").unwrap().quality_se = Some(0.10);
+        let t = prices();
+        let at = |p: &Predictions, fallback_model: &str| {
+            let input = ChoiceInput {
+                predictions: p,
+                prices: &t,
+                input_tokens: 0,
+                unfamiliar: None,
+                objective: Objective::QualityBar(0.95),
+                caution: 1.0,
+                fallback_model,
+                default_output_tokens: 500,
+                cache: None,
+            };
+            let c = choose(input, &Constraints::default());
+            (c.candidates[c.chosen.unwrap()].model.clone(), c.reason)
+        };
+        let (m, reason) = at(&p, "b");
+        assert_eq!(m, "b");
+        assert!(reason.contains("safe model") && reason.contains("lower bound"), "{reason}");
+        // Without a safe model among the predictions, the highest lower bound, as before.
+        assert_eq!(at(&p, "none").0, "c");
+        // A gain surer than its uncertainty (0.90 ± 0.05: lower bound 0.85) is taken.
+        p.per_model.get_mut("c").unwrap().quality_se = Some(0.05);
+        let (m, reason) = at(&p, "b");
+        assert_eq!(m, "c");
+        assert!(reason.contains("highest lower bound"), "{reason}");
     }
 
     #[test]
