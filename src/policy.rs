@@ -146,9 +146,8 @@ impl Constraints {
 #[non_exhaustive]
 pub enum Objective {
     /// The cheapest model whose predicted quality reaches this bar, in `[0, 1]`; when none does,
-    /// the highest predicted quality.
-    /// The safe (fallback) model keeps that choice unless another model's lower bound is above
-    /// the safe model's prediction.
+    /// the highest predicted quality, where the safe (fallback) model gives way only to a model
+    /// whose lower bound is above the safe model's prediction.
     QualityBar(f64),
     /// The model maximising `predicted quality × usd − expected cost`, where `usd` (≥ 0) is what
     /// one full point of quality is worth: 0 picks the cheapest model, larger values buy quality.
@@ -302,10 +301,13 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
     if !(0..candidates.len()).any(eligible) {
         return None;
     }
+    // The safe (fallback) model, if it is allowed: what an unfamiliar prompt gets, and what a
+    // noisy prediction must surely beat to draw the choice away.
+    let safe = (0..candidates.len()).find(|&i| eligible(i) && candidates[i].model == input.fallback_model);
+    let safe_quality = safe.and_then(|i| candidates[i].predicted_quality);
 
     if let Some(why) = input.unfamiliar {
-        let fallback = (0..candidates.len()).find(|&i| candidates[i].model == input.fallback_model && eligible(i));
-        return Some(match fallback {
+        return Some(match safe {
             Some(i) => (i, true, Why::Fallback { why, excluded: false }),
             // The fallback itself is excluded: take the highest tier allowed, cheapest within it.
             None => (best(&|c| c.tier.map_or(-1.0, |t| f64::from(t as u8)))?, true, Why::Fallback { why, excluded: true }),
@@ -320,9 +322,6 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
             // so a gain that may be noise does not draw the choice away from the safe model.
             // Predictions at or below the safe model's count as they are. With no caution (or no
             // safe model allowed) this is plain utility.
-            let safe_quality = (0..candidates.len())
-                .find(|&i| eligible(i) && candidates[i].model == input.fallback_model)
-                .and_then(|i| candidates[i].predicted_quality);
             let utility = |c: &Candidate, cautious: bool| {
                 let cost = c.session_cost_usd.unwrap_or(c.expected_cost_usd);
                 c.predicted_quality.map_or(f64::NEG_INFINITY, |q| {
@@ -349,39 +348,21 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
     // bounds is high partly by luck, and the safe model is best on average).
     let lower = |c: &Candidate| c.predicted_quality.map_or(-1.0, |q| q - input.caution * c.quality_se.unwrap_or(0.0));
     let i = best(&lower)?;
-    let safe = (0..candidates.len())
-        .find(|&s| eligible(s) && candidates[s].model == input.fallback_model)
-        .and_then(|s| candidates[s].predicted_quality.map(|q| (s, q)));
-    if let Some((s, _)) = safe.filter(|&(s, q)| s != i && lower(&candidates[i]) <= q) {
-        return Some((s, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution, kept_safe: true }));
-    }
-    Some((i, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution, kept_safe: false }))
+    let (i, kept_safe) = match (safe, safe_quality) {
+        (Some(s), Some(q)) if s != i && lower(&candidates[i]) <= q => (s, true),
+        _ => (i, false),
+    };
+    Some((i, false, Why::NoneClears { objective: input.objective, bar, caution: input.caution, kept_safe }))
 }
 
-/// Why [`pick`] took a model, written out only for the chosen one.
+/// Why [`pick`] took a model, written out only for the chosen one. `kept_safe`: the safe model
+/// was kept because no other model's gain survives its uncertainty.
 #[derive(Debug, Clone, Copy)]
 enum Why<'a> {
-    Fallback {
-        why: &'a str,
-        excluded: bool,
-    },
-    Utility {
-        usd: f64,
-        utility: f64,
-        kept_safe: bool,
-    },
-    Clears {
-        bar: f64,
-        caution: f64,
-    },
-    /// `kept_safe`: the safe model was kept because no other model's lower bound rises above its
-    /// prediction.
-    NoneClears {
-        objective: Objective,
-        bar: f64,
-        caution: f64,
-        kept_safe: bool,
-    },
+    Fallback { why: &'a str, excluded: bool },
+    Utility { usd: f64, utility: f64, kept_safe: bool },
+    Clears { bar: f64, caution: f64 },
+    NoneClears { objective: Objective, bar: f64, caution: f64, kept_safe: bool },
 }
 
 impl Why<'_> {

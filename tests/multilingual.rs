@@ -116,16 +116,15 @@ fn on_e5_the_fallback_rule_removes_the_shared_direction() {
     let int8 = Router::builder().embedder(common::installed("multilingual-e5-small-int8")).no_cache().build().unwrap();
     for r in [router(), int8] {
         assert!(r.settings().unfamiliar_centred);
+        let d = r.route("asdkjh qwe zxcmnb").unwrap();
+        assert!(d.fallback, "{}", d.reason);
         // "qqqq wxwx zzkj plmpl" sits at the limit itself with the int8 model (1.1407 against
         // about 1.14): on a CPU without AVX-512 ONNX Runtime's rounding puts it a hair below, so
         // it is held to within half a percent of the limit, not to the fallback itself.
         let limit = r.settings().unfamiliar_limit.expect("a derived limit");
-        for nonsense in ["asdkjh qwe zxcmnb", "qqqq wxwx zzkj plmpl"] {
-            let d = r.route(nonsense).unwrap();
-            let u = d.unfamiliarity.expect("an unfamiliarity");
-            assert!(d.fallback || u >= 0.995 * limit, "{nonsense:?}: {u} against {limit}: {}", d.reason);
-        }
-        assert!(r.route("asdkjh qwe zxcmnb").unwrap().fallback);
+        let d = r.route("qqqq wxwx zzkj plmpl").unwrap();
+        let u = d.unfamiliarity.expect("an unfamiliarity");
+        assert!(d.fallback || u >= 0.995 * limit, "{u} against {limit}: {}", d.reason);
         for everyday in [
             "What is the capital of Australia?",
             "Summarise this paragraph in one sentence: the meeting moved to Tuesday because the venue flooded.",
