@@ -148,6 +148,91 @@ impl Memo {
         self.embed_batch(texts).map(|_| ())
     }
 
+    /// As [`remember`](Memo::remember), through a cache on disk: the vectors of exactly these
+    /// texts, in this order, by this model, are read from `cache` when an earlier run stored
+    /// them, else embedded and stored (a benchmark run again embeds nothing). Returns whether
+    /// they came from the cache. A damaged or mismatched cache file is refused (with a warning)
+    /// and embedded again; a cache that cannot be written is warned about, not an error.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use semroute::embed::{Embedder, Memo};
+    /// use semroute::index::VectorCache;
+    /// # struct Letters;
+    /// # impl Embedder for Letters {
+    /// #     fn model_id(&self) -> &str { "letters" }
+    /// #     fn dim(&self) -> usize { 2 }
+    /// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+    /// #         Ok(t.iter().map(|s| if s.starts_with('a') { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect())
+    /// #     }
+    /// # }
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = VectorCache::new(dir.path());
+    /// assert!(!Memo::new(Arc::new(Letters)).remember_cached(&["apple", "banana"], &cache)?); // embedded, stored
+    /// let memo = Memo::new(Arc::new(Letters));
+    /// assert!(memo.remember_cached(&["apple", "banana"], &cache)?); // read back
+    /// assert_eq!(memo.embed("banana")?, vec![0.0, 1.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remember_cached(&self, texts: &[&str], cache: &crate::index::VectorCache) -> Result<bool> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for t in texts {
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("texts-{key}");
+        let (model, dim) = (self.inner.model_id().to_string(), self.inner.dim());
+        if let Some(vectors) = cache.load(&model, &key, texts.len(), dim) {
+            let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+            for (t, v) in texts.iter().zip(vectors) {
+                known.insert(t.to_string(), v.into());
+            }
+            return Ok(true);
+        }
+        let vectors = self.embed_batch(texts)?;
+        if let Err(e) = cache.store(&model, &key, &vectors) {
+            tracing::warn!("{}: vectors not cached: {e}", cache.dir().display());
+        }
+        Ok(false)
+    }
+
+    /// The vectors remembered so far, without the model: a memo that embeds nothing more (a text
+    /// it does not know is an error saying so) and lets the model's memory go once the original
+    /// is dropped. For a run that embedded everything up front: an embedding model in memory
+    /// weighs hundreds of megabytes that routing a known vector never touches.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use semroute::embed::{Embedder, Memo};
+    /// # struct Letters;
+    /// # impl Embedder for Letters {
+    /// #     fn model_id(&self) -> &str { "letters" }
+    /// #     fn dim(&self) -> usize { 2 }
+    /// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+    /// #         Ok(t.iter().map(|s| if s.starts_with('a') { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect())
+    /// #     }
+    /// # }
+    /// let memo = Memo::new(Arc::new(Letters));
+    /// memo.remember(&["apple"])?;
+    /// let known = memo.detached();
+    /// drop(memo); // the model goes with it
+    /// assert_eq!(known.embed("apple")?, vec![1.0, 0.0]);
+    /// assert_eq!(known.model_id(), "letters");
+    /// assert!(known.embed("banana").is_err());
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn detached(&self) -> Memo {
+        let inner = Arc::new(Detached {
+            model_id: self.inner.model_id().to_string(),
+            dim: self.inner.dim(),
+            min_similarity: self.inner.suggested_min_similarity(),
+            quick: self.inner.is_quick(),
+        });
+        Memo { inner, known: RwLock::new(self.known.read().unwrap_or_else(|p| p.into_inner()).clone()) }
+    }
+
     /// Number of texts remembered.
     pub fn len(&self) -> usize {
         self.known.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -156,6 +241,40 @@ impl Memo {
     /// Whether nothing is remembered yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What a [`Memo::detached`] knows of its model: everything but how to embed.
+struct Detached {
+    model_id: String,
+    dim: usize,
+    min_similarity: Option<f32>,
+    quick: bool,
+}
+
+impl Embedder for Detached {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn suggested_min_similarity(&self) -> Option<f32> {
+        self.min_similarity
+    }
+
+    fn is_quick(&self) -> bool {
+        self.quick
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Err(Error::Embedding(format!(
+            "{} text(s) were not embedded before the model {} was let go (Memo::detached)",
+            texts.len(),
+            self.model_id
+        )))
     }
 }
 

@@ -87,7 +87,16 @@ impl RouterConfig {
         ]
     }
 
-    fn router(&self, embedder: &Arc<dyn Embedder>, exemplars: ExemplarSet, prices: &PriceTable, fallback: &str) -> Result<Router> {
+    /// A router over `exemplars`, its index read from `graphs` when a router over the same
+    /// exemplars (another configuration, same fold) saved it there.
+    fn router(
+        &self,
+        embedder: &Arc<dyn Embedder>,
+        exemplars: ExemplarSet,
+        prices: &PriceTable,
+        fallback: &str,
+        graphs: &std::path::Path,
+    ) -> Result<Router> {
         let mut b = Router::builder();
         if let Some(s) = self.min_similarity {
             b = b.min_similarity(s);
@@ -100,7 +109,7 @@ impl RouterConfig {
             .prior_strength(self.prior_strength)
             .predictor(self.predictor)
             .fallback_model(fallback)
-            .no_cache()
+            .cache_dir(graphs)
             .build()
     }
 }
@@ -645,6 +654,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     if configs.is_empty() {
         return Err(Error::Config("no router configuration to try".into()));
     }
+    // Every configuration's router on a fold indexes the same exemplars: the first saves the
+    // graph (and the vectors) in this private folder, the others read it (milliseconds, against
+    // seconds to build one over thousands of exemplars). The router's own cache, not a copy.
+    let graphs = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let exemplars_of = |records: &[&Record]| ExemplarSet::from_exemplars(to_exemplars(records, &model_refs(&models), &counter, assumed));
     let vector_of = |r: &Record| memo.embed(&r.prompt);
 
@@ -668,7 +681,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         for batch in folds.chunks(cores()) {
             let routers = par_map(batch, 1, |&fold| {
                 let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
-                config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference])
+                config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path())
             })?;
             for (&fold, router) in batch.iter().zip(routers) {
                 let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
@@ -769,7 +782,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         if tested.contains_key(&c) {
             continue;
         }
-        let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference])?;
+        let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path())?;
         let positions: Vec<usize> = (0..test.len()).collect();
         let assessed =
             assess_all(&positions, |&i| router.assess_embedded(&test[i].prompt, &vector_of(test[i])?, Some(test_out.input_tokens[i])))?;

@@ -14,8 +14,9 @@ use crate::plot;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use semroute::embed::{Embedder, Memo};
+use semroute::embed::{Embedder, Home, Memo};
 use semroute::eval::{BenchSettings, Dataset, Report, RouterConfig};
+use semroute::index::VectorCache;
 use semroute::PriceTable;
 
 #[derive(clap::Args)]
@@ -58,14 +59,38 @@ pub struct Args {
     /// them: default, model-means, knn-8, ..., features); default: all of them.
     #[arg(long, value_delimiter = ',')]
     configs: Vec<String>,
+    /// Embed every prompt again instead of reading the vectors an earlier run of this data set
+    /// with this model stored in the cache folder (`<home>/embeddings`).
+    #[arg(long)]
+    no_vector_cache: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data = Dataset::load(&args.dataset)?;
     let prices = PriceTable::from_file(&args.prices)?;
     let model: Arc<dyn Embedder> = semroute::embed::load_installed(&args.embedding_model)?;
-    // One memory of vectors across seeds: each prompt is embedded once.
-    let memo: Arc<dyn Embedder> = Arc::new(Memo::new(model));
+    // One memory of vectors across seeds: each prompt is embedded once, and once across runs
+    // through the cache on disk.
+    let memo = Arc::new(Memo::new(model));
+    let prompts: Vec<&str> = data.records.iter().map(|r| r.prompt.as_str()).collect();
+    if args.no_vector_cache {
+        memo.remember(&prompts)?;
+    } else {
+        let cache = VectorCache::new(Home::from_env().cache_dir());
+        let started = std::time::Instant::now();
+        let cached = memo.remember_cached(&prompts, &cache)?;
+        eprintln!(
+            "{} prompts' vectors {} in {:.1} s",
+            prompts.len(),
+            if cached { "read from the cache" } else { "embedded (and cached)" },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // Every prompt is known now: the model's hundreds of megabytes go (they would sit beside
+    // every router the run builds).
+    let detached = memo.detached();
+    drop(memo);
+    let memo: Arc<dyn Embedder> = Arc::new(detached);
     let configs = if args.configs.is_empty() {
         None
     } else {
