@@ -300,8 +300,23 @@ impl Predictor {
             }
             return;
         }
+        self.apply_scores(model, model.predict_with_error(prompt, vector), neighbours, prices, predictions);
+    }
+
+    /// [`apply`](Predictor::apply) with `model`'s scores for the prompt already computed (each
+    /// model's quality and, where known, its standard error), so that a caller that needs them
+    /// for several predictors, or without the errors (cross-validation), computes them once.
+    /// Not for a stack, which mixes its parts itself.
+    pub(crate) fn apply_scores(
+        &self,
+        model: &Fitted,
+        scores: BTreeMap<String, (f64, Option<f64>)>,
+        neighbours: &[(&Grade, f32)],
+        prices: &PriceTable,
+        predictions: &mut Predictions,
+    ) {
         let copies = model.copy_width().map(|w| copies(neighbours, prices, w)).unwrap_or_default();
-        for (name, (q, se)) in model.predict_with_error(prompt, vector) {
+        for (name, (q, se)) in scores {
             let (q, se) = with_copies(q, se, copies.get(name.as_str()).copied().unwrap_or_default());
             if let Some(p) = predictions.per_model.get_mut(&name) {
                 p.quality_se = match (self, se) {
@@ -393,6 +408,16 @@ impl Fitted {
         }
     }
 
+    /// The ensemble's prediction from its kernel-ridge and low-rank parts' predictions: the mean
+    /// of the two where both predict, either alone elsewhere.
+    pub(crate) fn ensemble_mean(ridge: BTreeMap<String, f64>, low_rank: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+        let mut out = ridge;
+        for (name, q) in low_rank {
+            out.entry(name).and_modify(|r| *r = 0.5 * (*r + q)).or_insert(q);
+        }
+        out
+    }
+
     /// Each model's predicted quality for `prompt` with its `vector`.
     pub fn predict(&self, prompt: &str, vector: &[f32]) -> BTreeMap<String, f64> {
         match self {
@@ -401,13 +426,7 @@ impl Fitted {
             Fitted::Features(model) => model.predict(prompt),
             Fitted::Stacked(stack) => stack.mix(stack.ridge.as_ref().map(|m| m.predict(prompt, vector)), prompt, vector),
             // The mean of the two where both predict; either alone elsewhere.
-            Fitted::Ensemble(both) => {
-                let mut out = both.0.predict(prompt, vector);
-                for (name, q) in both.1.predict(prompt, vector) {
-                    out.entry(name).and_modify(|r| *r = 0.5 * (*r + q)).or_insert(q);
-                }
-                out
-            }
+            Fitted::Ensemble(both) => Fitted::ensemble_mean(both.0.predict(prompt, vector), both.1.predict(prompt, vector)),
         }
     }
 }

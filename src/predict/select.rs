@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::index::{ExactIndex, NeighbourIndex};
 use crate::pricing::PriceTable;
+use std::collections::BTreeMap;
 
 /// What the candidates share: the router's neighbour settings and each model's settings.
 #[derive(Debug, Clone)]
@@ -111,18 +112,26 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
             let hits = index.search(&vectors[i], c.k);
             let grades: Vec<(&Grade, f32)> = hits.iter().map(|h| (&part.get(h.position).grade, h.similarity)).collect();
             let neighbours = predict_from(&grades, prices, c.temperature, &prior);
+            // Each fitted model scores the prompt once, for every candidate that uses it, and
+            // without the kernel model's standard error (a triangular solve per prompt that the
+            // Brier score never reads; the qualities are the same either way).
+            let ridge_q = fitted_ridge.as_ref().map(|m| m.predict(&ex.prompt, &vectors[i]));
+            let low_q = fitted_low.as_ref().map(|m| m.predict(&ex.prompt, &vectors[i]));
+            let plain = |q: BTreeMap<String, f64>| q.into_iter().map(|(m, q)| (m, (q, None))).collect();
             let mut by_slot = Vec::with_capacity(candidates.len());
             for (slot, p) in candidates.iter().enumerate() {
                 let mut pred = neighbours.clone();
-                let model = match p {
-                    Predictor::LowRank(_) => fitted_low.as_ref(),
-                    Predictor::Ensemble(..) => fitted_both.as_ref(),
-                    Predictor::Features(_) => fitted_features.as_ref(),
+                let scored = match p {
                     Predictor::Neighbours => None,
-                    _ => fitted_ridge.as_ref(),
+                    Predictor::LowRank(_) => fitted_low.as_ref().zip(low_q.clone()),
+                    Predictor::Ensemble(..) => {
+                        fitted_both.as_ref().zip(ridge_q.clone().zip(low_q.clone()).map(|(r, l)| Fitted::ensemble_mean(r, l)))
+                    }
+                    Predictor::Features(_) => fitted_features.as_ref().map(|m| (m, m.predict(&ex.prompt, &vectors[i]))),
+                    _ => fitted_ridge.as_ref().zip(ridge_q.clone()),
                 };
-                if let Some(m) = model {
-                    p.apply(m, &ex.prompt, &vectors[i], &grades, prices, &mut pred);
+                if let Some((m, q)) = scored {
+                    p.apply_scores(m, plain(q), &grades, prices, &mut pred);
                 }
                 for (model, r) in results.iter().filter(|(m, _)| prices.get(m).is_some()) {
                     if let Some(q) = pred.per_model.get(model) {
