@@ -638,38 +638,89 @@ impl Router {
     /// [`assess`](Router::assess) with the prompt's vector already computed by this router's
     /// embedder (a benchmark embeds each prompt once), and optionally its token count.
     pub fn assess_embedded(&self, prompt: &str, vector: &[f32], input_tokens: Option<u64>) -> Result<Assessment> {
-        check_prompt(prompt)?;
+        self.assess_embedded_batch(&[(prompt, vector, input_tokens)])?.pop().ok_or_else(|| Error::Config("no assessment".into()))
+    }
+
+    /// [`assess_embedded`](Router::assess_embedded) for many prompts, with one snapshot of the
+    /// router's data for all of them: the same assessments, in order, in less time where the
+    /// kernel-ridge model gives standard errors (their triangular solves read the fitted factor
+    /// once for the batch, not once per prompt). Each item: prompt, its vector, optionally its
+    /// token count. An error in any item (an empty prompt, a vector of the wrong length) fails
+    /// the batch, naming the item.
+    ///
+    /// ```no_run
+    /// use semroute::{Embedder, FastEmbedder, Router};
+    /// use std::sync::Arc;
+    ///
+    /// let embedder = Arc::new(FastEmbedder::load_default()?);
+    /// let router = Router::builder().embedder(embedder.clone()).build()?;
+    /// let prompts = ["Fix the typo in this sentence: teh cat", "Prove that there are infinitely many primes"];
+    /// let vectors = embedder.embed_batch(&prompts)?;
+    /// let items: Vec<(&str, &[f32], Option<u64>)> = prompts.iter().zip(&vectors).map(|(p, v)| (*p, v.as_slice(), None)).collect();
+    /// for a in router.assess_embedded_batch(&items)? {
+    ///     println!("{:?}", a.decide(&Default::default())?.model);
+    /// }
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn assess_embedded_batch(&self, items: &[(&str, &[f32], Option<u64>)]) -> Result<Vec<Assessment>> {
         let inner = &*self.inner;
-        if vector.len() != inner.embedder.dim() {
-            return Err(Error::Embedding(format!(
-                "a vector of length {} for an embedder of dimension {}",
-                vector.len(),
-                inner.embedder.dim()
-            )));
+        for (i, (prompt, vector, _)) in items.iter().enumerate() {
+            let at = |e: Error| if items.len() > 1 { Error::Config(format!("item {i} of the batch: {e}")) } else { e };
+            check_prompt(prompt).map_err(at)?;
+            if vector.len() != inner.embedder.dim() {
+                return Err(at(Error::Embedding(format!(
+                    "a vector of length {} for an embedder of dimension {}",
+                    vector.len(),
+                    inner.embedder.dim()
+                ))));
+            }
         }
         let s = &inner.settings;
-        // One snapshot for the whole decision, so a reload mid-way cannot mix old and new data.
+        // One snapshot for the whole batch, so a reload mid-way cannot mix old and new data.
         let state = inner.state.load_full();
-        // (position in the in-process index, if any; exemplar; similarity), most similar first.
-        let hits: Vec<(Option<usize>, Arc<Exemplar>, f32)> = match &state.search {
-            Search::Local(index) => index
-                .search(vector, s.k.max(NEIGHBOURS))
-                .into_iter()
-                .map(|h| (Some(h.position), state.exemplars.shared(h.position), h.similarity))
-                .collect(),
-            Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (None, h.exemplar, h.similarity)).collect(),
-        };
-        let judgement = state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>(), vector);
-        let found: Vec<(Arc<Exemplar>, f32)> = hits.into_iter().take(s.k).map(|h| (h.1, h.2)).collect();
-        let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
-        let mut predictions = predict_from(&grades, &state.prices, s.temperature, &state.prior);
-        if let Some(model) = &state.quality {
-            // Quality from the model fitted on every exemplar (with the neighbours', when
-            // blended); answer lengths from the neighbours.
-            state.predictor.apply(model, prompt, vector, &grades, &state.prices, &mut predictions);
+        let mut out = Vec::with_capacity(items.len());
+        for &(_, vector, _) in items {
+            // (position in the in-process index, if any; exemplar; similarity), most similar first.
+            let hits: Vec<(Option<usize>, Arc<Exemplar>, f32)> = match &state.search {
+                Search::Local(index) => index
+                    .search(vector, s.k.max(NEIGHBOURS))
+                    .into_iter()
+                    .map(|h| (Some(h.position), state.exemplars.shared(h.position), h.similarity))
+                    .collect(),
+                Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (None, h.exemplar, h.similarity)).collect(),
+            };
+            let judgement = state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>(), vector);
+            let found: Vec<(Arc<Exemplar>, f32)> = hits.into_iter().take(s.k).map(|h| (h.1, h.2)).collect();
+            let predictions = {
+                let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
+                predict_from(&grades, &state.prices, s.temperature, &state.prior)
+            };
+            out.push((found, judgement, predictions));
         }
-        let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
-        Ok(Assessment { router: self.clone(), state, found, judgement, predictions, input_tokens, cache: None })
+        // Quality from the model fitted on every exemplar (with the neighbours', when blended);
+        // answer lengths from the neighbours. A kernel-ridge model scores the batch at once.
+        if let Some(model) = &state.quality {
+            let batched = match &**model {
+                Fitted::Ridge(m) => Some(m.predict_with_error_batch(&items.iter().map(|&(p, v, _)| (p, v)).collect::<Vec<_>>())),
+                _ => None,
+            };
+            let mut batched = batched.map(Vec::into_iter);
+            for (&(prompt, vector, _), (found, _, predictions)) in items.iter().zip(&mut out) {
+                let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
+                match batched.as_mut().and_then(Iterator::next) {
+                    Some(scores) => state.predictor.apply_scores(model, scores, &grades, &state.prices, predictions),
+                    None => state.predictor.apply(model, prompt, vector, &grades, &state.prices, predictions),
+                }
+            }
+        }
+        Ok(items
+            .iter()
+            .zip(out)
+            .map(|(&(prompt, _, input_tokens), (found, judgement, predictions))| {
+                let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
+                Assessment { router: self.clone(), state: state.clone(), found, judgement, predictions, input_tokens, cache: None }
+            })
+            .collect())
     }
 
     /// Routes one step of an agent session (see [`session`]): the session named

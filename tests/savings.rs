@@ -478,3 +478,87 @@ fn a_target_routing_cannot_meet_on_train_goes_to_the_cheapest_single_model_that_
     assert_eq!(r.reference_model, "big");
     assert!(t.cost_usd < 0.1 * t.reference_cost_usd && t.kept >= 0.9);
 }
+
+/// A toy embedder of four dimensions (counts of four letters), for a kernel model with room to
+/// vary.
+struct FourLetters;
+
+impl Embedder for FourLetters {
+    fn model_id(&self) -> &str {
+        "four-letters-test"
+    }
+    fn dim(&self) -> usize {
+        4
+    }
+    fn embed_batch(&self, texts: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let v: Vec<f32> = ['a', 'b', 'c', 'd'].iter().map(|&c| t.matches(c).count() as f32 + 0.1).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / n).collect()
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn a_batch_is_assessed_as_each_prompt_alone() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::predict::{Predictor, RidgeSettings};
+    use semroute::Router;
+    let letters = ["a", "b", "c", "d"];
+    let prompt = |i: usize| format!("{}{} {}", letters[i % 4].repeat(1 + i % 3), letters[(i / 4) % 4].repeat(1 + i % 5), i);
+    let lines: Vec<String> = (0..80)
+        .map(|i| {
+            let small = u8::from(i % 4 < 2 && i % 7 != 0);
+            format!(
+                r#"{{"id":"e{i}","prompt":"{}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":{}}},"big":{{"quality":1,"output_tokens":20}}}}}}"#,
+                prompt(i),
+                10 + i % 9
+            )
+        })
+        .collect();
+    let exemplars = ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap();
+    let embedder: Arc<dyn Embedder> = Arc::new(FourLetters);
+    for predictor in [Predictor::KernelRidge(RidgeSettings::default()), Predictor::Blend(RidgeSettings::default()), Predictor::Auto] {
+        let router = Router::builder()
+            .embedder(embedder.clone())
+            .exemplars(exemplars.clone())
+            .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+            .predictor(predictor)
+            .no_cache()
+            .build()
+            .unwrap();
+        let prompts: Vec<String> = (0..70).map(|i| prompt(1000 + 3 * i)).collect();
+        let vectors = embedder.embed_batch(&prompts.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let items: Vec<(&str, &[f32], Option<u64>)> = prompts.iter().zip(&vectors).map(|(p, v)| (p.as_str(), v.as_slice(), None)).collect();
+        let batch = router.assess_embedded_batch(&items).unwrap();
+        assert_eq!(batch.len(), items.len());
+        let mut with_error = 0;
+        for ((p, v, _), b) in items.iter().zip(&batch) {
+            let alone = router.assess_embedded(p, v, None).unwrap();
+            assert_eq!(b.input_tokens(), alone.input_tokens());
+            for (model, q) in &alone.predictions().per_model {
+                let got = &b.predictions().per_model[model];
+                assert_eq!(got.quality.to_bits(), q.quality.to_bits(), "{predictor:?} {p:?} {model}");
+                assert_eq!(got.quality_se.map(f64::to_bits), q.quality_se.map(f64::to_bits), "{predictor:?} {p:?} {model}");
+                with_error += usize::from(q.quality_se.is_some());
+            }
+        }
+        if matches!(predictor, Predictor::KernelRidge(_)) {
+            assert!(with_error > 0, "the kernel model gave no standard error to compare");
+        }
+    }
+    // A bad item fails the batch, naming it.
+    let router = Router::builder()
+        .embedder(embedder.clone())
+        .exemplars(exemplars)
+        .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+        .no_cache()
+        .build()
+        .unwrap();
+    let v = embedder.embed("abc").unwrap();
+    let err = router.assess_embedded_batch(&[("abc", &v, None), ("abc", &[1.0, 0.0], None)]).unwrap_err().to_string();
+    assert!(err.contains("item 1") && err.contains("length 2"), "{err}");
+}

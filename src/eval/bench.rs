@@ -4,7 +4,7 @@
 //!
 //! Everything a router could tune is chosen on the train split alone, by cross-fitting: the train
 //! part is cut into folds; for each candidate [`RouterConfig`], a router built on all folds but
-//! one assesses the prompts of that fold ([`Router::assess_embedded`]), so every train prompt gets
+//! one assesses the prompts of that fold ([`Router::assess_embedded_batch`]), so every train prompt gets
 //! an out-of-fold assessment. Those assessments, decided under every knob of both [`Policy`]s,
 //! give out-of-fold cost–quality curves: among the configurations and policies whose AIQ is
 //! within one bootstrap standard error of the largest, the one whose predictions of the models on
@@ -685,9 +685,8 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             })?;
             for (&fold, router) in batch.iter().zip(routers) {
                 let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
-                let assessments = assess_all(&held, |&i| {
-                    router.assess_embedded(&train[i].prompt, &vector_of(train[i])?, Some(train_out.input_tokens[i]))
-                })?;
+                let assessments =
+                    assess_all(&router, &held, |i| Ok((train[i].prompt.as_str(), vector_of(train[i])?, Some(train_out.input_tokens[i]))))?;
                 for (a, &i) in assessments.iter().zip(&held) {
                     calibration.add(a, &train_out.q[i], &models, &train_means);
                 }
@@ -785,7 +784,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path())?;
         let positions: Vec<usize> = (0..test.len()).collect();
         let assessed =
-            assess_all(&positions, |&i| router.assess_embedded(&test[i].prompt, &vector_of(test[i])?, Some(test_out.input_tokens[i])))?;
+            assess_all(&router, &positions, |i| Ok((test[i].prompt.as_str(), vector_of(test[i])?, Some(test_out.input_tokens[i]))))?;
         tested.insert(c, assessed);
     }
     let assessments = &tested[&ci];
@@ -923,9 +922,24 @@ enum Operating {
     Single(usize),
 }
 
-/// Each of `items` assessed ([`par_map`], at least 64 a core).
-fn assess_all<T: Sync>(items: &[T], assess: impl Fn(&T) -> Result<Assessment> + Sync) -> Result<Vec<Assessment>> {
-    par_map(items, 64, assess)
+/// The prompts at `positions` assessed by `router` ([`Router::assess_embedded_batch`], in
+/// batches of at most 64 spread over the cores by [`par_map`]); `item` gives a position's
+/// prompt, vector and token count.
+fn assess_all<'a>(
+    router: &Router,
+    positions: &[usize],
+    item: impl Fn(usize) -> Result<(&'a str, Vec<f32>, Option<u64>)> + Sync,
+) -> Result<Vec<Assessment>> {
+    // At most 64 a batch, and a multiple of the cores' count of them, of even size, so that no
+    // core waits on another's extra batch (185 prompts on 2 cores: four of 47, not 64, 64, 57).
+    let count = positions.len().div_ceil(64).next_multiple_of(cores()).max(1);
+    let batches: Vec<&[usize]> = positions.chunks(positions.len().div_ceil(count).max(1)).collect();
+    let assessed = par_map(&batches, 1, |batch| {
+        let items = batch.iter().map(|&i| item(i)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<(&str, &[f32], Option<u64>)> = items.iter().map(|(p, v, t)| (*p, v.as_slice(), *t)).collect();
+        router.assess_embedded_batch(&refs)
+    })?;
+    Ok(assessed.into_iter().flatten().collect())
 }
 
 /// The model index each assessment picks under `constraints`.

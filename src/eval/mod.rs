@@ -367,15 +367,17 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], min_per_thread: usize, f: i
         return items.iter().map(&f).collect();
     }
     let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(|| part.iter().map(&f).collect::<Result<Vec<R>>>())).collect();
-        let mut out = Vec::with_capacity(items.len());
-        for part in parts {
-            // A panic in a worker is a bug, not bad input: it goes on as the panic it was.
-            out.extend(part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
-        }
-        Ok(out)
-    })
+    // On rayon's pool, whose threads live as long as the process: a thread spawned per call
+    // would take a fresh malloc arena each time, and glibc keeps what each arena freed (on a
+    // 14,000-prompt benchmark, 100-170 MiB more resident at the peak). A panic in a worker is a
+    // bug, not bad input: rayon carries it on as the panic it was.
+    use rayon::prelude::*;
+    let parts: Vec<Result<Vec<R>>> = items.par_chunks(chunk).map(|part| part.iter().map(&f).collect()).collect();
+    let mut out = Vec::with_capacity(items.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 /// How many threads [`par_map`] spreads over: the machine's cores (1 when unknown).
