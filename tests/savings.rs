@@ -191,15 +191,20 @@ impl Embedder for Letters {
         2
     }
     fn embed_batch(&self, texts: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
-        Ok(texts
-            .iter()
-            .map(|t| {
-                let (a, b) = (t.matches('a').count() as f32 + 0.1, t.matches('b').count() as f32 + 0.1);
-                let n = (a * a + b * b).sqrt();
-                vec![a / n, b / n]
-            })
-            .collect())
+        Ok(letter_counts(texts, &['a', 'b']))
     }
+}
+
+/// Each text's counts of `letters` (plus 0.1), scaled to unit length.
+fn letter_counts(texts: &[&str], letters: &[char]) -> Vec<Vec<f32>> {
+    texts
+        .iter()
+        .map(|t| {
+            let v: Vec<f32> = letters.iter().map(|&c| t.matches(c).count() as f32 + 0.1).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect()
+        })
+        .collect()
 }
 
 const TWO_MODELS: &str = r#"
@@ -491,14 +496,7 @@ impl Embedder for FourLetters {
         4
     }
     fn embed_batch(&self, texts: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
-        Ok(texts
-            .iter()
-            .map(|t| {
-                let v: Vec<f32> = ['a', 'b', 'c', 'd'].iter().map(|&c| t.matches(c).count() as f32 + 0.1).collect();
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.into_iter().map(|x| x / n).collect()
-            })
-            .collect())
+        Ok(letter_counts(texts, &['a', 'b', 'c', 'd']))
     }
 }
 
