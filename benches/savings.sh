@@ -3,7 +3,8 @@
 # built on each train split; see semroute::eval::run), then one Markdown table of the figures.
 #
 #   bash benches/savings.sh [--seeds N] [--plots] [--embedding-model M] [--sets "a b ..."]
-#       N seeds: 42, then 1, 2, ... (default 1); M: an installed embedding model (default MiniLM);
+#       N seeds: 42, then 1, 2, ... (default 1); M: an installed embedding model (default: the
+#       default model, multilingual-e5-small in int8);
 #       --sets: only these data sets
 #
 # Data: $SEMROUTE_DATA, else ../shared/data beside the checkout. Without it the benchmark says
