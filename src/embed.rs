@@ -175,14 +175,7 @@ impl Memo {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn remember_cached(&self, texts: &[&str], cache: &crate::index::VectorCache) -> Result<bool> {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for t in texts {
-            h.update((t.len() as u64).to_le_bytes());
-            h.update(t.as_bytes());
-        }
-        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("texts-{key}");
+        let key = format!("texts-{}", texts_hash(texts.iter().copied()));
         let (model, dim) = (self.inner.model_id().to_string(), self.inner.dim());
         if let Some(vectors) = cache.load(&model, &key, texts.len(), dim) {
             let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
@@ -767,4 +760,17 @@ fn checksum_of<'a>(sums: &'a str, file: &str) -> Option<&'a str> {
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256, in hex, of `parts`, each preceded by its length in bytes (`u64` little-endian),
+/// so that no two lists of texts share a hash by where one ends and the next begins: the key of
+/// cached vectors ([`Memo::remember_cached`], [`ExemplarSet::content_hash`](crate::exemplar::ExemplarSet::content_hash)).
+pub(crate) fn texts_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in parts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

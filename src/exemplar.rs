@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Location, Result};
 use crate::pricing::{PriceTable, Tier};
@@ -463,15 +462,19 @@ impl ExemplarSet {
     }
 
     /// A SHA-256 over ids and prompts: the key of cached embeddings (grades do not affect them).
+    /// Each id and prompt in turn, preceded by its length in bytes (`u64` little-endian).
+    ///
+    /// ```
+    /// use semroute::exemplar::ExemplarSet;
+    ///
+    /// let line = |id: &str, prompt: &str| format!(r#"{{"id":"{id}","prompt":"{prompt}","category":"c","language":"en","results":{{"a":{{"quality":1,"output_tokens":5}}}}}}"#);
+    /// let set = ExemplarSet::from_jsonl_str(&[line("e1", "hello"), line("e2", "你好")].join("\n"), "x.jsonl")?;
+    /// // sha256(le64(2) "e1" le64(5) "hello" le64(2) "e2" le64(6) "你好"), computed apart (Python's hashlib).
+    /// assert_eq!(set.content_hash(), "7f5995eb9a89ebfb633ade2f817205e0c83352fc0065d654dfe17c4a33e8e4ee");
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
     pub fn content_hash(&self) -> String {
-        let mut h = Sha256::new();
-        for ex in self.items.iter() {
-            h.update((ex.id.len() as u64).to_le_bytes());
-            h.update(ex.id.as_bytes());
-            h.update((ex.prompt.len() as u64).to_le_bytes());
-            h.update(ex.prompt.as_bytes());
-        }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        crate::embed::texts_hash(self.items.iter().flat_map(|ex| [ex.id.as_str(), ex.prompt.as_str()]))
     }
 }
 

@@ -303,6 +303,28 @@ impl Predictor {
         self.apply_scores(model, model.predict_with_error(prompt, vector), neighbours, prices, predictions);
     }
 
+    /// [`apply`](Predictor::apply) for many prompts at once (`items`: prompt and vector, each with
+    /// its `neighbours` and its `predictions`, in the same order), the same numbers to the bit:
+    /// the model scores the batch together ([`Fitted::predict_with_error_batch`]).
+    pub(crate) fn apply_batch(
+        &self,
+        model: &Fitted,
+        items: &[(&str, &[f32])],
+        neighbours: &[Vec<(&Grade, f32)>],
+        prices: &PriceTable,
+        predictions: &mut [Predictions],
+    ) {
+        if let Fitted::Stacked(_) = model {
+            for ((&(prompt, vector), n), p) in items.iter().zip(neighbours).zip(predictions) {
+                self.apply(model, prompt, vector, n, prices, p);
+            }
+            return;
+        }
+        for ((scores, n), p) in model.predict_with_error_batch(items).into_iter().zip(neighbours).zip(predictions) {
+            self.apply_scores(model, scores, n, prices, p);
+        }
+    }
+
     /// [`apply`](Predictor::apply) with `model`'s scores for the prompt already computed (each
     /// model's quality and, where known, its standard error), so that a caller that needs them
     /// for several predictors, or without the errors (cross-validation), computes them once.
@@ -416,6 +438,16 @@ impl Fitted {
             out.entry(name).and_modify(|r| *r = 0.5 * (*r + q)).or_insert(q);
         }
         out
+    }
+
+    /// [`predict_with_error`](Fitted::predict_with_error) for many prompts (prompt and vector
+    /// each), in order: the kernel-ridge model solves the batch's standard errors together
+    /// ([`QualityModel::predict_with_error_batch`]), the others score one prompt at a time.
+    pub fn predict_with_error_batch(&self, items: &[(&str, &[f32])]) -> Vec<BTreeMap<String, (f64, Option<f64>)>> {
+        match self {
+            Fitted::Ridge(m) => m.predict_with_error_batch(items),
+            _ => items.iter().map(|&(prompt, vector)| self.predict_with_error(prompt, vector)).collect(),
+        }
     }
 
     /// Each model's predicted quality for `prompt` with its `vector`.

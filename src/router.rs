@@ -678,7 +678,7 @@ impl Router {
         let s = &inner.settings;
         // One snapshot for the whole batch, so a reload mid-way cannot mix old and new data.
         let state = inner.state.load_full();
-        let mut out = Vec::with_capacity(items.len());
+        let (mut found, mut judgements, mut predictions) = (Vec::new(), Vec::new(), Vec::new());
         for &(_, vector, _) in items {
             // (position in the in-process index, if any; exemplar; similarity), most similar first.
             let hits: Vec<(Option<usize>, Arc<Exemplar>, f32)> = match &state.search {
@@ -689,34 +689,27 @@ impl Router {
                     .collect(),
                 Search::Shared(store) => store.nearest(vector, s.k)?.into_iter().map(|h| (None, h.exemplar, h.similarity)).collect(),
             };
-            let judgement = state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>(), vector);
-            let found: Vec<(Arc<Exemplar>, f32)> = hits.into_iter().take(s.k).map(|h| (h.1, h.2)).collect();
-            let predictions = {
-                let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
-                predict_from(&grades, &state.prices, s.temperature, &state.prior)
-            };
-            out.push((found, judgement, predictions));
+            judgements.push(state.familiarity.judge(&hits.iter().map(|h| (h.0, h.2)).collect::<Vec<_>>(), vector));
+            found.push(hits.into_iter().take(s.k).map(|h| (h.1, h.2)).collect::<Vec<(Arc<Exemplar>, f32)>>());
         }
-        // Quality from the model fitted on every exemplar (with the neighbours', when blended);
-        // answer lengths from the neighbours. A kernel-ridge model scores the batch at once.
-        if let Some(model) = &state.quality {
-            let batched = match &**model {
-                Fitted::Ridge(m) => Some(m.predict_with_error_batch(&items.iter().map(|&(p, v, _)| (p, v)).collect::<Vec<_>>())),
-                _ => None,
-            };
-            let mut batched = batched.map(Vec::into_iter);
-            for (&(prompt, vector, _), (found, _, predictions)) in items.iter().zip(&mut out) {
-                let grades: Vec<(&Grade, f32)> = found.iter().map(|(e, sim)| (&e.grade, *sim)).collect();
-                match batched.as_mut().and_then(Iterator::next) {
-                    Some(scores) => state.predictor.apply_scores(model, scores, &grades, &state.prices, predictions),
-                    None => state.predictor.apply(model, prompt, vector, &grades, &state.prices, predictions),
-                }
+        {
+            let grades: Vec<Vec<(&Grade, f32)>> = found.iter().map(|f| f.iter().map(|(e, sim)| (&e.grade, *sim)).collect()).collect();
+            for g in &grades {
+                predictions.push(predict_from(g, &state.prices, s.temperature, &state.prior));
+            }
+            if let Some(model) = &state.quality {
+                // Quality from the model fitted on every exemplar (with the neighbours', when
+                // blended); answer lengths from the neighbours.
+                let texts: Vec<(&str, &[f32])> = items.iter().map(|&(p, v, _)| (p, v)).collect();
+                state.predictor.apply_batch(model, &texts, &grades, &state.prices, &mut predictions);
             }
         }
         Ok(items
             .iter()
-            .zip(out)
-            .map(|(&(prompt, _, input_tokens), (found, judgement, predictions))| {
+            .zip(found)
+            .zip(judgements)
+            .zip(predictions)
+            .map(|(((&(prompt, _, input_tokens), found), judgement), predictions)| {
                 let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
                 Assessment { router: self.clone(), state: state.clone(), found, judgement, predictions, input_tokens, cache: None }
             })
