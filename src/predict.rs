@@ -39,7 +39,10 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
 
 pub mod features;
 pub mod lowrank;
@@ -154,7 +157,7 @@ impl StackWeights {
 #[derive(Debug, Clone)]
 pub struct Stack {
     /// Kernel ridge.
-    pub ridge: Option<QualityModel>,
+    pub ridge: Option<Arc<QualityModel>>,
     /// Low rank (a [`Fitted::LowRank`]).
     pub low_rank: Option<Fitted>,
     /// The feature model.
@@ -211,26 +214,41 @@ impl Predictor {
         prices: &PriceTable,
         embedder: &dyn Embedder,
     ) -> Result<Option<Fitted>> {
+        self.fit_cached(exemplars, &vectors, prices, embedder, None)
+    }
+
+    /// [`fit`](Predictor::fit), taking each part (kernel ridge, low rank, the feature model)
+    /// from `cache` where a fit on the same inputs left it there, and leaving there the parts it
+    /// fits (see [`FitCache`]). The model is the same either way.
+    pub fn fit_cached(
+        &self,
+        exemplars: &ExemplarSet,
+        vectors: &[Vec<f32>],
+        prices: &PriceTable,
+        embedder: &dyn Embedder,
+        cache: Option<&FitCache>,
+    ) -> Result<Option<Fitted>> {
+        let parts = Parts { exemplars, vectors, prices, cache, digest: std::cell::OnceCell::new() };
         if let Predictor::LowRank(settings) = self {
-            return Fitted::low_rank(exemplars, &vectors, prices, *settings).map(Some);
+            return parts.low_rank(*settings).map(Some);
         }
         if let Predictor::Features(settings) = self {
-            return Ok(Some(Fitted::Features(FeatureModel::fit(exemplars, prices, *settings)?)));
+            return Ok(Some(Fitted::Features(parts.features(*settings)?)));
         }
         if let Predictor::Stacked(ridge, low_rank, w) = self {
             w.check()?;
-            let low_rank = if w.low_rank > 0.0 { Some(Fitted::low_rank(exemplars, &vectors, prices, *low_rank)?) } else { None };
-            let features = if w.features > 0.0 { Some(FeatureModel::fit(exemplars, prices, FeatureSettings::default())?) } else { None };
-            let ridge = if w.kernel_ridge > 0.0 { Some(QualityModel::fit(exemplars, vectors, prices, *ridge)?) } else { None };
+            let low_rank = if w.low_rank > 0.0 { Some(parts.low_rank(*low_rank)?) } else { None };
+            let features = if w.features > 0.0 { Some(parts.features(FeatureSettings::default())?) } else { None };
+            let ridge = if w.kernel_ridge > 0.0 { Some(parts.ridge(*ridge)?) } else { None };
             return Ok(Some(Fitted::Stacked(Box::new(Stack { ridge, low_rank, features, weights: *w }))));
         }
         if let Predictor::Ensemble(ridge, low_rank) = self {
-            let low_rank = Fitted::low_rank(exemplars, &vectors, prices, *low_rank)?;
-            let ridge = QualityModel::fit(exemplars, vectors, prices, *ridge)?;
+            let low_rank = parts.low_rank(*low_rank)?;
+            let ridge = parts.ridge(*ridge)?;
             return Ok(Some(Fitted::Ensemble(Box::new((ridge, low_rank)))));
         }
         match self.ridge_for(exemplars.len(), embedder) {
-            Some(ridge) => Ok(Some(Fitted::Ridge(QualityModel::fit(exemplars, vectors, prices, ridge)?))),
+            Some(ridge) => Ok(Some(Fitted::Ridge(parts.ridge(ridge)?))),
             None => Ok(None),
         }
     }
@@ -371,16 +389,16 @@ impl Predictor {
 #[derive(Debug, Clone)]
 pub enum Fitted {
     /// Kernel ridge.
-    Ridge(QualityModel),
+    Ridge(Arc<QualityModel>),
     /// Low-rank, with the model name of each of its columns.
     LowRank {
         /// The fitted model.
-        model: LowRankModel,
+        model: Arc<LowRankModel>,
         /// Column names.
         names: Vec<String>,
     },
     /// Both, for [`Predictor::Ensemble`]: kernel ridge and a [`Fitted::LowRank`].
-    Ensemble(Box<(QualityModel, Fitted)>),
+    Ensemble(Box<(Arc<QualityModel>, Fitted)>),
     /// The prompt-feature model, for [`Predictor::Features`].
     Features(FeatureModel),
     /// The models of [`Predictor::Stacked`] with its weights.
@@ -407,7 +425,7 @@ impl Fitted {
         let targets: Vec<Vec<Option<f64>>> = targets.into_iter().map(|r| keep.iter().map(|&m| r[m]).collect()).collect();
         let model =
             LowRankModel::fit(vectors, &targets, settings).map_err(|e| Error::Config(format!("the low-rank quality model: {e}")))?;
-        Ok(Fitted::LowRank { model, names: keep.iter().map(|&m| names[m].to_string()).collect() })
+        Ok(Fitted::LowRank { model: Arc::new(model), names: keep.iter().map(|&m| names[m].to_string()).collect() })
     }
 
     /// The width, in units of `1 − cosine`, within which a neighbour counts as a copy of the
@@ -459,6 +477,167 @@ impl Fitted {
             Fitted::Stacked(stack) => stack.mix(stack.ridge.as_ref().map(|m| m.predict(prompt, vector)), prompt, vector),
             // The mean of the two where both predict; either alone elsewhere.
             Fitted::Ensemble(both) => Fitted::ensemble_mean(both.0.predict(prompt, vector), both.1.predict(prompt, vector)),
+        }
+    }
+}
+
+/// Fitted models shared by routers built on the same exemplars: a kernel-ridge, low-rank or
+/// feature model that one of them fitted is the others', not fitted again (give each
+/// [`RouterBuilder::fit_cache`](crate::router::RouterBuilder::fit_cache) a clone of one cache).
+/// A fitted part is keyed by everything its fit reads: the exemplars (prompts and grades), their
+/// vectors, the price table and the part's settings; so a router over other exemplars, or with
+/// other settings, fits its own, and a shared part is the very model the router would have
+/// fitted. Routers fitting the same part at once wait for the first rather than fit it twice.
+/// Parts stay until the last clone of the cache is dropped: give one to routers built together
+/// (the candidates a benchmark compares on one fold, say) and drop it after.
+///
+/// ```
+/// use semroute::predict::{FitCache, LowRankSettings, Predictor, RidgeSettings};
+/// # use semroute::exemplar::ExemplarSet;
+/// # use semroute::pricing::PriceTable;
+/// # use semroute::embed::Embedder;
+/// # struct Two;
+/// # impl Embedder for Two {
+/// #     fn model_id(&self) -> &str { "two" }
+/// #     fn dim(&self) -> usize { 2 }
+/// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> { Ok(t.iter().map(|_| vec![1.0, 0.0]).collect()) }
+/// # }
+/// let lines: Vec<String> = (0..60)
+///     .map(|i| format!(r#"{{"id":"e{i}","prompt":"p{i}","category":"c","language":"en","results":{{"a":{{"quality":{},"output_tokens":5}},"b":{{"quality":1,"output_tokens":5}}}}}}"#, (i % 2 == 0) as u8))
+///     .collect();
+/// let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl")?;
+/// let vectors: Vec<Vec<f32>> = (0..60).map(|i| if i % 2 == 0 { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect();
+/// let prices = PriceTable::from_toml_str("[models.a]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\nsource = \"s\"\nas_of = \"2025\"\n[models.b]\nprovider = \"p\"\ninput_per_mtok = 2.0\noutput_per_mtok = 2.0\nsource = \"s\"\nas_of = \"2025\"\n", "p.toml")?;
+///
+/// let fits = FitCache::new();
+/// let (ridge, low_rank) = (RidgeSettings::default(), LowRankSettings::default());
+/// Predictor::KernelRidge(ridge).fit_cached(&set, &vectors, &prices, &Two, Some(&fits))?;
+/// assert_eq!(fits.len(), 1);
+/// // The ensemble takes that kernel-ridge model and fits only its low-rank part.
+/// Predictor::Ensemble(ridge, low_rank).fit_cached(&set, &vectors, &prices, &Two, Some(&fits))?;
+/// assert_eq!(fits.len(), 2);
+/// // Other exemplars are other inputs: their models are fitted apart.
+/// let other = ExemplarSet::from_jsonl_str(&lines[..59].join("\n"), "y.jsonl")?;
+/// Predictor::KernelRidge(ridge).fit_cached(&other, &vectors[..59], &prices, &Two, Some(&fits))?;
+/// assert_eq!(fits.len(), 3);
+/// # Ok::<(), semroute::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct FitCache {
+    slots: Arc<Mutex<HashMap<[u8; 32], Arc<Mutex<Option<Part>>>>>>,
+}
+
+/// One fitted part of a predictor, as a [`FitCache`] keeps it (cheap to clone).
+#[derive(Clone)]
+enum Part {
+    Ridge(Arc<QualityModel>),
+    LowRank(Fitted),
+    Features(FeatureModel),
+}
+
+impl FitCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many fitted parts it holds.
+    pub fn len(&self) -> usize {
+        let slots: Vec<_> = self.slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        slots.iter().filter(|s| s.lock().unwrap_or_else(PoisonError::into_inner).is_some()).count()
+    }
+
+    /// Whether it holds no fitted part.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part under `key`, fitted by `fit` if no one has yet; a caller asking for a part
+    /// being fitted waits for it. A failed fit leaves nothing, so the next caller tries again.
+    fn get_or_fit(&self, key: [u8; 32], fit: impl FnOnce() -> Result<Part>) -> Result<Part> {
+        let slot = self.slots.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone();
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(part) = slot.as_ref() {
+            return Ok(part.clone());
+        }
+        let part = fit()?;
+        *slot = Some(part.clone());
+        Ok(part)
+    }
+}
+
+impl std::fmt::Debug for FitCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FitCache").field("parts", &self.len()).finish()
+    }
+}
+
+/// What a predictor's parts are fitted on, with the cache they may come from.
+struct Parts<'a> {
+    exemplars: &'a ExemplarSet,
+    vectors: &'a [Vec<f32>],
+    prices: &'a PriceTable,
+    cache: Option<&'a FitCache>,
+    /// A digest of the inputs every part reads, computed once when a cache asks for it.
+    digest: std::cell::OnceCell<[u8; 32]>,
+}
+
+impl Parts<'_> {
+    /// The key of the part `kind` with `settings` (their `Debug` text, which tells every value
+    /// apart: floats print to the shortest text that reads back the same).
+    fn key(&self, kind: &str, settings: &dyn std::fmt::Debug) -> [u8; 32] {
+        let inputs = self.digest.get_or_init(|| {
+            let mut h = Sha256::new();
+            for e in self.exemplars.iter() {
+                let grade = serde_json::to_string(&e.grade).unwrap_or_default();
+                for text in [e.prompt.as_str(), grade.as_str()] {
+                    h.update((text.len() as u64).to_le_bytes());
+                    h.update(text.as_bytes());
+                }
+            }
+            for v in self.vectors {
+                h.update((v.len() as u64).to_le_bytes());
+                for x in v {
+                    h.update(x.to_le_bytes());
+                }
+            }
+            h.update(format!("{:?}", self.prices).as_bytes());
+            h.finalize().into()
+        });
+        let mut h = Sha256::new();
+        h.update(inputs);
+        h.update(format!("{kind} {settings:?}").as_bytes());
+        h.finalize().into()
+    }
+
+    fn cached(&self, kind: &str, settings: &dyn std::fmt::Debug, fit: impl FnOnce() -> Result<Part>) -> Result<Part> {
+        match self.cache {
+            Some(cache) => cache.get_or_fit(self.key(kind, settings), fit),
+            None => fit(),
+        }
+    }
+
+    fn ridge(&self, settings: RidgeSettings) -> Result<Arc<QualityModel>> {
+        let fit = || QualityModel::fit(self.exemplars, self.vectors.to_vec(), self.prices, settings).map(|m| Part::Ridge(Arc::new(m)));
+        match self.cached("kernel-ridge", &settings, fit)? {
+            Part::Ridge(m) => Ok(m),
+            _ => Err(Error::Config("the fit cache holds another kind of model under a kernel-ridge key".into())),
+        }
+    }
+
+    fn low_rank(&self, settings: LowRankSettings) -> Result<Fitted> {
+        let fit = || Fitted::low_rank(self.exemplars, self.vectors, self.prices, settings).map(Part::LowRank);
+        match self.cached("low-rank", &settings, fit)? {
+            Part::LowRank(m) => Ok(m),
+            _ => Err(Error::Config("the fit cache holds another kind of model under a low-rank key".into())),
+        }
+    }
+
+    fn features(&self, settings: FeatureSettings) -> Result<FeatureModel> {
+        let fit = || FeatureModel::fit(self.exemplars, self.prices, settings).map(Part::Features);
+        match self.cached("features", &settings, fit)? {
+            Part::Features(m) => Ok(m),
+            _ => Err(Error::Config("the fit cache holds another kind of model under a features key".into())),
         }
     }
 }
@@ -766,7 +945,7 @@ mod tests {
     fn the_blend_carries_both_errors_and_kernel_ridge_its_own() {
         let (set, vectors, prices) = two_kinds();
         let ridge = RidgeSettings::default();
-        let fitted = Fitted::Ridge(QualityModel::fit(&set, vectors, &prices, ridge).unwrap());
+        let fitted = Fitted::Ridge(Arc::new(QualityModel::fit(&set, vectors, &prices, ridge).unwrap()));
         let v = [0.6f32, 0.8];
         let (q, se) = fitted.predict_with_error("p", &v)["a"];
         let se = se.expect("a fitted target has an error");
@@ -801,7 +980,7 @@ mod tests {
     fn a_copy_of_the_prompt_moves_the_model_and_a_mere_neighbour_does_not() {
         let (set, vectors, prices) = two_kinds();
         let ridge = RidgeSettings::default();
-        let fitted = Fitted::Ridge(QualityModel::fit(&set, vectors, &prices, ridge).unwrap());
+        let fitted = Fitted::Ridge(Arc::new(QualityModel::fit(&set, vectors, &prices, ridge).unwrap()));
         let v = [1.0f32, 0.0];
         let (q, se) = fitted.predict_with_error("p", &v)["a"];
         assert!(q > 0.8, "{q}");
@@ -834,10 +1013,10 @@ mod tests {
         let (set, vectors, prices) = two_kinds();
         let (ridge, low) = (RidgeSettings::default(), LowRankSettings::default());
         let both = Fitted::Ensemble(Box::new((
-            QualityModel::fit(&set, vectors.clone(), &prices, ridge).unwrap(),
+            Arc::new(QualityModel::fit(&set, vectors.clone(), &prices, ridge).unwrap()),
             Fitted::low_rank(&set, &vectors, &prices, low).unwrap(),
         )));
-        let alone_ridge = Fitted::Ridge(QualityModel::fit(&set, vectors.clone(), &prices, ridge).unwrap());
+        let alone_ridge = Fitted::Ridge(Arc::new(QualityModel::fit(&set, vectors.clone(), &prices, ridge).unwrap()));
         let alone_low = Fitted::low_rank(&set, &vectors, &prices, low).unwrap();
         for v in [[1.0f32, 0.0], [0.0, 1.0], [0.6, 0.8]] {
             let (e, r, l) = (both.predict("p", &v), alone_ridge.predict("p", &v), alone_low.predict("p", &v));

@@ -33,7 +33,7 @@ use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
 use crate::policy::{choose, Choice, ChoiceInput, Constraints, Objective};
 use crate::predict::{
-    predict_from, select, Fitted, LowRankSettings, ModelPrediction, Predictions, Predictor, Prior, RidgeSettings,
+    predict_from, select, FitCache, Fitted, LowRankSettings, ModelPrediction, Predictions, Predictor, Prior, RidgeSettings,
     KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
 };
 use crate::pricing::{PriceTable, Tier, TokenCounter};
@@ -354,6 +354,7 @@ impl Router {
             &inner.settings,
             inner.cache.as_ref(),
             inner.store.as_ref(),
+            None,
         )?;
         // What was added or learned since start stays (feedback whose model the new table lacks
         // cannot be used with it: the reload is refused and says so).
@@ -469,6 +470,7 @@ impl Router {
             inner.embedder.as_ref(),
             inner.configured_caution,
             &snapshot.fallback_model,
+            None,
         );
         let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = inner.state.load_full();
@@ -528,6 +530,7 @@ impl Router {
                     inner.embedder.as_ref(),
                     inner.configured_caution,
                     &state.fallback_model,
+                    None,
                 );
                 (p, s, q, exemplars.len(), caution)
             }
@@ -1081,6 +1084,7 @@ pub struct RouterBuilder {
     prior_strength: Option<f64>,
     predictor: Option<Predictor>,
     cache: Option<Option<PathBuf>>,
+    fits: Option<FitCache>,
     feedback_log: Option<PathBuf>,
     store: Option<Arc<dyn ExemplarStore>>,
     sessions: Option<SessionSettings>,
@@ -1230,6 +1234,30 @@ impl RouterBuilder {
         self
     }
 
+    /// Takes the quality model's fitted parts (kernel ridge, low rank, the feature model) from
+    /// `fits` where a router built on the same exemplars with the same settings left them, and
+    /// leaves there the parts this build fits: routers that differ only in how they combine the
+    /// parts fit each once (see [`FitCache`]). Used at build only; refits after
+    /// [`Router::learn`] or a reload fit their own. The models are the same either way.
+    ///
+    /// ```no_run
+    /// use semroute::predict::{FitCache, LowRankSettings, Predictor, RidgeSettings};
+    /// use semroute::Router;
+    ///
+    /// let fits = FitCache::new();
+    /// let ridge = RidgeSettings::default();
+    /// let alone = Router::builder().predictor(Predictor::KernelRidge(ridge)).fit_cache(fits.clone()).build()?;
+    /// // The same kernel-ridge model, not fitted again; only the low-rank part is new.
+    /// let ensemble =
+    ///     Router::builder().predictor(Predictor::Ensemble(ridge, LowRankSettings::default())).fit_cache(fits.clone()).build()?;
+    /// assert_eq!(fits.len(), 2);
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn fit_cache(mut self, fits: FitCache) -> Self {
+        self.fits = Some(fits);
+        self
+    }
+
     /// Folder for cached exemplar vectors (default: `<Home>/embeddings`).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache = Some(Some(dir.into()));
@@ -1364,6 +1392,7 @@ impl RouterBuilder {
             &settings,
             cache.as_ref(),
             self.store.as_ref(),
+            self.fits.as_ref(),
         )?;
         let mut writer = Writer { added: Vec::new(), added_vectors: Vec::new(), log: None };
         if let Some(path) = &self.feedback_log {
@@ -1453,6 +1482,7 @@ fn build_state(
     settings: &Settings,
     cache: Option<&VectorCache>,
     store: Option<&Arc<dyn ExemplarStore>>,
+    fits: Option<&FitCache>,
 ) -> Result<State> {
     if exemplars.is_empty() {
         return Err(Error::Config("the exemplar set is empty".into()));
@@ -1476,7 +1506,7 @@ fn build_state(
         }
     };
     let (predictor, selected, quality, caution) =
-        quality_model(&search, &exemplars, &prices, settings, None, embedder, caution, &fallback_model);
+        quality_model(&search, &exemplars, &prices, settings, None, embedder, caution, &fallback_model, fits);
     let prior = prior_of(&exemplars, &prices, settings.prior_strength);
     let familiarity = match (min_similarity, &search) {
         (Some(s), _) => Some(Familiarity::Similarity(s)),
@@ -1637,6 +1667,7 @@ fn quality_model(
     embedder: &dyn Embedder,
     configured_caution: Option<f64>,
     fallback_model: &str,
+    fits: Option<&FitCache>,
 ) -> (Predictor, Option<Predictor>, Option<Arc<Fitted>>, (f64, bool)) {
     let (predictor, selected, quality) = 'fit: {
         let Search::Local(index) = search else {
@@ -1690,8 +1721,8 @@ fn quality_model(
         if matches!(predictor, Predictor::Neighbours | Predictor::Auto) {
             break 'fit (predictor, selected, None);
         }
-        let vectors = index.vectors().map(<[f32]>::to_vec).collect();
-        match predictor.fit(exemplars, vectors, prices, embedder) {
+        let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+        match predictor.fit_cached(exemplars, &vectors, prices, embedder, fits) {
             Ok(model) => (predictor, selected, model.map(Arc::new)),
             Err(e) => {
                 tracing::warn!("the neighbours alone predict quality: {e}");

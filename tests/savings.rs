@@ -560,3 +560,70 @@ fn a_batch_is_assessed_as_each_prompt_alone() {
     let err = router.assess_embedded_batch(&[("abc", &v, None), ("abc", &[1.0, 0.0], None)]).unwrap_err().to_string();
     assert!(err.contains("item 1") && err.contains("length 2"), "{err}");
 }
+
+#[test]
+fn routers_sharing_fitted_models_predict_as_routers_that_fit_their_own() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, RidgeSettings};
+    use semroute::Router;
+    let letters = ["a", "b", "c", "d"];
+    let prompt = |i: usize| format!("{}{} {}", letters[i % 4].repeat(1 + i % 3), letters[(i / 4) % 4].repeat(1 + i % 5), i);
+    let lines: Vec<String> = (0..80)
+        .map(|i| {
+            let small = u8::from(i % 4 < 2 && i % 7 != 0);
+            format!(
+                r#"{{"id":"e{i}","prompt":"{}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":{}}},"big":{{"quality":1,"output_tokens":20}}}}}}"#,
+                prompt(i),
+                10 + i % 9
+            )
+        })
+        .collect();
+    let exemplars = ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap();
+    let embedder: Arc<dyn Embedder> = Arc::new(FourLetters);
+    let build = |predictor: Predictor, exemplars: &ExemplarSet, fits: Option<&FitCache>| {
+        let b = Router::builder()
+            .embedder(embedder.clone())
+            .exemplars(exemplars.clone())
+            .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+            .predictor(predictor)
+            .no_cache();
+        match fits {
+            Some(f) => b.fit_cache(f.clone()),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    let (ridge, low_rank) = (RidgeSettings::default(), LowRankSettings::default());
+    let fits = FitCache::new();
+    let prompts: Vec<String> = (0..30).map(|i| prompt(1000 + 3 * i)).collect();
+    // (predictor, fitted parts held after its build): the kernel-ridge model is fitted once for
+    // the first two and taken by the ensemble, the low-rank model fitted once for the last two.
+    let cases = [
+        (Predictor::KernelRidge(ridge), 1),
+        (Predictor::Blend(ridge), 1),
+        (Predictor::LowRank(low_rank), 2),
+        (Predictor::Ensemble(ridge, low_rank), 2),
+        (Predictor::Features(FeatureSettings::default()), 3),
+    ];
+    for (predictor, parts) in cases {
+        let shared = build(predictor, &exemplars, Some(&fits));
+        assert_eq!(fits.len(), parts, "{predictor:?}");
+        let own = build(predictor, &exemplars, None);
+        for p in &prompts {
+            let (a, b) = (shared.assess(p).unwrap(), own.assess(p).unwrap());
+            for (model, q) in &b.predictions().per_model {
+                let got = &a.predictions().per_model[model];
+                assert_eq!(got.quality.to_bits(), q.quality.to_bits(), "{predictor:?} {p:?} {model}");
+                assert_eq!(got.quality_se.map(f64::to_bits), q.quality_se.map(f64::to_bits), "{predictor:?} {p:?} {model}");
+            }
+        }
+    }
+    // Other exemplars are other inputs: a router over them fits its own model.
+    let fewer = ExemplarSet::from_jsonl_str(&lines[..70].join("\n"), "fewer.jsonl").unwrap();
+    let shared = build(Predictor::KernelRidge(ridge), &fewer, Some(&fits));
+    assert_eq!(fits.len(), 4);
+    let own = build(Predictor::KernelRidge(ridge), &fewer, None);
+    let (a, b) = (shared.assess(&prompts[0]).unwrap(), own.assess(&prompts[0]).unwrap());
+    assert_eq!(a.predictions().per_model["small"].quality.to_bits(), b.predictions().per_model["small"].quality.to_bits());
+}

@@ -29,7 +29,7 @@ use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::ExemplarSet;
 use crate::policy::Constraints;
-use crate::predict::{FeatureSettings, LowRankSettings, Predictor, RidgeSettings};
+use crate::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, RidgeSettings};
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::router::{Assessment, Router};
 
@@ -88,7 +88,8 @@ impl RouterConfig {
     }
 
     /// A router over `exemplars`, its index read from `graphs` when a router over the same
-    /// exemplars (another configuration, same fold) saved it there.
+    /// exemplars (another configuration, same fold) saved it there, and its fitted models taken
+    /// from `fits` where such a router fitted them.
     fn router(
         &self,
         embedder: &Arc<dyn Embedder>,
@@ -96,6 +97,7 @@ impl RouterConfig {
         prices: &PriceTable,
         fallback: &str,
         graphs: &std::path::Path,
+        fits: &FitCache,
     ) -> Result<Router> {
         let mut b = Router::builder();
         if let Some(s) = self.min_similarity {
@@ -110,6 +112,7 @@ impl RouterConfig {
             .predictor(self.predictor)
             .fallback_model(fallback)
             .cache_dir(graphs)
+            .fit_cache(fits.clone())
             .build()
     }
 }
@@ -668,38 +671,57 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         fold_of[i] = rank % settings.folds;
     }
     let train_range = cost_range(&train_single);
-    let mut scores = Vec::new();
-    // Out-of-fold picks of every candidate: [config][policy] -> [knob][train prompt].
-    let mut oof_picks: Vec<Vec<Vec<Vec<usize>>>> = Vec::new();
-    for config in &configs {
-        let mut per_policy: Vec<Vec<Vec<usize>>> =
-            settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect();
-        let mut calibration = CalibrationAcc::new(models.len());
-        // The folds' routers are built side by side, as many at once as there are cores
-        // (fitting is most of a build), and each is dropped once it has assessed its fold.
-        let folds: Vec<usize> = (0..settings.folds).collect();
-        for batch in folds.chunks(cores()) {
-            let routers = par_map(batch, 1, |&fold| {
-                let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
-                config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path())
-            })?;
-            for (&fold, router) in batch.iter().zip(routers) {
-                let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
-                let assessments =
-                    assess_all(&router, &held, |i| Ok((train[i].prompt.as_str(), vector_of(train[i])?, Some(train_out.input_tokens[i]))))?;
-                for (a, &i) in assessments.iter().zip(&held) {
-                    calibration.add(a, &train_out.q[i], &models, &train_means);
-                }
-                for (p, &policy) in settings.policies.iter().enumerate() {
-                    let fold_picks = picks(&assessments, policy, &knobs(policy, typical_cost), &index)?;
-                    for (k, row) in fold_picks.into_iter().enumerate() {
-                        for (j, &i) in held.iter().enumerate() {
-                            per_policy[p][k][i] = row[j];
-                        }
+    // Out-of-fold picks of every candidate, [config][policy] -> [knob][train prompt], and each
+    // candidate's calibration.
+    let mut oof_picks: Vec<Vec<Vec<Vec<usize>>>> = configs
+        .iter()
+        .map(|_| settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect())
+        .collect();
+    let mut calibrations: Vec<CalibrationAcc> = configs.iter().map(|_| CalibrationAcc::new(models.len())).collect();
+    for fold in 0..settings.folds {
+        let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
+        let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
+        // The candidates' routers on a fold share the models they fit (the same kernel-ridge
+        // model in four of them, the same low-rank model in three): each is fitted once. The
+        // routers are built and assess side by side, as many at once as there are cores (each
+        // dropped once it has assessed its fold), on rayon's pool, which hands a free core the
+        // next candidate.
+        let fits = FitCache::new();
+        // Each candidate's figures are merged as its router finishes, so that one candidate's
+        // assessments at most per core are held at once.
+        let merged = std::sync::Mutex::new((&mut oof_picks, &mut calibrations));
+        let assess_fold = |(c, config): (usize, &RouterConfig)| -> Result<()> {
+            let router = config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path(), &fits)?;
+            let assessments =
+                assess_all(&router, &held, |i| Ok((train[i].prompt.as_str(), vector_of(train[i])?, Some(train_out.input_tokens[i]))))?;
+            drop(router);
+            let fold_picks: Vec<Vec<Vec<usize>>> = settings
+                .policies
+                .iter()
+                .map(|&policy| picks(&assessments, policy, &knobs(policy, typical_cost), &index))
+                .collect::<Result<_>>()?;
+            let mut guard = merged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (oof_picks, calibrations) = &mut *guard;
+            for (a, &i) in assessments.iter().zip(&held) {
+                calibrations[c].add(a, &train_out.q[i], &models, &train_means);
+            }
+            for (p, policy_picks) in fold_picks.into_iter().enumerate() {
+                for (k, row) in policy_picks.into_iter().enumerate() {
+                    for (j, &i) in held.iter().enumerate() {
+                        oof_picks[c][p][k][i] = row[j];
                     }
                 }
             }
-        }
+            Ok(())
+        };
+        let done: Vec<Result<()>> = {
+            use rayon::prelude::*;
+            configs.par_iter().enumerate().with_max_len(1).map(assess_fold).collect()
+        };
+        done.into_iter().collect::<Result<Vec<()>>>()?;
+    }
+    let mut scores = Vec::new();
+    for ((config, per_policy), calibration) in configs.iter().zip(&oof_picks).zip(&calibrations) {
         for (p, &policy) in settings.policies.iter().enumerate() {
             let curve: Vec<CurvePointReport> = per_policy[p].iter().map(|pick| train_out.point(pick, reference, None)).collect();
             scores.push(ConfigScore {
@@ -710,7 +732,6 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
                 oof_frontier_brier: calibration.brier_of(&frontier),
             });
         }
-        oof_picks.push(per_policy);
     }
     let best_index = choose_candidate(&scores, &oof_picks, settings.policies.len(), &train_out, train_range, settings.seed);
     let chosen = scores[best_index].clone();
@@ -773,6 +794,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // The routers users would run: a candidate's configuration on the whole train split, each
     // built once and assessing every test prompt once.
     let mut tested: HashMap<usize, Vec<Assessment>> = HashMap::new();
+    let fits = FitCache::new();
     let routed_configs = target_points.iter().flatten().filter_map(|o| match o {
         Operating::Routed(s, _) => Some(s / settings.policies.len()),
         Operating::Single(_) => None,
@@ -781,7 +803,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         if tested.contains_key(&c) {
             continue;
         }
-        let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path())?;
+        let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path(), &fits)?;
         let positions: Vec<usize> = (0..test.len()).collect();
         let assessed =
             assess_all(&router, &positions, |i| Ok((test[i].prompt.as_str(), vector_of(test[i])?, Some(test_out.input_tokens[i]))))?;

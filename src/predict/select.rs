@@ -99,7 +99,7 @@ pub fn cross_validate(exemplars: &ExemplarSet, vectors: &[Vec<f32>], prices: &Pr
         let prior = if c.prior.strength() > 0.0 { Prior::from_exemplars(&part, prices, c.prior.strength()) } else { Prior::none() };
         // A model that cannot be fitted on a fold (too few exemplars speak about it, say) leaves
         // that candidate to the neighbours there, as the router does.
-        let ridge_model = QualityModel::fit(&part, part_vectors.clone(), prices, c.ridge).ok();
+        let ridge_model = QualityModel::fit(&part, part_vectors.clone(), prices, c.ridge).ok().map(std::sync::Arc::new);
         let fitted_low = Fitted::low_rank(&part, &part_vectors, prices, c.low_rank).ok();
         let fitted_both = ridge_model.clone().zip(fitted_low.clone()).map(|b| Fitted::Ensemble(Box::new(b)));
         let fitted_ridge = ridge_model.map(Fitted::Ridge);
