@@ -222,6 +222,14 @@ pub struct ChoiceInput<'a> {
 
 /// Chooses a model (see the module docs).
 pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
+    choose_as(input, constraints, true)
+}
+
+/// [`choose`], the same choice, with its `reason` and failover `order` written out only when
+/// `explain` (otherwise the reason is empty and the order holds the chosen model alone): a
+/// benchmark that reads only which model won skips the text and the rest of the order, most of
+/// what it spent choosing.
+pub(crate) fn choose_as(input: ChoiceInput<'_>, constraints: &Constraints, explain: bool) -> Choice {
     let ChoiceInput { predictions, prices, input_tokens, objective, .. } = input;
     // Only a bar is "cleared"; with a utility objective no model is held to one.
     let bar = match objective {
@@ -276,6 +284,9 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
     let Some((chosen, fallback, why)) = pick(&candidates, &input, bar, &skip) else {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
     };
+    if !explain {
+        return Choice { candidates, chosen: Some(chosen), fallback, reason: String::new(), order: vec![chosen] };
+    }
     let mut reason = why.text(&candidates[chosen], input.fallback_model);
     if let Some(why) = input.cache.and_then(|cache| session_reason(&candidates, chosen, cache, bar, input.caution)) {
         reason.push_str("; ");

@@ -31,7 +31,7 @@ use crate::familiar::{Familiarity, Judgement, NEIGHBOURS};
 use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
-use crate::policy::{choose, Choice, ChoiceInput, Constraints, Objective};
+use crate::policy::{choose, choose_as, Choice, ChoiceInput, Constraints, Objective};
 use crate::predict::{
     predict_from, select, FitCache, Fitted, LowRankSettings, ModelPrediction, Predictions, Predictor, Prior, RidgeSettings,
     KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
@@ -949,9 +949,22 @@ impl Assessment {
     /// The policy's choice under `constraints` (every priced model as a candidate, cheapest
     /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
     pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
+        self.choose_as(constraints, true)
+    }
+
+    /// The model [`choose`](Assessment::choose) takes under `constraints`, the same choice
+    /// without writing out its reason or failover order: for a benchmark that decides each
+    /// prompt under many knobs and reads only which model won.
+    pub(crate) fn chosen_model(&self, constraints: &Constraints) -> Result<String> {
+        let choice = self.choose_as(constraints, false)?;
+        let chosen = choice.chosen.ok_or_else(|| Error::Config("the policy chose no model".into()))?;
+        Ok(choice.candidates.into_iter().nth(chosen).map(|c| c.model).unwrap_or_default())
+    }
+
+    fn choose_as(&self, constraints: &Constraints, explain: bool) -> Result<Choice> {
         check_constraints(constraints)?;
         let s = &self.router.inner.settings;
-        let choice = choose(
+        let choice = choose_as(
             ChoiceInput {
                 predictions: &self.predictions,
                 prices: &self.state.prices,
@@ -964,6 +977,7 @@ impl Assessment {
                 cache: self.cache.as_ref(),
             },
             constraints,
+            explain,
         );
         if choice.chosen.is_none() {
             let why: Vec<String> =

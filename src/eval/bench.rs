@@ -686,6 +686,18 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         // routers are built and assess side by side, as many at once as there are cores (each
         // dropped once it has assessed its fold), on rayon's pool, which hands a free core the
         // next candidate.
+        // The fold's exemplar graph, built once on every core by a router that fits nothing,
+        // and saved for the candidates' routers to read (two built side by side would each
+        // build it).
+        let warm = RouterConfig {
+            name: "graph".into(),
+            predictor: Predictor::Neighbours,
+            k: 1,
+            temperature: 1.0,
+            prior_strength: 0.0,
+            min_similarity: Some(-1.0),
+        };
+        drop(warm.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path(), &FitCache::new())?);
         let fits = FitCache::new();
         // Each candidate's figures are merged as its router finishes, so that one candidate's
         // assessments at most per core are held at once.
@@ -969,8 +981,7 @@ fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, ind
     assessments
         .iter()
         .map(|a| {
-            let choice = a.choose(constraints)?;
-            let name = &choice.candidates[choice.chosen.expect("choose returns a chosen model")].model;
+            let name = a.chosen_model(constraints)?;
             index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))
         })
         .collect()
