@@ -400,11 +400,17 @@ pub struct EmbedderOptions {
     /// cores other processes share, the spinning threads take time from the work, and a route
     /// is faster without it (see the README's "Performance"). The vectors are the same either way.
     pub spinning: bool,
+    /// Whether ONNX Runtime's session is opened at the first text embedded rather than at load
+    /// (default `false`). The files are checked at load either way; opened late, a model ONNX
+    /// Runtime cannot parse is an error of the first embedding instead. For a program that may
+    /// find every vector it needs in a cache ([`Memo::remember_cached`]): it then never holds
+    /// the model's memory nor waits for its load.
+    pub lazy: bool,
 }
 
 impl Default for EmbedderOptions {
     fn default() -> Self {
-        EmbedderOptions { max_tokens: 256, threads: None, spinning: true }
+        EmbedderOptions { max_tokens: 256, threads: None, spinning: true, lazy: false }
     }
 }
 
@@ -508,32 +514,15 @@ impl FastEmbedder {
             .map_err(|e| corrupt(format!("tokenizer.json: {e}")))?;
         drop(tokenizer_json);
 
-        // The graph is read by ONNX Runtime from the file (not from a copy in our memory: that
-        // would hold the whole model twice while the session is built).
         let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let engine = |what: &str, message: &str| Error::Engine { what: what.to_string(), source: Box::new(ort::Error::new(message)) };
-        let session = ort::session::Session::builder(&environment)
-            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
-            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-            .with_intra_threads(threads)
-            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-            .with_intra_op_spinning(options.spinning)
-            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-            // ONNX Runtime fuses each residual Add and the LayerNormalization after it into one
-            // SkipLayerNormalization, whose CPU kernel (1.32) is slower than the two it replaces:
-            // about 29 µs a call against 7 µs plus the add, at 12 tokens (profiled in Python).
-            // multilingual-e5-small has 24 of them; unfused, its int8 forward pass takes 8–12%
-            // less time (one thread, per-call CPU time). The vectors move by rounding only
-            // (cosine to the fused ones: mean 0.9997, worst 0.9978 over 44 sentences).
-            .with_disabled_optimizers("SkipLayerNormFusion")
-            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-            .commit_from_file(&model_path)
-            .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
-        let token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
+        let session = Session::Closed(Opener { environment, model_path, dir: dir.to_path_buf(), threads, spinning: options.spinning });
+        let mut encoder = Encoder { session, tokenizer };
+        if !options.lazy {
+            encoder.session.open()?;
+        }
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(FastEmbedder {
-            model: Mutex::new(Encoder { session, tokenizer, token_types }),
+            model: Mutex::new(encoder),
             // The graph options go into the id: the unfused layer norms round differently, and
             // vectors cached (or stored) before must not be mixed with these.
             model_id: format!("{name}-{}-{}-unfused", &onnx_sum[..16.min(onnx_sum.len())], options.max_tokens),
@@ -603,17 +592,70 @@ fn load_tokenizer(
     Ok(tokenizer)
 }
 
-/// One loaded model: ONNX Runtime's session and the tokenizer.
+/// One loaded model: ONNX Runtime's session (or what opens it) and the tokenizer.
 struct Encoder {
-    session: ort::session::Session,
+    session: Session,
     tokenizer: tokenizer::TextTokenizer,
-    token_types: bool,
+}
+
+/// ONNX Runtime's session, open or still to open ([`EmbedderOptions::lazy`]).
+enum Session {
+    /// The session, and whether the graph takes token type ids.
+    Open(ort::session::Session, bool),
+    Closed(Opener),
+}
+
+/// What opens a model's session.
+struct Opener {
+    environment: ort::environment::Environment,
+    model_path: PathBuf,
+    dir: PathBuf,
+    threads: usize,
+    spinning: bool,
+}
+
+impl Session {
+    /// The open session (opened now if it was not), and whether it takes token type ids.
+    fn open(&mut self) -> Result<(&mut ort::session::Session, bool)> {
+        if let Session::Closed(o) = self {
+            let corrupt = |reason: String| Error::ModelCorrupt { dir: o.dir.clone(), reason };
+            // The graph is read by ONNX Runtime from the file (not from a copy in our memory:
+            // that would hold the whole model twice while the session is built).
+            let engine = |what: &str, message: &str| Error::Engine { what: what.to_string(), source: Box::new(ort::Error::new(message)) };
+            let session = ort::session::Session::builder(&o.environment)
+                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+                .with_intra_threads(o.threads)
+                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+                .with_intra_op_spinning(o.spinning)
+                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+                // ONNX Runtime fuses each residual Add and the LayerNormalization after it into
+                // one SkipLayerNormalization, whose CPU kernel (1.32) is slower than the two it
+                // replaces: about 29 µs a call against 7 µs plus the add, at 12 tokens (profiled
+                // in Python). multilingual-e5-small has 24 of them; unfused, its int8 forward
+                // pass takes 8–12% less time (one thread, per-call CPU time). The vectors move
+                // by rounding only (cosine to the fused ones: mean 0.9997, worst 0.9978 over 44
+                // sentences).
+                .with_disabled_optimizers("SkipLayerNormFusion")
+                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+                .commit_from_file(&o.model_path)
+                .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
+            let token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
+            *self = Session::Open(session, token_types);
+        }
+        match self {
+            Session::Open(session, token_types) => Ok((session, *token_types)),
+            Session::Closed(_) => Err(Error::Embedding("the model's session did not open".into())),
+        }
+    }
 }
 
 impl Encoder {
     /// Mean-pooled (over the attention mask) last hidden states of a batch, one row per text.
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let failed = |what: &str, e: &dyn std::fmt::Display| Error::Embedding(format!("{what}: {e}"));
+        let (session, token_types) = self.session.open()?;
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| failed("tokenising", &e))?;
         let (n, len) = (encodings.len(), encodings.first().map_or(0, |e| e.len()));
         if n == 0 || len == 0 {
@@ -626,10 +668,10 @@ impl Encoder {
         let tensor = |data: Vec<i64>| ort::value::Tensor::from_array(([n, len], data)).map_err(|e| failed("making an input tensor", &e));
         let mut inputs =
             ort::inputs!["input_ids" => tensor(column(tokenizers::Encoding::get_ids))?, "attention_mask" => tensor(mask.clone())?];
-        if self.token_types {
+        if token_types {
             inputs.push(("token_type_ids".into(), tensor(column(tokenizers::Encoding::get_type_ids))?.into()));
         }
-        let outputs = self.session.run(inputs).map_err(|e| Error::Engine { what: "embedding".into(), source: Box::new(e) })?;
+        let outputs = session.run(inputs).map_err(|e| Error::Engine { what: "embedding".into(), source: Box::new(e) })?;
         let hidden = match outputs.get("last_hidden_state") {
             Some(v) => v,
             None if outputs.len() == 1 => &outputs[0],

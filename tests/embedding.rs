@@ -113,3 +113,30 @@ fn tampered_tokenizer_is_reported_as_damaged() {
     let err = FastEmbedder::load(dir.path(), &Home::from_env().ort_library(), &EmbedderOptions::default()).unwrap_err();
     assert!(err.to_string().contains("tokenizer.json does not match its checksum"), "{err}");
 }
+
+#[test]
+fn a_lazy_embedder_opens_the_model_at_its_first_text_and_embeds_the_same() {
+    let eager = minilm();
+    let lazy =
+        FastEmbedder::load(&model_dir(), &Home::from_env().ort_library(), &EmbedderOptions { lazy: true, ..Default::default() }).unwrap();
+    assert_eq!((lazy.model_id(), lazy.dim()), (eager.model_id(), eager.dim()), "a cache key known before the model opens");
+    let texts = ["Reformat this JSON", "证明根号二是无理数"];
+    let (a, b) = (lazy.embed_batch(&texts).unwrap(), eager.embed_batch(&texts).unwrap());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
+    // A graph ONNX Runtime cannot read is found at the first text, and named as at load.
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path(), b"not an onnx graph");
+    let ready = std::fs::read_to_string(dir.path().join("READY")).unwrap();
+    let kept: Vec<&str> = ready.lines().filter(|l| !l.starts_with("model.onnx.bytes=")).collect();
+    std::fs::write(dir.path().join("READY"), kept.join("\n")).unwrap();
+    let broken =
+        FastEmbedder::load(dir.path(), &Home::from_env().ort_library(), &EmbedderOptions { lazy: true, ..Default::default() }).unwrap();
+    let err = broken.embed("hello").unwrap_err();
+    assert!(matches!(err, Error::ModelCorrupt { .. }), "{err:?}");
+    assert!(
+        FastEmbedder::load(dir.path(), &Home::from_env().ort_library(), &EmbedderOptions::default()).is_err(),
+        "eager finds it at load"
+    );
+}

@@ -371,10 +371,11 @@ impl Outcomes {
         Ok(o)
     }
 
-    fn point(&self, pick: &[usize], reference: usize, knob: Option<f64>) -> CurvePointReport {
+    fn point<M: Copy + Into<usize>>(&self, pick: &[M], reference: usize, knob: Option<f64>) -> CurvePointReport {
         let n = pick.len().max(1) as f64;
         let mut p = CurvePointReport { knob, quality: 0.0, cost_usd: 0.0, reference_share: 0.0 };
         for (i, &m) in pick.iter().enumerate() {
+            let m: usize = m.into();
             p.quality += self.q[i][m] / n;
             p.cost_usd += self.c[i][m];
             p.reference_share += f64::from(u8::from(m == reference)) / n;
@@ -441,7 +442,7 @@ const CHOICE_REPLICATES: usize = 200;
 /// varies far less. Where AIQ does tell them apart (large splits), it decides.
 fn choose_candidate(
     scores: &[ConfigScore],
-    oof_picks: &[Vec<Vec<Vec<usize>>>],
+    oof_picks: &[Vec<Vec<Vec<Pick>>>],
     policies: usize,
     out: &Outcomes,
     range: (f64, f64),
@@ -463,7 +464,7 @@ fn choose_candidate(
                 .map(|pick| {
                     let (mut q, mut c) = (0.0, 0.0);
                     for (i, &m) in pick.iter().enumerate() {
-                        let w = f64::from(weights[i]);
+                        let (w, m) = (f64::from(weights[i]), usize::from(m));
                         q += w * out.q[i][m];
                         c += w * out.c[i][m];
                     }
@@ -493,8 +494,13 @@ fn choose_candidate(
     })
 }
 
+/// A model's index among the data set's models, as the picks keep it: the out-of-fold picks of
+/// every candidate under every knob for every train prompt are the harness's largest table
+/// (10 candidates × 183 knobs × 9,829 prompts on a 14,000-prompt set: 144 MB as `usize`).
+type Pick = u16;
+
 /// The model index each assessment picks under every knob: `[knob][prompt]`.
-fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<usize>>> {
+fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<Pick>>> {
     par_map(knobs, 8, |&k| assessments_choose(assessments, &policy.constraints(k), index))
 }
 
@@ -596,6 +602,13 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         )));
     }
     let prices = PriceTable::from_models(models.iter().map(|m| (m.clone(), prices.get(m).expect("listed").clone())))?;
+    if models.len() > usize::from(Pick::MAX) + 1 {
+        return Err(Error::Config(format!(
+            "{} models to route among: the benchmark handles at most {}",
+            models.len(),
+            usize::from(Pick::MAX) + 1
+        )));
+    }
     let index: HashMap<&str, usize> = models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
     let counter = TokenCounter::cl100k()?;
     let (train, test) = data.split(settings.train_fraction, settings.seed);
@@ -673,7 +686,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let train_range = cost_range(&train_single);
     // Out-of-fold picks of every candidate, [config][policy] -> [knob][train prompt], and each
     // candidate's calibration.
-    let mut oof_picks: Vec<Vec<Vec<Vec<usize>>>> = configs
+    let mut oof_picks: Vec<Vec<Vec<Vec<Pick>>>> = configs
         .iter()
         .map(|_| settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect())
         .collect();
@@ -707,7 +720,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             let assessments =
                 assess_all(&router, &held, |i| Ok((train[i].prompt.as_str(), vector_of(train[i])?, Some(train_out.input_tokens[i]))))?;
             drop(router);
-            let fold_picks: Vec<Vec<Vec<usize>>> = settings
+            let fold_picks: Vec<Vec<Vec<Pick>>> = settings
                 .policies
                 .iter()
                 .map(|&policy| picks(&assessments, policy, &knobs(policy, typical_cost), &index))
@@ -776,10 +789,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
                 let (c, p) = (s / settings.policies.len(), s % settings.policies.len());
                 for k in 0..knobs(score.policy, typical_cost).len() {
                     let pick = &oof_picks[c][p][k];
-                    if !clears(&|i| pick[i], x) {
+                    if !clears(&|i| usize::from(pick[i]), x) {
                         continue;
                     }
-                    let cost = (0..train.len()).map(|i| train_out.c[i][pick[i]]).sum::<f64>();
+                    let cost = (0..train.len()).map(|i| train_out.c[i][usize::from(pick[i])]).sum::<f64>();
                     let better = match best {
                         None => true,
                         Some((b, Operating::Routed(bs, _))) => {
@@ -977,12 +990,13 @@ fn assess_all<'a>(
 }
 
 /// The model index each assessment picks under `constraints`.
-fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<usize>> {
+fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<Pick>> {
     assessments
         .iter()
         .map(|a| {
             let name = a.chosen_model(constraints)?;
-            index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))
+            let m = index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))?;
+            Pick::try_from(m).map_err(|_| Error::Config(format!("more than {} models to route among", Pick::MAX)))
         })
         .collect()
 }
@@ -997,7 +1011,7 @@ mod tests {
 
     /// Two models on 40 prompts: the cheap one (0, cost 1) is right on the even prompts only, the
     /// reference (1, cost 10) on all. Each candidate's curve: all cheap, its own mix, all reference.
-    fn case(mixes: &[Vec<usize>], briers: &[f64]) -> (Vec<ConfigScore>, Vec<Vec<Vec<Vec<usize>>>>, Outcomes) {
+    fn case(mixes: &[Vec<Pick>], briers: &[f64]) -> (Vec<ConfigScore>, Vec<Vec<Vec<Vec<Pick>>>>, Outcomes) {
         let n = 40;
         let out = Outcomes {
             q: (0..n).map(|i| vec![f64::from(u8::from(i % 2 == 0)), 1.0]).collect(),
@@ -1039,8 +1053,8 @@ mod tests {
 
     /// The mix that sends the cheap model exactly where it is right, except on `wrong` (odd
     /// prompts sent cheap) and `wasted` (even prompts sent to the reference).
-    fn mix(wrong: &[usize], wasted: &[usize]) -> Vec<usize> {
-        (0..40).map(|i| usize::from((i % 2 == 1 && !wrong.contains(&i)) || wasted.contains(&i))).collect()
+    fn mix(wrong: &[usize], wasted: &[usize]) -> Vec<Pick> {
+        (0..40).map(|i| Pick::from((i % 2 == 1 && !wrong.contains(&i)) || wasted.contains(&i))).collect()
     }
 
     #[test]
@@ -1049,7 +1063,7 @@ mod tests {
         // the prompts the wrong way round: clearly worse, however good its Brier score.
         let a = mix(&[1, 5, 9, 13, 17], &[0, 4, 8, 12, 16, 20]);
         let b = mix(&[21, 25, 29, 33, 37, 3], &[24, 28, 32, 36, 2, 6]);
-        let c = (0..40).map(|i| usize::from(i < 20)).collect();
+        let c = (0..40).map(|i| Pick::from(i < 20)).collect();
         let (scores, picks, out) = case(&[a, b, c], &[0.20, 0.10, 0.05]);
         assert!(scores[0].oof_aiq > scores[1].oof_aiq && scores[1].oof_aiq > scores[2].oof_aiq + 0.04, "{scores:?}");
         let range = (40.0, 400.0);

@@ -68,7 +68,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data = Dataset::load(&args.dataset)?;
     let prices = PriceTable::from_file(&args.prices)?;
-    let model: Arc<dyn Embedder> = semroute::embed::load_installed(&args.embedding_model)?;
+    // The model's session opens only if a prompt's vector is not in the cache.
+    let options = semroute::embed::EmbedderOptions { lazy: true, ..Default::default() };
+    let model: Arc<dyn Embedder> = semroute::embed::load_installed_with(&args.embedding_model, &options)?;
     // One memory of vectors across seeds: each prompt is embedded once, and once across runs
     // through the cache on disk.
     let memo = Arc::new(Memo::new(model));
