@@ -500,23 +500,33 @@ impl Embedder for FourLetters {
     }
 }
 
+/// The `i`th prompt of the four-letter toy sets: runs of letters that [`FourLetters`] counts.
+fn four_letter_prompt(i: usize) -> String {
+    let letters = ["a", "b", "c", "d"];
+    format!("{}{} {}", letters[i % 4].repeat(1 + i % 3), letters[(i / 4) % 4].repeat(1 + i % 5), i)
+}
+
+/// 80 measured exemplars (JSONL lines) over [`four_letter_prompt`]: "small" is right on about
+/// half of the letter mixes, "big" on all.
+fn four_letter_lines() -> Vec<String> {
+    (0..80)
+        .map(|i| {
+            let small = u8::from(i % 4 < 2 && i % 7 != 0);
+            format!(
+                r#"{{"id":"e{i}","prompt":"{}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":{}}},"big":{{"quality":1,"output_tokens":20}}}}}}"#,
+                four_letter_prompt(i),
+                10 + i % 9
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn a_batch_is_assessed_as_each_prompt_alone() {
     use semroute::exemplar::ExemplarSet;
     use semroute::predict::{Predictor, RidgeSettings};
     use semroute::Router;
-    let letters = ["a", "b", "c", "d"];
-    let prompt = |i: usize| format!("{}{} {}", letters[i % 4].repeat(1 + i % 3), letters[(i / 4) % 4].repeat(1 + i % 5), i);
-    let lines: Vec<String> = (0..80)
-        .map(|i| {
-            let small = u8::from(i % 4 < 2 && i % 7 != 0);
-            format!(
-                r#"{{"id":"e{i}","prompt":"{}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":{}}},"big":{{"quality":1,"output_tokens":20}}}}}}"#,
-                prompt(i),
-                10 + i % 9
-            )
-        })
-        .collect();
+    let lines = four_letter_lines();
     let exemplars = ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap();
     let embedder: Arc<dyn Embedder> = Arc::new(FourLetters);
     for predictor in [Predictor::KernelRidge(RidgeSettings::default()), Predictor::Blend(RidgeSettings::default()), Predictor::Auto] {
@@ -528,7 +538,7 @@ fn a_batch_is_assessed_as_each_prompt_alone() {
             .no_cache()
             .build()
             .unwrap();
-        let prompts: Vec<String> = (0..70).map(|i| prompt(1000 + 3 * i)).collect();
+        let prompts: Vec<String> = (0..70).map(|i| four_letter_prompt(1000 + 3 * i)).collect();
         let vectors = embedder.embed_batch(&prompts.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         let items: Vec<(&str, &[f32], Option<u64>)> = prompts.iter().zip(&vectors).map(|(p, v)| (p.as_str(), v.as_slice(), None)).collect();
         let batch = router.assess_embedded_batch(&items).unwrap();
@@ -566,18 +576,7 @@ fn routers_sharing_fitted_models_predict_as_routers_that_fit_their_own() {
     use semroute::exemplar::ExemplarSet;
     use semroute::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, RidgeSettings};
     use semroute::Router;
-    let letters = ["a", "b", "c", "d"];
-    let prompt = |i: usize| format!("{}{} {}", letters[i % 4].repeat(1 + i % 3), letters[(i / 4) % 4].repeat(1 + i % 5), i);
-    let lines: Vec<String> = (0..80)
-        .map(|i| {
-            let small = u8::from(i % 4 < 2 && i % 7 != 0);
-            format!(
-                r#"{{"id":"e{i}","prompt":"{}","category":"c","language":"en","results":{{"small":{{"quality":{small},"output_tokens":{}}},"big":{{"quality":1,"output_tokens":20}}}}}}"#,
-                prompt(i),
-                10 + i % 9
-            )
-        })
-        .collect();
+    let lines = four_letter_lines();
     let exemplars = ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap();
     let embedder: Arc<dyn Embedder> = Arc::new(FourLetters);
     let build = |predictor: Predictor, exemplars: &ExemplarSet, fits: Option<&FitCache>| {
@@ -596,7 +595,7 @@ fn routers_sharing_fitted_models_predict_as_routers_that_fit_their_own() {
     };
     let (ridge, low_rank) = (RidgeSettings::default(), LowRankSettings::default());
     let fits = FitCache::new();
-    let prompts: Vec<String> = (0..30).map(|i| prompt(1000 + 3 * i)).collect();
+    let prompts: Vec<String> = (0..30).map(|i| four_letter_prompt(1000 + 3 * i)).collect();
     // (predictor, fitted parts held after its build): the kernel-ridge model is fitted once for
     // the first two and taken by the ensemble, the low-rank model fitted once for the last two.
     let cases = [
