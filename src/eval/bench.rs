@@ -5,7 +5,8 @@
 //! Everything a router could tune is chosen on the train split alone, by cross-fitting: the train
 //! part is cut into folds; for each candidate [`RouterConfig`], a router built on all folds but
 //! one assesses the prompts of that fold ([`Router::assess_embedded_batch`]), so every train prompt gets
-//! an out-of-fold assessment. Those assessments, decided under every knob of both [`Policy`]s,
+//! an out-of-fold assessment (the candidates' routers on a fold share the models they fit,
+//! through a [`FitCache`]: the very models each would fit, each fitted once). Those assessments, decided under every knob of both [`Policy`]s,
 //! give out-of-fold cost–quality curves: among the configurations and policies whose AIQ is
 //! within one bootstrap standard error of the largest, the one whose predictions of the models on
 //! the train split's cost–quality frontier have the lowest out-of-fold Brier score draws the
@@ -694,11 +695,6 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     for fold in 0..settings.folds {
         let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
         let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
-        // The candidates' routers on a fold share the models they fit (the same kernel-ridge
-        // model in four of them, the same low-rank model in three): each is fitted once. The
-        // routers are built and assess side by side, as many at once as there are cores (each
-        // dropped once it has assessed its fold), on rayon's pool, which hands a free core the
-        // next candidate.
         // The fold's exemplar graph, built once on every core by a router that fits nothing,
         // and saved for the candidates' routers to read (two built side by side would each
         // build it).
@@ -711,6 +707,11 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             min_similarity: Some(-1.0),
         };
         drop(warm.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path(), &FitCache::new())?);
+        // The candidates' routers on a fold share the models they fit (the same kernel-ridge
+        // model in four of them, the same low-rank model in three): each is fitted once. The
+        // routers are built and assess side by side, as many at once as there are cores (each
+        // dropped once it has assessed its fold), on rayon's pool, which hands a free core the
+        // next candidate.
         let fits = FitCache::new();
         // Each candidate's figures are merged as its router finishes, so that one candidate's
         // assessments at most per core are held at once.
