@@ -222,71 +222,12 @@ pub struct ChoiceInput<'a> {
 
 /// Chooses a model (see the module docs).
 pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
-    choose_as(input, constraints, true)
-}
-
-/// [`choose`], the same choice, with its `reason` and failover `order` written out only when
-/// `explain` (otherwise the reason is empty and the order holds the chosen model alone): a
-/// benchmark that reads only which model won skips the text and the rest of the order, most of
-/// what it spent choosing.
-pub(crate) fn choose_as(input: ChoiceInput<'_>, constraints: &Constraints, explain: bool) -> Choice {
-    let ChoiceInput { predictions, prices, input_tokens, objective, .. } = input;
-    // Only a bar is "cleared"; with a utility objective no model is held to one.
-    let bar = match objective {
-        Objective::QualityBar(b) => b,
-        Objective::UsdPerQuality(_) => f64::INFINITY,
-    };
-    let mut candidates: Vec<Candidate> = prices
-        .iter()
-        .map(|(model, price)| {
-            let p = predictions.per_model.get(model);
-            let out = p.map_or(input.default_output_tokens, |p| p.output_tokens.round().max(0.0) as u64);
-            // A measured cost (the neighbours') where known, else answer tokens × list price.
-            let (cost, cached, session_cost) = match input.cache {
-                // A measured cost knows nothing of this session's cache: tokens × price.
-                Some(cache) => {
-                    let (now, per_step, cached) = session_costs(price, model, cache, input_tokens, out);
-                    (now, Some(cached), Some(per_step))
-                }
-                // A measured cost (the neighbours') where known, else answer tokens × list price.
-                None => (p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out)), None, None),
-            };
-            let mut excluded = constraints.rule_out(model, price);
-            if let Some(window) = price.context_window.filter(|w| excluded.is_none() && input_tokens.saturating_add(out) > *w) {
-                excluded = Some(format!("prompt ({input_tokens} tokens) + answer ({out}) exceed its context window of {window}"));
-            }
-            if excluded.is_none() {
-                if let Some(max) = constraints.max_cost_usd.filter(|max| cost > *max) {
-                    excluded = Some(format!("expected cost ${cost:.6} is over the limit ${max:.6}"));
-                }
-            }
-            let se = p.map(ModelPrediction::standard_error);
-            Candidate {
-                model: model.to_string(),
-                provider: price.provider.clone(),
-                tier: price.tier,
-                predicted_quality: p.map(|p| p.quality),
-                quality_se: se,
-                predicted_output_tokens: out,
-                expected_cost_usd: cost,
-                cached_tokens: cached,
-                session_cost_usd: session_cost,
-                clears_bar: p.is_some_and(|p| p.quality - input.caution * se.unwrap_or(0.0) + 1e-9 >= bar),
-                excluded,
-            }
-        })
-        .collect();
-    // Cheapest first: by the cost over the session's horizon in a session, else this call's.
-    let rank = |c: &Candidate| c.session_cost_usd.unwrap_or(c.expected_cost_usd);
-    candidates.sort_by(|a, b| rank(a).total_cmp(&rank(b)).then_with(|| a.model.cmp(&b.model)));
-
+    let (mut candidates, priced_by) = priced(&input);
+    let bar = restrict(&mut candidates, &priced_by, &input, constraints);
     let mut skip = vec![false; candidates.len()];
     let Some((chosen, fallback, why)) = pick(&candidates, &input, bar, &skip) else {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
     };
-    if !explain {
-        return Choice { candidates, chosen: Some(chosen), fallback, reason: String::new(), order: vec![chosen] };
-    }
     let mut reason = why.text(&candidates[chosen], input.fallback_model);
     if let Some(why) = input.cache.and_then(|cache| session_reason(&candidates, chosen, cache, bar, input.caution)) {
         reason.push_str("; ");
@@ -300,6 +241,95 @@ pub(crate) fn choose_as(input: ChoiceInput<'_>, constraints: &Constraints, expla
         skip[next] = true;
     }
     Choice { candidates, chosen: Some(chosen), fallback, reason, order }
+}
+
+/// [`choose`] for one prompt under each of `each` (an objective with its constraints): the
+/// candidates, priced once (their costs and predictions do not depend on the constraints), and
+/// the index among them of the model each choice takes, the same as [`choose`]'s (`None` where
+/// every model is excluded). For a benchmark that decides every prompt under many knobs and reads
+/// only which model won: the candidates' exclusions and bar are set anew for each, and no reason
+/// or failover order is written out.
+pub(crate) fn choose_each(input: ChoiceInput<'_>, each: &[(Objective, &Constraints)]) -> (Vec<Candidate>, Vec<Option<usize>>) {
+    let (mut candidates, priced_by) = priced(&input);
+    let skip = vec![false; candidates.len()];
+    let chosen = each
+        .iter()
+        .map(|&(objective, constraints)| {
+            let input = ChoiceInput { objective, ..input };
+            let bar = restrict(&mut candidates, &priced_by, &input, constraints);
+            pick(&candidates, &input, bar, &skip).map(|(i, _, _)| i)
+        })
+        .collect();
+    (candidates, chosen)
+}
+
+/// Every priced model as a candidate for `input`'s prompt, cheapest first (by the cost over the
+/// session's horizon in a session, else this call's; by name on ties), before any constraint:
+/// none excluded, none clearing a bar ([`restrict`] sets both); with each one's price entry.
+fn priced<'a>(input: &ChoiceInput<'a>) -> (Vec<Candidate>, Vec<&'a ModelPrice>) {
+    let ChoiceInput { predictions, prices, input_tokens, .. } = *input;
+    let mut candidates: Vec<(Candidate, &ModelPrice)> = prices
+        .iter()
+        .map(|(model, price)| {
+            let p = predictions.per_model.get(model);
+            let out = p.map_or(input.default_output_tokens, |p| p.output_tokens.round().max(0.0) as u64);
+            let (cost, cached, session_cost) = match input.cache {
+                // A measured cost knows nothing of this session's cache: tokens × price.
+                Some(cache) => {
+                    let (now, per_step, cached) = session_costs(price, model, cache, input_tokens, out);
+                    (now, Some(cached), Some(per_step))
+                }
+                // A measured cost (the neighbours') where known, else answer tokens × list price.
+                None => (p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out)), None, None),
+            };
+            let candidate = Candidate {
+                model: model.to_string(),
+                provider: price.provider.clone(),
+                tier: price.tier,
+                predicted_quality: p.map(|p| p.quality),
+                quality_se: p.map(ModelPrediction::standard_error),
+                predicted_output_tokens: out,
+                expected_cost_usd: cost,
+                cached_tokens: cached,
+                session_cost_usd: session_cost,
+                clears_bar: false,
+                excluded: None,
+            };
+            (candidate, price)
+        })
+        .collect();
+    let rank = |c: &Candidate| c.session_cost_usd.unwrap_or(c.expected_cost_usd);
+    candidates.sort_by(|(a, _), (b, _)| rank(a).total_cmp(&rank(b)).then_with(|| a.model.cmp(&b.model)));
+    candidates.into_iter().unzip()
+}
+
+/// Sets which of `candidates` `constraints` exclude (the provider, model and jurisdiction rules,
+/// then the context window, then the cost limit: the first that applies says why) and which
+/// clear the bar of `input`'s objective with its caution; returns that bar (infinite under the
+/// utility objective, which holds no model to one).
+fn restrict(candidates: &mut [Candidate], prices: &[&ModelPrice], input: &ChoiceInput<'_>, constraints: &Constraints) -> f64 {
+    let bar = match input.objective {
+        Objective::QualityBar(b) => b,
+        Objective::UsdPerQuality(_) => f64::INFINITY,
+    };
+    let input_tokens = input.input_tokens;
+    for (c, price) in candidates.iter_mut().zip(prices) {
+        let (out, cost) = (c.predicted_output_tokens, c.expected_cost_usd);
+        let mut excluded = constraints.rule_out(&c.model, price).or_else(|| {
+            price
+                .context_window
+                .filter(|w| input_tokens.saturating_add(out) > *w)
+                .map(|window| format!("prompt ({input_tokens} tokens) + answer ({out}) exceed its context window of {window}"))
+        });
+        if excluded.is_none() {
+            if let Some(max) = constraints.max_cost_usd.filter(|max| cost > *max) {
+                excluded = Some(format!("expected cost ${cost:.6} is over the limit ${max:.6}"));
+            }
+        }
+        c.excluded = excluded;
+        c.clears_bar = c.predicted_quality.is_some_and(|q| q - input.caution * c.quality_se.unwrap_or(0.0) + 1e-9 >= bar);
+    }
+    bar
 }
 
 /// The policy's rule: which of the candidates not `skip`ped and not excluded to take, whether
@@ -769,5 +799,55 @@ mod tests {
         assert!(Objective::QualityBar(1.5).check().is_err());
         assert!(Objective::UsdPerQuality(f64::NAN).check().is_err());
         assert!(Objective::UsdPerQuality(f64::INFINITY).check().is_err());
+    }
+
+    #[test]
+    fn choosing_under_many_constraints_at_once_takes_each_choice_alone() {
+        let t = prices();
+        let mut p = predictions();
+        for (m, se) in [("a", 0.2), ("b", 0.05), ("c", 0.01)] {
+            p.per_model.get_mut(m).unwrap().quality_se = Some(se);
+        }
+        let mut each: Vec<(Objective, Constraints)> = Vec::new();
+        for bar in [0.0, 0.3, 0.5, 0.79, 0.85, 0.95, 1.0] {
+            each.push((Objective::QualityBar(bar), Constraints::default()));
+        }
+        for usd in [0.0, 0.001, 0.01, 0.05, 0.2, 10.0] {
+            each.push((Objective::UsdPerQuality(usd), Constraints::default()));
+        }
+        // Constraints that exclude, between others that do not: exclusions are set anew each time.
+        each.push((Objective::QualityBar(0.5), Constraints::default().allow_models(["c"])));
+        each.push((Objective::QualityBar(0.5), Constraints::default().max_cost_usd(0.005)));
+        each.push((Objective::UsdPerQuality(10.0), Constraints::default().max_cost_usd(0.05)));
+        each.push((Objective::QualityBar(0.5), Constraints::default().allow_models(["nothing"])));
+        each.push((Objective::QualityBar(0.5), Constraints::default()));
+        for caution in [0.0, 1.0] {
+            for unfamiliar in [None, Some("far from every exemplar")] {
+                let input = ChoiceInput {
+                    predictions: &p,
+                    prices: &t,
+                    input_tokens: 100,
+                    unfamiliar,
+                    objective: Objective::QualityBar(0.0),
+                    caution,
+                    fallback_model: "b",
+                    default_output_tokens: 500,
+                    cache: None,
+                };
+                let refs: Vec<(Objective, &Constraints)> = each.iter().map(|(o, c)| (*o, c)).collect();
+                let (candidates, chosen) = choose_each(input, &refs);
+                let mut models = std::collections::BTreeSet::new();
+                for ((objective, constraints), got) in each.iter().zip(&chosen) {
+                    let alone = choose(ChoiceInput { objective: *objective, ..input }, constraints);
+                    let want = alone.chosen.map(|i| alone.candidates[i].model.clone());
+                    assert_eq!(got.map(|i| candidates[i].model.clone()), want, "{objective:?} {constraints:?} caution {caution}");
+                    models.insert(want);
+                }
+                if unfamiliar.is_none() {
+                    // The cases tell the models apart (and one excludes every model).
+                    assert_eq!(models.len(), 4, "{models:?}");
+                }
+            }
+        }
     }
 }

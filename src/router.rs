@@ -31,7 +31,7 @@ use crate::familiar::{Familiarity, Judgement, NEIGHBOURS};
 use crate::feedback::Feedback;
 use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
 use crate::journal::Journal;
-use crate::policy::{choose, choose_as, Choice, ChoiceInput, Constraints, Objective};
+use crate::policy::{choose, choose_each, Choice, ChoiceInput, Constraints, Objective};
 use crate::predict::{
     predict_from, select, FitCache, Fitted, LowRankSettings, ModelPrediction, Predictions, Predictor, Prior, RidgeSettings,
     KERNEL_RIDGE_MAX_EXEMPLARS, KERNEL_RIDGE_MIN_EXEMPLARS,
@@ -949,42 +949,52 @@ impl Assessment {
     /// The policy's choice under `constraints` (every priced model as a candidate, cheapest
     /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
     pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
-        self.choose_as(constraints, true)
-    }
-
-    /// The model [`choose`](Assessment::choose) takes under `constraints`, the same choice
-    /// without writing out its reason or failover order: for a benchmark that decides each
-    /// prompt under many knobs and reads only which model won.
-    pub(crate) fn chosen_model(&self, constraints: &Constraints) -> Result<String> {
-        let choice = self.choose_as(constraints, false)?;
-        let chosen = choice.chosen.ok_or_else(|| Error::Config("the policy chose no model".into()))?;
-        Ok(choice.candidates.into_iter().nth(chosen).map(|c| c.model).unwrap_or_default())
-    }
-
-    fn choose_as(&self, constraints: &Constraints, explain: bool) -> Result<Choice> {
         check_constraints(constraints)?;
-        let s = &self.router.inner.settings;
-        let choice = choose_as(
-            ChoiceInput {
-                predictions: &self.predictions,
-                prices: &self.state.prices,
-                input_tokens: self.input_tokens,
-                unfamiliar: self.judgement.unfamiliar.as_deref(),
-                caution: self.state.caution.0,
-                objective: constraints.objective(s.objective()),
-                fallback_model: &self.state.fallback_model,
-                default_output_tokens: DEFAULT_OUTPUT_TOKENS,
-                cache: self.cache.as_ref(),
-            },
-            constraints,
-            explain,
-        );
+        let objective = constraints.objective(self.router.inner.settings.objective());
+        let choice = choose(self.choice_input(objective), constraints);
         if choice.chosen.is_none() {
             let why: Vec<String> =
                 choice.candidates.iter().map(|c| format!("{}: {}", c.model, c.excluded.as_deref().unwrap_or("eligible"))).collect();
             return Err(Error::NoEligibleModel(why.join("; ")));
         }
         Ok(choice)
+    }
+
+    /// The model [`choose`](Assessment::choose) takes under each of `constraints`: the same
+    /// choices, with the candidates priced once and no reason or failover order written out,
+    /// for a benchmark that decides each prompt under many knobs and reads only which model won.
+    pub(crate) fn chosen_models(&self, constraints: &[Constraints]) -> Result<Vec<String>> {
+        let default = self.router.inner.settings.objective();
+        let mut each = Vec::with_capacity(constraints.len());
+        for c in constraints {
+            check_constraints(c)?;
+            each.push((c.objective(default), c));
+        }
+        let (candidates, chosen) = choose_each(self.choice_input(default), &each);
+        chosen
+            .into_iter()
+            .zip(constraints)
+            .map(|(i, c)| match i {
+                Some(i) => Ok(candidates[i].model.clone()),
+                // Every model excluded: the error `choose` gives, which says why for each.
+                None => self.choose(c).map(|_| String::new()),
+            })
+            .collect()
+    }
+
+    /// The inputs of this prompt's choice under `objective`.
+    fn choice_input(&self, objective: Objective) -> ChoiceInput<'_> {
+        ChoiceInput {
+            predictions: &self.predictions,
+            prices: &self.state.prices,
+            input_tokens: self.input_tokens,
+            unfamiliar: self.judgement.unfamiliar.as_deref(),
+            caution: self.state.caution.0,
+            objective,
+            fallback_model: &self.state.fallback_model,
+            default_output_tokens: DEFAULT_OUTPUT_TOKENS,
+            cache: self.cache.as_ref(),
+        }
     }
 
     /// The decision under `constraints`, with the whole why.

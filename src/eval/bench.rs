@@ -502,7 +502,23 @@ type Pick = u16;
 
 /// The model index each assessment picks under every knob: `[knob][prompt]`.
 fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<Pick>>> {
-    par_map(knobs, 8, |&k| assessments_choose(assessments, &policy.constraints(k), index))
+    let constraints: Vec<Constraints> = knobs.iter().map(|&k| policy.constraints(k)).collect();
+    picks_under(assessments, &constraints, index)
+}
+
+/// The model index each assessment picks under each of `constraints`: `[constraints][prompt]`.
+fn picks_under(assessments: &[Assessment], constraints: &[Constraints], index: &HashMap<&str, usize>) -> Result<Vec<Vec<Pick>>> {
+    let per_prompt: Vec<Vec<Pick>> = par_map(assessments, 8, |a| {
+        a.chosen_models(constraints)?
+            .iter()
+            .map(|name| {
+                let m =
+                    index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))?;
+                Pick::try_from(m).map_err(|_| Error::Config(format!("more than {} models to route among", Pick::MAX)))
+            })
+            .collect()
+    })?;
+    Ok((0..constraints.len()).map(|k| per_prompt.iter().map(|row| row[k]).collect()).collect())
 }
 
 /// Squared errors of quality predictions against measured qualities, with the baseline's.
@@ -852,7 +868,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
                 }
                 Operating::Single(m) => {
                     let only = Constraints::default().allow_models([models[m].clone()]);
-                    let pick = assessments_choose(&tested[&ci], &only, &index)?;
+                    let pick = picks_under(&tested[&ci], &[only], &index)?.remove(0);
                     Ok((test_out.point(&pick, reference, None), None, Some(m)))
                 }
             })
@@ -988,18 +1004,6 @@ fn assess_all<'a>(
         router.assess_embedded_batch(&refs)
     })?;
     Ok(assessed.into_iter().flatten().collect())
-}
-
-/// The model index each assessment picks under `constraints`.
-fn assessments_choose(assessments: &[Assessment], constraints: &Constraints, index: &HashMap<&str, usize>) -> Result<Vec<Pick>> {
-    assessments
-        .iter()
-        .map(|a| {
-            let name = a.chosen_model(constraints)?;
-            let m = index.get(name.as_str()).copied().ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))?;
-            Pick::try_from(m).map_err(|_| Error::Config(format!("more than {} models to route among", Pick::MAX)))
-        })
-        .collect()
 }
 
 fn model_refs(models: &[String]) -> Vec<&str> {
