@@ -541,10 +541,18 @@ impl FitCache {
         Self::default()
     }
 
-    /// How many fitted parts it holds.
+    /// How many fitted parts it holds (a part being fitted is not held yet; this does not wait
+    /// for it).
     pub fn len(&self) -> usize {
         let slots: Vec<_> = self.slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-        slots.iter().filter(|s| s.lock().unwrap_or_else(PoisonError::into_inner).is_some()).count()
+        slots
+            .iter()
+            .filter(|s| match s.try_lock() {
+                Ok(part) => part.is_some(),
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().is_some(),
+                Err(std::sync::TryLockError::WouldBlock) => false,
+            })
+            .count()
     }
 
     /// Whether it holds no fitted part.
