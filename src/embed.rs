@@ -515,11 +515,9 @@ impl FastEmbedder {
         drop(tokenizer_json);
 
         let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let session = Session::Closed(Opener { environment, model_path, dir: dir.to_path_buf(), threads, spinning: options.spinning });
-        let mut encoder = Encoder { session, tokenizer };
-        if !options.lazy {
-            encoder.session.open()?;
-        }
+        let opener = Opener { environment, model_path, dir: dir.to_path_buf(), threads, spinning: options.spinning };
+        let session = if options.lazy { None } else { Some(opener.open()?) };
+        let encoder = Encoder { session, opener, tokenizer };
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(FastEmbedder {
             model: Mutex::new(encoder),
@@ -592,17 +590,12 @@ fn load_tokenizer(
     Ok(tokenizer)
 }
 
-/// One loaded model: ONNX Runtime's session (or what opens it) and the tokenizer.
+/// One loaded model: ONNX Runtime's session (once open, with whether its graph takes token
+/// type ids), what opens it ([`EmbedderOptions::lazy`]), and the tokenizer.
 struct Encoder {
-    session: Session,
+    session: Option<(ort::session::Session, bool)>,
+    opener: Opener,
     tokenizer: tokenizer::TextTokenizer,
-}
-
-/// ONNX Runtime's session, open or still to open ([`EmbedderOptions::lazy`]).
-enum Session {
-    /// The session, and whether the graph takes token type ids.
-    Open(ort::session::Session, bool),
-    Closed(Opener),
 }
 
 /// What opens a model's session.
@@ -614,40 +607,33 @@ struct Opener {
     spinning: bool,
 }
 
-impl Session {
-    /// The open session (opened now if it was not), and whether it takes token type ids.
-    fn open(&mut self) -> Result<(&mut ort::session::Session, bool)> {
-        if let Session::Closed(o) = self {
-            let corrupt = |reason: String| Error::ModelCorrupt { dir: o.dir.clone(), reason };
-            // The graph is read by ONNX Runtime from the file (not from a copy in our memory:
-            // that would hold the whole model twice while the session is built).
-            let engine = |what: &str, message: &str| Error::Engine { what: what.to_string(), source: Box::new(ort::Error::new(message)) };
-            let session = ort::session::Session::builder(&o.environment)
-                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
-                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-                .with_intra_threads(o.threads)
-                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-                .with_intra_op_spinning(o.spinning)
-                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-                // ONNX Runtime fuses each residual Add and the LayerNormalization after it into
-                // one SkipLayerNormalization, whose CPU kernel (1.32) is slower than the two it
-                // replaces: about 29 µs a call against 7 µs plus the add, at 12 tokens (profiled
-                // in Python). multilingual-e5-small has 24 of them; unfused, its int8 forward
-                // pass takes 8–12% less time (one thread, per-call CPU time). The vectors move
-                // by rounding only (cosine to the fused ones: mean 0.9997, worst 0.9978 over 44
-                // sentences).
-                .with_disabled_optimizers("SkipLayerNormFusion")
-                .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
-                .commit_from_file(&o.model_path)
-                .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
-            let token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
-            *self = Session::Open(session, token_types);
-        }
-        match self {
-            Session::Open(session, token_types) => Ok((session, *token_types)),
-            Session::Closed(_) => Err(Error::Embedding("the model's session did not open".into())),
-        }
+impl Opener {
+    /// A session on the model, and whether its graph takes token type ids.
+    fn open(&self) -> Result<(ort::session::Session, bool)> {
+        let corrupt = |reason: String| Error::ModelCorrupt { dir: self.dir.clone(), reason };
+        // The graph is read by ONNX Runtime from the file (not from a copy in our memory: that
+        // would hold the whole model twice while the session is built).
+        let engine = |what: &str, message: &str| Error::Engine { what: what.to_string(), source: Box::new(ort::Error::new(message)) };
+        let session = ort::session::Session::builder(&self.environment)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .with_intra_threads(self.threads)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .with_intra_op_spinning(self.spinning)
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            // ONNX Runtime fuses each residual Add and the LayerNormalization after it into one
+            // SkipLayerNormalization, whose CPU kernel (1.32) is slower than the two it replaces:
+            // about 29 µs a call against 7 µs plus the add, at 12 tokens (profiled in Python).
+            // multilingual-e5-small has 24 of them; unfused, its int8 forward pass takes 8–12%
+            // less time (one thread, per-call CPU time). The vectors move by rounding only
+            // (cosine to the fused ones: mean 0.9997, worst 0.9978 over 44 sentences).
+            .with_disabled_optimizers("SkipLayerNormFusion")
+            .map_err(|e| engine("configuring ONNX Runtime", e.message()))?
+            .commit_from_file(&self.model_path)
+            .map_err(|e| corrupt(format!("ONNX Runtime could not load it: {e}")))?;
+        let token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
+        Ok((session, token_types))
     }
 }
 
@@ -655,7 +641,11 @@ impl Encoder {
     /// Mean-pooled (over the attention mask) last hidden states of a batch, one row per text.
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let failed = |what: &str, e: &dyn std::fmt::Display| Error::Embedding(format!("{what}: {e}"));
-        let (session, token_types) = self.session.open()?;
+        let (session, token_types) = match &mut self.session {
+            Some(open) => open,
+            closed @ None => closed.insert(self.opener.open()?),
+        };
+        let token_types = *token_types;
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| failed("tokenising", &e))?;
         let (n, len) = (encodings.len(), encodings.first().map_or(0, |e| e.len()));
         if n == 0 || len == 0 {

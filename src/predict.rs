@@ -524,15 +524,45 @@ impl Fitted {
 /// ```
 #[derive(Clone, Default)]
 pub struct FitCache {
-    slots: Arc<Mutex<HashMap<[u8; 32], Arc<Mutex<Option<Part>>>>>>,
+    kinds: Arc<Kinds>,
 }
 
-/// One fitted part of a predictor, as a [`FitCache`] keeps it (cheap to clone).
-#[derive(Clone)]
-enum Part {
-    Ridge(Arc<QualityModel>),
-    LowRank(Fitted),
-    Features(FeatureModel),
+/// A [`FitCache`]'s parts, one map per kind of model, each part under the key of its inputs.
+#[derive(Default)]
+struct Kinds {
+    ridge: Slots<Arc<QualityModel>>,
+    low_rank: Slots<Fitted>,
+    features: Slots<FeatureModel>,
+}
+
+/// Parts of one kind by key; each slot empty until its part is fitted (cheap to clone: a
+/// fitted part is shared, not copied).
+type Slots<T> = Mutex<HashMap<[u8; 32], Arc<Mutex<Option<T>>>>>;
+
+/// The part under `key` in `slots`, fitted by `fit` if no one has yet; a caller asking for a
+/// part being fitted waits for it. A failed fit leaves nothing, so the next caller tries again.
+fn get_or_fit<T: Clone>(slots: &Slots<T>, key: [u8; 32], fit: impl FnOnce() -> Result<T>) -> Result<T> {
+    let slot = slots.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone();
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(part) = slot.as_ref() {
+        return Ok(part.clone());
+    }
+    let part = fit()?;
+    *slot = Some(part.clone());
+    Ok(part)
+}
+
+/// How many of `slots` hold a part (one being fitted is not held yet: this does not wait).
+fn held<T>(slots: &Slots<T>) -> usize {
+    let slots: Vec<_> = slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+    slots
+        .iter()
+        .filter(|s| match s.try_lock() {
+            Ok(part) => part.is_some(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        })
+        .count()
 }
 
 impl FitCache {
@@ -544,33 +574,13 @@ impl FitCache {
     /// How many fitted parts it holds (a part being fitted is not held yet; this does not wait
     /// for it).
     pub fn len(&self) -> usize {
-        let slots: Vec<_> = self.slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-        slots
-            .iter()
-            .filter(|s| match s.try_lock() {
-                Ok(part) => part.is_some(),
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().is_some(),
-                Err(std::sync::TryLockError::WouldBlock) => false,
-            })
-            .count()
+        let k = &*self.kinds;
+        held(&k.ridge) + held(&k.low_rank) + held(&k.features)
     }
 
     /// Whether it holds no fitted part.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The part under `key`, fitted by `fit` if no one has yet; a caller asking for a part
-    /// being fitted waits for it. A failed fit leaves nothing, so the next caller tries again.
-    fn get_or_fit(&self, key: [u8; 32], fit: impl FnOnce() -> Result<Part>) -> Result<Part> {
-        let slot = self.slots.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().clone();
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(part) = slot.as_ref() {
-            return Ok(part.clone());
-        }
-        let part = fit()?;
-        *slot = Some(part.clone());
-        Ok(part)
     }
 }
 
@@ -591,9 +601,9 @@ struct Parts<'a> {
 }
 
 impl Parts<'_> {
-    /// The key of the part `kind` with `settings` (their `Debug` text, which tells every value
-    /// apart: floats print to the shortest text that reads back the same).
-    fn key(&self, kind: &str, settings: &dyn std::fmt::Debug) -> [u8; 32] {
+    /// The key of a part with `settings` (their `Debug` text, which tells every value apart:
+    /// floats print to the shortest text that reads back the same) among its kind's.
+    fn key(&self, settings: &dyn std::fmt::Debug) -> [u8; 32] {
         let inputs = self.digest.get_or_init(|| {
             let mut h = Sha256::new();
             for e in self.exemplars.iter() {
@@ -614,39 +624,37 @@ impl Parts<'_> {
         });
         let mut h = Sha256::new();
         h.update(inputs);
-        h.update(format!("{kind} {settings:?}").as_bytes());
+        h.update(format!("{settings:?}").as_bytes());
         h.finalize().into()
     }
 
-    fn cached(&self, kind: &str, settings: &dyn std::fmt::Debug, fit: impl FnOnce() -> Result<Part>) -> Result<Part> {
+    /// The part `fit` fits, from `slots` of the cache (`kind` picks them) when there is one.
+    fn cached<T: Clone>(
+        &self,
+        kind: fn(&Kinds) -> &Slots<T>,
+        settings: &dyn std::fmt::Debug,
+        fit: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         match self.cache {
-            Some(cache) => cache.get_or_fit(self.key(kind, settings), fit),
+            Some(cache) => get_or_fit(kind(&cache.kinds), self.key(settings), fit),
             None => fit(),
         }
     }
 
     fn ridge(&self, settings: RidgeSettings) -> Result<Arc<QualityModel>> {
-        let fit = || QualityModel::fit(self.exemplars, self.vectors.to_vec(), self.prices, settings).map(|m| Part::Ridge(Arc::new(m)));
-        match self.cached("kernel-ridge", &settings, fit)? {
-            Part::Ridge(m) => Ok(m),
-            _ => Err(Error::Config("the fit cache holds another kind of model under a kernel-ridge key".into())),
-        }
+        self.cached(
+            |k| &k.ridge,
+            &settings,
+            || QualityModel::fit(self.exemplars, self.vectors.to_vec(), self.prices, settings).map(Arc::new),
+        )
     }
 
     fn low_rank(&self, settings: LowRankSettings) -> Result<Fitted> {
-        let fit = || Fitted::low_rank(self.exemplars, self.vectors, self.prices, settings).map(Part::LowRank);
-        match self.cached("low-rank", &settings, fit)? {
-            Part::LowRank(m) => Ok(m),
-            _ => Err(Error::Config("the fit cache holds another kind of model under a low-rank key".into())),
-        }
+        self.cached(|k| &k.low_rank, &settings, || Fitted::low_rank(self.exemplars, self.vectors, self.prices, settings))
     }
 
     fn features(&self, settings: FeatureSettings) -> Result<FeatureModel> {
-        let fit = || FeatureModel::fit(self.exemplars, self.prices, settings).map(Part::Features);
-        match self.cached("features", &settings, fit)? {
-            Part::Features(m) => Ok(m),
-            _ => Err(Error::Config("the fit cache holds another kind of model under a features key".into())),
-        }
+        self.cached(|k| &k.features, &settings, || FeatureModel::fit(self.exemplars, self.prices, settings))
     }
 }
 

@@ -977,7 +977,7 @@ impl Assessment {
             .map(|(i, c)| match i {
                 Some(i) => Ok(candidates[i].model.clone()),
                 // Every model excluded: the error `choose` gives, which says why for each.
-                None => self.choose(c).map(|_| String::new()),
+                None => Err(self.choose(c).err().unwrap_or_else(|| Error::Config("the policy chose no model".into()))),
             })
             .collect()
     }
