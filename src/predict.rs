@@ -741,9 +741,13 @@ fn softmax(similarities: impl Iterator<Item = f32> + Clone, temperature: f64) ->
 /// "the cheapest model that clears the bar" then picks exactly that model. Shrinking each
 /// model's neighbour mean towards its overall mean by `strength` pseudo-neighbours damps this:
 /// `q = (n·q_neighbours + strength·q_overall) / (n + strength)`, where `n` is the effective number
-/// of neighbours behind the model's prediction (`(Σw)² / Σw²`). The predicted answer length is
-/// shrunk the same way towards the model's mean length: a few neighbours' lengths are as noisy
-/// as their grades.
+/// of neighbours behind the model's prediction (`(Σw)² / Σw²`).
+///
+/// The prior also knows each model's answer lengths (and measured costs) across the set: their
+/// mean and variance. A predicted length or cost is shrunk towards that mean by empirical Bayes
+/// whatever `strength` is (see [`shrunk_towards`]): the choice of the cheapest model takes the
+/// lowest of many noisy predictions, and a prediction from a few neighbours that happened to
+/// answer briefly would otherwise draw it to a model that is not cheaper at all.
 ///
 /// ```
 /// use semroute::exemplar::ExemplarSet;
@@ -760,8 +764,10 @@ fn softmax(similarities: impl Iterator<Item = f32> + Clone, temperature: f64) ->
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Prior {
     mean: BTreeMap<String, f64>,
-    /// Each model's mean answer length over the set.
-    tokens: BTreeMap<String, f64>,
+    /// Each model's answer lengths over the set: (mean, variance).
+    tokens: BTreeMap<String, (f64, f64)>,
+    /// Each model's measured costs over the exemplars that carry one: (mean, variance).
+    cost: BTreeMap<String, (f64, f64)>,
     strength: f64,
 }
 
@@ -773,19 +779,31 @@ impl Prior {
 
     /// Each priced model's mean quality over `set` (a hand label counts 1 for models at or above
     /// its tier, 0 below), weighted by `strength` pseudo-neighbours (0 turns shrinkage off).
+    /// Answer lengths' and measured costs' means and variances are kept whatever `strength` is.
     pub fn from_exemplars(set: &ExemplarSet, prices: &PriceTable, strength: f64) -> Self {
-        let mut acc: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+        // Per model: Σq, then Welford's running (count, mean, sum of squared deviations) of the
+        // answer lengths and of the measured costs.
+        #[derive(Default)]
+        struct Acc {
+            quality: f64,
+            tokens: Moments,
+            cost: Moments,
+        }
+        let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
         for e in set.iter() {
-            for (model, q, t, _) in evidence(&e.grade, prices) {
+            for (model, q, t, c) in evidence(&e.grade, prices) {
                 let a = acc.entry(model).or_default();
-                a.0 += q;
-                a.1 += t;
-                a.2 += 1.0;
+                a.quality += q;
+                a.tokens.push(t);
+                if let Some(c) = c {
+                    a.cost.push(c);
+                }
             }
         }
-        let mean = acc.iter().map(|(m, (q, _, n))| (m.to_string(), q / n)).collect();
-        let tokens = acc.iter().map(|(m, (_, t, n))| (m.to_string(), t / n)).collect();
-        Prior { mean, tokens, strength: strength.max(0.0) }
+        let mean = acc.iter().map(|(m, a)| (m.to_string(), a.quality / a.tokens.n)).collect();
+        let tokens = acc.iter().map(|(m, a)| (m.to_string(), a.tokens.mean_variance())).collect();
+        let cost = acc.iter().filter(|(_, a)| a.cost.n > 0.0).map(|(m, a)| (m.to_string(), a.cost.mean_variance())).collect();
+        Prior { mean, tokens, cost, strength: strength.max(0.0) }
     }
 
     /// The overall mean quality of `model`, if any exemplar speaks about it.
@@ -795,13 +813,104 @@ impl Prior {
 
     /// The overall mean answer length of `model`, if any exemplar speaks about it.
     pub fn mean_tokens(&self, model: &str) -> Option<f64> {
-        self.tokens.get(model).copied()
+        self.tokens.get(model).map(|t| t.0)
     }
 
     /// How many pseudo-neighbours the overall mean counts for.
     pub fn strength(&self) -> f64 {
         self.strength
     }
+}
+
+/// Welford's running count, mean and sum of squared deviations.
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    n: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    fn push(&mut self, x: f64) {
+        self.n += 1.0;
+        let d = x - self.mean;
+        self.mean += d / self.n;
+        self.m2 += d * (x - self.mean);
+    }
+
+    /// (mean, population variance).
+    fn mean_variance(&self) -> (f64, f64) {
+        (self.mean, if self.n > 0.0 { self.m2 / self.n } else { 0.0 })
+    }
+}
+
+/// Weighted sums of one quantity over the neighbours: Σw, Σw², Σw·x, Σw·x².
+#[derive(Default, Clone, Copy)]
+struct Weighted {
+    w: f64,
+    w2: f64,
+    wx: f64,
+    wx2: f64,
+}
+
+impl Weighted {
+    fn push(&mut self, w: f64, x: f64) {
+        self.w += w;
+        self.w2 += w * w;
+        self.wx += w * x;
+        self.wx2 += w * x * x;
+    }
+
+    /// The weighted mean, shrunk towards the overall `(mean, variance)` if there is one (see
+    /// [`shrunk_towards`]).
+    fn estimate(&self, overall: Option<(f64, f64)>, strength: f64) -> f64 {
+        let local = self.wx / self.w;
+        match overall {
+            Some(overall) => {
+                let spread = (self.wx2 / self.w - local * local).max(0.0);
+                shrunk_towards(local, spread, self.w * self.w / self.w2, overall, strength)
+            }
+            None => local,
+        }
+    }
+}
+
+/// A neighbours' estimate shrunk towards a model's overall `(mean, variance)` by empirical Bayes:
+/// the posterior mean when this prompt's true value varies from prompt to prompt with variance
+/// τ² around the overall mean, and the neighbours' weighted mean `local` is that value plus noise
+/// of variance σ²/n (`n` effective neighbours whose values spread with weighted variance `spread`).
+/// σ² is the neighbours' spread with the overall variance counted as one more neighbour's worth
+/// (so one neighbour alone, or a few that happen to agree, are not taken as certain), and
+/// τ² = overall variance − σ² (the part of the variance the neighbourhood explains). The weight on
+/// the neighbours is then `n / (n + σ²/τ²)`: near 1 where close neighbours agree on a value far
+/// from the mean, 0 where they spread as widely as the whole set. At least `strength`
+/// pseudo-neighbours of shrinkage are applied (a [`Prior`]'s configured strength).
+///
+/// ```
+/// use semroute::predict::shrunk_towards;
+///
+/// // Eight neighbours agreeing (spread 0) on 100 where the set averages 300 ± 200: kept nearly.
+/// assert!((shrunk_towards(100.0, 0.0, 8.0, (300.0, 40_000.0), 0.0) - 100.0).abs() < 30.0);
+/// // Neighbours that spread as widely as the whole set say nothing: the mean.
+/// assert_eq!(shrunk_towards(100.0, 40_000.0, 8.0, (300.0, 40_000.0), 0.0), 300.0);
+/// // One neighbour alone is pulled halfway.
+/// assert_eq!(shrunk_towards(100.0, 0.0, 1.0, (300.0, 40_000.0), 0.0), 200.0);
+/// ```
+pub fn shrunk_towards(local: f64, spread: f64, n: f64, (mean, variance): (f64, f64), strength: f64) -> f64 {
+    if !(n > 0.0) {
+        return mean;
+    }
+    if !(variance > 0.0) {
+        // Every exemplar alike: only the configured strength applies.
+        return (n * local + strength * mean) / (n + strength);
+    }
+    let noise = (n * spread.max(0.0) + variance) / (n + 1.0);
+    let signal = variance - noise;
+    let pseudo = if signal > 0.0 { (noise / signal).max(strength) } else { f64::INFINITY };
+    if pseudo.is_infinite() {
+        return mean;
+    }
+    (n * local + pseudo * mean) / (n + pseudo)
 }
 
 /// What an exemplar's grade says about each priced model: (model, quality, output tokens,
@@ -895,42 +1004,45 @@ pub fn predict_with_prior(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceT
 /// in-process index or a shared [`store`](crate::store)).
 pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperature: f64, prior: &Prior) -> Predictions {
     let weights = softmax(neighbours.iter().map(|n| n.1), temperature);
-    // model -> (sum w*q, sum w*tokens, sum w, sum w², (sum w*cost, sum w) over measured costs)
-    let mut acc: BTreeMap<&str, (f64, f64, f64, f64, (f64, f64))> = BTreeMap::new();
+    // Per model: Σw·q, Σw, Σw², then the answer lengths' and measured costs' weighted sums.
+    #[derive(Default)]
+    struct Acc {
+        q: f64,
+        w: f64,
+        w2: f64,
+        tokens: Weighted,
+        cost: Weighted,
+    }
+    let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
     for (&(grade, _), &w) in neighbours.iter().zip(&weights) {
         for (model, q, tokens, cost) in evidence(grade, prices) {
             let e = acc.entry(model).or_default();
-            e.0 += w * q;
-            e.1 += w * tokens;
-            e.2 += w;
-            e.3 += w * w;
+            e.q += w * q;
+            e.w += w;
+            e.w2 += w * w;
+            e.tokens.push(w, tokens);
             if let Some(c) = cost {
-                e.4 .0 += w * c;
-                e.4 .1 += w;
+                e.cost.push(w, c);
             }
         }
     }
     let per_model = acc
         .into_iter()
-        .filter(|(_, a)| a.2 > 0.0)
-        .map(|(m, (q, t, s, s2, (c, cw)))| {
-            let n = s * s / s2;
-            let mut quality = q / s;
-            let mut tokens = t / s;
+        .filter(|(_, a)| a.w > 0.0)
+        .map(|(m, a)| {
+            let n = a.w * a.w / a.w2;
+            let mut quality = a.q / a.w;
             if prior.strength > 0.0 {
-                // The answer length is shrunk like the quality: a few neighbours' lengths are as
-                // noisy as their grades.
                 if let Some(mean) = prior.mean(m) {
                     quality = (n * quality + prior.strength * mean) / (n + prior.strength);
                 }
-                if let Some(mean) = prior.mean_tokens(m) {
-                    tokens = (n * tokens + prior.strength * mean) / (n + prior.strength);
-                }
             }
-            let cost_usd = (cw > 0.0).then(|| c / cw);
+            // Lengths and costs shrunk by empirical Bayes where the prior knows the model's spread.
+            let tokens = a.tokens.estimate(prior.tokens.get(m).copied(), prior.strength);
+            let cost_usd = (a.cost.w > 0.0).then(|| a.cost.estimate(prior.cost.get(m).copied(), prior.strength));
             (
                 m.to_string(),
-                ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd, quality_se: None },
+                ModelPrediction { quality, output_tokens: tokens, support: a.w, effective_neighbours: n, cost_usd, quality_se: None },
             )
         })
         .collect();
@@ -955,6 +1067,46 @@ mod tests {
         )
         .unwrap();
         (set, vectors, prices)
+    }
+
+    #[test]
+    fn answer_lengths_and_costs_are_shrunk_towards_each_models_mean_as_far_as_the_neighbours_disagree() {
+        // Model "a" answers half the prompts in 100 tokens (measured cost $1) and half in 500
+        // ($5): mean 300 ± 200, $3 ± 2.
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                let (t, c) = if i % 2 == 0 { (100, 1.0) } else { (500, 5.0) };
+                format!(r#"{{"id":"e{i}","prompt":"p{i}","category":"c","language":"en","results":{{"a":{{"quality":1,"output_tokens":{t},"cost_usd":{c}}}}}}}"#)
+            })
+            .collect();
+        let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "x.jsonl").unwrap();
+        let prices = PriceTable::from_toml_str(
+            "[models.a]\nprovider = \"p\"\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\nsource = \"s\"\nas_of = \"2025\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        let prior = Prior::from_exemplars(&set, &prices, 0.0);
+        assert_eq!(prior.mean_tokens("a"), Some(300.0));
+        let short: Vec<(&Grade, f32)> = (0..8).map(|i| (&set.get(2 * i).grade, 0.9)).collect();
+        let mixed: Vec<(&Grade, f32)> = (0..8).map(|i| (&set.get(i).grade, 0.9)).collect();
+        let one = [(&set.get(0).grade, 0.9f32)];
+        let predict = |n: &[(&Grade, f32)], prior: &Prior| {
+            let p = predict_from(n, &prices, 0.05, prior).per_model["a"].clone();
+            (p.output_tokens, p.cost_usd.unwrap())
+        };
+        // Eight agreeing short neighbours: close to their 100 tokens, not exactly (they are eight
+        // answers, not certainty): σ² = 200²/9, τ² = 200²·8/9, so 8/(8 + 1/8) of the way.
+        let (t, c) = predict(&short, &prior);
+        assert!((t - (100.0 + 200.0 / 65.0)).abs() < 1e-9, "{t}");
+        assert!((c - (1.0 + 2.0 / 65.0)).abs() < 1e-9, "{c}");
+        // Neighbours that spread as widely as the whole set say nothing: the mean.
+        assert!((predict(&mixed, &prior).0 - 300.0).abs() < 1e-9);
+        // One neighbour alone: halfway.
+        assert!((predict(&one, &prior).0 - 200.0).abs() < 1e-9);
+        // Without a prior, the neighbours' mean as it is.
+        assert_eq!(predict(&one, &Prior::none()), (100.0, 1.0));
+        // A configured strength shrinks at least that much: 8 neighbours against 8 pseudo-ones.
+        assert!((predict(&short, &Prior::from_exemplars(&set, &prices, 8.0)).0 - 200.0).abs() < 1e-9);
     }
 
     #[test]

@@ -538,7 +538,7 @@ impl Router {
             Refit::Later if matches!(search, Search::Shared(_)) => (state.predictor, state.selected, None, exemplars.len(), state.caution),
             Refit::Later => (state.predictor, state.selected, state.quality.clone(), state.fitted_on, state.caution),
         };
-        let prior = prior_of(&exemplars, &state.prices, self.inner.settings.prior_strength);
+        let prior = Prior::from_exemplars(&exemplars, &state.prices, self.inner.settings.prior_strength);
         Ok(State {
             generation: state.generation,
             fitted_on,
@@ -1447,7 +1447,7 @@ impl RouterBuilder {
                 // The shared store keeps what was learned; it may have it already.
                 seed(embedder.as_ref(), store.as_ref(), learned, true)?;
                 state.exemplars = ExemplarSet::from_exemplars(store.all()?)?;
-                state.prior = prior_of(&state.exemplars, &state.prices, prior_strength);
+                state.prior = Prior::from_exemplars(&state.exemplars, &state.prices, prior_strength);
             } else if !learned.is_empty() {
                 let set = ExemplarSet::from_exemplars(learned.clone())?;
                 writer.added_vectors = exemplar_vectors(embedder.as_ref(), &set, cache.as_ref())?;
@@ -1531,7 +1531,7 @@ fn build_state(
     };
     let (predictor, selected, quality, caution) =
         quality_model(&search, &exemplars, &prices, settings, None, embedder, caution, &fallback_model, fits);
-    let prior = prior_of(&exemplars, &prices, settings.prior_strength);
+    let prior = Prior::from_exemplars(&exemplars, &prices, settings.prior_strength);
     let familiarity = match (min_similarity, &search) {
         (Some(s), _) => Some(Familiarity::Similarity(s)),
         (None, Search::Local(index)) => Familiarity::derive(index, &exemplars, settings.unfamiliar_share),
@@ -1709,7 +1709,7 @@ fn quality_model(
                 let candidates = select::Candidates {
                     k: settings.k,
                     temperature: settings.temperature,
-                    prior: prior_of(exemplars, prices, settings.prior_strength),
+                    prior: Prior::from_exemplars(exemplars, prices, settings.prior_strength),
                     ridge: RidgeSettings::for_embedder(embedder),
                     low_rank: LowRankSettings::for_router(),
                 };
@@ -1799,16 +1799,6 @@ fn seed(embedder: &dyn Embedder, store: &dyn ExemplarStore, items: Vec<Exemplar>
             Ok(still) if still.is_empty() => Ok(()),
             _ => Err(e),
         },
-    }
-}
-
-/// The prior routing uses: none when shrinkage is off (computing it costs a pass over every
-/// exemplar, noticeable at 100k).
-fn prior_of(exemplars: &ExemplarSet, prices: &PriceTable, strength: f64) -> Prior {
-    if strength > 0.0 {
-        Prior::from_exemplars(exemplars, prices, strength)
-    } else {
-        Prior::none()
     }
 }
 
