@@ -75,6 +75,27 @@ for name in SETS:
     print(f"| {name} | {c['brier']:.4f} / {c['baseline_brier']:.4f} | {mae_cell} | {picks} | {r['seconds']:.1f} |")
 
 print()
+print("How much of seed 42's test figures is the draw of its test split: 90% intervals over 1,000 bootstrap replicates of the test prompts, the router's picks unchanged (`test_intervals`):")
+print()
+print("| data set, seed 42 | AIQ − hull: measured, 90% interval (replicates ≥ 0) | kept at 90% / 95% / 98%: 90% interval (replicates ≥ X−1) | cost at 95% over the cheapest single at 95% | APGR |")
+print("| --- | --- | --- | --- | --- |")
+for name in SETS:
+    runs = load(name)
+    if not runs:
+        continue
+    r = next((r for r in runs if r["seed"] == 42), runs[0])
+    ti = r.get("test_intervals")
+    if not ti:
+        continue
+    g = ti["aiq_minus_hull"]
+    kept = " / ".join(f"{100 * t['kept'][0]:.1f}–{100 * t['kept'][1]:.1f}% ({100 * t['kept_at_least_target_less_one_point']:.0f}%)" for t in ti["targets"])
+    t95 = next(t for t in ti["targets"] if abs(t["target"] - 0.95) < 1e-9)
+    c = t95["cost_over_cheapest_single"]
+    cost = f"{c[0]:.2f}–{c[1]:.2f}×" if c else "—"
+    a = ti["apgr"]
+    print(f"| {name} | {r['aiq'] - r['zero_router_aiq']:+.4f}, {g[0]:+.4f} to {g[1]:+.4f} ({100 * ti['aiq_at_least_hull']:.0f}%) | {kept} | {cost} | {a[0]:.3f}–{a[1]:.3f} |")
+
+print()
 print("Reliability (seed 42): predicted quality bins → measured quality (pairs)")
 for name in SETS:
     runs = load(name)

@@ -328,8 +328,41 @@ pub struct Report {
     /// Mean absolute error of predicted answer tokens on the test split, and of each model's
     /// train mean (the baseline); `None` when the data set has no answer lengths.
     pub output_tokens_mae: Option<(f64, f64)>,
+    /// How much the test figures owe to the draw of the test split (90% bootstrap intervals).
+    pub test_intervals: TestIntervals,
     /// Seconds for the whole run (embedding included).
     pub seconds: f64,
+}
+
+/// 90% intervals of test figures over bootstrap replicates of the test split (the 5th and 95th
+/// percentiles; see [`run`]'s report): how far a figure could move had other prompts of the same
+/// kind fallen into the test split, with the router's decisions unchanged.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestIntervals {
+    /// Replicates drawn.
+    pub replicates: usize,
+    /// The router's AIQ less the single models' hull's.
+    pub aiq_minus_hull: [f64; 2],
+    /// Share of replicates where the router's AIQ is at least the hull's.
+    pub aiq_at_least_hull: f64,
+    /// APGR between the cheap and the reference model.
+    pub apgr: [f64; 2],
+    /// Per quality target.
+    pub targets: Vec<TargetInterval>,
+}
+
+/// A quality target's spread over the replicates (see [`TestIntervals`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInterval {
+    /// The share of the reference's quality asked for.
+    pub target: f64,
+    /// The share kept.
+    pub kept: [f64; 2],
+    /// Share of replicates keeping at least the target less one point.
+    pub kept_at_least_target_less_one_point: f64,
+    /// The router's cost over the cheapest single model's that reaches the target on the same
+    /// replicate (`None` when on no replicate one does).
+    pub cost_over_cheapest_single: Option<[f64; 2]>,
 }
 
 /// Measured quality and cost of every model on every prompt of a split.
@@ -863,7 +896,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let curve: Vec<CurvePointReport> =
         test_picks.iter().zip(&policy_knobs).map(|(pick, &k)| test_out.point(pick, reference, Some(k))).collect();
     // A target met by one model: the chosen candidate's router, allowed that model alone.
-    let target_tests: Vec<Option<(CurvePointReport, Option<(&ConfigScore, f64)>, Option<usize>)>> = target_points
+    let target_tests: Vec<Option<(CurvePointReport, Option<(&ConfigScore, f64)>, Option<usize>, Vec<Pick>)>> = target_points
         .iter()
         .map(|tp| {
             tp.map(|o| match o {
@@ -871,12 +904,12 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
                     let score = &scores[s];
                     let knob = knobs(score.policy, typical_cost)[k];
                     let pick = picks(&tested[&(s / settings.policies.len())], score.policy, &[knob], &index)?.remove(0);
-                    Ok((test_out.point(&pick, reference, Some(knob)), Some((score, knob)), None))
+                    Ok((test_out.point(&pick, reference, Some(knob)), Some((score, knob)), None, pick))
                 }
                 Operating::Single(m) => {
                     let only = Constraints::default().allow_models([models[m].clone()]);
                     let pick = picks_under(&tested[&ci], &[only], &index)?.remove(0);
-                    Ok((test_out.point(&pick, reference, None), None, Some(m)))
+                    Ok((test_out.point(&pick, reference, None), None, Some(m), pick))
                 }
             })
             .transpose()
@@ -954,6 +987,8 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         }
     });
     let router_curve = to_curve(&curve);
+    let target_picks: Vec<Option<&[Pick]>> = target_tests.iter().map(|t| t.as_ref().map(|t| t.3.as_slice())).collect();
+    let test_intervals = intervals(&test_out, &test_picks, &target_picks, &settings.targets, (reference, cheap), settings.seed)?;
     Ok(Report {
         train: train.len(),
         test: test.len(),
@@ -982,7 +1017,89 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             .collect(),
         calibration: calibration.finish(),
         output_tokens_mae: (mae.2 > 0).then(|| (mae.0 / mae.2 as f64, mae.1 / mae.2 as f64)),
+        test_intervals,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Replicates of the test split drawn for [`TestIntervals`].
+const INTERVAL_REPLICATES: usize = 1000;
+
+/// The test figures' sampling spread: the same picks scored on [`INTERVAL_REPLICATES`] bootstrap
+/// replicates of the test prompts (each drawn with replacement, as many as there are), the
+/// single models' hull, the reference's quality and the cheapest single model at each target
+/// recomputed on each. Nothing is routed again: the question is only how much the figures owe to
+/// which prompts happened to fall into the test split.
+fn intervals(
+    out: &Outcomes,
+    curve_picks: &[Vec<Pick>],
+    target_picks: &[Option<&[Pick]>],
+    targets: &[f64],
+    (reference, cheap): (usize, usize),
+    seed: u64,
+) -> Result<TestIntervals> {
+    let n = out.q.len();
+    let models = out.q.first().map_or(0, Vec::len);
+    let replicates: Vec<u64> = (0..INTERVAL_REPLICATES as u64).collect();
+    // Per replicate: AIQ − hull's, APGR, then per target the share kept and the cost over the
+    // cheapest single model's at that target (NaN where no single model reaches it).
+    let per: Vec<(f64, f64, Vec<(f64, f64)>)> = par_map(&replicates, 8, |&r| {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ r.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut weights = vec![0u32; n];
+        for _ in 0..n {
+            weights[rng.random_range(0..n)] += 1;
+        }
+        let point = |pick: &dyn Fn(usize) -> usize| {
+            let mut p = CurvePointReport { knob: None, quality: 0.0, cost_usd: 0.0, reference_share: 0.0 };
+            for (i, &w) in weights.iter().enumerate().filter(|(_, &w)| w > 0) {
+                let (w, m) = (f64::from(w), pick(i));
+                p.quality += w * out.q[i][m] / n as f64;
+                p.cost_usd += w * out.c[i][m];
+                p.reference_share += w * f64::from(u8::from(m == reference)) / n as f64;
+            }
+            p
+        };
+        let single: Vec<CurvePointReport> = (0..models).map(|m| point(&|_| m)).collect();
+        let range = cost_range(&single);
+        let curve: Vec<CurvePointReport> = curve_picks.iter().map(|pick| point(&|i| usize::from(pick[i]))).collect();
+        let (qw, qs) = (single[cheap].quality, single[reference].quality);
+        let kept = targets
+            .iter()
+            .zip(target_picks)
+            .map(|(&x, pick)| {
+                let p = pick.map_or(single[reference], |pick| point(&|i| usize::from(pick[i])));
+                let cheapest =
+                    single.iter().filter(|s| s.quality >= x * qs - 1e-12).map(|s| s.cost_usd).min_by(f64::total_cmp).unwrap_or(f64::NAN);
+                (if qs > 0.0 { p.quality / qs } else { 1.0 }, p.cost_usd / cheapest)
+            })
+            .collect();
+        Ok((aiq(&cq(&curve), range.0, range.1) - aiq(&cq(&single), range.0, range.1), apgr(&to_curve(&curve), qw, qs), kept))
+    })?;
+    let interval = |mut v: Vec<f64>| -> Option<[f64; 2]> {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        Some([at(0.05), at(0.95)])
+    };
+    let aiq_gap: Vec<f64> = per.iter().map(|p| p.0).collect();
+    Ok(TestIntervals {
+        replicates: INTERVAL_REPLICATES,
+        aiq_at_least_hull: aiq_gap.iter().filter(|&&d| d >= 0.0).count() as f64 / aiq_gap.len() as f64,
+        aiq_minus_hull: interval(aiq_gap).unwrap_or([f64::NAN; 2]),
+        apgr: interval(per.iter().map(|p| p.1).collect()).unwrap_or([f64::NAN; 2]),
+        targets: targets
+            .iter()
+            .enumerate()
+            .map(|(t, &x)| TargetInterval {
+                target: x,
+                kept: interval(per.iter().map(|p| p.2[t].0).collect()).unwrap_or([f64::NAN; 2]),
+                kept_at_least_target_less_one_point: per.iter().filter(|p| p.2[t].0 >= x - 0.01 - 1e-12).count() as f64 / per.len() as f64,
+                cost_over_cheapest_single: interval(per.iter().map(|p| p.2[t].1).collect()),
+            })
+            .collect(),
     })
 }
 
@@ -1086,5 +1203,37 @@ mod tests {
         assert_eq!(choose_candidate(&scores, &picks, 1, &out, range, 42).unwrap(), 0);
         // And a candidate alone is chosen.
         assert_eq!(choose_candidate(&scores[..1], &picks[..1], 1, &out, range, 42).unwrap(), 0);
+    }
+    #[test]
+    fn test_intervals_rescore_the_same_picks_on_replicates_of_the_test_split() {
+        // The two-model case above; the router's curve: all cheap, the perfect mix (cheap exactly
+        // where it is right), all reference.
+        let (_, picks, out) = case(&[mix(&[], &[])], &[0.1]);
+        let curve = &picks[0][0];
+        let (perfect, cheap_only) = (curve[1].as_slice(), curve[0].as_slice());
+        let t = intervals(&out, curve, &[Some(perfect), Some(cheap_only), None], &[0.95, 0.95, 0.95], (1, 0), 42).unwrap();
+        assert_eq!(t.replicates, INTERVAL_REPLICATES);
+        // The perfect mix beats the straight line between the two models on every replicate.
+        assert_eq!(t.aiq_at_least_hull, 1.0);
+        assert!(t.aiq_minus_hull[0] > 0.0 && t.aiq_minus_hull[0] < t.aiq_minus_hull[1], "{t:?}");
+        // It keeps all of the reference's quality on every replicate, at about 0.55 of its cost
+        // (half the prompts at 1 of 10), which moves with how many even prompts were drawn.
+        assert_eq!((t.targets[0].kept, t.targets[0].kept_at_least_target_less_one_point), ([1.0, 1.0], 1.0));
+        let c = t.targets[0].cost_over_cheapest_single.unwrap();
+        // By count: 0.1 + 0.0225 × the odd prompts drawn (20 ± 3.2), so 0.43–0.67.
+        assert!(0.4 < c[0] && c[0] < 0.47 && 0.63 < c[1] && c[1] < 0.7, "{c:?}");
+        // The cheap model alone keeps about half, never 94%.
+        let k = t.targets[1].kept;
+        assert!(0.33 < k[0] && k[0] < 0.4 && 0.6 < k[1] && k[1] < 0.67, "{k:?}");
+        assert_eq!(t.targets[1].kept_at_least_target_less_one_point, 0.0);
+        // No routed point: the reference alone, at the cost of the cheapest single model there.
+        assert_eq!(t.targets[2].kept, [1.0, 1.0]);
+        assert_eq!(t.targets[2].cost_over_cheapest_single, Some([1.0, 1.0]));
+        // APGR: the mix recovers the whole gap at its share s of reference calls, so 1 − s/2,
+        // about 0.75 ± 0.04.
+        assert!(t.apgr[0] > 0.66 && t.apgr[0] < 0.72 && t.apgr[1] > 0.78 && t.apgr[1] < 0.84, "{:?}", t.apgr);
+        // The same seed draws the same replicates.
+        let again = intervals(&out, curve, &[Some(perfect), Some(cheap_only), None], &[0.95, 0.95, 0.95], (1, 0), 42).unwrap();
+        assert_eq!(format!("{t:?}"), format!("{again:?}"));
     }
 }

@@ -33,7 +33,10 @@ mod loo;
 mod sessions;
 mod sides;
 
-pub use bench::{run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetResult};
+pub use bench::{
+    run, BenchSettings, Calibration, ConfigScore, CurvePointReport, Policy, Report, RouterConfig, SingleModel, TargetInterval,
+    TargetResult, TestIntervals,
+};
 pub use loo::{leave_one_out, Frontier, LooOutcome, LooReport, Tally};
 pub use sessions::{replay, ReplayReport, ReplaySettings, StrategyReport};
 pub use sides::{check_sides, Side, SideCase, SideOutcome, SideReport, SideTally};
