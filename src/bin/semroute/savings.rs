@@ -212,6 +212,26 @@ fn print_report(args: &Args, r: &Report) {
             t.oracle_cost_usd.map_or("none".into(), |c| format!("{c:.4}")),
         );
     }
+    let ti = &r.test_intervals;
+    println!(
+        "90% intervals over {} bootstrap replicates of the test prompts (the same picks): AIQ − hull {:+.4} to {:+.4} (at least the hull on {:.0}%), APGR {:.3} to {:.3}",
+        ti.replicates,
+        ti.aiq_minus_hull[0],
+        ti.aiq_minus_hull[1],
+        100.0 * ti.aiq_at_least_hull,
+        ti.apgr[0],
+        ti.apgr[1]
+    );
+    for t in &ti.targets {
+        println!(
+            "  {:.0}%: kept {:.1}% to {:.1}% (at least X − 1 on {:.0}%), cost over the cheapest single model there {}",
+            100.0 * t.target,
+            100.0 * t.kept[0],
+            100.0 * t.kept[1],
+            100.0 * t.kept_at_least_target_less_one_point,
+            t.cost_over_cheapest_single.map_or("- (none reaches it)".into(), |c| format!("{:.2}× to {:.2}×", c[0], c[1]))
+        );
+    }
     if let Some(x) = &r.random_at_95 {
         println!(
             "random at the 95% target's reference share ({:.1}%): quality {:.4}, cost {:.4}",
