@@ -18,6 +18,14 @@ def load(name):
     return runs
 
 
+def seed42():
+    """(name, its seed-42 run, or its first) for every set with results."""
+    for name in SETS:
+        runs = load(name)
+        if runs:
+            yield name, next((r for r in runs if r["seed"] == 42), runs[0])
+
+
 def at(r, x):
     return next(t for t in r["targets"] if abs(t["target"] - x) < 1e-9)
 
@@ -63,11 +71,7 @@ if not rows:
 print()
 print("| data set, seed 42 | Brier: router / each model's train mean | answer tokens, mean abs. error: router / each model's train mean | chosen on train for 90% / 95% / 98% | seconds |")
 print("| --- | --- | --- | --- | --- |")
-for name in SETS:
-    runs = load(name)
-    if not runs:
-        continue
-    r = next((r for r in runs if r["seed"] == 42), runs[0])
+for name, r in seed42():
     c = r["calibration"]
     mae = r["output_tokens_mae"]
     mae_cell = f"{mae[0]:.1f} / {mae[1]:.1f}" if mae else "no answer lengths"
@@ -79,11 +83,7 @@ print("How much of seed 42's test figures is the draw of its test split: 90% int
 print()
 print("| data set, seed 42 | AIQ − hull: measured, 90% interval (replicates ≥ 0) | kept at 90% / 95% / 98%: 90% interval (replicates ≥ X−1) | cost at 95% over the cheapest single at 95% | APGR |")
 print("| --- | --- | --- | --- | --- |")
-for name in SETS:
-    runs = load(name)
-    if not runs:
-        continue
-    r = next((r for r in runs if r["seed"] == 42), runs[0])
+for name, r in seed42():
     ti = r.get("test_intervals")
     if not ti:
         continue
@@ -97,11 +97,7 @@ for name in SETS:
 
 print()
 print("Reliability (seed 42): predicted quality bins → measured quality (pairs)")
-for name in SETS:
-    runs = load(name)
-    if not runs:
-        continue
-    r = next((r for r in runs if r["seed"] == 42), runs[0])
+for name, r in seed42():
     cells = ", ".join(f"{p:.2f}→{q:.2f} ({n})" for p, q, n in r["calibration"]["reliability"])
     print(f"- {name}: {cells}")
 
