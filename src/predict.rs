@@ -875,7 +875,7 @@ impl Weighted {
     }
 }
 
-/// A neighbours' estimate shrunk towards a model's overall `(mean, variance)` by empirical Bayes:
+/// The neighbours' estimate of a quantity shrunk towards a model's overall `(mean, variance)` by empirical Bayes:
 /// the posterior mean when this prompt's true value varies from prompt to prompt with variance
 /// τ² around the overall mean, and the neighbours' weighted mean `local` is that value plus noise
 /// of variance σ²/n (`n` effective neighbours whose values spread with weighted variance `spread`).
@@ -1004,12 +1004,11 @@ pub fn predict_with_prior(exemplars: &ExemplarSet, hits: &[Hit], prices: &PriceT
 /// in-process index or a shared [`store`](crate::store)).
 pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperature: f64, prior: &Prior) -> Predictions {
     let weights = softmax(neighbours.iter().map(|n| n.1), temperature);
-    // Per model: Σw·q, Σw, Σw², then the answer lengths' and measured costs' weighted sums.
+    // Per model: Σw·q, then the answer lengths' weighted sums (whose Σw and Σw² are every
+    // neighbour's that speaks about the model) and the measured costs'.
     #[derive(Default)]
     struct Acc {
         q: f64,
-        w: f64,
-        w2: f64,
         tokens: Weighted,
         cost: Weighted,
     }
@@ -1018,8 +1017,6 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
         for (model, q, tokens, cost) in evidence(grade, prices) {
             let e = acc.entry(model).or_default();
             e.q += w * q;
-            e.w += w;
-            e.w2 += w * w;
             e.tokens.push(w, tokens);
             if let Some(c) = cost {
                 e.cost.push(w, c);
@@ -1028,10 +1025,10 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
     }
     let per_model = acc
         .into_iter()
-        .filter(|(_, a)| a.w > 0.0)
+        .filter(|(_, a)| a.tokens.w > 0.0)
         .map(|(m, a)| {
-            let n = a.w * a.w / a.w2;
-            let mut quality = a.q / a.w;
+            let (s, n) = (a.tokens.w, a.tokens.w * a.tokens.w / a.tokens.w2);
+            let mut quality = a.q / s;
             if prior.strength > 0.0 {
                 if let Some(mean) = prior.mean(m) {
                     quality = (n * quality + prior.strength * mean) / (n + prior.strength);
@@ -1042,7 +1039,7 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
             let cost_usd = (a.cost.w > 0.0).then(|| a.cost.estimate(prior.cost.get(m).copied(), prior.strength));
             (
                 m.to_string(),
-                ModelPrediction { quality, output_tokens: tokens, support: a.w, effective_neighbours: n, cost_usd, quality_se: None },
+                ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd, quality_se: None },
             )
         })
         .collect();
