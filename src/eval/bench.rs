@@ -406,19 +406,37 @@ impl Outcomes {
     }
 
     fn point<M: Copy + Into<usize>>(&self, pick: &[M], reference: usize, knob: Option<f64>) -> CurvePointReport {
-        let n = pick.len().max(1) as f64;
+        self.weighted_point(&|i| pick[i].into(), None, reference, knob)
+    }
+
+    /// The point of the model `pick(i)` chosen for each prompt `i`, each prompt counted as many
+    /// times as `weights` says (a bootstrap replicate; once each without), so its cost is the
+    /// replicate's total and its quality and reference share means over as many prompts as the
+    /// split has.
+    fn weighted_point(
+        &self,
+        pick: &dyn Fn(usize) -> usize,
+        weights: Option<&[u32]>,
+        reference: usize,
+        knob: Option<f64>,
+    ) -> CurvePointReport {
+        let n = self.q.len().max(1) as f64;
         let mut p = CurvePointReport { knob, quality: 0.0, cost_usd: 0.0, reference_share: 0.0 };
-        for (i, &m) in pick.iter().enumerate() {
-            let m: usize = m.into();
-            p.quality += self.q[i][m] / n;
-            p.cost_usd += self.c[i][m];
-            p.reference_share += f64::from(u8::from(m == reference)) / n;
+        for i in 0..self.q.len() {
+            let w = weights.map_or(1.0, |w| f64::from(w[i]));
+            if w == 0.0 {
+                continue;
+            }
+            let m = pick(i);
+            p.quality += w * self.q[i][m] / n;
+            p.cost_usd += w * self.c[i][m];
+            p.reference_share += w * f64::from(u8::from(m == reference)) / n;
         }
         p
     }
 
     fn single(&self, m: usize, reference: usize) -> CurvePointReport {
-        self.point(&vec![m; self.q.len()], reference, None)
+        self.weighted_point(&|_| m, None, reference, None)
     }
 
     /// Per prompt, the model maximising `quality - lambda * cost`, the cheapest among ties.
@@ -1049,16 +1067,7 @@ fn intervals(
         for _ in 0..n {
             weights[rng.random_range(0..n)] += 1;
         }
-        let point = |pick: &dyn Fn(usize) -> usize| {
-            let mut p = CurvePointReport { knob: None, quality: 0.0, cost_usd: 0.0, reference_share: 0.0 };
-            for (i, &w) in weights.iter().enumerate().filter(|(_, &w)| w > 0) {
-                let (w, m) = (f64::from(w), pick(i));
-                p.quality += w * out.q[i][m] / n as f64;
-                p.cost_usd += w * out.c[i][m];
-                p.reference_share += w * f64::from(u8::from(m == reference)) / n as f64;
-            }
-            p
-        };
+        let point = |pick: &dyn Fn(usize) -> usize| out.weighted_point(pick, Some(&weights), reference, None);
         let single: Vec<CurvePointReport> = (0..models).map(|m| point(&|_| m)).collect();
         let range = cost_range(&single);
         let curve: Vec<CurvePointReport> = curve_picks.iter().map(|pick| point(&|i| usize::from(pick[i]))).collect();
