@@ -57,7 +57,7 @@ pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_R
 
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
-use crate::exemplar::{ExemplarSet, Grade};
+use crate::exemplar::{Exemplar, ExemplarSet, Grade};
 use crate::index::Hit;
 use crate::pricing::PriceTable;
 
@@ -763,12 +763,27 @@ fn softmax(similarities: impl Iterator<Item = f32> + Clone, temperature: f64) ->
 /// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Prior {
-    mean: BTreeMap<String, f64>,
-    /// Each model's answer lengths over the set: (mean, variance).
-    tokens: BTreeMap<String, (f64, f64)>,
-    /// Each model's measured costs over the exemplars that carry one: (mean, variance).
-    cost: BTreeMap<String, (f64, f64)>,
+    /// Per model, what the exemplars that speak about it say (see [`ModelStats`]).
+    models: BTreeMap<String, ModelStats>,
     strength: f64,
+}
+
+/// One model's running figures over an exemplar set: the sum of its qualities, then Welford's
+/// running count, mean and sum of squared deviations of its answer lengths and of its measured
+/// costs (over the exemplars that carry one). Running, so that exemplars added later extend them
+/// ([`Prior::extended`]) to the very values a pass over the whole set gives.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct ModelStats {
+    quality: f64,
+    tokens: Moments,
+    cost: Moments,
+}
+
+impl ModelStats {
+    /// (mean, variance) of the measured costs, if any exemplar carries one.
+    fn cost(&self) -> Option<(f64, f64)> {
+        (self.cost.n > 0.0).then(|| self.cost.mean_variance())
+    }
 }
 
 impl Prior {
@@ -781,18 +796,19 @@ impl Prior {
     /// its tier, 0 below), weighted by `strength` pseudo-neighbours (0 turns shrinkage off).
     /// Answer lengths' and measured costs' means and variances are kept whatever `strength` is.
     pub fn from_exemplars(set: &ExemplarSet, prices: &PriceTable, strength: f64) -> Self {
-        // Per model: Σq, then Welford's running (count, mean, sum of squared deviations) of the
-        // answer lengths and of the measured costs.
-        #[derive(Default)]
-        struct Acc {
-            quality: f64,
-            tokens: Moments,
-            cost: Moments,
-        }
-        let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
-        for e in set.iter() {
+        Prior { models: BTreeMap::new(), strength: strength.max(0.0) }.extended(set.iter(), prices)
+    }
+
+    /// This prior with `added` exemplars counted too: the same as [`Prior::from_exemplars`] over
+    /// the set they were appended to, without a pass over the exemplars already counted.
+    pub fn extended<'a>(&self, added: impl IntoIterator<Item = &'a Exemplar>, prices: &PriceTable) -> Self {
+        let mut prior = self.clone();
+        for e in added {
             for (model, q, t, c) in evidence(&e.grade, prices) {
-                let a = acc.entry(model).or_default();
+                let a = match prior.models.get_mut(model) {
+                    Some(a) => a,
+                    None => prior.models.entry(model.to_string()).or_default(),
+                };
                 a.quality += q;
                 a.tokens.push(t);
                 if let Some(c) = c {
@@ -800,20 +816,17 @@ impl Prior {
                 }
             }
         }
-        let mean = acc.iter().map(|(m, a)| (m.to_string(), a.quality / a.tokens.n)).collect();
-        let tokens = acc.iter().map(|(m, a)| (m.to_string(), a.tokens.mean_variance())).collect();
-        let cost = acc.iter().filter(|(_, a)| a.cost.n > 0.0).map(|(m, a)| (m.to_string(), a.cost.mean_variance())).collect();
-        Prior { mean, tokens, cost, strength: strength.max(0.0) }
+        prior
     }
 
     /// The overall mean quality of `model`, if any exemplar speaks about it.
     pub fn mean(&self, model: &str) -> Option<f64> {
-        self.mean.get(model).copied()
+        self.models.get(model).map(|a| a.quality / a.tokens.n)
     }
 
     /// The overall mean answer length of `model`, if any exemplar speaks about it.
     pub fn mean_tokens(&self, model: &str) -> Option<f64> {
-        self.tokens.get(model).map(|t| t.0)
+        self.models.get(model).map(|a| a.tokens.mean)
     }
 
     /// How many pseudo-neighbours the overall mean counts for.
@@ -823,7 +836,7 @@ impl Prior {
 }
 
 /// Welford's running count, mean and sum of squared deviations.
-#[derive(Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Moments {
     n: f64,
     mean: f64,
@@ -1029,14 +1042,14 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
         .map(|(m, a)| {
             let (s, n) = (a.tokens.w, a.tokens.w * a.tokens.w / a.tokens.w2);
             let mut quality = a.q / s;
-            if prior.strength > 0.0 {
-                if let Some(mean) = prior.mean(m) {
-                    quality = (n * quality + prior.strength * mean) / (n + prior.strength);
-                }
+            let overall = prior.models.get(m);
+            if let (true, Some(o)) = (prior.strength > 0.0, overall) {
+                let mean = o.quality / o.tokens.n;
+                quality = (n * quality + prior.strength * mean) / (n + prior.strength);
             }
             // Lengths and costs shrunk by empirical Bayes where the prior knows the model's spread.
-            let tokens = a.tokens.estimate(prior.tokens.get(m).copied(), prior.strength);
-            let cost_usd = (a.cost.w > 0.0).then(|| a.cost.estimate(prior.cost.get(m).copied(), prior.strength));
+            let tokens = a.tokens.estimate(overall.map(|o| o.tokens.mean_variance()), prior.strength);
+            let cost_usd = (a.cost.w > 0.0).then(|| a.cost.estimate(overall.and_then(ModelStats::cost), prior.strength));
             (
                 m.to_string(),
                 ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd, quality_se: None },
@@ -1084,6 +1097,10 @@ mod tests {
         .unwrap();
         let prior = Prior::from_exemplars(&set, &prices, 0.0);
         assert_eq!(prior.mean_tokens("a"), Some(300.0));
+        // Exemplars added later extend the prior to what a pass over the whole set gives.
+        let first = ExemplarSet::from_exemplars(set.iter().take(25).cloned().collect()).unwrap();
+        assert_eq!(Prior::from_exemplars(&first, &prices, 0.0).extended(set.iter().skip(25), &prices), prior);
+        assert_ne!(Prior::from_exemplars(&first, &prices, 0.0), prior);
         let short: Vec<(&Grade, f32)> = (0..8).map(|i| (&set.get(2 * i).grade, 0.9)).collect();
         let mixed: Vec<(&Grade, f32)> = (0..8).map(|i| (&set.get(i).grade, 0.9)).collect();
         let one = [(&set.get(0).grade, 0.9f32)];

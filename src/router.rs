@@ -538,7 +538,8 @@ impl Router {
             Refit::Later if matches!(search, Search::Shared(_)) => (state.predictor, state.selected, None, exemplars.len(), state.caution),
             Refit::Later => (state.predictor, state.selected, state.quality.clone(), state.fitted_on, state.caution),
         };
-        let prior = Prior::from_exemplars(&exemplars, &state.prices, self.inner.settings.prior_strength);
+        // The new exemplars counted into the prior (no pass over those already counted).
+        let prior = state.prior.extended(exemplars.iter().skip(state.exemplars.len()), &state.prices);
         Ok(State {
             generation: state.generation,
             fitted_on,
