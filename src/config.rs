@@ -64,6 +64,10 @@ pub struct RouterConfig {
     pub embedding_spinning: Option<bool>,
     /// Predicted quality the chosen model must reach, in [0, 1].
     pub quality_bar: Option<f64>,
+    /// Instead of a bar: keep this share (in (0, 1]) of the best model's measured quality, the
+    /// knob tuned at start by cross-fitting on the exemplars, which must be measured (see
+    /// [`RouterBuilder::quality_target`](crate::RouterBuilder::quality_target)).
+    pub keep_quality: Option<f64>,
     /// Nearest exemplars consulted (1..=1000).
     pub k: Option<usize>,
     /// Standard errors a predicted quality must clear the bar by (0..=10; unset: derived from
@@ -282,6 +286,14 @@ impl Config {
         if let Some(b) = r.quality_bar.filter(|b| !(0.0..=1.0).contains(b)) {
             return bad("router", "quality_bar", format!("must be within [0, 1], got {b}"));
         }
+        if let Some(x) = r.keep_quality {
+            if !(x > 0.0 && x <= 1.0) {
+                return bad("router", "keep_quality", format!("must be more than 0 and at most 1, got {x}"));
+            }
+            if r.quality_bar.is_some() {
+                return bad("router", "keep_quality", "is a target the bar is tuned to: set it or quality_bar, not both".into());
+            }
+        }
         if let Some(k) = r.k.filter(|k| !(1..=1000).contains(k)) {
             return bad("router", "k", format!("must be within 1..=1000, got {k}"));
         }
@@ -370,6 +382,9 @@ impl RouterConfig {
         }
         if let Some(x) = self.quality_bar {
             b = b.quality_bar(x);
+        }
+        if let Some(x) = self.keep_quality {
+            b = b.quality_target(crate::target::QualityTarget::keep(x));
         }
         if let Some(k) = self.k {
             b = b.k(k);
@@ -517,6 +532,11 @@ mod tests {
             "s.toml:2: invalid setting (key `router.embedding_threads`): must be within 1..=256, got 0"
         );
         assert!(err("[router]\nembedding_spinning = \"no\"\n").starts_with("s.toml:2: invalid setting (key `router.embedding_spinning`)"));
+        assert_eq!(
+            err("[router]\nkeep_quality = 1.5\n"),
+            "s.toml:2: invalid setting (key `router.keep_quality`): must be more than 0 and at most 1, got 1.5"
+        );
+        assert!(err("[router]\nquality_bar = 0.8\nkeep_quality = 0.9\n").contains("set it or quality_bar, not both"));
     }
 
     #[test]

@@ -143,6 +143,13 @@ impl Memo {
         Memo { inner, known: RwLock::new(HashMap::new()) }
     }
 
+    /// A memo that already knows these (text, vector) pairs, which `inner` gave: routers built
+    /// over it on those texts embed nothing.
+    pub(crate) fn with_vectors<'a>(inner: Arc<dyn Embedder>, known: impl IntoIterator<Item = (&'a str, &'a Vec<f32>)>) -> Self {
+        let known = known.into_iter().map(|(t, v)| (t.to_string(), Arc::from(v.as_slice()))).collect();
+        Memo { inner, known: RwLock::new(known) }
+    }
+
     /// Embeds those of `texts` not yet known, in batches, and remembers them.
     pub fn remember(&self, texts: &[&str]) -> Result<()> {
         self.embed_batch(texts).map(|_| ())

@@ -45,6 +45,10 @@
 //!     .build()?;
 //! # Ok::<(), semroute::Error>(())
 //! ```
+//! With measured exemplars (every model's quality on each), a bar can be asked for as what it
+//! buys: [`RouterBuilder::quality_target`] keeps a share of the best model's quality, the knob
+//! tuned at build by cross-fitting the router on its exemplars ([`target`]; `semroute route
+//! --keep 95%`).
 //!
 //! ## Serving, learning, reloading
 //! - [`Router::route_chat`] routes an OpenAI-shaped conversation ([`chat::ChatRequest`]); the
@@ -67,7 +71,7 @@
 //! [`Constraints`] and [`Objective`] (a quality bar, or quality × USD − cost), which is how a
 //! knob is swept without predicting again. [`eval::run`] benchmarks a data set with per-model
 //! results through routers built on its train split (cross-fitting chooses the predictor, the
-//! policy and each quality target's knob on train alone), and [`eval::leave_one_out`] checks a
+//! policy on train alone, and each quality target's knob by [`target`]'s rule), and [`eval::leave_one_out`] checks a
 //! hand-labelled set; both only drive [`Router`]s.
 //!
 //! ## Features
@@ -159,11 +163,12 @@ pub mod pricing;
 #[cfg(feature = "gateway")]
 pub mod provider;
 pub mod router;
-pub mod session;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod session;
 pub mod setup;
 pub mod store;
+pub mod target;
 
 pub use decision::{Candidate, Neighbour, RouteDecision};
 pub use embed::{Embedder, FastEmbedder};

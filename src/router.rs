@@ -39,6 +39,7 @@ use crate::predict::{
 use crate::pricing::{PriceTable, Tier, TokenCounter};
 use crate::session::{self, CacheView, MemorySessions, SessionInfo, SessionKey, SessionSettings, SessionState, SessionStore};
 use crate::store::ExemplarStore;
+use crate::target::{self, OperatingPoint, QualityTarget, Tuned};
 
 /// Routes prompts. Cheap to clone and share across threads and tokio tasks (`Send + Sync`; the
 /// state is behind an `Arc`).
@@ -70,6 +71,8 @@ struct Inner {
     refitting: AtomicBool,
     /// Agent sessions ([`Router::route_session`]).
     sessions: Arc<dyn SessionStore>,
+    /// What a [quality target](RouterBuilder::quality_target) was tuned to, if one was asked for.
+    tuned: Option<Tuned>,
     /// Whether the sessions are kept in process (not in a shared store).
     sessions_in_process: bool,
     session_settings: SessionSettings,
@@ -324,6 +327,13 @@ impl Router {
             caution_derived: state.caution.1,
             ..self.inner.settings.clone()
         }
+    }
+
+    /// What the [quality target](RouterBuilder::quality_target) was tuned to at build: the knob
+    /// (or the one model) in force, the reference model, and the quality kept and cost out of
+    /// fold; `None` without a target.
+    pub fn tuned(&self) -> Option<&Tuned> {
+        self.inner.tuned.as_ref()
     }
 
     /// Replaces the exemplars and the price table at once, while routing goes on: decisions
@@ -611,6 +621,33 @@ impl Router {
     }
 
     /// `input_tokens`: the prompt's own count when `None`.
+    /// `constraints` with the model a [quality target](RouterBuilder::quality_target) found
+    /// meets it alone, when it did and the request names no models of its own.
+    fn pinned<'c>(&self, constraints: &'c Constraints) -> std::borrow::Cow<'c, Constraints> {
+        match &self.inner.tuned {
+            Some(Tuned { point: OperatingPoint::Model(m), .. }) if constraints.allow_models.is_empty() => {
+                std::borrow::Cow::Owned(constraints.clone().allow_models([m.clone()]))
+            }
+            _ => std::borrow::Cow::Borrowed(constraints),
+        }
+    }
+
+    /// The policy's `reason`, with what the quality target set where it set the request's knob
+    /// or model.
+    fn tuned_reason(&self, reason: &str, constraints: &Constraints) -> String {
+        let Some(t) = &self.inner.tuned else { return reason.to_string() };
+        let keep = format!("{:.0}% of {}'s quality", 100.0 * t.keep, t.reference_model);
+        match &t.point {
+            OperatingPoint::Model(m) if constraints.allow_models.is_empty() => {
+                format!("{reason}; the quality target: {m} alone keeps {keep}, for less than routing")
+            }
+            OperatingPoint::Knob(_) if constraints.quality_bar.is_none() && constraints.usd_per_quality.is_none() => {
+                format!("{reason}; the knob is the quality target's: keep {keep}")
+            }
+            _ => reason.to_string(),
+        }
+    }
+
     fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints, input_tokens: Option<u64>) -> Result<RouteDecision> {
         self.assess_embedded(prompt, vector, input_tokens)?.decide(constraints)
     }
@@ -951,6 +988,7 @@ impl Assessment {
     /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
     pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
         check_constraints(constraints)?;
+        let constraints = &*self.router.pinned(constraints);
         let objective = constraints.objective(self.router.inner.settings.objective());
         let choice = choose(self.choice_input(objective), constraints);
         if choice.chosen.is_none() {
@@ -966,15 +1004,16 @@ impl Assessment {
     /// for a benchmark that decides each prompt under many knobs and reads only which model won.
     pub(crate) fn chosen_models(&self, constraints: &[Constraints]) -> Result<Vec<String>> {
         let default = self.router.inner.settings.objective();
+        let pinned: Vec<std::borrow::Cow<'_, Constraints>> = constraints.iter().map(|c| self.router.pinned(c)).collect();
         let mut each = Vec::with_capacity(constraints.len());
-        for c in constraints {
+        for c in &pinned {
             check_constraints(c)?;
-            each.push((c.objective(default), c));
+            each.push((c.objective(default), &**c));
         }
         let (candidates, chosen) = choose_each(self.choice_input(default), &each);
         chosen
             .into_iter()
-            .zip(constraints)
+            .zip(&pinned)
             .map(|(i, c)| match i {
                 Some(i) => Ok(candidates[i].model.clone()),
                 // Every model excluded: the error `choose` gives, which says why for each.
@@ -1039,7 +1078,7 @@ impl Assessment {
             objective,
             fallback: choice.fallback,
             unfamiliarity: self.judgement.unfamiliarity,
-            reason: choice.reason.clone(),
+            reason: self.router.tuned_reason(&choice.reason, constraints),
             quality_from: state.predictor.describe(state.quality.is_some()).to_string(),
             neighbours,
             strongest_model: strongest.to_string(),
@@ -1114,6 +1153,7 @@ pub struct RouterBuilder {
     store: Option<Arc<dyn ExemplarStore>>,
     sessions: Option<SessionSettings>,
     session_store: Option<Arc<dyn SessionStore>>,
+    target: Option<QualityTarget>,
 }
 
 impl RouterBuilder {
@@ -1318,6 +1358,33 @@ impl RouterBuilder {
         self
     }
 
+    /// Keeps a share of the best model's quality, measured, instead of a fixed bar: at build the
+    /// router cross-fits itself on its exemplars (which must be measured) and routes with the
+    /// cheapest knob (or the one model) that kept the share out of fold with the target's margin;
+    /// [`Router::tuned`] reports what was found. The knob is of the router's objective: the bar,
+    /// or the USD per quality point when [`usd_per_quality`](RouterBuilder::usd_per_quality) is
+    /// set (its value is then replaced). Only models every exemplar measures are routed among
+    /// (the others are listed in [`Tuned::models_left_out`]). Tuned once, at build: a reload or
+    /// what is learned later keeps the knob. See [`target`](crate::target) for the rule and an
+    /// example; it is what the savings benchmark's targets use.
+    ///
+    /// ```no_run
+    /// use semroute::target::QualityTarget;
+    /// use semroute::{ExemplarSet, PriceTable, Router};
+    ///
+    /// let router = Router::builder()
+    ///     .exemplars(ExemplarSet::load_file("graded.jsonl")?)
+    ///     .prices(PriceTable::from_file("prices.toml")?)
+    ///     .quality_target(QualityTarget::keep(0.95))
+    ///     .build()?;
+    /// println!("{}", router.tuned().expect("tuned"));
+    /// # Ok::<(), semroute::Error>(())
+    /// ```
+    pub fn quality_target(mut self, target: QualityTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
     /// Validates the settings and data, embeds the exemplars (or reads their cached vectors), and
     /// builds the index.
     pub fn build(self) -> Result<Router> {
@@ -1387,8 +1454,26 @@ impl RouterBuilder {
             Some(e) => e,
             None => Arc::new(FastEmbedder::load_default()?),
         };
+        // A quality target compares every model on every exemplar: the others are left out.
+        let (prices, models_left_out) = match &self.target {
+            None => (prices, Vec::new()),
+            Some(target) => {
+                target.check()?;
+                if self.quality_bar.is_some() {
+                    return Err(Error::Config("a quality target tunes the bar: set a quality bar or a quality target, not both".into()));
+                }
+                if self.store.is_some() {
+                    return Err(Error::Config(
+                        "a quality target is tuned on the router's own exemplars; it cannot be combined with a shared store".into(),
+                    ));
+                }
+                let (kept, left_out) = target::measured_models(&exemplars, &prices)?;
+                let kept: Vec<_> = kept.into_iter().filter_map(|m| prices.get(&m).cloned().map(|p| (m, p))).collect();
+                (PriceTable::from_models(kept)?, left_out)
+            }
+        };
         // The fallback model, the similarity threshold and the caution come with the state.
-        let settings = Settings {
+        let mut settings = Settings {
             k,
             quality_bar,
             usd_per_quality: self.usd_per_quality,
@@ -1419,6 +1504,58 @@ impl RouterBuilder {
             self.store.as_ref(),
             self.fits.as_ref(),
         )?;
+        let tokens = tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??;
+        let tuned = match self.target {
+            None => None,
+            Some(target) => {
+                let Search::Local(index) = &state.search else {
+                    return Err(Error::Config("a quality target needs the in-process index".into()));
+                };
+                let fold_prices: PriceTable = (*state.prices).clone();
+                let (min_similarity, caution, fallback) = (self.min_similarity, self.caution, self.fallback_model.clone());
+                // Each fold's router: these settings on that fold's exemplars, embedding nothing.
+                let build = move |exemplars: ExemplarSet, embedder: Arc<dyn Embedder>| {
+                    let mut b = Router::builder()
+                        .embedder(embedder)
+                        .exemplars(exemplars)
+                        .prices(fold_prices.clone())
+                        .k(k)
+                        .temperature(temperature)
+                        .prior_strength(prior_strength)
+                        .predictor(predictor)
+                        .unfamiliar_share(unfamiliar_share)
+                        .no_cache();
+                    if let Some(s) = min_similarity {
+                        b = b.min_similarity(s);
+                    }
+                    if let Some(z) = caution {
+                        b = b.caution(z);
+                    }
+                    if let Some(f) = &fallback {
+                        b = b.fallback_model(f.clone());
+                    }
+                    b.build()
+                };
+                let tuned = target::tune(target::Tuning {
+                    target,
+                    exemplars: &state.exemplars,
+                    vectors: index.vectors().map(<[f32]>::to_vec).collect(),
+                    prices: &state.prices,
+                    tokens: &tokens,
+                    embedder: embedder.clone(),
+                    policy: if self.usd_per_quality.is_some() { target::Policy::UsdPerQuality } else { target::Policy::QualityBar },
+                    build: &build,
+                    models_left_out,
+                })?;
+                match tuned.point {
+                    OperatingPoint::Knob(Objective::QualityBar(b)) => settings.quality_bar = b,
+                    OperatingPoint::Knob(Objective::UsdPerQuality(u)) => settings.usd_per_quality = Some(u),
+                    OperatingPoint::Model(_) => {}
+                }
+                tracing::info!("{tuned}");
+                Some(tuned)
+            }
+        };
         let mut writer = Writer { added: Vec::new(), added_vectors: Vec::new(), log: None };
         if let Some(path) = &self.feedback_log {
             let (log, found) = Journal::<Feedback>::open(path)?;
@@ -1459,7 +1596,7 @@ impl RouterBuilder {
         let router = Router {
             inner: Arc::new(Inner {
                 embedder,
-                tokens: tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??,
+                tokens,
                 settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
                 configured_fallback: self.fallback_model,
                 configured_min_similarity: self.min_similarity,
@@ -1469,6 +1606,7 @@ impl RouterBuilder {
                 state: ArcSwap::from_pointee(state),
                 writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
                 refitting: AtomicBool::new(false),
+                tuned,
                 sessions_in_process: self.session_store.is_none(),
                 sessions: self.session_store.unwrap_or_else(|| Arc::new(MemorySessions::new(session_settings.max_sessions))),
                 session_settings,

@@ -185,3 +185,45 @@ fn leave_one_out_prints_one_outcome_per_labelled_exemplar_in_json() {
         assert!(o["tier_quality"]["cheap"].as_f64().is_some_and(|q| (0.0..=1.0).contains(&q)), "{o}");
     }
 }
+
+/// `--keep 90%` tunes the bar on measured exemplars (the committed CRUXEval fixture, its
+/// 200 prompts as exemplars) and says what it found; `--keep` with `--quality-bar`, or out of
+/// range, is refused before anything is built.
+#[test]
+fn keep_tunes_the_bar_on_measured_exemplars_and_says_so() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = std::fs::read_to_string(format!("{root}/tests/fixtures/routing/crux-small.jsonl")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = data
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let results: serde_json::Map<String, serde_json::Value> = r["scores"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(m, q)| {
+                    (m.clone(), serde_json::json!({"quality": q, "output_tokens": r["output_tokens"][m].as_u64().unwrap_or(100)}))
+                })
+                .collect();
+            serde_json::json!({"id": r["id"], "prompt": r["prompt"], "category": "code", "language": "en", "results": results}).to_string()
+        })
+        .collect();
+    std::fs::write(dir.path().join("measured.jsonl"), lines.join("\n")).unwrap();
+    let exemplars = dir.path().join("measured.jsonl");
+    let prices = format!("{root}/tests/fixtures/routing/prices-crux-small.toml");
+    let base = ["--exemplars", exemplars.to_str().unwrap(), "--prices", prices.as_str()];
+    let out = run(&[&base[..], &["--keep", "90%", "--json", "def f(x): return x * 2\nassert f(3) == ??"]].concat(), b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("keep 90% of") && stderr.contains("out of fold on 200 exemplars (5 folds)"), "{stderr}");
+    let d = &json_lines(&out)[0];
+    assert!(d["reason"].as_str().unwrap().contains("quality target"), "{d}");
+
+    let out = run(&[&base[..], &["--keep", "0.9", "--quality-bar", "0.5", "x"]].concat(), b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[&base[..], &["--keep", "120%", "x"]].concat(), b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a share in (0, 1]"), "{}", String::from_utf8_lossy(&out.stderr));
+}

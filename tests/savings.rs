@@ -626,3 +626,130 @@ fn routers_sharing_fitted_models_predict_as_routers_that_fit_their_own() {
     let (a, b) = (shared.assess(&prompts[0]).unwrap(), own.assess(&prompts[0]).unwrap());
     assert_eq!(a.predictions().per_model["small"].quality.to_bits(), b.predictions().per_model["small"].quality.to_bits());
 }
+
+/// A router a user builds on the train split, asking to keep X% of the best model's quality,
+/// takes the operating point the benchmark reports for X: the same rule on the same
+/// cross-fitting (the benchmark restricted to the default router and the bar, its train split
+/// folded by the hash a target's cross-fitting uses), through `Router` both times.
+#[test]
+fn a_router_tuned_to_a_quality_target_takes_the_operating_point_the_benchmark_reports() {
+    use semroute::eval::{to_exemplars, Policy, RouterConfig};
+    use semroute::pricing::TokenCounter;
+    use semroute::target::{OperatingPoint, QualityTarget};
+    use semroute::{ExemplarSet, Objective, Router};
+
+    let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
+    let embedder = common::embedder();
+    let configs: Vec<RouterConfig> = RouterConfig::defaults(embedder.as_ref()).into_iter().filter(|c| c.name == "default").collect();
+    assert_eq!(configs.len(), 1);
+    // Seed 0: the benchmark folds its train split by the hash of seed 1, as a target does.
+    let settings = BenchSettings {
+        seed: 0,
+        configs: Some(configs),
+        policies: vec![Policy::QualityBar],
+        targets: vec![0.9, 0.95, 0.98],
+        ..BenchSettings::default()
+    };
+    let report = run(&data, &prices(), embedder.clone() as Arc<dyn Embedder>, &settings).unwrap();
+    let (train, _) = data.split(settings.train_fraction, settings.seed);
+    let models: Vec<&str> = report.models.iter().map(String::as_str).collect();
+    let exemplars = ExemplarSet::from_exemplars(to_exemplars(&train, &models, &TokenCounter::cl100k().unwrap(), 0)).unwrap();
+    let mut knobs = 0;
+    for t in &report.targets {
+        let router = Router::builder()
+            .embedder(embedder.clone())
+            .exemplars(exemplars.clone())
+            .prices(prices())
+            .fallback_model(&report.reference_model)
+            .quality_target(QualityTarget::keep(t.target))
+            .build()
+            .unwrap();
+        let tuned = router.tuned().expect("tuned");
+        assert_eq!(tuned.reference_model, report.reference_model);
+        assert_eq!((tuned.exemplars, tuned.folds), (train.len(), 5));
+        match &tuned.point {
+            OperatingPoint::Knob(Objective::QualityBar(bar)) => {
+                assert_eq!(Some(*bar), t.knob, "{tuned}; the benchmark: {t:?}");
+                assert_eq!(router.settings().quality_bar, *bar);
+                knobs += 1;
+            }
+            OperatingPoint::Model(m) => assert_eq!(t.config, format!("single model {m}"), "{tuned}"),
+            other => panic!("{other:?}"),
+        }
+        // Out of fold, the point keeps what was asked (with its margin).
+        assert!(tuned.quality >= t.target * tuned.reference_quality, "{tuned}");
+        assert!(tuned.cost_usd <= tuned.reference_cost_usd * (1.0 + 1e-9) || matches!(tuned.point, OperatingPoint::Model(_)), "{tuned}");
+    }
+    assert!(knobs > 0, "no target was routed: the test compares nothing of the knob");
+}
+
+/// A target's router routes every prompt to the one model that meets it alone, and says why; a
+/// request naming models of its own is not overruled. A bar and a target together, hand labels
+/// or a target out of range are refused.
+#[test]
+fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refused() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::predict::Predictor;
+    use semroute::target::{OperatingPoint, QualityTarget};
+    use semroute::{Constraints, Router};
+    // As in the benchmark's test above: every prompt looks alike to the embedder; `small` is
+    // right on a pattern the prompts do not show ($0.01 a call), `twin` on all but three
+    // ($0.05), `big` on all ($0.72). No knob of a one-neighbour router keeps 90%; `twin` does.
+    let lines: Vec<String> = (0..200)
+        .map(|i| {
+            let small = if (i * 7) % 3 == 0 { 1.0 } else { 0.0 };
+            let twin = if [3, 50, 97].contains(&i) { 0.0 } else { 1.0 };
+            let r = |q: f64, usd: f64| format!(r#"{{"quality":{q},"output_tokens":9,"cost_usd":{usd}}}"#);
+            format!(
+                r#"{{"id":"s{i}","prompt":"aaa bbb {i}","category":"c","language":"en","results":{{"small":{},"twin":{},"big":{}}}}}"#,
+                r(small, 0.01),
+                r(twin, 0.05),
+                r(1.0, 0.72)
+            )
+        })
+        .collect();
+    let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "s.jsonl").unwrap();
+    let prices = PriceTable::from_toml_str(
+        &(TWO_MODELS.to_string() + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n"),
+        "three.toml",
+    )
+    .unwrap();
+    let builder = || {
+        Router::builder()
+            .embedder(Arc::new(Letters))
+            .exemplars(set.clone())
+            .prices(prices.clone())
+            .predictor(Predictor::Neighbours)
+            .k(1)
+            .min_similarity(-1.0)
+            .no_cache()
+    };
+    let router = builder().quality_target(QualityTarget::keep(0.9)).build().unwrap();
+    let tuned = router.tuned().unwrap();
+    assert_eq!(tuned.point, OperatingPoint::Model("twin".into()), "{tuned}");
+    assert_eq!(tuned.reference_model, "big");
+    assert!((tuned.cost_usd - 0.05).abs() < 1e-12 && (tuned.quality - 197.0 / 200.0).abs() < 1e-12, "{tuned}");
+    for prompt in ["aaa bbb 7", "bbb aaa"] {
+        let d = router.route(prompt).unwrap();
+        assert_eq!(d.model, "twin");
+        assert!(d.reason.contains("twin alone keeps 90% of big's quality"), "{}", d.reason);
+    }
+    let d = router.route_with("aaa bbb", &Constraints::default().allow_models(["big"])).unwrap();
+    assert_eq!(d.model, "big");
+    assert!(!d.reason.contains("quality target"), "{}", d.reason);
+
+    let err = |b: semroute::RouterBuilder| b.build().unwrap_err().to_string();
+    let msg = err(builder().quality_bar(0.8).quality_target(QualityTarget::keep(0.9)));
+    assert!(msg.contains("not both"), "{msg}");
+    let msg = err(builder().quality_target(QualityTarget::keep(0.0)));
+    assert!(msg.contains("(0, 1]"), "{msg}");
+    let labelled = ExemplarSet::from_jsonl_str(
+        r#"{"id":"l1","prompt":"aaa","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":9}}"#,
+        "l.jsonl",
+    )
+    .unwrap();
+    let msg = err(Router::builder().embedder(Arc::new(Letters)).exemplars(labelled).no_cache().quality_target(QualityTarget::keep(0.9)));
+    assert!(msg.contains("measured") && msg.contains("`l1`"), "{msg}");
+    let msg = err(builder().quality_target(QualityTarget::keep(0.9).folds(150)));
+    assert!(msg.contains("at least 300 exemplars"), "{msg}");
+}

@@ -24,8 +24,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::par_map;
 use super::{aiq, apgr, cpt, output_tokens, split_indices, to_exemplars, CurvePoint, Dataset, Record};
-use super::{cores, par_map};
 use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::ExemplarSet;
@@ -33,6 +33,8 @@ use crate::policy::Constraints;
 use crate::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, RidgeSettings};
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::router::{Assessment, Router};
+pub use crate::target::Policy;
+use crate::target::{assess_all, knobs, operating_point, picks, picks_under, Operating, Pick};
 
 /// One way to configure a router's predictions, as a candidate for cross-fitting.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,27 +117,6 @@ impl RouterConfig {
             .cache_dir(graphs)
             .fit_cache(fits.clone())
             .build()
-    }
-}
-
-/// The knob a policy turns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Policy {
-    /// [`Objective::QualityBar`](crate::policy::Objective::QualityBar), swept from 0 to 1.
-    QualityBar,
-    /// [`Objective::UsdPerQuality`](crate::policy::Objective::UsdPerQuality), swept over a log scale around the
-    /// prompts' typical cost.
-    UsdPerQuality,
-}
-
-impl Policy {
-    fn constraints(self, knob: f64) -> Constraints {
-        match self {
-            Policy::QualityBar => Constraints::default().quality_bar(knob),
-            Policy::UsdPerQuality => Constraints::default().usd_per_quality(knob),
-        }
     }
 }
 
@@ -466,17 +447,6 @@ fn cost_range(single: &[CurvePointReport]) -> (f64, f64) {
     (lo, hi)
 }
 
-/// The knobs swept for `policy`; `typical_cost` is a prompt's median cost over the models.
-fn knobs(policy: Policy, typical_cost: f64) -> Vec<f64> {
-    match policy {
-        Policy::QualityBar => (0..=100).map(|i| f64::from(i) / 100.0).collect(),
-        Policy::UsdPerQuality => {
-            let base = if typical_cost > 0.0 { typical_cost } else { 1e-4 };
-            std::iter::once(0.0).chain((0..=80).map(|j| base * 10f64.powf(-2.0 + f64::from(j) / 10.0))).collect()
-        }
-    }
-}
-
 /// Bootstrap replicates of the train prompts that measure how far the candidates' out-of-fold
 /// AIQs differ by chance ([`choose_candidate`]).
 const CHOICE_REPLICATES: usize = 200;
@@ -549,34 +519,6 @@ fn choose_candidate(
             b
         }
     }))
-}
-
-/// A model's index among the data set's models, as the picks keep it: the out-of-fold picks of
-/// every candidate under every knob for every train prompt are the harness's largest table
-/// (10 candidates × 183 knobs × 9,829 prompts on a 14,000-prompt set: 144 MB as `usize`).
-type Pick = u16;
-
-/// The model index each assessment picks under every knob: `[knob][prompt]`.
-fn picks(assessments: &[Assessment], policy: Policy, knobs: &[f64], index: &HashMap<&str, usize>) -> Result<Vec<Vec<Pick>>> {
-    let constraints: Vec<Constraints> = knobs.iter().map(|&k| policy.constraints(k)).collect();
-    picks_under(assessments, &constraints, index)
-}
-
-/// The model index each assessment picks under each of `constraints`: `[constraints][prompt]`.
-fn picks_under(assessments: &[Assessment], constraints: &[Constraints], index: &HashMap<&str, usize>) -> Result<Vec<Vec<Pick>>> {
-    let per_prompt: Vec<Vec<Pick>> = par_map(assessments, 8, |a| {
-        a.chosen_models(constraints)?
-            .iter()
-            .map(|name| {
-                // `run` refuses more models than a `Pick` holds.
-                index
-                    .get(name.as_str())
-                    .map(|&m| m as Pick)
-                    .ok_or_else(|| Error::Config(format!("the router chose an unknown model {name}")))
-            })
-            .collect()
-    })?;
-    Ok((0..constraints.len()).map(|k| per_prompt.iter().map(|row| row[k]).collect()).collect())
 }
 
 /// Squared errors of quality predictions against measured qualities, with the baseline's.
@@ -845,50 +787,15 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // model is a candidate too, held to the same test: routing is used for a target only where
     // it is cheaper on train than calling one model that also clears it (on a set where one cheap
     // model is nearly as good as the best, the margin routing needs costs more than it saves).
-    let n = train.len() as f64;
-    let clears = |pick: &dyn Fn(usize) -> usize, x: f64| {
-        let d: Vec<f64> = (0..train.len()).map(|i| train_out.q[i][pick(i)] - x * train_out.q[i][reference]).collect();
-        let mean = d.iter().sum::<f64>() / n;
-        let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        mean >= settings.confidence_z * (var / n).sqrt()
-    };
+    // The candidates searched (each score's knobs, as `operating_point` indexes them).
+    let searched: Vec<(usize, &[Vec<Pick>])> = (0..scores.len())
+        .filter(|&s| settings.targets_from_every_candidate || s == best_index)
+        .map(|s| (s, oof_picks[s / settings.policies.len()][s % settings.policies.len()].as_slice()))
+        .collect();
     let target_points: Vec<Option<Operating>> = settings
         .targets
         .iter()
-        .map(|&x| {
-            let mut best: Option<(f64, Operating)> = None;
-            for (s, score) in scores.iter().enumerate() {
-                if !settings.targets_from_every_candidate && s != best_index {
-                    continue;
-                }
-                let (c, p) = (s / settings.policies.len(), s % settings.policies.len());
-                for k in 0..knobs(score.policy, typical_cost).len() {
-                    let pick = &oof_picks[c][p][k];
-                    if !clears(&|i| usize::from(pick[i]), x) {
-                        continue;
-                    }
-                    let cost = (0..train.len()).map(|i| train_out.c[i][usize::from(pick[i])]).sum::<f64>();
-                    let better = match best {
-                        None => true,
-                        Some((b, Operating::Routed(bs, _))) => {
-                            cost < b * (1.0 - 1e-9) || (cost <= b * (1.0 + 1e-9) && s == best_index && bs != best_index)
-                        }
-                        Some((b, Operating::Single(_))) => cost < b * (1.0 - 1e-9),
-                    };
-                    if better {
-                        best = Some((cost, Operating::Routed(s, k)));
-                    }
-                }
-            }
-            for m in 0..models.len() {
-                let cost = train_single[m].cost_usd;
-                if best.is_some_and(|(b, _)| cost >= b * (1.0 - 1e-9)) || !clears(&|_| m, x) {
-                    continue;
-                }
-                best = Some((cost, Operating::Single(m)));
-            }
-            best.map(|(_, o)| o)
-        })
+        .map(|&x| operating_point(&train_out.q, &train_out.c, reference, x, settings.confidence_z, &searched, best_index))
         .collect();
 
     // The routers users would run: a candidate's configuration on the whole train split, each
@@ -1110,33 +1017,6 @@ fn intervals(
             })
             .collect(),
     })
-}
-
-/// Where a quality target is met: a knob of a candidate (score index, knob index), or one model.
-#[derive(Debug, Clone, Copy)]
-enum Operating {
-    Routed(usize, usize),
-    Single(usize),
-}
-
-/// The prompts at `positions` assessed by `router` ([`Router::assess_embedded_batch`], in
-/// batches of at most 64 spread over the cores by [`par_map`]); `item` gives a position's
-/// prompt, vector and token count.
-fn assess_all<'a>(
-    router: &Router,
-    positions: &[usize],
-    item: impl Fn(usize) -> Result<(&'a str, Vec<f32>, Option<u64>)> + Sync,
-) -> Result<Vec<Assessment>> {
-    // At most 64 a batch, and a multiple of the cores' count of them, of even size, so that no
-    // core waits on another's extra batch (185 prompts on 2 cores: four of 47, not 64, 64, 57).
-    let count = positions.len().div_ceil(64).next_multiple_of(cores()).max(1);
-    let batches: Vec<&[usize]> = positions.chunks(positions.len().div_ceil(count).max(1)).collect();
-    let assessed = par_map(&batches, 1, |batch| {
-        let items = batch.iter().map(|&i| item(i)).collect::<Result<Vec<_>>>()?;
-        let refs: Vec<(&str, &[f32], Option<u64>)> = items.iter().map(|(p, v, t)| (*p, v.as_slice(), *t)).collect();
-        router.assess_embedded_batch(&refs)
-    })?;
-    Ok(assessed.into_iter().flatten().collect())
 }
 
 fn model_refs(models: &[String]) -> Vec<&str> {

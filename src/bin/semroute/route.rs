@@ -36,6 +36,10 @@ pub struct Args {
     /// Predicted quality the chosen model must reach, in [0, 1].
     #[arg(long, value_name = "X")]
     quality_bar: Option<f64>,
+    /// Instead of a bar: keep this share of the best model's measured quality (0.95 or 95%),
+    /// the bar tuned by cross-fitting on the exemplars, which must be measured (--exemplars).
+    #[arg(long, value_name = "SHARE", value_parser = share)]
+    keep: Option<f64>,
     /// Number of nearest exemplars consulted.
     #[arg(short = 'k', value_name = "N")]
     k: Option<usize>,
@@ -67,6 +71,20 @@ pub struct Args {
     config: Option<PathBuf>,
 }
 
+/// A share given as 0.95 or 95%.
+fn share(s: &str) -> Result<f64, String> {
+    let (number, scale) = match s.trim().strip_suffix('%') {
+        Some(p) => (p, 100.0),
+        None => (s.trim(), 1.0),
+    };
+    let x = number.trim().parse::<f64>().map_err(|_| format!("`{s}` is not a share such as 0.95 or 95%"))? / scale;
+    if x > 0.0 && x <= 1.0 {
+        Ok(x)
+    } else {
+        Err(format!("`{s}` is not a share in (0, 1] (0.95, or 95%)"))
+    }
+}
+
 /// The settings file (if any) with the flags laid over its `[router]` table.
 fn settings(args: &Args) -> Result<RouterConfig, Error> {
     let mut r = match &args.config {
@@ -77,6 +95,7 @@ fn settings(args: &Args) -> Result<RouterConfig, Error> {
     r.exemplars = a.exemplars.or(r.exemplars.take());
     r.prices = a.prices.or(r.prices.take());
     r.quality_bar = a.quality_bar.or(r.quality_bar);
+    r.keep_quality = a.keep.or(r.keep_quality);
     r.k = a.k.or(r.k);
     r.min_similarity = a.min_similarity.or(r.min_similarity);
     r.caution = a.caution.or(r.caution);
@@ -113,6 +132,9 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(t) = router.tuned() {
+        eprintln!("semroute: {t}");
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = false;
