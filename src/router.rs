@@ -1364,7 +1364,9 @@ impl RouterBuilder {
     /// [`Router::tuned`] reports what was found. The knob is of the router's objective: the bar,
     /// or the USD per quality point when [`usd_per_quality`](RouterBuilder::usd_per_quality) is
     /// set (its value is then replaced). Only models every exemplar measures are routed among
-    /// (the others are listed in [`Tuned::models_left_out`]). Tuned once, at build: a reload or
+    /// (the others are listed in [`Tuned::models_left_out`]); unless a
+    /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
+    /// the best the exemplars measure. Tuned once, at build: a reload or
     /// what is learned later keeps the knob. See [`target`](crate::target) for the rule and an
     /// example; it is what the savings benchmark's targets use.
     ///
@@ -1454,9 +1456,10 @@ impl RouterBuilder {
             Some(e) => e,
             None => Arc::new(FastEmbedder::load_default()?),
         };
+        let tokens = tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??;
         // A quality target compares every model on every exemplar: the others are left out.
-        let (prices, models_left_out) = match &self.target {
-            None => (prices, Vec::new()),
+        let (prices, measured) = match &self.target {
+            None => (prices, None),
             Some(target) => {
                 target.check()?;
                 if self.quality_bar.is_some() {
@@ -1469,9 +1472,13 @@ impl RouterBuilder {
                 }
                 let (kept, left_out) = target::measured_models(&exemplars, &prices)?;
                 let kept: Vec<_> = kept.into_iter().filter_map(|m| prices.get(&m).cloned().map(|p| (m, p))).collect();
-                (PriceTable::from_models(kept)?, left_out)
+                let prices = PriceTable::from_models(kept)?;
+                let measured = target::Measured::new(&exemplars, &prices, &tokens)?;
+                (prices, Some((measured, left_out)))
             }
         };
+        // With a target, the safe model is the best one the exemplars measure, unless one is set.
+        let fallback = self.fallback_model.clone().or_else(|| measured.as_ref().map(|(m, _)| m.reference_model().to_string()));
         // The fallback model, the similarity threshold and the caution come with the state.
         let mut settings = Settings {
             k,
@@ -1496,7 +1503,7 @@ impl RouterBuilder {
             embedder.as_ref(),
             exemplars,
             prices,
-            self.fallback_model.as_deref(),
+            fallback.as_deref(),
             self.min_similarity,
             self.caution,
             &settings,
@@ -1504,15 +1511,14 @@ impl RouterBuilder {
             self.store.as_ref(),
             self.fits.as_ref(),
         )?;
-        let tokens = tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??;
-        let tuned = match self.target {
-            None => None,
-            Some(target) => {
+        let tuned = match (self.target, measured) {
+            (Some(target), Some((measured, models_left_out))) => {
                 let Search::Local(index) = &state.search else {
                     return Err(Error::Config("a quality target needs the in-process index".into()));
                 };
                 let fold_prices: PriceTable = (*state.prices).clone();
-                let (min_similarity, caution, fallback) = (self.min_similarity, self.caution, self.fallback_model.clone());
+                // The folds' routers fall back to the whole set's safe model, as this one does.
+                let (min_similarity, caution, fallback) = (self.min_similarity, self.caution, state.fallback_model.clone());
                 // Each fold's router: these settings on that fold's exemplars, embedding nothing.
                 let build = move |exemplars: ExemplarSet, embedder: Arc<dyn Embedder>| {
                     let mut b = Router::builder()
@@ -1531,17 +1537,13 @@ impl RouterBuilder {
                     if let Some(z) = caution {
                         b = b.caution(z);
                     }
-                    if let Some(f) = &fallback {
-                        b = b.fallback_model(f.clone());
-                    }
-                    b.build()
+                    b.fallback_model(fallback.clone()).build()
                 };
                 let tuned = target::tune(target::Tuning {
                     target,
                     exemplars: &state.exemplars,
                     vectors: index.vectors().map(<[f32]>::to_vec).collect(),
-                    prices: &state.prices,
-                    tokens: &tokens,
+                    measured,
                     embedder: embedder.clone(),
                     policy: if self.usd_per_quality.is_some() { target::Policy::UsdPerQuality } else { target::Policy::QualityBar },
                     build: &build,
@@ -1555,6 +1557,7 @@ impl RouterBuilder {
                 tracing::info!("{tuned}");
                 Some(tuned)
             }
+            _ => None,
         };
         let mut writer = Writer { added: Vec::new(), added_vectors: Vec::new(), log: None };
         if let Some(path) = &self.feedback_log {
@@ -1598,7 +1601,7 @@ impl RouterBuilder {
                 embedder,
                 tokens,
                 settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
-                configured_fallback: self.fallback_model,
+                configured_fallback: fallback,
                 configured_min_similarity: self.min_similarity,
                 configured_caution: self.caution,
                 cache,

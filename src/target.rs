@@ -93,12 +93,20 @@ pub struct QualityTarget {
     keep: f64,
     folds: usize,
     confidence_z: f64,
+    seed: u64,
 }
 
 impl QualityTarget {
     /// Keep `share` (in (0, 1]) of the reference model's quality; 5 folds, 1.645 standard errors.
     pub fn keep(share: f64) -> Self {
-        QualityTarget { keep: share, folds: 5, confidence_z: 1.645 }
+        QualityTarget { keep: share, folds: 5, confidence_z: 1.645, seed: 1 }
+    }
+
+    /// Seed of the hash that deals the exemplars into folds (by id; default 1). The savings
+    /// benchmark folds a train split of seed `s` with seed `s + 1`.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     /// Folds of the cross-fitting (at least 2; default 5).
@@ -380,15 +388,71 @@ pub(crate) fn measured_models(exemplars: &ExemplarSet, prices: &PriceTable) -> R
     Ok((kept, left.into_iter().map(|(_, n)| n.to_string()).collect()))
 }
 
+/// Every compared model's measured quality and cost on every exemplar (the measured cost where
+/// the exemplar keeps one, else answer tokens × list price), and the reference: the best mean
+/// quality, the cheaper on ties.
+pub(crate) struct Measured {
+    models: Vec<String>,
+    quality: Vec<Vec<f64>>,
+    cost: Vec<Vec<f64>>,
+    input_tokens: Vec<u64>,
+    reference: usize,
+}
+
+impl Measured {
+    /// Over `prices`' models, which every exemplar must measure (see [`measured_models`]).
+    pub(crate) fn new(exemplars: &ExemplarSet, prices: &PriceTable, tokens: &TokenCounter) -> Result<Self> {
+        let models: Vec<String> = prices.names().map(str::to_string).collect();
+        if models.len() > usize::from(Pick::MAX) + 1 {
+            return Err(Error::Config(format!("a quality target compares at most {} models, got {}", usize::from(Pick::MAX) + 1, models.len())));
+        }
+        let (mut quality, mut cost, mut input_tokens) = (Vec::new(), Vec::new(), Vec::new());
+        for e in exemplars.iter() {
+            let Grade::Measured { results } = &e.grade else {
+                return Err(Error::Config(format!("a quality target needs measured exemplars, but `{}` is hand-labelled", e.id)));
+            };
+            let input = tokens.count(&e.prompt);
+            let mut q = Vec::with_capacity(models.len());
+            let mut c = Vec::with_capacity(models.len());
+            for m in &models {
+                let r = results.get(m).ok_or_else(|| Error::Config(format!("exemplar `{}` does not measure {m}", e.id)))?;
+                q.push(r.quality);
+                c.push(match r.cost_usd {
+                    Some(usd) => usd,
+                    None => prices.require(m, "a quality target")?.cost_usd(input, u64::from(r.output_tokens)),
+                });
+            }
+            quality.push(q);
+            cost.push(c);
+            input_tokens.push(input);
+        }
+        if quality.is_empty() {
+            return Err(Error::Config("a quality target needs exemplars".into()));
+        }
+        let measured = Measured { models, quality, cost, input_tokens, reference: 0 };
+        let (q, c) = (|m| measured.mean(m, &measured.quality), |m| measured.mean(m, &measured.cost));
+        let reference = (0..measured.models.len()).max_by(|&a, &b| q(a).total_cmp(&q(b)).then(c(b).total_cmp(&c(a)))).unwrap_or(0);
+        Ok(Measured { reference, ..measured })
+    }
+
+    fn mean(&self, m: usize, of: &[Vec<f64>]) -> f64 {
+        of.iter().map(|row| row[m]).sum::<f64>() / of.len() as f64
+    }
+
+    /// The model with the best mean quality (the cheaper on ties).
+    pub(crate) fn reference_model(&self) -> &str {
+        &self.models[self.reference]
+    }
+}
+
 /// What [`tune`] needs from the router being built.
 pub(crate) struct Tuning<'a> {
     pub target: QualityTarget,
-    /// The exemplars (every one measuring every priced model) and their vectors, in order.
+    /// The exemplars (every one measuring every compared model) and their vectors, in order.
     pub exemplars: &'a ExemplarSet,
     pub vectors: Vec<Vec<f32>>,
-    /// The price table, restricted to the models compared.
-    pub prices: &'a PriceTable,
-    pub tokens: &'a TokenCounter,
+    /// What the exemplars measure of each model the router compares.
+    pub measured: Measured,
     pub embedder: Arc<dyn Embedder>,
     /// Which knob the router turns.
     pub policy: Policy,
@@ -406,52 +470,20 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
     if n < 2 * folds {
         return Err(Error::Config(format!("a quality target over {folds} folds needs at least {} exemplars, got {n}", 2 * folds)));
     }
-    let models: Vec<&str> = t.prices.names().collect();
-    if models.len() > usize::from(Pick::MAX) + 1 {
-        return Err(Error::Config(format!(
-            "a quality target compares at most {} models, got {}",
-            usize::from(Pick::MAX) + 1,
-            models.len()
-        )));
+    let m = &t.measured;
+    if m.quality.len() != n || t.vectors.len() != n {
+        return Err(Error::Config("a quality target's exemplars, vectors and measurements differ in number".into()));
     }
-    let index: HashMap<&str, usize> = models.iter().enumerate().map(|(i, m)| (*m, i)).collect();
-    // Measured quality and cost of every model on every exemplar: the measured cost where the
-    // exemplar keeps one, else answer tokens × list price.
-    let mut quality = Vec::with_capacity(n);
-    let mut cost = Vec::with_capacity(n);
-    let mut input_tokens = Vec::with_capacity(n);
-    for e in t.exemplars.iter() {
-        let Grade::Measured { results } = &e.grade else {
-            return Err(Error::Config(format!("a quality target needs measured exemplars, but `{}` is hand-labelled", e.id)));
-        };
-        let input = t.tokens.count(&e.prompt);
-        let mut q = Vec::with_capacity(models.len());
-        let mut c = Vec::with_capacity(models.len());
-        for m in &models {
-            let r = results.get(*m).ok_or_else(|| Error::Config(format!("exemplar `{}` does not measure {m}", e.id)))?;
-            q.push(r.quality);
-            c.push(match r.cost_usd {
-                Some(usd) => usd,
-                None => t.prices.require(m, "a quality target")?.cost_usd(input, u64::from(r.output_tokens)),
-            });
-        }
-        quality.push(q);
-        cost.push(c);
-        input_tokens.push(input);
-    }
-    let mean = |m: usize, of: &[Vec<f64>]| of.iter().map(|row| row[m]).sum::<f64>() / n as f64;
-    let reference = (0..models.len())
-        .max_by(|&a, &b| mean(a, &quality).total_cmp(&mean(b, &quality)).then(mean(b, &cost).total_cmp(&mean(a, &cost))))
-        .expect("two models");
+    let index: HashMap<&str, usize> = m.models.iter().enumerate().map(|(i, name)| (name.as_str(), i)).collect();
     let typical_cost = {
-        let mut per_prompt: Vec<f64> = cost.iter().map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
+        let mut per_prompt: Vec<f64> = m.cost.iter().map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
         per_prompt.sort_by(f64::total_cmp);
         per_prompt[per_prompt.len() / 2]
     };
     let grid = knobs(t.policy, typical_cost);
 
-    // Folds by a hash of each id, as the benchmark's splits.
-    let (order, _) = crate::eval::split_indices(t.exemplars.iter().map(|e| e.id.as_str()), 1.0, 1);
+    // Folds by a hash of each id, as the benchmark's.
+    let (order, _) = crate::eval::split_indices(t.exemplars.iter().map(|e| e.id.as_str()), 1.0, t.target.seed);
     let mut fold_of = vec![0usize; n];
     for (rank, &i) in order.iter().enumerate() {
         fold_of[i] = rank % folds;
@@ -465,32 +497,34 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
         let held: Vec<usize> = (0..n).filter(|&i| fold_of[i] == fold).collect();
         let router = (t.build)(ExemplarSet::from_exemplars(part)?, embedder.clone())?;
         let assessed =
-            assess_all(&router, &held, |i| Ok((t.exemplars.get(i).prompt.as_str(), t.vectors[i].clone(), Some(input_tokens[i]))))?;
+            assess_all(&router, &held, |i| Ok((t.exemplars.get(i).prompt.as_str(), t.vectors[i].clone(), Some(m.input_tokens[i]))))?;
         for (k, row) in picks(&assessed, t.policy, &grid, &index)?.into_iter().enumerate() {
             for (j, &i) in held.iter().enumerate() {
                 oof[k][i] = row[j];
             }
         }
     }
-    let point = operating_point(&quality, &cost, reference, t.target.keep, t.target.confidence_z, &[(0, &oof)], 0);
-    let (point, q, c) = match point {
-        Some(Operating::Routed(_, k)) => {
-            let pick = &oof[k];
-            let q = (0..n).map(|i| quality[i][usize::from(pick[i])]).sum::<f64>() / n as f64;
-            let c = (0..n).map(|i| cost[i][usize::from(pick[i])]).sum::<f64>() / n as f64;
-            (OperatingPoint::Knob(t.policy.objective(grid[k])), q, c)
-        }
-        Some(Operating::Single(m)) => (OperatingPoint::Model(models[m].to_string()), mean(m, &quality), mean(m, &cost)),
+    let reference = m.reference;
+    let point = operating_point(&m.quality, &m.cost, reference, t.target.keep, t.target.confidence_z, &[(0, &oof)], 0);
+    let at = |pick: &dyn Fn(usize) -> usize| {
+        let q = (0..n).map(|i| m.quality[i][pick(i)]).sum::<f64>() / n as f64;
+        let c = (0..n).map(|i| m.cost[i][pick(i)]).sum::<f64>() / n as f64;
+        (q, c)
+    };
+    let (point, (q, c)) = match point {
+        Some(Operating::Routed(_, k)) => (OperatingPoint::Knob(t.policy.objective(grid[k])), at(&|i| usize::from(oof[k][i]))),
+        Some(Operating::Single(s)) => (OperatingPoint::Model(m.models[s].clone()), at(&|_| s)),
         // Nothing clears with the margin asked for (a target of 1, or too few exemplars to be
         // sure): the reference alone is the best the exemplars know.
-        None => (OperatingPoint::Model(models[reference].to_string()), mean(reference, &quality), mean(reference, &cost)),
+        None => (OperatingPoint::Model(m.models[reference].clone()), at(&|_| reference)),
     };
+    let (reference_quality, reference_cost_usd) = at(&|_| reference);
     Ok(Tuned {
         keep: t.target.keep,
         point,
-        reference_model: models[reference].to_string(),
-        reference_quality: mean(reference, &quality),
-        reference_cost_usd: mean(reference, &cost),
+        reference_model: m.models[reference].clone(),
+        reference_quality,
+        reference_cost_usd,
         quality: q,
         cost_usd: c,
         exemplars: n,

@@ -296,8 +296,13 @@ pub struct Report {
     pub cpt50: Option<f64>,
     /// The same for 80%.
     pub cpt80: Option<f64>,
-    /// The quality targets.
+    /// The quality targets, each met by the chosen candidate's knob (or one model).
     pub targets: Vec<TargetResult>,
+    /// The same targets as a user asking for them gets (`semroute route --keep X`,
+    /// [`RouterBuilder::quality_target`](crate::RouterBuilder::quality_target)): the default
+    /// router tuned by its own cross-fitting under the bar. Empty when the candidates do not
+    /// include the default router or the policies the bar.
+    pub keep_targets: Vec<TargetResult>,
     /// Random routing between cheap and reference at the 95% target's reference share.
     pub random_at_95: Option<CurvePointReport>,
     /// The oracle's curve.
@@ -797,12 +802,32 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         .iter()
         .map(|&x| operating_point(&train_out.q, &train_out.c, reference, x, settings.confidence_z, &searched, best_index))
         .collect();
+    // What a user asking for X gets (`semroute route --keep X`): the default router tuned by its
+    // own cross-fitting, which is this one (a router built on the train split with
+    // `QualityTarget::keep(X).seed(seed + 1)` deals these folds), under the bar. Only when the
+    // candidates include the default router and the policies the bar.
+    let default_score = configs
+        .iter()
+        .position(|c| RouterConfig::defaults(embedder.as_ref()).first() == Some(c))
+        .zip(settings.policies.iter().position(|&p| p == Policy::QualityBar))
+        .map(|(c, p)| c * settings.policies.len() + p);
+    let keep_points: Vec<Option<Operating>> = match default_score {
+        Some(s) => {
+            let own = [(s, oof_picks[s / settings.policies.len()][s % settings.policies.len()].as_slice())];
+            settings
+                .targets
+                .iter()
+                .map(|&x| operating_point(&train_out.q, &train_out.c, reference, x, settings.confidence_z, &own, s))
+                .collect()
+        }
+        None => Vec::new(),
+    };
 
     // The routers users would run: a candidate's configuration on the whole train split, each
     // built once and assessing every test prompt once.
     let mut tested: HashMap<usize, Vec<Assessment>> = HashMap::new();
     let fits = FitCache::new();
-    let routed_configs = target_points.iter().flatten().filter_map(|o| match o {
+    let routed_configs = target_points.iter().chain(&keep_points).flatten().filter_map(|o| match o {
         Operating::Routed(s, _) => Some(s / settings.policies.len()),
         Operating::Single(_) => None,
     });
@@ -821,25 +846,30 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let curve: Vec<CurvePointReport> =
         test_picks.iter().zip(&policy_knobs).map(|(pick, &k)| test_out.point(pick, reference, Some(k))).collect();
     // A target met by one model: the chosen candidate's router, allowed that model alone.
-    let target_tests: Vec<Option<(CurvePointReport, Option<(&ConfigScore, f64)>, Option<usize>, Vec<Pick>)>> = target_points
-        .iter()
-        .map(|tp| {
-            tp.map(|o| match o {
-                Operating::Routed(s, k) => {
-                    let score = &scores[s];
-                    let knob = knobs(score.policy, typical_cost)[k];
-                    let pick = picks(&tested[&(s / settings.policies.len())], score.policy, &[knob], &index)?.remove(0);
-                    Ok((test_out.point(&pick, reference, Some(knob)), Some((score, knob)), None, pick))
-                }
-                Operating::Single(m) => {
-                    let only = Constraints::default().allow_models([models[m].clone()]);
-                    let pick = picks_under(&tested[&ci], &[only], &index)?.remove(0);
-                    Ok((test_out.point(&pick, reference, None), None, Some(m), pick))
-                }
+    type TargetTest<'s> = Option<(CurvePointReport, Option<(&'s ConfigScore, f64)>, Option<usize>, Vec<Pick>)>;
+    let tests_of = |points: &[Option<Operating>]| -> Result<Vec<TargetTest<'_>>> {
+        points
+            .iter()
+            .map(|tp| {
+                tp.map(|o| match o {
+                    Operating::Routed(s, k) => {
+                        let score = &scores[s];
+                        let knob = knobs(score.policy, typical_cost)[k];
+                        let pick = picks(&tested[&(s / settings.policies.len())], score.policy, &[knob], &index)?.remove(0);
+                        Ok((test_out.point(&pick, reference, Some(knob)), Some((score, knob)), None, pick))
+                    }
+                    Operating::Single(m) => {
+                        let only = Constraints::default().allow_models([models[m].clone()]);
+                        let pick = picks_under(&tested[&ci], &[only], &index)?.remove(0);
+                        Ok((test_out.point(&pick, reference, None), None, Some(m), pick))
+                    }
+                })
+                .transpose()
             })
-            .transpose()
-        })
-        .collect::<Result<_>>()?;
+            .collect::<Result<_>>()
+    };
+    let target_tests = tests_of(&target_points)?;
+    let keep_tests = tests_of(&keep_points)?;
 
     // Test-split figures. Nothing above read a test score.
     let mut calibration = CalibrationAcc::new(models.len());
@@ -869,39 +899,43 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let (qw, qs) = (single[cheap].quality, single[reference].quality);
     let mut by_cost: Vec<usize> = (0..models.len()).collect();
     by_cost.sort_by(|&a, &b| single[a].cost_usd.total_cmp(&single[b].cost_usd));
-    let targets: Vec<TargetResult> = settings
-        .targets
-        .iter()
-        .zip(&target_tests)
-        .map(|(&x, t)| {
-            let point = t.as_ref().map_or(single[reference], |t| t.0);
-            let want = x * qs;
-            let routed = t.as_ref().and_then(|t| t.1);
-            let single_model = t.as_ref().and_then(|t| t.2);
-            TargetResult {
-                target: x,
-                knob: routed.map(|r| r.1),
-                policy: routed.map_or(policy, |r| r.0.policy),
-                config: match (routed, single_model) {
-                    (Some(r), _) => r.0.config.name.clone(),
-                    (None, Some(m)) => format!("single model {}", models[m]),
-                    (None, None) => "reference model alone".to_string(),
-                },
-                quality: point.quality,
-                cost_usd: point.cost_usd,
-                reference_model: models[reference].clone(),
-                reference_quality: qs,
-                reference_cost_usd: single[reference].cost_usd,
-                kept: if qs > 0.0 { point.quality / qs } else { 1.0 },
-                reference_share: point.reference_share,
-                cheapest_single: by_cost
-                    .iter()
-                    .find(|&&m| single[m].quality >= want - 1e-12)
-                    .map(|&m| (models[m].clone(), single[m].cost_usd)),
-                oracle_cost_usd: oracle_curve.iter().filter(|p| p.quality >= want - 1e-12).map(|p| p.cost_usd).min_by(f64::total_cmp),
-            }
-        })
-        .collect();
+    let results_of = |tests: &[TargetTest<'_>]| -> Vec<TargetResult> {
+        settings
+            .targets
+            .iter()
+            .zip(tests)
+            .map(|(&x, t)| {
+                let point = t.as_ref().map_or(single[reference], |t| t.0);
+                let want = x * qs;
+                let routed = t.as_ref().and_then(|t| t.1);
+                let single_model = t.as_ref().and_then(|t| t.2);
+                TargetResult {
+                    target: x,
+                    knob: routed.map(|r| r.1),
+                    policy: routed.map_or(policy, |r| r.0.policy),
+                    config: match (routed, single_model) {
+                        (Some(r), _) => r.0.config.name.clone(),
+                        (None, Some(m)) => format!("single model {}", models[m]),
+                        (None, None) => "reference model alone".to_string(),
+                    },
+                    quality: point.quality,
+                    cost_usd: point.cost_usd,
+                    reference_model: models[reference].clone(),
+                    reference_quality: qs,
+                    reference_cost_usd: single[reference].cost_usd,
+                    kept: if qs > 0.0 { point.quality / qs } else { 1.0 },
+                    reference_share: point.reference_share,
+                    cheapest_single: by_cost
+                        .iter()
+                        .find(|&&m| single[m].quality >= want - 1e-12)
+                        .map(|&m| (models[m].clone(), single[m].cost_usd)),
+                    oracle_cost_usd: oracle_curve.iter().filter(|p| p.quality >= want - 1e-12).map(|p| p.cost_usd).min_by(f64::total_cmp),
+                }
+            })
+            .collect()
+    };
+    let targets = results_of(&target_tests);
+    let keep_targets = results_of(&keep_tests);
     let random_at_95 = targets.iter().find(|t| (t.target - 0.95).abs() < 1e-9).map(|t| {
         let s = t.reference_share;
         CurvePointReport {
@@ -934,6 +968,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         cpt80: cpt(&router_curve, qw, qs, 0.8),
         curve,
         targets,
+        keep_targets,
         random_at_95,
         oracle_curve,
         single_models: by_cost

@@ -212,6 +212,20 @@ fn print_report(args: &Args, r: &Report) {
             t.oracle_cost_usd.map_or("none".into(), |c| format!("{c:.4}")),
         );
     }
+    if !r.keep_targets.is_empty() {
+        println!("what `semroute route --keep X` gives (the default router tuned by its own cross-fitting):");
+        for t in &r.keep_targets {
+            println!(
+                "  {:<6} {:<34} {:>10} {:>9.4} {:>7.1}% {:>12.4}",
+                format!("{:.0}%", 100.0 * t.target),
+                t.config,
+                t.knob.map_or("-".into(), |k| format!("{k:.4}")),
+                t.quality,
+                100.0 * t.kept,
+                t.cost_usd,
+            );
+        }
+    }
     let ti = &r.test_intervals;
     println!(
         "90% intervals over {} bootstrap replicates of the test prompts (the same picks): AIQ − hull {:+.4} to {:+.4} (at least the hull on {:.0}%), APGR {:.3} to {:.3}",
@@ -277,6 +291,14 @@ fn print_mean(args: &Args, reports: &[Report]) -> Result<(), Box<dyn std::error:
         "apgr": mean(&|r| r.apgr),
         "above_hull": reports.iter().filter(|r| r.aiq >= r.zero_router_aiq).count(),
         "targets": targets,
+        "keep_targets": (0..reports[0].keep_targets.len())
+            .map(|i| serde_json::json!({
+                "target": reports[0].keep_targets[i].target,
+                "kept": mean(&|r| r.keep_targets[i].kept),
+                "met": reports.iter().filter(|r| r.keep_targets[i].kept >= r.keep_targets[i].target - 0.01 - 1e-12).count(),
+                "cost_vs_cheapest_single": mean(&|r| r.keep_targets[i].cheapest_single.as_ref().map_or(f64::NAN, |s| r.keep_targets[i].cost_usd / s.1)),
+            }))
+            .collect::<Vec<_>>(),
         "chosen": reports.iter().map(|r| format!("{} / {:?}", r.chosen.config.name, r.chosen.policy)).collect::<Vec<_>>(),
     });
     if args.json {
