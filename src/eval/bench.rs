@@ -90,6 +90,19 @@ impl RouterConfig {
         ]
     }
 
+    /// A router that fits nothing: built first on a fold's exemplars, it saves their graph for
+    /// the candidates' routers to read.
+    fn graph_only() -> RouterConfig {
+        RouterConfig {
+            name: "graph".into(),
+            predictor: Predictor::Neighbours,
+            k: 1,
+            temperature: 1.0,
+            prior_strength: 0.0,
+            min_similarity: Some(-1.0),
+        }
+    }
+
     /// A router over `exemplars`, its index read from `graphs` when a router over the same
     /// exemplars (another configuration, same fold) saved it there, and its fitted models taken
     /// from `fits` where such a router fitted them.
@@ -719,14 +732,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         // The fold's exemplar graph, built once on every core by a router that fits nothing,
         // and saved for the candidates' routers to read (two built side by side would each
         // build it).
-        let warm = RouterConfig {
-            name: "graph".into(),
-            predictor: Predictor::Neighbours,
-            k: 1,
-            temperature: 1.0,
-            prior_strength: 0.0,
-            min_similarity: Some(-1.0),
-        };
+        let warm = RouterConfig::graph_only();
         drop(warm.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path(), &FitCache::new())?);
         // The candidates' routers on a fold share the models they fit (the same kernel-ridge
         // model in four of them, the same low-rank model in three): each is fitted once. The
@@ -825,22 +831,33 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
 
     // The routers users would run: a candidate's configuration on the whole train split, each
     // built once and assessing every test prompt once.
-    let mut tested: HashMap<usize, Vec<Assessment>> = HashMap::new();
     let fits = FitCache::new();
     let routed_configs = target_points.iter().chain(&keep_points).flatten().filter_map(|o| match o {
         Operating::Routed(s, _) => Some(s / settings.policies.len()),
         Operating::Single(_) => None,
     });
+    let mut wanted: Vec<usize> = Vec::new();
     for c in std::iter::once(ci).chain(routed_configs) {
-        if tested.contains_key(&c) {
-            continue;
+        if !wanted.contains(&c) {
+            wanted.push(c);
         }
+    }
+    // As on each fold: the graph built once on every core (by a router that fits nothing) for
+    // the routers to read, which are then built and assess side by side, one per free core
+    // (building one is mostly one core's work: its cross-validation, its fits).
+    let warm = RouterConfig::graph_only();
+    if wanted.len() > 1 {
+        drop(warm.router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path(), &FitCache::new())?);
+    }
+    let positions: Vec<usize> = (0..test.len()).collect();
+    let tested: HashMap<usize, Vec<Assessment>> = par_map(&wanted, 1, |&c| {
         let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path(), &fits)?;
-        let positions: Vec<usize> = (0..test.len()).collect();
         let assessed =
             assess_all(&router, &positions, |i| Ok((test[i].prompt.as_str(), vector_of(test[i])?, Some(test_out.input_tokens[i]))))?;
-        tested.insert(c, assessed);
-    }
+        Ok((c, assessed))
+    })?
+    .into_iter()
+    .collect();
     let assessments = &tested[&ci];
     let test_picks = picks(assessments, policy, &policy_knobs, &index)?;
     let curve: Vec<CurvePointReport> =
