@@ -622,10 +622,11 @@ impl Router {
 
     /// `input_tokens`: the prompt's own count when `None`.
     /// `constraints` with the model a [quality target](RouterBuilder::quality_target) found
-    /// meets it alone, when it did and the request names no models of its own.
-    fn pinned<'c>(&self, constraints: &'c Constraints) -> std::borrow::Cow<'c, Constraints> {
+    /// meets it alone, when it did, the request names no models of its own, and `prices` (the
+    /// state's: a reload may have dropped it) still price it.
+    fn pinned<'c>(&self, constraints: &'c Constraints, prices: &PriceTable) -> std::borrow::Cow<'c, Constraints> {
         match &self.inner.tuned {
-            Some(Tuned { point: OperatingPoint::Model(m), .. }) if constraints.allow_models.is_empty() => {
+            Some(Tuned { point: OperatingPoint::Model(m), .. }) if constraints.allow_models.is_empty() && prices.get(m).is_some() => {
                 std::borrow::Cow::Owned(constraints.clone().allow_models([m.clone()]))
             }
             _ => std::borrow::Cow::Borrowed(constraints),
@@ -634,11 +635,11 @@ impl Router {
 
     /// The policy's `reason`, with what the quality target set where it set the request's knob
     /// or model.
-    fn tuned_reason(&self, reason: &str, constraints: &Constraints) -> String {
+    fn tuned_reason(&self, reason: &str, constraints: &Constraints, prices: &PriceTable) -> String {
         let Some(t) = &self.inner.tuned else { return reason.to_string() };
         let keep = format!("{:.0}% of {}'s quality", 100.0 * t.keep, t.reference_model);
         match &t.point {
-            OperatingPoint::Model(m) if constraints.allow_models.is_empty() => {
+            OperatingPoint::Model(m) if constraints.allow_models.is_empty() && prices.get(m).is_some() => {
                 format!("{reason}; the quality target: {m} alone keeps {keep}, for less than routing")
             }
             OperatingPoint::Knob(_) if constraints.quality_bar.is_none() && constraints.usd_per_quality.is_none() => {
@@ -988,7 +989,7 @@ impl Assessment {
     /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
     pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
         check_constraints(constraints)?;
-        let constraints = &*self.router.pinned(constraints);
+        let constraints = &*self.router.pinned(constraints, &self.state.prices);
         let objective = constraints.objective(self.router.inner.settings.objective());
         let choice = choose(self.choice_input(objective), constraints);
         if choice.chosen.is_none() {
@@ -1004,7 +1005,8 @@ impl Assessment {
     /// for a benchmark that decides each prompt under many knobs and reads only which model won.
     pub(crate) fn chosen_models(&self, constraints: &[Constraints]) -> Result<Vec<String>> {
         let default = self.router.inner.settings.objective();
-        let pinned: Vec<std::borrow::Cow<'_, Constraints>> = constraints.iter().map(|c| self.router.pinned(c)).collect();
+        let pinned: Vec<std::borrow::Cow<'_, Constraints>> =
+            constraints.iter().map(|c| self.router.pinned(c, &self.state.prices)).collect();
         let mut each = Vec::with_capacity(constraints.len());
         for c in &pinned {
             check_constraints(c)?;
@@ -1078,7 +1080,7 @@ impl Assessment {
             objective,
             fallback: choice.fallback,
             unfamiliarity: self.judgement.unfamiliarity,
-            reason: self.router.tuned_reason(&choice.reason, constraints),
+            reason: self.router.tuned_reason(&choice.reason, constraints, &state.prices),
             quality_from: state.predictor.describe(state.quality.is_some()).to_string(),
             neighbours,
             strongest_model: strongest.to_string(),
@@ -1364,9 +1366,12 @@ impl RouterBuilder {
     /// [`Router::tuned`] reports what was found. The knob is of the router's objective: the bar,
     /// or the USD per quality point when [`usd_per_quality`](RouterBuilder::usd_per_quality) is
     /// set (its value is then replaced). Only models every exemplar measures are routed among
-    /// (the others are listed in [`Tuned::models_left_out`]); unless a
+    /// (the others are listed in [`Tuned::models_left_out`], and what some exemplars measure of
+    /// them is set aside); unless a
     /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
-    /// the best the exemplars measure. Tuned once, at build: a reload or
+    /// the best the exemplars measure. Where one model meets the target alone, every request
+    /// that names no models of its own goes to it (while the price table in force prices it).
+    /// Tuned once, at build: a reload or
     /// what is learned later keeps the knob. See [`target`](crate::target) for the rule and an
     /// example; it is what the savings benchmark's targets use.
     ///
@@ -1448,7 +1453,7 @@ impl RouterBuilder {
             Some(p) => p,
             None => PriceTable::builtin()?,
         };
-        let exemplars = match self.exemplars {
+        let mut exemplars = match self.exemplars {
             Some(e) => e,
             None => ExemplarSet::builtin()?,
         };
@@ -1473,6 +1478,10 @@ impl RouterBuilder {
                 let (kept, left_out) = target::measured_models(&exemplars, &prices)?;
                 let kept: Vec<_> = kept.into_iter().filter_map(|m| prices.get(&m).cloned().map(|p| (m, p))).collect();
                 let prices = PriceTable::from_models(kept)?;
+                // What some exemplars measure of a model left out is not routed on either.
+                if !left_out.is_empty() {
+                    exemplars = target::without_models(&exemplars, &left_out)?;
+                }
                 let measured = target::Measured::new(&exemplars, &prices, &tokens)?;
                 (prices, Some((measured, left_out)))
             }

@@ -388,6 +388,21 @@ pub(crate) fn measured_models(exemplars: &ExemplarSet, prices: &PriceTable) -> R
     Ok((kept, left.into_iter().map(|(_, n)| n.to_string()).collect()))
 }
 
+/// `exemplars` without their results for `models` (those a quality target leaves out).
+pub(crate) fn without_models(exemplars: &ExemplarSet, models: &[String]) -> Result<ExemplarSet> {
+    let items = exemplars
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if let Grade::Measured { results } = &mut e.grade {
+                results.retain(|m, _| !models.contains(m));
+            }
+            e
+        })
+        .collect();
+    ExemplarSet::from_exemplars(items)
+}
+
 /// Every compared model's measured quality and cost on every exemplar (the measured cost where
 /// the exemplar keeps one, else answer tokens × list price), and the reference: the best mean
 /// quality, the cheaper on ties.
@@ -404,7 +419,11 @@ impl Measured {
     pub(crate) fn new(exemplars: &ExemplarSet, prices: &PriceTable, tokens: &TokenCounter) -> Result<Self> {
         let models: Vec<String> = prices.names().map(str::to_string).collect();
         if models.len() > usize::from(Pick::MAX) + 1 {
-            return Err(Error::Config(format!("a quality target compares at most {} models, got {}", usize::from(Pick::MAX) + 1, models.len())));
+            return Err(Error::Config(format!(
+                "a quality target compares at most {} models, got {}",
+                usize::from(Pick::MAX) + 1,
+                models.len()
+            )));
         }
         let (mut quality, mut cost, mut input_tokens) = (Vec::new(), Vec::new(), Vec::new());
         for e in exemplars.iter() {

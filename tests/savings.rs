@@ -737,6 +737,38 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     assert_eq!(d.model, "big");
     assert!(!d.reason.contains("quality target"), "{}", d.reason);
 
+    // A reload whose price table no longer has the pinned model routes by the bar instead of
+    // refusing every request.
+    let without_twin: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            l.replace(r#","twin":{"quality":1,"output_tokens":9,"cost_usd":0.05}"#, "")
+                .replace(r#","twin":{"quality":0,"output_tokens":9,"cost_usd":0.05}"#, "")
+        })
+        .collect();
+    assert!(without_twin.iter().all(|l| !l.contains("twin")));
+    let two = ExemplarSet::from_jsonl_str(&without_twin.join("\n"), "two.jsonl").unwrap();
+    router.reload(two.clone(), PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap()).unwrap();
+    let d = router.route("aaa bbb").unwrap();
+    assert!(d.model == "small" || d.model == "big", "{}", d.model);
+    assert!(!d.reason.contains("quality target: twin"), "{}", d.reason);
+
+    // A model some exemplars do not measure is left out of a target's routing, and said to be.
+    let mut partly: Vec<String> = lines.clone();
+    partly[0] = without_twin[0].clone();
+    let partly = ExemplarSet::from_jsonl_str(&partly.join("\n"), "partly.jsonl").unwrap();
+    let router = Router::builder()
+        .embedder(Arc::new(Letters))
+        .exemplars(partly)
+        .prices(prices.clone())
+        .no_cache()
+        .quality_target(QualityTarget::keep(0.9))
+        .build()
+        .unwrap();
+    assert_eq!(router.tuned().unwrap().models_left_out, vec!["twin".to_string()]);
+    assert!(router.prices().get("twin").is_none());
+    assert_ne!(router.route("aaa bbb").unwrap().model, "twin");
+
     let err = |b: semroute::RouterBuilder| b.build().unwrap_err().to_string();
     let msg = err(builder().quality_bar(0.8).quality_target(QualityTarget::keep(0.9)));
     assert!(msg.contains("not both"), "{msg}");
