@@ -510,14 +510,20 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
     // The fold routers embed nothing: every exemplar's vector is known.
     let memo = Arc::new(Memo::with_vectors(t.embedder.clone(), t.exemplars.iter().map(|e| e.prompt.as_str()).zip(&t.vectors)));
     let embedder: Arc<dyn Embedder> = memo;
-    let mut oof: Vec<Vec<Pick>> = vec![vec![0; n]; grid.len()];
-    for fold in 0..folds {
+    // The folds side by side: building a router is mostly one core's work (its predictor's
+    // cross-validation, its fits), and each fold's is independent of the others'.
+    let fold_ids: Vec<usize> = (0..folds).collect();
+    let per_fold = crate::eval::par_map(&fold_ids, 1, |&fold| {
         let part: Vec<_> = (0..n).filter(|&i| fold_of[i] != fold).map(|i| t.exemplars.get(i).clone()).collect();
         let held: Vec<usize> = (0..n).filter(|&i| fold_of[i] == fold).collect();
         let router = (t.build)(ExemplarSet::from_exemplars(part)?, embedder.clone())?;
         let assessed =
             assess_all(&router, &held, |i| Ok((t.exemplars.get(i).prompt.as_str(), t.vectors[i].clone(), Some(m.input_tokens[i]))))?;
-        for (k, row) in picks(&assessed, t.policy, &grid, &index)?.into_iter().enumerate() {
+        Ok((held, picks(&assessed, t.policy, &grid, &index)?))
+    })?;
+    let mut oof: Vec<Vec<Pick>> = vec![vec![0; n]; grid.len()];
+    for (held, rows) in per_fold {
+        for (k, row) in rows.into_iter().enumerate() {
             for (j, &i) in held.iter().enumerate() {
                 oof[k][i] = row[j];
             }
