@@ -620,7 +620,6 @@ impl Router {
             && chat.texts().try_fold(0usize, |n, (_, t)| Some(n + t.len()).filter(|&n| n <= QUICK_BYTES)).is_some()
     }
 
-    /// `input_tokens`: the prompt's own count when `None`.
     /// `constraints` with the model a [quality target](RouterBuilder::quality_target) found
     /// meets it alone, when it did, the request names no models of its own, and `prices` (the
     /// state's: a reload may have dropped it) still price it.
@@ -649,6 +648,7 @@ impl Router {
         }
     }
 
+    /// `input_tokens`: the prompt's own count when `None`.
     fn decide(&self, prompt: &str, vector: &[f32], constraints: &Constraints, input_tokens: Option<u64>) -> Result<RouteDecision> {
         self.assess_embedded(prompt, vector, input_tokens)?.decide(constraints)
     }
