@@ -26,8 +26,9 @@ def seed42():
             yield name, next((r for r in runs if r["seed"] == 42), runs[0])
 
 
-def at(r, x):
-    return next(t for t in r["targets"] if abs(t["target"] - x) < 1e-9)
+def at(r, x, of="targets"):
+    """Target x's row among r's `targets` (the curve's candidate) or `keep_targets` (--keep's)."""
+    return next(t for t in r[of] if abs(t["target"] - x) < 1e-9)
 
 
 def met(t):
@@ -88,7 +89,7 @@ for name in SETS:
     if not runs:
         continue
     r42 = next((r for r in runs if r["seed"] == 42), runs[0])
-    keep = lambda r, x: next(t for t in r["keep_targets"] if abs(t["target"] - x) < 1e-9)
+    keep = lambda r, x: at(r, x, "keep_targets")
     def cell(x):
         ok = sum(met(keep(r, x)) for r in runs)
         mean = sum(keep(r, x)["kept"] for r in runs) / len(runs)

@@ -919,8 +919,9 @@ pub fn shrunk_towards(local: f64, spread: f64, n: f64, (mean, variance): (f64, f
     }
     let noise = (n * spread.max(0.0) + variance) / (n + 1.0);
     let signal = variance - noise;
-    let pseudo = if signal > 0.0 { (noise / signal).max(strength) } else { f64::INFINITY };
-    if pseudo.is_infinite() {
+    let pseudo = (noise / signal).max(strength);
+    if !(signal > 0.0 && pseudo.is_finite()) {
+        // The neighbours spread as widely as the whole set: they say nothing.
         return mean;
     }
     (n * local + pseudo * mean) / (n + pseudo)

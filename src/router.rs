@@ -620,15 +620,13 @@ impl Router {
             && chat.texts().try_fold(0usize, |n, (_, t)| Some(n + t.len()).filter(|&n| n <= QUICK_BYTES)).is_some()
     }
 
-    /// `constraints` with the model a [quality target](RouterBuilder::quality_target) found
-    /// meets it alone, when it did, the request names no models of its own, and `prices` (the
-    /// state's: a reload may have dropped it) still price it.
-    fn pinned<'c>(&self, constraints: &'c Constraints, prices: &PriceTable) -> std::borrow::Cow<'c, Constraints> {
+    /// The model a [quality target](RouterBuilder::quality_target) found meets it alone, if it
+    /// did and `prices` (the state's: a reload may have dropped it) still price it: a request
+    /// that names no models of its own goes to it ([`pinned`]).
+    fn pin(&self, prices: &PriceTable) -> Option<&str> {
         match &self.inner.tuned {
-            Some(Tuned { point: OperatingPoint::Model(m), .. }) if constraints.allow_models.is_empty() && prices.get(m).is_some() => {
-                std::borrow::Cow::Owned(constraints.clone().allow_models([m.clone()]))
-            }
-            _ => std::borrow::Cow::Borrowed(constraints),
+            Some(Tuned { point: OperatingPoint::Model(m), .. }) if prices.get(m).is_some() => Some(m),
+            _ => None,
         }
     }
 
@@ -637,11 +635,11 @@ impl Router {
     fn tuned_reason(&self, reason: &str, constraints: &Constraints, prices: &PriceTable) -> String {
         let Some(t) = &self.inner.tuned else { return reason.to_string() };
         let keep = format!("{:.0}% of {}'s quality", 100.0 * t.keep, t.reference_model);
-        match &t.point {
-            OperatingPoint::Model(m) if constraints.allow_models.is_empty() && prices.get(m).is_some() => {
+        match (&t.point, self.pin(prices)) {
+            (_, Some(m)) if constraints.allow_models.is_empty() => {
                 format!("{reason}; the quality target: {m} alone keeps {keep}, for less than routing")
             }
-            OperatingPoint::Knob(_) if constraints.quality_bar.is_none() && constraints.usd_per_quality.is_none() => {
+            (OperatingPoint::Knob(_), _) if constraints.quality_bar.is_none() && constraints.usd_per_quality.is_none() => {
                 format!("{reason}; the knob is the quality target's: keep {keep}")
             }
             _ => reason.to_string(),
@@ -989,7 +987,8 @@ impl Assessment {
     /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
     pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
         check_constraints(constraints)?;
-        let constraints = &*self.router.pinned(constraints, &self.state.prices);
+        let pinned = self.router.pin(&self.state.prices).map(|m| pinned(constraints, m));
+        let constraints = pinned.as_ref().unwrap_or(constraints);
         let objective = constraints.objective(self.router.inner.settings.objective());
         let choice = choose(self.choice_input(objective), constraints);
         if choice.chosen.is_none() {
@@ -1005,17 +1004,19 @@ impl Assessment {
     /// for a benchmark that decides each prompt under many knobs and reads only which model won.
     pub(crate) fn chosen_models(&self, constraints: &[Constraints]) -> Result<Vec<String>> {
         let default = self.router.inner.settings.objective();
-        let pinned: Vec<std::borrow::Cow<'_, Constraints>> =
-            constraints.iter().map(|c| self.router.pinned(c, &self.state.prices)).collect();
+        // Copied only where a target pins the router to one model.
+        let pinned: Option<Vec<Constraints>> =
+            self.router.pin(&self.state.prices).map(|m| constraints.iter().map(|c| pinned(c, m)).collect());
+        let constraints = pinned.as_deref().unwrap_or(constraints);
         let mut each = Vec::with_capacity(constraints.len());
-        for c in &pinned {
+        for c in constraints {
             check_constraints(c)?;
-            each.push((c.objective(default), &**c));
+            each.push((c.objective(default), c));
         }
         let (candidates, chosen) = choose_each(self.choice_input(default), &each);
         chosen
             .into_iter()
-            .zip(&pinned)
+            .zip(constraints)
             .map(|(i, c)| match i {
                 Some(i) => Ok(candidates[i].model.clone()),
                 // Every model excluded: the error `choose` gives, which says why for each.
@@ -1115,6 +1116,16 @@ fn check_prompt(prompt: &str) -> Result<()> {
         }));
     }
     Ok(())
+}
+
+/// `constraints` sent to `model` alone, unless they name models of their own (see
+/// [`Router::pin`]).
+fn pinned(constraints: &Constraints, model: &str) -> Constraints {
+    if constraints.allow_models.is_empty() {
+        constraints.clone().allow_models([model])
+    } else {
+        constraints.clone()
+    }
 }
 
 fn check_constraints(c: &Constraints) -> Result<()> {
@@ -1475,19 +1486,18 @@ impl RouterBuilder {
                         "a quality target is tuned on the router's own exemplars; it cannot be combined with a shared store".into(),
                     ));
                 }
-                let (kept, left_out) = target::measured_models(&exemplars, &prices)?;
-                let kept: Vec<_> = kept.into_iter().filter_map(|m| prices.get(&m).cloned().map(|p| (m, p))).collect();
+                let measured = target::Measured::new(&exemplars, &prices, &tokens)?;
+                let kept = measured.models().iter().filter_map(|m| prices.get(m).cloned().map(|p| (m.clone(), p)));
                 let prices = PriceTable::from_models(kept)?;
                 // What some exemplars measure of a model left out is not routed on either.
-                if !left_out.is_empty() {
-                    exemplars = target::without_models(&exemplars, &left_out)?;
+                if !measured.left_out.is_empty() {
+                    exemplars = target::without_models(&exemplars, &measured.left_out)?;
                 }
-                let measured = target::Measured::new(&exemplars, &prices, &tokens)?;
-                (prices, Some((measured, left_out)))
+                (prices, Some(measured))
             }
         };
         // With a target, the safe model is the best one the exemplars measure, unless one is set.
-        let fallback = self.fallback_model.clone().or_else(|| measured.as_ref().map(|(m, _)| m.reference_model().to_string()));
+        let fallback = self.fallback_model.clone().or_else(|| measured.as_ref().map(|m| m.reference_model().to_string()));
         // The fallback model, the similarity threshold and the caution come with the state.
         let mut settings = Settings {
             k,
@@ -1521,7 +1531,7 @@ impl RouterBuilder {
             self.fits.as_ref(),
         )?;
         let tuned = match (self.target, measured) {
-            (Some(target), Some((measured, models_left_out))) => {
+            (Some(target), Some(measured)) => {
                 let Search::Local(index) = &state.search else {
                     return Err(Error::Config("a quality target needs the in-process index".into()));
                 };
@@ -1556,7 +1566,6 @@ impl RouterBuilder {
                     embedder: embedder.clone(),
                     policy: if self.usd_per_quality.is_some() { target::Policy::UsdPerQuality } else { target::Policy::QualityBar },
                     build: &build,
-                    models_left_out,
                 })?;
                 match tuned.point {
                     OperatingPoint::Knob(Objective::QualityBar(b)) => settings.quality_bar = b,

@@ -359,35 +359,6 @@ pub(crate) fn operating_point(
     best.map(|(_, o)| o)
 }
 
-/// The priced models every exemplar measures, and those some exemplar does not (in the price
-/// table's order); an error for a hand-labelled exemplar or fewer than two models measured on
-/// every exemplar.
-pub(crate) fn measured_models(exemplars: &ExemplarSet, prices: &PriceTable) -> Result<(Vec<String>, Vec<String>)> {
-    let mut everywhere: Vec<bool> = vec![true; prices.len()];
-    let names: Vec<&str> = prices.names().collect();
-    for e in exemplars.iter() {
-        let Grade::Measured { results } = &e.grade else {
-            return Err(Error::Config(format!(
-                "a quality target needs measured exemplars (every model's quality on each), but exemplar `{}` is hand-labelled",
-                e.id
-            )));
-        };
-        for (m, name) in names.iter().enumerate() {
-            everywhere[m] &= results.contains_key(*name);
-        }
-    }
-    let (kept, left): (Vec<(usize, &&str)>, Vec<(usize, &&str)>) = names.iter().enumerate().partition(|(m, _)| everywhere[*m]);
-    let kept: Vec<String> = kept.into_iter().map(|(_, n)| n.to_string()).collect();
-    if kept.len() < 2 {
-        return Err(Error::Config(format!(
-            "a quality target compares the models on every exemplar, and fewer than two priced models are measured on all {} \
-             ({kept:?})",
-            exemplars.len()
-        )));
-    }
-    Ok((kept, left.into_iter().map(|(_, n)| n.to_string()).collect()))
-}
-
 /// `exemplars` without their results for `models` (those a quality target leaves out).
 pub(crate) fn without_models(exemplars: &ExemplarSet, models: &[String]) -> Result<ExemplarSet> {
     let items = exemplars
@@ -403,11 +374,14 @@ pub(crate) fn without_models(exemplars: &ExemplarSet, models: &[String]) -> Resu
     ExemplarSet::from_exemplars(items)
 }
 
-/// Every compared model's measured quality and cost on every exemplar (the measured cost where
-/// the exemplar keeps one, else answer tokens × list price), and the reference: the best mean
+/// What the exemplars measure of the priced models every one of them measures (the others are
+/// left out): each model's quality and cost on each exemplar (the measured cost where the
+/// exemplar keeps one, else answer tokens × list price), and the reference: the best mean
 /// quality, the cheaper on ties.
 pub(crate) struct Measured {
     models: Vec<String>,
+    /// Priced models some exemplar does not measure, in the price table's order.
+    pub(crate) left_out: Vec<String>,
     quality: Vec<Vec<f64>>,
     cost: Vec<Vec<f64>>,
     input_tokens: Vec<u64>,
@@ -415,9 +389,27 @@ pub(crate) struct Measured {
 }
 
 impl Measured {
-    /// Over `prices`' models, which every exemplar must measure (see [`measured_models`]).
+    /// An error for a hand-labelled exemplar, or fewer than two models measured on every one.
     pub(crate) fn new(exemplars: &ExemplarSet, prices: &PriceTable, tokens: &TokenCounter) -> Result<Self> {
-        let models: Vec<String> = prices.names().map(str::to_string).collect();
+        let mut results = Vec::with_capacity(exemplars.len());
+        for e in exemplars.iter() {
+            let Grade::Measured { results: r } = &e.grade else {
+                return Err(Error::Config(format!(
+                    "a quality target needs measured exemplars (every model's quality on each), but exemplar `{}` is hand-labelled",
+                    e.id
+                )));
+            };
+            results.push((e, r));
+        }
+        let (models, left_out): (Vec<String>, Vec<String>) =
+            prices.names().map(str::to_string).partition(|m| results.iter().all(|(_, r)| r.contains_key(m)));
+        if models.len() < 2 || results.is_empty() {
+            return Err(Error::Config(format!(
+                "a quality target compares the models on every exemplar, and fewer than two priced models are measured on all {} \
+                 ({models:?})",
+                exemplars.len()
+            )));
+        }
         if models.len() > usize::from(Pick::MAX) + 1 {
             return Err(Error::Config(format!(
                 "a quality target compares at most {} models, got {}",
@@ -426,15 +418,11 @@ impl Measured {
             )));
         }
         let (mut quality, mut cost, mut input_tokens) = (Vec::new(), Vec::new(), Vec::new());
-        for e in exemplars.iter() {
-            let Grade::Measured { results } = &e.grade else {
-                return Err(Error::Config(format!("a quality target needs measured exemplars, but `{}` is hand-labelled", e.id)));
-            };
+        for (e, r) in results {
             let input = tokens.count(&e.prompt);
             let mut q = Vec::with_capacity(models.len());
             let mut c = Vec::with_capacity(models.len());
-            for m in &models {
-                let r = results.get(m).ok_or_else(|| Error::Config(format!("exemplar `{}` does not measure {m}", e.id)))?;
+            for (m, r) in models.iter().map(|m| (m, &r[m])) {
                 q.push(r.quality);
                 c.push(match r.cost_usd {
                     Some(usd) => usd,
@@ -445,13 +433,15 @@ impl Measured {
             cost.push(c);
             input_tokens.push(input);
         }
-        if quality.is_empty() {
-            return Err(Error::Config("a quality target needs exemplars".into()));
-        }
-        let measured = Measured { models, quality, cost, input_tokens, reference: 0 };
+        let measured = Measured { models, left_out, quality, cost, input_tokens, reference: 0 };
         let (q, c) = (|m| measured.mean(m, &measured.quality), |m| measured.mean(m, &measured.cost));
         let reference = (0..measured.models.len()).max_by(|&a, &b| q(a).total_cmp(&q(b)).then(c(b).total_cmp(&c(a)))).unwrap_or(0);
         Ok(Measured { reference, ..measured })
+    }
+
+    /// The models compared, in the price table's order.
+    pub(crate) fn models(&self) -> &[String] {
+        &self.models
     }
 
     fn mean(&self, m: usize, of: &[Vec<f64>]) -> f64 {
@@ -462,6 +452,17 @@ impl Measured {
     pub(crate) fn reference_model(&self) -> &str {
         &self.models[self.reference]
     }
+}
+
+/// Each item's fold, dealt in turn along the order of a hash of `seed` and its id (the savings
+/// benchmark's train folds, and a target's).
+pub(crate) fn folds_of<'a>(ids: impl IntoIterator<Item = &'a str>, folds: usize, seed: u64) -> Vec<usize> {
+    let (order, _) = crate::eval::split_indices(ids, 1.0, seed);
+    let mut fold_of = vec![0usize; order.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        fold_of[i] = rank % folds;
+    }
+    fold_of
 }
 
 /// What [`tune`] needs from the router being built.
@@ -477,13 +478,11 @@ pub(crate) struct Tuning<'a> {
     pub policy: Policy,
     /// A router with the settings of the one being built, on these exemplars and this embedder.
     pub build: &'a (dyn Fn(ExemplarSet, Arc<dyn Embedder>) -> Result<Router> + Sync),
-    pub models_left_out: Vec<String>,
 }
 
 /// Cross-fits the router on its exemplars and finds the operating point of `t.target` (see the
 /// [module documentation](self)).
 pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
-    t.target.check()?;
     let n = t.exemplars.len();
     let folds = t.target.folds;
     if n < 2 * folds {
@@ -501,12 +500,7 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
     };
     let grid = knobs(t.policy, typical_cost);
 
-    // Folds by a hash of each id, as the benchmark's.
-    let (order, _) = crate::eval::split_indices(t.exemplars.iter().map(|e| e.id.as_str()), 1.0, t.target.seed);
-    let mut fold_of = vec![0usize; n];
-    for (rank, &i) in order.iter().enumerate() {
-        fold_of[i] = rank % folds;
-    }
+    let fold_of = folds_of(t.exemplars.iter().map(|e| e.id.as_str()), folds, t.target.seed);
     // The fold routers embed nothing: every exemplar's vector is known.
     let memo = Arc::new(Memo::with_vectors(t.embedder.clone(), t.exemplars.iter().map(|e| e.prompt.as_str()).zip(&t.vectors)));
     let embedder: Arc<dyn Embedder> = memo;
@@ -554,7 +548,7 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
         cost_usd: c,
         exemplars: n,
         folds,
-        models_left_out: t.models_left_out,
+        models_left_out: m.left_out.clone(),
     })
 }
 

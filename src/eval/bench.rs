@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::par_map;
-use super::{aiq, apgr, cpt, output_tokens, split_indices, to_exemplars, CurvePoint, Dataset, Record};
+use super::{aiq, apgr, cpt, output_tokens, to_exemplars, CurvePoint, Dataset, Record};
 use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::ExemplarSet;
@@ -34,7 +34,7 @@ use crate::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, Ridg
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::router::{Assessment, Router};
 pub use crate::target::Policy;
-use crate::target::{assess_all, knobs, operating_point, picks, picks_under, Operating, Pick};
+use crate::target::{assess_all, folds_of, knobs, operating_point, picks, picks_under, Operating, Pick};
 
 /// One way to configure a router's predictions, as a candidate for cross-fitting.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -711,13 +711,23 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let graphs = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let exemplars_of = |records: &[&Record]| ExemplarSet::from_exemplars(to_exemplars(records, &model_refs(&models), &counter, assumed));
     let vector_of = |r: &Record| memo.embed(&r.prompt);
+    // Builds these records' exemplar graph once, on every core, by a router that fits nothing,
+    // and saves it for the candidates' routers to read (two built side by side would each build
+    // it).
+    let warm_graph = |records: &[&Record]| -> Result<()> {
+        RouterConfig::graph_only().router(
+            &embedder,
+            exemplars_of(records)?,
+            &prices,
+            &models[reference],
+            graphs.path(),
+            &FitCache::new(),
+        )?;
+        Ok(())
+    };
 
     // Folds of the train split, by a hash of the seed and the id.
-    let (order, _) = split_indices(train.iter().map(|r| r.id.as_str()), 1.0, settings.seed.wrapping_add(1));
-    let mut fold_of = vec![0usize; train.len()];
-    for (rank, &i) in order.iter().enumerate() {
-        fold_of[i] = rank % settings.folds;
-    }
+    let fold_of = folds_of(train.iter().map(|r| r.id.as_str()), settings.folds, settings.seed.wrapping_add(1));
     let train_range = cost_range(&train_single);
     // Out-of-fold picks of every candidate, [config][policy] -> [knob][train prompt], and each
     // candidate's calibration.
@@ -729,11 +739,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     for fold in 0..settings.folds {
         let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
         let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
-        // The fold's exemplar graph, built once on every core by a router that fits nothing,
-        // and saved for the candidates' routers to read (two built side by side would each
-        // build it).
-        let warm = RouterConfig::graph_only();
-        drop(warm.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path(), &FitCache::new())?);
+        warm_graph(&part)?;
         // The candidates' routers on a fold share the models they fit (the same kernel-ridge
         // model in four of them, the same low-rank model in three): each is fitted once. The
         // routers are built and assess side by side, as many at once as there are cores (each
@@ -799,10 +805,9 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // it is cheaper on train than calling one model that also clears it (on a set where one cheap
     // model is nearly as good as the best, the margin routing needs costs more than it saves).
     // The candidates searched (each score's knobs, as `operating_point` indexes them).
-    let searched: Vec<(usize, &[Vec<Pick>])> = (0..scores.len())
-        .filter(|&s| settings.targets_from_every_candidate || s == best_index)
-        .map(|s| (s, oof_picks[s / settings.policies.len()][s % settings.policies.len()].as_slice()))
-        .collect();
+    let knob_picks = |s: usize| (s, oof_picks[s / settings.policies.len()][s % settings.policies.len()].as_slice());
+    let searched: Vec<(usize, &[Vec<Pick>])> =
+        (0..scores.len()).filter(|&s| settings.targets_from_every_candidate || s == best_index).map(knob_picks).collect();
     let target_points: Vec<Option<Operating>> = settings
         .targets
         .iter()
@@ -812,14 +817,15 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // own cross-fitting, which is this one (a router built on the train split with
     // `QualityTarget::keep(X).seed(seed + 1)` deals these folds), under the bar. Only when the
     // candidates include the default router and the policies the bar.
+    let default_router = RouterConfig::defaults(embedder.as_ref()).into_iter().next();
     let default_score = configs
         .iter()
-        .position(|c| RouterConfig::defaults(embedder.as_ref()).first() == Some(c))
+        .position(|c| default_router.as_ref() == Some(c))
         .zip(settings.policies.iter().position(|&p| p == Policy::QualityBar))
         .map(|(c, p)| c * settings.policies.len() + p);
     let keep_points: Vec<Option<Operating>> = match default_score {
         Some(s) => {
-            let own = [(s, oof_picks[s / settings.policies.len()][s % settings.policies.len()].as_slice())];
+            let own = [knob_picks(s)];
             settings
                 .targets
                 .iter()
@@ -845,9 +851,8 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // As on each fold: the graph built once on every core (by a router that fits nothing) for
     // the routers to read, which are then built and assess side by side, one per free core
     // (building one is mostly one core's work: its cross-validation, its fits).
-    let warm = RouterConfig::graph_only();
     if wanted.len() > 1 {
-        drop(warm.router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path(), &FitCache::new())?);
+        warm_graph(&train)?;
     }
     let positions: Vec<usize> = (0..test.len()).collect();
     let tested: HashMap<usize, Vec<Assessment>> = par_map(&wanted, 1, |&c| {

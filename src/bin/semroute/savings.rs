@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use semroute::embed::{Embedder, Home, Memo};
-use semroute::eval::{BenchSettings, Dataset, Report, RouterConfig};
+use semroute::eval::{BenchSettings, Dataset, Report, RouterConfig, TargetResult};
 use semroute::index::VectorCache;
 use semroute::PriceTable;
 
@@ -272,16 +272,23 @@ fn print_report(args: &Args, r: &Report) {
 fn print_mean(args: &Args, reports: &[Report]) -> Result<(), Box<dyn std::error::Error>> {
     let n = reports.len() as f64;
     let mean = |f: &dyn Fn(&Report) -> f64| reports.iter().map(f).sum::<f64>() / n;
-    let targets: Vec<serde_json::Value> = (0..reports[0].targets.len())
-        .map(|i| {
-            serde_json::json!({
-                "target": reports[0].targets[i].target,
-                "kept": mean(&|r| r.targets[i].kept),
-                "met": reports.iter().filter(|r| r.targets[i].kept >= r.targets[i].target - 0.01 - 1e-12).count(),
-                "cost_vs_cheapest_single": mean(&|r| r.targets[i].cheapest_single.as_ref().map_or(f64::NAN, |s| r.targets[i].cost_usd / s.1)),
+    // Per target: the mean share kept, the runs meeting X − 1, the mean cost over the cheapest
+    // single model there; for the chosen candidates' targets or for `--keep`'s.
+    let summary = |of: &dyn Fn(&Report) -> &[TargetResult]| -> Vec<serde_json::Value> {
+        (0..of(&reports[0]).len())
+            .map(|i| {
+                serde_json::json!({
+                    "target": of(&reports[0])[i].target,
+                    "kept": mean(&|r| of(r)[i].kept),
+                    "met": reports.iter().filter(|r| of(r)[i].kept >= of(r)[i].target - 0.01 - 1e-12).count(),
+                    "cost_vs_cheapest_single": mean(&|r| {
+                        let t = &of(r)[i];
+                        t.cheapest_single.as_ref().map_or(f64::NAN, |s| t.cost_usd / s.1)
+                    }),
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
     let v = serde_json::json!({
         "dataset": args.dataset.display().to_string(),
         "seeds": reports.iter().map(|r| r.seed).collect::<Vec<_>>(),
@@ -290,15 +297,8 @@ fn print_mean(args: &Args, reports: &[Report]) -> Result<(), Box<dyn std::error:
         "oracle_aiq": mean(&|r| r.oracle_aiq),
         "apgr": mean(&|r| r.apgr),
         "above_hull": reports.iter().filter(|r| r.aiq >= r.zero_router_aiq).count(),
-        "targets": targets,
-        "keep_targets": (0..reports[0].keep_targets.len())
-            .map(|i| serde_json::json!({
-                "target": reports[0].keep_targets[i].target,
-                "kept": mean(&|r| r.keep_targets[i].kept),
-                "met": reports.iter().filter(|r| r.keep_targets[i].kept >= r.keep_targets[i].target - 0.01 - 1e-12).count(),
-                "cost_vs_cheapest_single": mean(&|r| r.keep_targets[i].cheapest_single.as_ref().map_or(f64::NAN, |s| r.keep_targets[i].cost_usd / s.1)),
-            }))
-            .collect::<Vec<_>>(),
+        "targets": summary(&|r| &r.targets),
+        "keep_targets": summary(&|r| &r.keep_targets),
         "chosen": reports.iter().map(|r| format!("{} / {:?}", r.chosen.config.name, r.chosen.policy)).collect::<Vec<_>>(),
     });
     if args.json {
