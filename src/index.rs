@@ -304,6 +304,60 @@ impl HnswIndex {
     fn distance(&self, query: &[f32], i: u32) -> f32 {
         1.0 - dot(query, self.vector(i))
     }
+
+    /// The `ef` nearest nodes the beam search finds (`ef` at least 1; the graph above the exact
+    /// scan's size), nearest first (ties by position): what [`search`](NeighbourIndex::search)
+    /// takes its first `k` from.
+    fn beam(&self, query: &[f32], ef: usize) -> Vec<Scored> {
+        let n = self.len();
+        // Greedy descent through the upper layers.
+        let mut current = Scored(self.distance(query, self.entry), self.entry);
+        for layer in self.layers[1..].iter().rev() {
+            loop {
+                let mut improved = false;
+                for &nb in layer.of(current.1) {
+                    let d = self.distance(query, nb);
+                    if d < current.0 {
+                        current = Scored(d, nb);
+                        improved = true;
+                    }
+                }
+                if !improved {
+                    break;
+                }
+            }
+        }
+        // Beam search on layer 0.
+        let mut visited = vec![0u64; n.div_ceil(64)];
+        let mut seen = |i: u32| {
+            let (w, b) = (i as usize / 64, 1u64 << (i % 64));
+            let was = visited[w] & b != 0;
+            visited[w] |= b;
+            was
+        };
+        seen(current.1);
+        let mut candidates = BinaryHeap::from([Reverse(current)]);
+        let mut best = BinaryHeap::from([current]);
+        while let Some(Reverse(c)) = candidates.pop() {
+            if best.len() >= ef && best.peek().is_some_and(|w| c.0 > w.0) {
+                break;
+            }
+            for &nb in self.layers[0].of(c.1) {
+                if seen(nb) {
+                    continue;
+                }
+                let d = self.distance(query, nb);
+                if best.len() < ef || best.peek().is_some_and(|w| d < w.0) {
+                    candidates.push(Reverse(Scored(d, nb)));
+                    best.push(Scored(d, nb));
+                    if best.len() > ef {
+                        best.pop();
+                    }
+                }
+            }
+        }
+        best.into_sorted_vec()
+    }
 }
 
 /// Flat numbers, either owned or used where they lie in the bytes of a saved graph read whole
@@ -446,6 +500,13 @@ impl Ord for Scored {
     }
 }
 
+/// The first `k` of a beam's nodes (nearest first) as hits, most similar first (ties by position).
+fn hits_of(beam: &[Scored], k: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = beam.iter().take(k).map(|s| Hit { position: s.1 as usize, similarity: 1.0 - s.0 }).collect();
+    hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position)));
+    hits
+}
+
 /// Indexes of at most this many vectors are searched by an exact scan (see [`HnswIndex`]).
 pub const EXACT_SCAN_UP_TO: usize = 2048;
 
@@ -458,57 +519,7 @@ impl NeighbourIndex for HnswIndex {
         if n <= self.scan_up_to {
             return best((0..n as u32).map(|i| Hit { position: i as usize, similarity: dot(query, self.vector(i)) }).collect(), k);
         }
-        // Greedy descent through the upper layers.
-        let mut current = Scored(self.distance(query, self.entry), self.entry);
-        for layer in self.layers[1..].iter().rev() {
-            loop {
-                let mut improved = false;
-                for &nb in layer.of(current.1) {
-                    let d = self.distance(query, nb);
-                    if d < current.0 {
-                        current = Scored(d, nb);
-                        improved = true;
-                    }
-                }
-                if !improved {
-                    break;
-                }
-            }
-        }
-        // Beam search on layer 0.
-        let ef = self.ef_search.max(k);
-        let mut visited = vec![0u64; n.div_ceil(64)];
-        let mut seen = |i: u32| {
-            let (w, b) = (i as usize / 64, 1u64 << (i % 64));
-            let was = visited[w] & b != 0;
-            visited[w] |= b;
-            was
-        };
-        seen(current.1);
-        let mut candidates = BinaryHeap::from([Reverse(current)]);
-        let mut best = BinaryHeap::from([current]);
-        while let Some(Reverse(c)) = candidates.pop() {
-            if best.len() >= ef && best.peek().is_some_and(|w| c.0 > w.0) {
-                break;
-            }
-            for &nb in self.layers[0].of(c.1) {
-                if seen(nb) {
-                    continue;
-                }
-                let d = self.distance(query, nb);
-                if best.len() < ef || best.peek().is_some_and(|w| d < w.0) {
-                    candidates.push(Reverse(Scored(d, nb)));
-                    best.push(Scored(d, nb));
-                    if best.len() > ef {
-                        best.pop();
-                    }
-                }
-            }
-        }
-        let mut hits: Vec<Hit> =
-            best.into_sorted_vec().into_iter().take(k).map(|s| Hit { position: s.1 as usize, similarity: 1.0 - s.0 }).collect();
-        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.position.cmp(&b.position)));
-        hits
+        hits_of(&self.beam(query, self.ef_search.max(k)), k)
     }
 
     fn len(&self) -> usize {
@@ -747,12 +758,71 @@ impl HnswIndex {
 pub struct LiveIndex {
     base: Arc<HnswIndex>,
     fresh: Arc<Vec<Vec<f32>>>,
+    /// Beams found by [`search_remembered`](LiveIndex::search_remembered), shared with the
+    /// other indexes over the same graph that hold it.
+    remembered: Option<Arc<Beams>>,
+}
+
+/// At most this many queries' beams are remembered per shared graph (about 2.5 KB each with
+/// 384-dimensional vectors): a router built with a [`FitCache`](crate::predict::FitCache) and
+/// kept to serve does not grow without bound; past it, queries are searched as usual.
+pub(crate) const REMEMBERED_QUERIES: usize = 16_384;
+
+/// The graph's beam for each query searched through it (by the query's exact bits), for
+/// routers that search the same prompts in the same graph: the candidates a benchmark compares
+/// on one fold, which would otherwise each search every prompt again (see
+/// [`FitCache`](crate::predict::FitCache)). Held only as long as those routers are.
+#[derive(Default)]
+pub(crate) struct Beams {
+    by_query: std::sync::Mutex<BeamMap>,
+}
+
+/// Each query's beam, under the query's bits.
+type BeamMap = std::collections::HashMap<Box<[u32]>, Arc<[Scored]>>;
+
+impl std::fmt::Debug for Beams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.by_query.lock().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("Beams").field("queries", &held).finish()
+    }
 }
 
 impl LiveIndex {
     /// A live index over `base`, nothing added yet.
     pub fn new(base: HnswIndex) -> Self {
-        LiveIndex { base: Arc::new(base), fresh: Arc::new(Vec::new()) }
+        LiveIndex { base: Arc::new(base), fresh: Arc::new(Vec::new()), remembered: None }
+    }
+
+    /// A live index over a graph other indexes share, remembering its beams in `beams` (shared
+    /// with them too).
+    pub(crate) fn sharing(base: Arc<HnswIndex>, beams: Arc<Beams>) -> Self {
+        LiveIndex { base, fresh: Arc::new(Vec::new()), remembered: Some(beams) }
+    }
+
+    /// [`search`](NeighbourIndex::search), the same hits, but where this index shares its graph
+    /// ([`sharing`](LiveIndex::sharing)) and nothing was added, each query's beam is searched
+    /// once for every index that shares it: the `k` asked for (up to the graph's `ef_search`)
+    /// takes the first `k` of the same beam either way.
+    pub(crate) fn search_remembered(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        let base = &*self.base;
+        let Some(beams) = self
+            .remembered
+            .as_ref()
+            .filter(|_| self.fresh.is_empty() && k > 0 && k <= base.ef_search && query.len() == base.dim && base.len() > base.scan_up_to)
+        else {
+            return self.search(query, k);
+        };
+        let key: Box<[u32]> = query.iter().map(|x| x.to_bits()).collect();
+        let known = beams.by_query.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned();
+        let beam = known.unwrap_or_else(|| {
+            let beam: Arc<[Scored]> = base.beam(query, base.ef_search).into();
+            let mut by_query = beams.by_query.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if by_query.len() < REMEMBERED_QUERIES {
+                by_query.insert(key, beam.clone());
+            }
+            beam
+        });
+        hits_of(&beam, k)
     }
 
     /// This index plus `vectors` (at positions `len()..`; each finite and of unit length, of the
@@ -767,7 +837,7 @@ impl LiveIndex {
         let mut fresh = Vec::with_capacity(self.fresh.len() + vectors.len());
         fresh.extend(self.fresh.iter().cloned());
         fresh.extend(vectors);
-        Ok(LiveIndex { base: self.base.clone(), fresh: Arc::new(fresh) })
+        Ok(LiveIndex { base: self.base.clone(), fresh: Arc::new(fresh), remembered: None })
     }
 
     /// Every vector, in position order (the graph's, then those added since).
@@ -1030,6 +1100,34 @@ mod tests {
         assert!(HnswIndex::load(&path, "model-a", "hash-1", 600, 24).is_err());
         std::fs::write(&path, b"SRVEC01\nnot a graph at all").unwrap();
         assert!(HnswIndex::load(&path, "model-a", "hash-1", 600, 24).unwrap_err().to_string().contains("not a semroute graph"));
+    }
+
+    #[test]
+    fn indexes_sharing_a_graph_search_each_query_once_and_find_what_a_search_finds() {
+        // A graph searched by its beam (not scanned), as the shared graphs of a benchmark's
+        // folds are.
+        let vectors = unit_vectors(600, 24, 11);
+        let graph = Arc::new(HnswIndex::build(&vectors).unwrap().with_scan_up_to(0).with_ef_search(40));
+        let beams = Arc::new(Beams::default());
+        let (a, b) = (LiveIndex::sharing(graph.clone(), beams.clone()), LiveIndex::sharing(graph.clone(), beams.clone()));
+        let queries = unit_vectors(30, 24, 12);
+        for (i, q) in queries.iter().enumerate() {
+            // Every k up to the graph's ef_search takes the first k of one beam; the answers are
+            // the plain search's to the bit, whichever index searched the query first.
+            for k in [1, 5, 8, 21, 40] {
+                let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let plain = graph.search(q, k);
+                assert_eq!(first.search_remembered(q, k), plain, "query {i}, k {k}");
+                assert_eq!(second.search_remembered(q, k), plain, "query {i}, k {k}");
+            }
+            // More than ef_search widens the beam: searched afresh, not remembered.
+            assert_eq!(a.search_remembered(q, 41), graph.search(q, 41));
+        }
+        assert_eq!(beams.by_query.lock().unwrap().len(), queries.len());
+        // An index that added vectors searches them too, so it does not use the shared beams.
+        let grown = a.with_added(vec![queries[0].clone()]).unwrap();
+        assert_eq!(grown.search_remembered(&queries[0], 1)[0].position, 600);
+        assert_eq!(beams.by_query.lock().unwrap().len(), queries.len());
     }
 
     /// `n` unit vectors of `dim`, from a fixed seed.

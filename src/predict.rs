@@ -58,7 +58,7 @@ pub use ridge::{prompt_features, QualityModel, RidgeSettings, FEATURES, KERNEL_R
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::exemplar::{Exemplar, ExemplarSet, Grade};
-use crate::index::Hit;
+use crate::index::{Beams, Hit, HnswIndex, LiveIndex};
 use crate::pricing::PriceTable;
 
 /// How a router predicts each model's quality (its answer length always comes from the
@@ -533,6 +533,9 @@ struct Kinds {
     ridge: Slots<Arc<QualityModel>>,
     low_rank: Slots<Fitted>,
     features: Slots<FeatureModel>,
+    /// Exemplar graphs (not fitted parts: [`FitCache::len`] does not count them), each with
+    /// the beams its routers' assessments found, under the embedding model and exemplars.
+    graphs: Slots<(Arc<HnswIndex>, Arc<Beams>)>,
 }
 
 /// Parts of one kind by key; each slot empty until its part is fitted (cheap to clone: a
@@ -581,6 +584,21 @@ impl FitCache {
     /// Whether it holds no fitted part.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The exemplar graph of the exemplars whose content hash is `content` embedded by
+    /// `model_id`, from `build` when no router sharing this cache has it yet, as an index that
+    /// shares the graph (one copy in memory) and the beams its searches find with the other
+    /// routers' ([`LiveIndex::search_remembered`]): routers compared on the same prompts search
+    /// each prompt once.
+    pub(crate) fn graph(&self, model_id: &str, content: &str, build: impl FnOnce() -> Result<HnswIndex>) -> Result<LiveIndex> {
+        let mut h = Sha256::new();
+        for text in [model_id, content] {
+            h.update((text.len() as u64).to_le_bytes());
+            h.update(text.as_bytes());
+        }
+        let (graph, beams) = get_or_fit(&self.kinds.graphs, h.finalize().into(), || Ok((Arc::new(build()?), Arc::default())))?;
+        Ok(LiveIndex::sharing(graph, beams))
     }
 }
 

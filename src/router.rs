@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::exemplar::{Exemplar, ExemplarSet, Grade};
 use crate::familiar::{Familiarity, Judgement, NEIGHBOURS};
 use crate::feedback::Feedback;
-use crate::index::{HnswIndex, LiveIndex, NeighbourIndex, VectorCache};
+use crate::index::{HnswIndex, LiveIndex, VectorCache};
 use crate::journal::Journal;
 use crate::policy::{choose, choose_each, Choice, ChoiceInput, Constraints, Objective};
 use crate::predict::{
@@ -723,7 +723,7 @@ impl Router {
             // (position in the in-process index, if any; exemplar; similarity), most similar first.
             let hits: Vec<(Option<usize>, Arc<Exemplar>, f32)> = match &state.search {
                 Search::Local(index) => index
-                    .search(vector, s.k.max(NEIGHBOURS))
+                    .search_remembered(vector, s.k.max(NEIGHBOURS))
                     .into_iter()
                     .map(|h| (Some(h.position), state.exemplars.shared(h.position), h.similarity))
                     .collect(),
@@ -1318,6 +1318,11 @@ impl RouterBuilder {
     /// parts fit each once (see [`FitCache`]). Used at build only; refits after
     /// [`Router::learn`] or a reload fit their own. The models are the same either way.
     ///
+    /// The routers also share one copy of their exemplar graph, and the neighbours their
+    /// assessments search for: a prompt the routers all assess is searched once (for at most
+    /// 16,384 prompts per graph, so that a router kept to serve does not grow without bound;
+    /// until exemplars are added). The neighbours found are the same either way.
+    ///
     /// ```no_run
     /// use semroute::predict::{FitCache, LowRankSettings, Predictor, RidgeSettings};
     /// use semroute::Router;
@@ -1681,7 +1686,10 @@ fn build_state(
     };
     let (exemplars, search) = match store {
         None => {
-            let index = LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?);
+            let index = match fits {
+                Some(fits) => fits.graph(embedder.model_id(), &exemplars.content_hash(), || exemplar_graph(embedder, &exemplars, cache))?,
+                None => LiveIndex::new(exemplar_graph(embedder, &exemplars, cache)?),
+            };
             (exemplars, Search::Local(index))
         }
         Some(store) => {

@@ -491,9 +491,8 @@ fn choose_candidate(
     let best = (0..scores.len()).fold(0, |b, i| if scores[i].oof_aiq > scores[b].oof_aiq + 1e-12 { i } else { b });
     let n = out.q.len();
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
-    // The replicates' weights drawn one after the other (the same draws as ever), then each
-    // replicate's AIQs computed side by side: on a 14,000-prompt set this was seconds of one
-    // core while the other idled.
+    // The replicates' weights drawn one after the other (the same draws as ever), then the
+    // candidates' AIQs on them computed side by side.
     let replicates: Vec<Vec<u32>> = (0..CHOICE_REPLICATES)
         .map(|_| {
             let mut weights = vec![0u32; n];
@@ -503,26 +502,46 @@ fn choose_candidate(
             weights
         })
         .collect();
-    let per_replicate: Vec<Vec<f64>> = par_map(&replicates, 1, |weights| {
-        let aiq_of = |s: usize| {
-            let curve: Vec<(f64, f64)> = oof_picks[s / policies][s % policies]
-                .iter()
-                .map(|pick| {
-                    let (mut q, mut c) = (0.0, 0.0);
-                    for (i, &m) in pick.iter().enumerate() {
-                        let (w, m) = (f64::from(weights[i]), usize::from(m));
-                        q += w * out.q[i][m];
-                        c += w * out.c[i][m];
+    // Each candidate's AIQ on every replicate. Per candidate, each prompt's quality and cost
+    // under every knob's pick are laid out prompt by prompt, so that all the knobs' sums advance
+    // together: each still adds its prompts in order (the same numbers to the bit as one knob
+    // after the other), but the knobs' sums, independent, run side by side (a 14,000-prompt set
+    // spent seconds here, each sum waiting on the one addition before it).
+    let all: Vec<usize> = (0..scores.len()).collect();
+    let aiqs: Vec<Vec<f64>> = par_map(&all, 1, |&s| {
+        let picks = &oof_picks[s / policies][s % policies];
+        let k = picks.len();
+        if k == 0 {
+            return Ok(vec![aiq(&[], range.0, range.1); replicates.len()]);
+        }
+        let (mut xq, mut xc) = (vec![0.0; n * k], vec![0.0; n * k]);
+        for (j, pick) in picks.iter().enumerate() {
+            for (i, &m) in pick.iter().enumerate() {
+                xq[i * k + j] = out.q[i][usize::from(m)];
+                xc[i * k + j] = out.c[i][usize::from(m)];
+            }
+        }
+        let (mut q, mut c) = (vec![0.0f64; k], vec![0.0f64; k]);
+        Ok(replicates
+            .iter()
+            .map(|weights| {
+                q.fill(0.0);
+                c.fill(0.0);
+                for ((&w, rq), rc) in weights.iter().zip(xq.chunks_exact(k)).zip(xc.chunks_exact(k)) {
+                    let w = f64::from(w);
+                    for (((q, c), &x), &y) in q.iter_mut().zip(c.iter_mut()).zip(rq).zip(rc) {
+                        *q += w * x;
+                        *c += w * y;
                     }
-                    (c, q / n as f64)
-                })
-                .collect();
-            aiq(&curve, range.0, range.1)
-        };
-        let top = aiq_of(best);
-        Ok((0..scores.len()).map(|s| if s == best { 0.0 } else { top - aiq_of(s) }).collect())
+                }
+                let curve: Vec<(f64, f64)> = q.iter().zip(&c).map(|(&q, &c)| (c, q / n as f64)).collect();
+                aiq(&curve, range.0, range.1)
+            })
+            .collect())
     })?;
-    let diffs: Vec<Vec<f64>> = (0..scores.len()).map(|s| per_replicate.iter().map(|d| d[s]).collect()).collect();
+    let diffs: Vec<Vec<f64>> = (0..scores.len())
+        .map(|s| (0..replicates.len()).map(|r| if s == best { 0.0 } else { aiqs[best][r] - aiqs[s][r] }).collect())
+        .collect();
     let se = |d: &[f64]| {
         let mean = d.iter().sum::<f64>() / d.len() as f64;
         (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (d.len() - 1) as f64).sqrt()
