@@ -488,6 +488,9 @@ impl Fitted {
 /// vectors, the price table and the part's settings; so a router over other exemplars, or with
 /// other settings, fits its own, and a shared part is the very model the router would have
 /// fitted. Routers fitting the same part at once wait for the first rather than fit it twice.
+/// Routers built with one cache also share their exemplar graph, and what they compute again
+/// and again for the same prompts: the graph's neighbours of each prompt they assess, and the
+/// kernel-ridge model's scores of it ([`RouterBuilder::fit_cache`](crate::RouterBuilder::fit_cache)).
 /// Parts stay until the last clone of the cache is dropped: give one to routers built together
 /// (the candidates a benchmark compares on one fold, say) and drop it after.
 ///
@@ -660,10 +663,16 @@ impl Parts<'_> {
     }
 
     fn ridge(&self, settings: RidgeSettings) -> Result<Arc<QualityModel>> {
+        // A model in a cache is shared by routers that assess the same prompts: it remembers
+        // their scores.
+        let shared = self.cache.is_some();
         self.cached(
             |k| &k.ridge,
             &settings,
-            || QualityModel::fit(self.exemplars, self.vectors.to_vec(), self.prices, settings).map(Arc::new),
+            || {
+                QualityModel::fit(self.exemplars, self.vectors.to_vec(), self.prices, settings)
+                    .map(|m| Arc::new(if shared { m.remembering() } else { m }))
+            },
         )
     }
 

@@ -1318,10 +1318,11 @@ impl RouterBuilder {
     /// parts fit each once (see [`FitCache`]). Used at build only; refits after
     /// [`Router::learn`] or a reload fit their own. The models are the same either way.
     ///
-    /// The routers also share one copy of their exemplar graph, and the neighbours their
-    /// assessments search for: a prompt the routers all assess is searched once (for at most
-    /// 16,384 prompts per graph, so that a router kept to serve does not grow without bound;
-    /// until exemplars are added). The neighbours found are the same either way.
+    /// The routers also share one copy of their exemplar graph, the neighbours their
+    /// assessments search for, and the shared kernel-ridge model's scores: a prompt the routers
+    /// all assess is searched and scored once (for at most 16,384 prompts each, so that a
+    /// router kept to serve does not grow without bound; searches only until exemplars are
+    /// added). The neighbours and scores are the same either way.
     ///
     /// ```no_run
     /// use semroute::predict::{FitCache, LowRankSettings, Predictor, RidgeSettings};
@@ -1388,7 +1389,7 @@ impl RouterBuilder {
     /// the best the exemplars measure. Where one model meets the target alone, every request
     /// that names no models of its own goes to it (while the price table in force prices it).
     /// Tuned once, at build: a reload or
-    /// what is learned later keeps the knob. See [`target`](crate::target) for the rule and an
+    /// what is learned later keeps the knob. See [`crate::target`] for the rule and an
     /// example; it is what the savings benchmark's targets use.
     ///
     /// ```no_run

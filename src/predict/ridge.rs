@@ -55,8 +55,8 @@
 //! # Ok::<(), semroute::Error>(())
 //! ```
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nalgebra::{DMatrix, DVector};
 use regex::Regex;
@@ -149,6 +149,29 @@ pub struct QualityModel {
     models: BTreeMap<String, (usize, usize)>,
     /// The exemplars some fit holds, in order.
     used: Vec<usize>,
+    /// Prompts already scored, where routers share this model ([`remembering`]).
+    ///
+    /// [`remembering`]: QualityModel::remembering
+    remembered: Option<Arc<Remembered>>,
+}
+
+/// Each prompt's scores with their standard errors, under the prompt and its vector's bits, for
+/// a model that routers share: the candidates a benchmark compares on one fold score the same
+/// prompts with it (see [`FitCache`](super::FitCache)). At most
+/// [`REMEMBERED_QUERIES`](crate::index::REMEMBERED_QUERIES) of them.
+#[derive(Default)]
+struct Remembered {
+    by_item: Mutex<HashMap<(Box<str>, Box<[u32]>), Scores>>,
+}
+
+/// Each model's quality and its standard error, where known.
+type Scores = BTreeMap<String, (f64, Option<f64>)>;
+
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.by_item.lock().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("Remembered").field("prompts", &held).finish()
+    }
 }
 
 /// Centred kernel ridge over the exemplars at `rows`.
@@ -213,6 +236,7 @@ impl QualityModel {
             fits: Vec::new(),
             models: BTreeMap::new(),
             used: Vec::new(),
+            remembered: None,
         };
         model.features = raw.iter().map(|f| model.standardise(f)).collect();
 
@@ -335,7 +359,49 @@ impl QualityModel {
         self.scores_batch(&[(prompt, vector)], with_error).pop().unwrap_or_default()
     }
 
-    fn scores_batch(&self, items: &[(&str, &[f32])], with_error: bool) -> Vec<BTreeMap<String, (f64, Option<f64>)>> {
+    /// This model, remembering the scores (with their standard errors) of the prompts it scores,
+    /// for routers that share it and assess the same prompts: each is then scored once. The
+    /// scores are the same either way (a prompt's scores do not depend on the others scored with
+    /// it, and its qualities not on whether its errors are computed).
+    pub(crate) fn remembering(mut self) -> Self {
+        self.remembered = Some(Arc::default());
+        self
+    }
+
+    fn scores_batch(&self, items: &[(&str, &[f32])], with_error: bool) -> Vec<Scores> {
+        let Some(memo) = &self.remembered else {
+            return self.score_items(items, with_error);
+        };
+        let keys: Vec<(Box<str>, Box<[u32]>)> = items.iter().map(|&(p, v)| (p.into(), v.iter().map(|x| x.to_bits()).collect())).collect();
+        let mut out: Vec<Option<Scores>> = {
+            let known = memo.by_item.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.iter().map(|k| known.get(k).cloned()).collect()
+        };
+        let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let fresh = self.score_items(&missing.iter().map(|&i| items[i]).collect::<Vec<_>>(), with_error);
+            let mut known = memo.by_item.lock().unwrap_or_else(PoisonError::into_inner);
+            for (&i, scores) in missing.iter().zip(fresh) {
+                // Only scores with their errors serve every caller.
+                if with_error && known.len() < crate::index::REMEMBERED_QUERIES {
+                    known.insert(keys[i].clone(), scores.clone());
+                }
+                out[i] = Some(scores);
+            }
+        }
+        out.into_iter()
+            .map(|s| {
+                let s = s.unwrap_or_default();
+                if with_error {
+                    s
+                } else {
+                    s.into_iter().map(|(m, (q, _))| (m, (q, None))).collect()
+                }
+            })
+            .collect()
+    }
+
+    fn score_items(&self, items: &[(&str, &[f32])], with_error: bool) -> Vec<Scores> {
         let usable: Vec<bool> = items.iter().map(|(_, v)| v.len() == self.dim && v.iter().all(|x| x.is_finite())).collect();
         // Per usable item: its kernel against every exemplar some fit holds (the others, beyond
         // a thinned group's subset, are never read), and its kernel with itself.
@@ -847,6 +913,33 @@ mod tests {
         let b = [0.3, -1.0, 0.7, 2.0, 0.1];
         let exact = l.solve_lower_triangular(&DVector::from_column_slice(&b)).unwrap().norm_squared();
         assert!((forward_norm2(&packed, &b) - exact).abs() < 1e-12 * exact, "{} against {exact}", forward_norm2(&packed, &b));
+    }
+
+    #[test]
+    fn a_shared_model_scores_each_prompt_once_and_gives_the_same_scores() {
+        let (set, vectors) = clusters();
+        let prices = PriceTable::from_toml_str(PRICES, "p.toml").unwrap();
+        let plain = QualityModel::fit(&set, vectors.clone(), &prices, RidgeSettings::default()).unwrap();
+        let shared = QualityModel::fit(&set, vectors, &prices, RidgeSettings::default()).unwrap().remembering();
+        let vs: Vec<Vec<f32>> = (0..6).map(|i| unit(0.3 * i as f64)).collect();
+        let items: Vec<(&str, &[f32])> = vs.iter().enumerate().map(|(i, v)| (["a", "b b", "c"][i % 3], v.as_slice())).collect();
+        let expected = plain.predict_with_error_batch(&items);
+        let held = |m: &QualityModel| m.remembered.as_ref().unwrap().by_item.lock().unwrap().len();
+        // Half the prompts first, then all of them (half remembered), then all again, then without
+        // the errors: the same scores to the bit each time, each prompt scored once.
+        assert_eq!(shared.predict_with_error_batch(&items[..3]), expected[..3]);
+        assert_eq!(held(&shared), 3);
+        assert_eq!(shared.predict_with_error_batch(&items), expected);
+        assert_eq!(shared.predict_with_error_batch(&items), expected);
+        assert_eq!(held(&shared), 6);
+        for (&(p, v), e) in items.iter().zip(&expected) {
+            assert_eq!(shared.predict(p, v), plain.predict(p, v));
+            assert_eq!(shared.predict(p, v), e.iter().map(|(m, &(q, _))| (m.clone(), q)).collect());
+        }
+        // The same vector with another prompt is another item (its features differ).
+        assert_eq!(shared.predict_with_error("another prompt", &vs[0]), plain.predict_with_error("another prompt", &vs[0]));
+        assert_eq!(held(&shared), 7);
+        assert!(plain.remembered.is_none());
     }
 
     #[test]
