@@ -125,6 +125,15 @@ pub struct Candidate {
     pub predicted_output_tokens: u64,
     /// Expected USD on this model (in a session: this step, its cached prefix at the cached price).
     pub expected_cost_usd: f64,
+    /// Standard error of the expected cost: the predicted answer length's (at the output price)
+    /// or the neighbours' measured costs'. Where the policy's choice and another eligible model
+    /// priced alike (the same list prices) differ in cost by less than this uncertainty (their
+    /// intervals of the router's [`caution`](crate::RouterBuilder::caution) times it overlap),
+    /// it takes the one with the higher quality: the shortest of many noisy length predictions
+    /// is short partly by luck, as the highest of many quality predictions is high partly by
+    /// luck.
+    #[serde(default)]
+    pub cost_se_usd: f64,
     /// In a session: prompt tokens this model's provider holds cached for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,

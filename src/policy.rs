@@ -1,5 +1,7 @@
 //! Choosing a model: the cheapest one whose predicted quality clears the bar, within the
-//! request's [`Constraints`], with a safe fallback when the exemplars know nothing close.
+//! request's [`Constraints`], with a safe fallback when the exemplars know nothing close. Where
+//! models priced alike that clear the bar differ in predicted cost by less than the costs'
+//! uncertainty (see [`Candidate::cost_se_usd`]), quality decides among them.
 //!
 //! ```
 //! use semroute::policy::Constraints;
@@ -145,7 +147,9 @@ impl Constraints {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Objective {
-    /// The cheapest model whose predicted quality reaches this bar, in `[0, 1]`; when none does,
+    /// The cheapest model whose predicted quality reaches this bar, in `[0, 1]` (among models
+    /// priced alike whose costs cannot be told apart, the best; see [`Candidate::cost_se_usd`]);
+    /// when none does,
     /// the highest predicted quality, where the safe (fallback) model gives way only to a model
     /// whose lower bound is above the safe model's prediction.
     QualityBar(f64),
@@ -154,6 +158,8 @@ pub enum Objective {
     /// A model predicted better than the fallback (safe) model is credited with that gain only
     /// as far as its lower bound (predicted quality less caution × standard error) reaches, so a
     /// lucky-looking prediction among many does not draw the choice away from the safe model.
+    /// Among models priced alike with the winner whose costs cannot be told from its, the one
+    /// with the best quality.
     UsdPerQuality(f64),
 }
 
@@ -282,6 +288,13 @@ fn priced<'a>(input: &ChoiceInput<'a>) -> (Vec<Candidate>, Vec<&'a ModelPrice>) 
                 // A measured cost (the neighbours') where known, else answer tokens × list price.
                 None => (p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out)), None, None),
             };
+            // The cost's uncertainty: the measured cost's where it is priced by one, else the
+            // answer length's at the output price (a thousand tokens' worth, per token).
+            let cost_se = match p {
+                Some(p) if input.cache.is_none() && p.cost_usd.is_some() => p.cost_se_usd.unwrap_or(0.0),
+                Some(p) => p.output_tokens_se * (price.cost_usd(input_tokens, out + 1000) - price.cost_usd(input_tokens, out)) / 1000.0,
+                None => 0.0,
+            };
             let candidate = Candidate {
                 model: model.to_string(),
                 provider: price.provider.clone(),
@@ -290,6 +303,7 @@ fn priced<'a>(input: &ChoiceInput<'a>) -> (Vec<Candidate>, Vec<&'a ModelPrice>) 
                 quality_se: p.map(ModelPrediction::standard_error),
                 predicted_output_tokens: out,
                 expected_cost_usd: cost,
+                cost_se_usd: cost_se.max(0.0),
                 cached_tokens: cached,
                 session_cost_usd: session_cost,
                 clears_bar: false,
@@ -301,6 +315,30 @@ fn priced<'a>(input: &ChoiceInput<'a>) -> (Vec<Candidate>, Vec<&'a ModelPrice>) 
     let rank = |c: &Candidate| c.session_cost_usd.unwrap_or(c.expected_cost_usd);
     candidates.sort_by(|(a, _), (b, _)| rank(a).total_cmp(&rank(b)).then_with(|| a.model.cmp(&b.model)));
     candidates.into_iter().unzip()
+}
+
+/// Among the eligible candidates (those `ok` allows) priced alike with `i` (the same list
+/// prices for prompt and answer, so that their costs differ only by their predicted answer
+/// lengths) and whose cost is not told apart from `i`'s (their intervals of `caution` standard
+/// errors overlap), the one with the highest lower bound on quality; `i` itself on ties. The
+/// shortest of many alike-priced models' noisy length predictions is short partly by luck:
+/// where their costs cannot be told apart, quality decides. (Models priced apart differ in
+/// cost mostly by their prices, which are known; and their lengths' errors, largely the
+/// prompt's own, move together, so their separate errors would overstate how uncertain the
+/// difference is.)
+fn best_of_tied(candidates: &[Candidate], prices: &PriceTable, i: usize, caution: f64, ok: &dyn Fn(usize) -> bool) -> usize {
+    let cost = |c: &Candidate| c.session_cost_usd.unwrap_or(c.expected_cost_usd);
+    let lower = |c: &Candidate| c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q - caution * c.quality_se.unwrap_or(0.0));
+    let list = |c: &Candidate| prices.get(&c.model).map(|p| (p.input_per_mtok, p.output_per_mtok));
+    let (ci, si, li) = (cost(&candidates[i]), candidates[i].cost_se_usd, list(&candidates[i]));
+    let mut best = i;
+    for (j, c) in candidates.iter().enumerate() {
+        let tied = li.is_some() && list(c) == li && (cost(c) - ci).abs() <= caution * (si + c.cost_se_usd);
+        if j != best && ok(j) && tied && lower(c) > lower(&candidates[best]) {
+            best = j;
+        }
+    }
+    best
 }
 
 /// Sets which of `candidates` `constraints` exclude (the provider, model and jurisdiction rules,
@@ -373,13 +411,26 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
                     q * usd - cost
                 })
             };
-            let i = best(&|c| utility(c, true))?;
+            let first = best(&|c| utility(c, true))?;
+            // Among models priced alike whose cost cannot be told from the winner's, quality
+            // decides; the safe model, once its guard has kept it, stays.
+            let i = match safe {
+                Some(s) if s == first => first,
+                _ => best_of_tied(candidates, input.prices, first, input.caution, &|j| {
+                    eligible(j) && candidates[j].predicted_quality.is_some()
+                }),
+            };
+            let tied = i != first;
             // Whether plain utility would have left the safe model (asked only when it is kept).
-            let kept_safe = candidates[i].model == input.fallback_model && best(&|c| utility(c, false)) != Some(i);
-            return Some((i, false, Why::Utility { usd, utility: utility(&candidates[i], false), kept_safe }));
+            let kept_safe = !tied && candidates[i].model == input.fallback_model && best(&|c| utility(c, false)) != Some(i);
+            return Some((i, false, Why::Utility { usd, utility: utility(&candidates[i], false), kept_safe, tied }));
         }
     } else if let Some(i) = (0..candidates.len()).find(|&i| eligible(i) && candidates[i].clears_bar) {
-        return Some((i, false, Why::Clears { bar, caution: input.caution }));
+        // Among the models priced alike that clear the bar at a cost that cannot be told from the
+        // cheapest's, quality decides.
+        let first = i;
+        let i = best_of_tied(candidates, input.prices, first, input.caution, &|j| eligible(j) && candidates[j].clears_bar);
+        return Some((i, false, Why::Clears { bar, caution: input.caution, tied: i != first }));
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
     // among equals; with caution, the best lower bound (a model whose high prediction rests on
@@ -397,17 +448,30 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
 }
 
 /// Why [`pick`] took a model, written out only for the chosen one. `kept_safe`: the safe model
-/// was kept because no other model's gain survives its uncertainty.
+/// was kept because no other model's gain survives its uncertainty; `tied`: the model was taken
+/// over the rule's first pick, whose cost could not be told from its own, for its quality
+/// ([`best_of_tied`]).
 #[derive(Debug, Clone, Copy)]
 enum Why<'a> {
     Fallback { why: &'a str, excluded: bool },
-    Utility { usd: f64, utility: f64, kept_safe: bool },
-    Clears { bar: f64, caution: f64 },
+    Utility { usd: f64, utility: f64, kept_safe: bool, tied: bool },
+    Clears { bar: f64, caution: f64, tied: bool },
     NoneClears { objective: Objective, bar: f64, caution: f64, kept_safe: bool },
 }
 
 impl Why<'_> {
     fn text(&self, c: &Candidate, fallback_model: &str) -> String {
+        let mut text = self.main_text(c, fallback_model);
+        if let Why::Utility { tied: true, .. } | Why::Clears { tied: true, .. } = self {
+            text.push_str(&format!(
+                "; taken over a model predicted cheaper by less than their costs' uncertainty (this one ${:.6} ± {:.6}), for its higher quality",
+                c.expected_cost_usd, c.cost_se_usd
+            ));
+        }
+        text
+    }
+
+    fn main_text(&self, c: &Candidate, fallback_model: &str) -> String {
         let q = c.predicted_quality.unwrap_or_default();
         let se = c.quality_se.unwrap_or_default();
         match *self {
@@ -415,16 +479,16 @@ impl Why<'_> {
             Why::Fallback { why, excluded: true } => {
                 format!("fallback: {why}; the safe model {fallback_model} is excluded, so the strongest allowed tier")
             }
-            Why::Utility { usd, utility, kept_safe: false } => format!(
+            Why::Utility { usd, utility, kept_safe: false, .. } => format!(
                 "highest utility at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${utility:.6})",
                 c.expected_cost_usd
             ),
-            Why::Utility { usd, utility, kept_safe: true } => format!(
+            Why::Utility { usd, utility, kept_safe: true, .. } => format!(
                 "the safe model at ${usd} per quality point: predicted quality {q:.2} for ${:.6} (utility ${utility:.6}); \
                  no other model's higher utility survives its quality's uncertainty",
                 c.expected_cost_usd
             ),
-            Why::Clears { bar, caution } if caution > 0.0 => format!(
+            Why::Clears { bar, caution, .. } if caution > 0.0 => format!(
                 "cheapest model whose predicted quality {q:.2} ± {se:.2} clears the bar {bar:.2}{} ({:.2})",
                 by_errors(caution),
                 q - caution * se
@@ -562,6 +626,8 @@ mod tests {
             effective_neighbours: 8.0,
             cost_usd: None,
             quality_se: None,
+            output_tokens_se: 0.0,
+            cost_se_usd: None,
         };
         Predictions {
             per_model: [("a", p(0.5)), ("b", p(0.8)), ("c", p(0.9))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),
@@ -590,6 +656,71 @@ mod tests {
         let c = choice(&predictions(), objective);
         let i = c.chosen.unwrap();
         (c.candidates[i].model.clone(), c.reason)
+    }
+
+    #[test]
+    fn where_costs_cannot_be_told_apart_quality_decides() {
+        // x and y are priced alike ($1 per million answer tokens), w a little more ($1.05), z ten
+        // times more; the safe model is z. x is predicted cheaper ($0.0010 against $0.0011) by
+        // less than the two costs' uncertainty ($0.0002 each), and worse (0.5 against 0.7). w's
+        // cost ($0.00105) is as uncertain and its quality better still (0.8), but it is priced
+        // apart: its lower price is known, not predicted.
+        let m = |name: &str, out: f64| {
+            format!(
+                "[models.{name}]\nprovider = \"p\"\ninput_per_mtok = 0.0\noutput_per_mtok = {out}\nsource = \"test\"\nas_of = \"2025\"\n"
+            )
+        };
+        let t = PriceTable::from_toml_str(&(m("x", 1.0) + &m("y", 1.0) + &m("w", 1.05) + &m("z", 10.0)), "t.toml").unwrap();
+        let p = |quality, output_tokens, output_tokens_se| ModelPrediction {
+            quality,
+            output_tokens,
+            support: 1.0,
+            effective_neighbours: 8.0,
+            cost_usd: None,
+            quality_se: Some(0.05),
+            output_tokens_se,
+            cost_se_usd: None,
+        };
+        let predictions = |se: f64| Predictions {
+            per_model: [("x", p(0.5, 1000.0, se)), ("y", p(0.7, 1100.0, se)), ("w", p(0.8, 1000.0, se)), ("z", p(0.9, 1000.0, 10.0))]
+                .into_iter()
+                .map(|(m, p)| (m.to_string(), p))
+                .collect(),
+            weights: vec![1.0],
+        };
+        let at = |p: &Predictions, objective: Objective, caution: f64| {
+            let input = ChoiceInput {
+                predictions: p,
+                prices: &t,
+                input_tokens: 0,
+                unfamiliar: None,
+                objective,
+                caution,
+                fallback_model: "z",
+                default_output_tokens: 500,
+                cache: None,
+            };
+            let c = choose(input, &Constraints::default());
+            let chosen = &c.candidates[c.chosen.unwrap()];
+            (chosen.model.clone(), chosen.cost_se_usd, c.reason)
+        };
+        let loose = predictions(200.0);
+        // With caution 1 the intervals overlap (0.0001 apart, 0.0004 of uncertainty): y.
+        let (m, se, reason) = at(&loose, Objective::QualityBar(0.4), 1.0);
+        assert_eq!(m, "y");
+        assert!((se - 0.0002).abs() < 1e-12, "{se}");
+        assert!(reason.contains("predicted cheaper by less than their costs' uncertainty"), "{reason}");
+        // The same at no quality price at all: the cheapest is not told apart, so quality decides.
+        assert_eq!(at(&loose, Objective::UsdPerQuality(0.0), 1.0).0, "y");
+        // Without caution, or with costs known to ten tokens, x is the cheaper: x.
+        assert_eq!(at(&loose, Objective::QualityBar(0.4), 0.0).0, "x");
+        let (m, _, reason) = at(&predictions(10.0), Objective::QualityBar(0.4), 1.0);
+        assert_eq!(m, "x");
+        assert!(!reason.contains("uncertainty"), "{reason}");
+        assert_eq!(at(&predictions(10.0), Objective::UsdPerQuality(0.0), 1.0).0, "x");
+        // Only models that clear the bar are weighed: at 0.85 (z alone clears it, by its lower
+        // bound), z.
+        assert_eq!(at(&loose, Objective::QualityBar(0.85), 1.0).0, "z");
     }
 
     #[test]
@@ -723,6 +854,8 @@ mod tests {
             effective_neighbours: 8.0,
             cost_usd: None,
             quality_se: None,
+            output_tokens_se: 0.0,
+            cost_se_usd: None,
         };
         let p = Predictions {
             per_model: [("x", p(0.9)), ("y", p(y_quality))].into_iter().map(|(m, p)| (m.to_string(), p)).collect(),

@@ -705,6 +705,13 @@ pub struct ModelPrediction {
     /// (see [`Predictor::apply`]); `None`: the neighbours' alone, see
     /// [`standard_error`](ModelPrediction::standard_error).
     pub quality_se: Option<f64>,
+    /// The standard error of `output_tokens`: the posterior's, where the length is shrunk towards
+    /// the model's mean (see [`shrunk_with_error`]), else that of the neighbours' weighted mean.
+    /// The policy reads it as the cost's uncertainty ([`Candidate::cost_se_usd`](crate::decision::Candidate::cost_se_usd)).
+    pub output_tokens_se: f64,
+    /// The standard error of `cost_usd`, where the neighbours measured costs (as for
+    /// `output_tokens_se`).
+    pub cost_se_usd: Option<f64>,
 }
 
 impl ModelPrediction {
@@ -718,7 +725,7 @@ impl ModelPrediction {
     /// ```
     /// use semroute::predict::ModelPrediction;
     ///
-    /// let p = |q, n| ModelPrediction { quality: q, output_tokens: 100.0, support: 1.0, effective_neighbours: n, cost_usd: None, quality_se: None };
+    /// let p = |q, n| ModelPrediction { quality: q, output_tokens: 100.0, support: 1.0, effective_neighbours: n, cost_usd: None, quality_se: None, output_tokens_se: 0.0, cost_se_usd: None };
     /// assert!((p(1.0, 1.0).standard_error() - 0.25).abs() < 1e-12);
     /// assert!(p(1.0, 8.0).standard_error() < 0.08);
     /// assert!(p(0.6, 8.0).standard_error() > p(0.9, 8.0).standard_error());
@@ -901,16 +908,15 @@ impl Weighted {
         self.wx2 += w * x * x;
     }
 
-    /// The weighted mean, shrunk towards the overall `(mean, variance)` if there is one (see
-    /// [`shrunk_towards`]).
-    fn estimate(&self, overall: Option<(f64, f64)>, strength: f64) -> f64 {
+    /// The weighted mean, shrunk towards the overall `(mean, variance)` if there is one, and its
+    /// standard error (see [`shrunk_with_error`]).
+    fn estimate(&self, overall: Option<(f64, f64)>, strength: f64) -> (f64, f64) {
         let local = self.wx / self.w;
+        let spread = (self.wx2 / self.w - local * local).max(0.0);
+        let n = self.w * self.w / self.w2;
         match overall {
-            Some(overall) => {
-                let spread = (self.wx2 / self.w - local * local).max(0.0);
-                shrunk_towards(local, spread, self.w * self.w / self.w2, overall, strength)
-            }
-            None => local,
+            Some(overall) => shrunk_with_error(local, spread, n, overall, strength),
+            None => (local, (spread / n).sqrt()),
         }
     }
 }
@@ -936,22 +942,44 @@ impl Weighted {
 /// // One neighbour alone is pulled halfway.
 /// assert_eq!(shrunk_towards(100.0, 0.0, 1.0, (300.0, 40_000.0), 0.0), 200.0);
 /// ```
-pub fn shrunk_towards(local: f64, spread: f64, n: f64, (mean, variance): (f64, f64), strength: f64) -> f64 {
+pub fn shrunk_towards(local: f64, spread: f64, n: f64, overall: (f64, f64), strength: f64) -> f64 {
+    shrunk_with_error(local, spread, n, overall, strength).0
+}
+
+/// [`shrunk_towards`]'s estimate and its posterior standard error: `sqrt(σ² / (n + σ²/τ²))`, the
+/// pseudo-neighbours counted as evidence like the neighbours (at least `strength` of them); the
+/// overall spread `sqrt(variance)` where the neighbours say nothing, 0 where every exemplar is
+/// alike.
+///
+/// ```
+/// use semroute::predict::shrunk_with_error;
+///
+/// // Eight agreeing neighbours: close to their mean, and sure of it.
+/// let (x, se) = shrunk_with_error(100.0, 0.0, 8.0, (300.0, 40_000.0), 0.0);
+/// assert!((x - 100.0).abs() < 30.0 && se < 100.0);
+/// // One neighbour: halfway, and less sure.
+/// let (x, se1) = shrunk_with_error(100.0, 0.0, 1.0, (300.0, 40_000.0), 0.0);
+/// assert_eq!(x, 200.0);
+/// assert!(se1 > se);
+/// // Neighbours that say nothing: the mean, as unsure as the whole set.
+/// assert_eq!(shrunk_with_error(100.0, 40_000.0, 8.0, (300.0, 40_000.0), 0.0), (300.0, 200.0));
+/// ```
+pub fn shrunk_with_error(local: f64, spread: f64, n: f64, (mean, variance): (f64, f64), strength: f64) -> (f64, f64) {
     if !(n > 0.0) {
-        return mean;
+        return (mean, variance.max(0.0).sqrt());
     }
     if !(variance > 0.0) {
         // Every exemplar alike: only the configured strength applies.
-        return (n * local + strength * mean) / (n + strength);
+        return ((n * local + strength * mean) / (n + strength), 0.0);
     }
     let noise = (n * spread.max(0.0) + variance) / (n + 1.0);
     let signal = variance - noise;
     let pseudo = (noise / signal).max(strength);
     if !(signal > 0.0 && pseudo.is_finite()) {
         // The neighbours spread as widely as the whole set: they say nothing.
-        return mean;
+        return (mean, variance.sqrt());
     }
-    (n * local + pseudo * mean) / (n + pseudo)
+    ((n * local + pseudo * mean) / (n + pseudo), (noise / (n + pseudo)).sqrt())
 }
 
 /// What an exemplar's grade says about each priced model: (model, quality, output tokens,
@@ -1076,12 +1104,19 @@ pub fn predict_from(neighbours: &[(&Grade, f32)], prices: &PriceTable, temperatu
                 quality = (n * quality + prior.strength * mean) / (n + prior.strength);
             }
             // Lengths and costs shrunk by empirical Bayes where the prior knows the model's spread.
-            let tokens = a.tokens.estimate(overall.map(|o| o.tokens.mean_variance()), prior.strength);
-            let cost_usd = (a.cost.w > 0.0).then(|| a.cost.estimate(overall.and_then(ModelStats::cost), prior.strength));
-            (
-                m.to_string(),
-                ModelPrediction { quality, output_tokens: tokens, support: s, effective_neighbours: n, cost_usd, quality_se: None },
-            )
+            let (tokens, output_tokens_se) = a.tokens.estimate(overall.map(|o| o.tokens.mean_variance()), prior.strength);
+            let cost = (a.cost.w > 0.0).then(|| a.cost.estimate(overall.and_then(ModelStats::cost), prior.strength));
+            let prediction = ModelPrediction {
+                quality,
+                output_tokens: tokens,
+                support: s,
+                effective_neighbours: n,
+                cost_usd: cost.map(|c| c.0),
+                quality_se: None,
+                output_tokens_se,
+                cost_se_usd: cost.map(|c| c.1),
+            };
+            (m.to_string(), prediction)
         })
         .collect();
     Predictions { per_model, weights }
@@ -1141,6 +1176,11 @@ mod tests {
         let (t, c) = predict(&short, &prior);
         assert!((t - (100.0 + 200.0 / 65.0)).abs() < 1e-9, "{t}");
         assert!((c - (1.0 + 2.0 / 65.0)).abs() < 1e-9, "{c}");
+        // Their standard errors: sqrt(σ² / (n + σ²/τ²)), for the lengths and the costs alike.
+        let p = predict_from(&short, &prices, 0.05, &prior).per_model["a"].clone();
+        let se = (200.0f64 * 200.0 / 9.0 / (8.0 + 1.0 / 8.0)).sqrt();
+        assert!((p.output_tokens_se - se).abs() < 1e-9, "{}", p.output_tokens_se);
+        assert!((p.cost_se_usd.unwrap() - se / 100.0).abs() < 1e-9, "{:?}", p.cost_se_usd);
         // Neighbours that spread as widely as the whole set say nothing: the mean.
         assert!((predict(&mixed, &prior).0 - 300.0).abs() < 1e-9);
         // One neighbour alone: halfway.
@@ -1167,6 +1207,8 @@ mod tests {
                 effective_neighbours: 4.0,
                 cost_usd: None,
                 quality_se: None,
+                output_tokens_se: 0.0,
+                cost_se_usd: None,
             };
             Predictions { per_model: [("a".to_string(), p)].into_iter().collect(), weights: vec![1.0] }
         };

@@ -1787,6 +1787,8 @@ fn caution_for(
                         effective_neighbours: 1.0,
                         cost_usd: None,
                         quality_se,
+                        output_tokens_se: 0.0,
+                        cost_se_usd: None,
                     };
                     (m, p)
                 })

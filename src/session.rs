@@ -244,6 +244,12 @@ pub struct TaskPrediction {
     /// ([`ModelPrediction::quality_se`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_se: Option<f32>,
+    /// The answer tokens' standard error ([`ModelPrediction::output_tokens_se`]).
+    #[serde(default)]
+    pub output_tokens_se: f32,
+    /// The measured cost's standard error ([`ModelPrediction::cost_se_usd`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_se_usd: Option<f32>,
 }
 
 /// What a session remembers between steps. Serializable, so that a shared store can keep it.
@@ -306,6 +312,8 @@ impl SessionState {
                         effective_neighbours: f64::from(t.effective_neighbours),
                         cost_usd: t.cost_usd.map(f64::from),
                         quality_se: t.quality_se.map(f64::from),
+                        output_tokens_se: f64::from(t.output_tokens_se),
+                        cost_se_usd: t.cost_se_usd.map(f64::from),
                     },
                 )
             })
@@ -324,6 +332,8 @@ impl SessionState {
                     effective_neighbours: p.effective_neighbours as f32,
                     cost_usd: p.cost_usd.map(|c| c as f32),
                     quality_se: p.quality_se.map(|c| c as f32),
+                    output_tokens_se: p.output_tokens_se as f32,
+                    cost_se_usd: p.cost_se_usd.map(|c| c as f32),
                 },
                 None => TaskPrediction {
                     quality: None,
@@ -332,6 +342,8 @@ impl SessionState {
                     effective_neighbours: 0.0,
                     cost_usd: None,
                     quality_se: None,
+                    output_tokens_se: 0.0,
+                    cost_se_usd: None,
                 },
             })
             .collect()
