@@ -635,21 +635,26 @@ mod tests {
         }
     }
 
-    /// The choice for `p` under `objective`, a close neighbour known.
-    fn choice(p: &Predictions, objective: Objective) -> Choice {
-        let t = prices();
-        let input = ChoiceInput {
+    /// The input of a choice for `p` priced by `t`: no prompt tokens, a close neighbour known, no
+    /// session.
+    fn input<'a>(p: &'a Predictions, t: &'a PriceTable, objective: Objective, caution: f64, fallback_model: &'a str) -> ChoiceInput<'a> {
+        ChoiceInput {
             predictions: p,
-            prices: &t,
+            prices: t,
             input_tokens: 0,
             unfamiliar: None,
             objective,
-            caution: 0.0,
-            fallback_model: "c",
+            caution,
+            fallback_model,
             default_output_tokens: 500,
             cache: None,
-        };
-        choose(input, &Constraints::default())
+        }
+    }
+
+    /// The choice for `p` under `objective`, a close neighbour known.
+    fn choice(p: &Predictions, objective: Objective) -> Choice {
+        let t = prices();
+        choose(input(p, &t, objective, 0.0, "c"), &Constraints::default())
     }
 
     fn pick(objective: Objective) -> (String, String) {
@@ -689,18 +694,7 @@ mod tests {
             weights: vec![1.0],
         };
         let at = |p: &Predictions, objective: Objective, caution: f64| {
-            let input = ChoiceInput {
-                predictions: p,
-                prices: &t,
-                input_tokens: 0,
-                unfamiliar: None,
-                objective,
-                caution,
-                fallback_model: "z",
-                default_output_tokens: 500,
-                cache: None,
-            };
-            let c = choose(input, &Constraints::default());
+            let c = choose(input(p, &t, objective, caution, "z"), &Constraints::default());
             let chosen = &c.candidates[c.chosen.unwrap()];
             (chosen.model.clone(), chosen.cost_se_usd, c.reason)
         };
@@ -748,18 +742,7 @@ mod tests {
         p.per_model.get_mut("c").unwrap().quality_se = Some(0.10);
         let t = prices();
         let at = |p: &Predictions, usd: f64, caution: f64| {
-            let input = ChoiceInput {
-                predictions: p,
-                prices: &t,
-                input_tokens: 0,
-                unfamiliar: None,
-                objective: Objective::UsdPerQuality(usd),
-                caution,
-                fallback_model: "b",
-                default_output_tokens: 500,
-                cache: None,
-            };
-            let c = choose(input, &Constraints::default());
+            let c = choose(input(p, &t, Objective::UsdPerQuality(usd), caution, "b"), &Constraints::default());
             (c.candidates[c.chosen.unwrap()].model.clone(), c.reason)
         };
         assert_eq!(at(&p, 10.0, 0.0).0, "c");
@@ -783,18 +766,7 @@ mod tests {
         p.per_model.get_mut("c").unwrap().quality_se = Some(0.10);
         let t = prices();
         let at = |p: &Predictions, fallback_model: &str| {
-            let input = ChoiceInput {
-                predictions: p,
-                prices: &t,
-                input_tokens: 0,
-                unfamiliar: None,
-                objective: Objective::QualityBar(0.95),
-                caution: 1.0,
-                fallback_model,
-                default_output_tokens: 500,
-                cache: None,
-            };
-            let c = choose(input, &Constraints::default());
+            let c = choose(input(p, &t, Objective::QualityBar(0.95), 1.0, fallback_model), &Constraints::default());
             (c.candidates[c.chosen.unwrap()].model.clone(), c.reason)
         };
         let (m, reason) = at(&p, "b");
