@@ -231,7 +231,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
     let (mut candidates, priced_by) = priced(&input);
     let bar = restrict(&mut candidates, &priced_by, &input, constraints);
     let mut skip = vec![false; candidates.len()];
-    let Some((chosen, fallback, why)) = pick(&candidates, &input, bar, &skip) else {
+    let Some((chosen, fallback, why)) = pick(&candidates, &priced_by, &input, bar, &skip) else {
         return Choice { candidates, chosen: None, fallback: false, reason: "every model is excluded".into(), order: Vec::new() };
     };
     let mut reason = why.text(&candidates[chosen], input.fallback_model);
@@ -242,7 +242,7 @@ pub fn choose(input: ChoiceInput<'_>, constraints: &Constraints) -> Choice {
     // The failover order: the same rule again, each time without the models already taken.
     let mut order = vec![chosen];
     skip[chosen] = true;
-    while let Some((next, _, _)) = pick(&candidates, &input, bar, &skip) {
+    while let Some((next, _, _)) = pick(&candidates, &priced_by, &input, bar, &skip) {
         order.push(next);
         skip[next] = true;
     }
@@ -263,7 +263,7 @@ pub(crate) fn choose_each(input: ChoiceInput<'_>, each: &[(Objective, &Constrain
         .map(|&(objective, constraints)| {
             let input = ChoiceInput { objective, ..input };
             let bar = restrict(&mut candidates, &priced_by, &input, constraints);
-            pick(&candidates, &input, bar, &skip).map(|(i, _, _)| i)
+            pick(&candidates, &priced_by, &input, bar, &skip).map(|(i, _, _)| i)
         })
         .collect();
     (candidates, chosen)
@@ -289,10 +289,10 @@ fn priced<'a>(input: &ChoiceInput<'a>) -> (Vec<Candidate>, Vec<&'a ModelPrice>) 
                 None => (p.and_then(|p| p.cost_usd).unwrap_or_else(|| price.cost_usd(input_tokens, out)), None, None),
             };
             // The cost's uncertainty: the measured cost's where it is priced by one, else the
-            // answer length's at the output price (a thousand tokens' worth, per token).
+            // answer length's at the output price.
             let cost_se = match p {
                 Some(p) if input.cache.is_none() && p.cost_usd.is_some() => p.cost_se_usd.unwrap_or(0.0),
-                Some(p) => p.output_tokens_se * (price.cost_usd(input_tokens, out + 1000) - price.cost_usd(input_tokens, out)) / 1000.0,
+                Some(p) => p.output_tokens_se * price.output_per_mtok / 1_000_000.0,
                 None => 0.0,
             };
             let candidate = Candidate {
@@ -326,15 +326,15 @@ fn priced<'a>(input: &ChoiceInput<'a>) -> (Vec<Candidate>, Vec<&'a ModelPrice>) 
 /// cost mostly by their prices, which are known; and their lengths' errors, largely the
 /// prompt's own, move together, so their separate errors would overstate how uncertain the
 /// difference is.)
-fn best_of_tied(candidates: &[Candidate], prices: &PriceTable, i: usize, caution: f64, ok: &dyn Fn(usize) -> bool) -> usize {
+fn best_of_tied(candidates: &[Candidate], prices: &[&ModelPrice], i: usize, caution: f64, ok: &dyn Fn(usize) -> bool) -> usize {
     let cost = |c: &Candidate| c.session_cost_usd.unwrap_or(c.expected_cost_usd);
     let lower = |c: &Candidate| c.predicted_quality.map_or(f64::NEG_INFINITY, |q| q - caution * c.quality_se.unwrap_or(0.0));
-    let list = |c: &Candidate| prices.get(&c.model).map(|p| (p.input_per_mtok, p.output_per_mtok));
-    let (ci, si, li) = (cost(&candidates[i]), candidates[i].cost_se_usd, list(&candidates[i]));
+    let list = |j: usize| (prices[j].input_per_mtok, prices[j].output_per_mtok);
+    let (ci, si) = (cost(&candidates[i]), candidates[i].cost_se_usd);
     let mut best = i;
     for (j, c) in candidates.iter().enumerate() {
-        let tied = li.is_some() && list(c) == li && (cost(c) - ci).abs() <= caution * (si + c.cost_se_usd);
-        if j != best && ok(j) && tied && lower(c) > lower(&candidates[best]) {
+        let tied = (cost(c) - ci).abs() <= caution * (si + c.cost_se_usd) && list(j) == list(i);
+        if j != best && tied && ok(j) && lower(c) > lower(&candidates[best]) {
             best = j;
         }
     }
@@ -373,8 +373,14 @@ fn restrict(candidates: &mut [Candidate], prices: &[&ModelPrice], input: &Choice
 /// The policy's rule: which of the candidates not `skip`ped and not excluded to take, whether
 /// that is the fallback, and why (as numbers: only the chosen model's reason is ever written out,
 /// and writing one for every step of the failover order was most of what a benchmark spent
-/// choosing). `None` when none is left.
-fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &[bool]) -> Option<(usize, bool, Why<'a>)> {
+/// choosing). `None` when none is left. `prices`: each candidate's price entry.
+fn pick<'a>(
+    candidates: &[Candidate],
+    prices: &[&ModelPrice],
+    input: &ChoiceInput<'a>,
+    bar: f64,
+    skip: &[bool],
+) -> Option<(usize, bool, Why<'a>)> {
     let eligible = |i: usize| candidates[i].excluded.is_none() && !skip[i];
     let best = |score: &dyn Fn(&Candidate) -> f64| best_by(candidates, skip, score);
     if !(0..candidates.len()).any(eligible) {
@@ -416,9 +422,7 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
             // decides; the safe model, once its guard has kept it, stays.
             let i = match safe {
                 Some(s) if s == first => first,
-                _ => best_of_tied(candidates, input.prices, first, input.caution, &|j| {
-                    eligible(j) && candidates[j].predicted_quality.is_some()
-                }),
+                _ => best_of_tied(candidates, prices, first, input.caution, &|j| eligible(j) && candidates[j].predicted_quality.is_some()),
             };
             let tied = i != first;
             // Whether plain utility would have left the safe model (asked only when it is kept).
@@ -429,7 +433,7 @@ fn pick<'a>(candidates: &[Candidate], input: &ChoiceInput<'a>, bar: f64, skip: &
         // Among the models priced alike that clear the bar at a cost that cannot be told from the
         // cheapest's, quality decides.
         let first = i;
-        let i = best_of_tied(candidates, input.prices, first, input.caution, &|j| eligible(j) && candidates[j].clears_bar);
+        let i = best_of_tied(candidates, prices, first, input.caution, &|j| eligible(j) && candidates[j].clears_bar);
         return Some((i, false, Why::Clears { bar, caution: input.caution, tied: i != first }));
     }
     // Nothing clears the bar (or nothing is predicted): the best predicted quality, cheapest
