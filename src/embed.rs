@@ -150,6 +150,31 @@ impl Memo {
         Memo { inner, known: RwLock::new(known) }
     }
 
+    /// Embeds those of `texts` not yet known, 64 to a call of the model, and remembers them,
+    /// calling `progress(done, to_embed)` after each call.
+    fn embed_missing(&self, texts: &[&str], progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+        let missing: Vec<&str> = {
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            let mut seen = std::collections::HashSet::new();
+            texts.iter().copied().filter(|t| !known.contains_key(*t) && seen.insert(*t)).collect()
+        };
+        let mut done = 0;
+        for chunk in missing.chunks(64) {
+            let fresh = self.inner.embed_batch(chunk)?;
+            if fresh.len() != chunk.len() {
+                return Err(Error::Embedding(format!("the embedder returned {} vectors for {} texts", fresh.len(), chunk.len())));
+            }
+            let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+            for (t, v) in chunk.iter().zip(fresh) {
+                known.insert(t.to_string(), v.into());
+            }
+            drop(known);
+            done += chunk.len();
+            progress(done, missing.len());
+        }
+        Ok(())
+    }
+
     /// Embeds those of `texts` not yet known, in batches, and remembers them.
     pub fn remember(&self, texts: &[&str]) -> Result<()> {
         self.embed_batch(texts).map(|_| ())
@@ -182,6 +207,42 @@ impl Memo {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn remember_cached(&self, texts: &[&str], cache: &crate::index::VectorCache) -> Result<bool> {
+        self.remember_cached_with_progress(texts, cache, |_, _| {})
+    }
+
+    /// As [`remember_cached`](Memo::remember_cached), calling `progress(done, to_embed)` after
+    /// each batch the model embeds (not at all when the cache has them): for a program that
+    /// embeds thousands of prompts and should say how far it is. The vectors are the same.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use semroute::embed::{Embedder, Memo};
+    /// use semroute::index::VectorCache;
+    /// # struct Letters;
+    /// # impl Embedder for Letters {
+    /// #     fn model_id(&self) -> &str { "letters" }
+    /// #     fn dim(&self) -> usize { 2 }
+    /// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+    /// #         Ok(t.iter().map(|s| if s.starts_with('a') { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect())
+    /// #     }
+    /// # }
+    /// let dir = tempfile::tempdir()?;
+    /// let texts: Vec<String> = (0..200).map(|i| format!("text {i}")).collect();
+    /// let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    /// let mut seen = Vec::new();
+    /// Memo::new(Arc::new(Letters)).remember_cached_with_progress(&texts, &VectorCache::new(dir.path()), |done, of| {
+    ///     seen.push((done, of))
+    /// })?;
+    /// assert_eq!(seen.last(), Some(&(200, 200)));
+    /// assert!(seen.len() > 1 && seen.windows(2).all(|w| w[0].0 < w[1].0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remember_cached_with_progress(
+        &self,
+        texts: &[&str],
+        cache: &crate::index::VectorCache,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<bool> {
         let key = format!("texts-{}", texts_hash(texts.iter().copied()));
         let (model, dim) = (self.inner.model_id().to_string(), self.inner.dim());
         if let Some(vectors) = cache.load(&model, &key, texts.len(), dim) {
@@ -191,6 +252,7 @@ impl Memo {
             }
             return Ok(true);
         }
+        self.embed_missing(texts, &mut progress)?;
         let vectors = self.embed_batch(texts)?;
         if let Err(e) = cache.store(&model, &key, &vectors) {
             tracing::warn!("{}: vectors not cached: {e}", cache.dir().display());
@@ -296,24 +358,7 @@ impl Embedder for Memo {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let missing: Vec<&str> = {
-            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-            let mut seen = std::collections::HashSet::new();
-            texts.iter().copied().filter(|t| !known.contains_key(*t) && seen.insert(*t)).collect()
-        };
-        if !missing.is_empty() {
-            let mut fresh = Vec::with_capacity(missing.len());
-            for chunk in missing.chunks(64) {
-                fresh.extend(self.inner.embed_batch(chunk)?);
-            }
-            if fresh.len() != missing.len() {
-                return Err(Error::Embedding(format!("the embedder returned {} vectors for {} texts", fresh.len(), missing.len())));
-            }
-            let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-            for (t, v) in missing.into_iter().zip(fresh) {
-                known.insert(t.to_string(), v.into());
-            }
-        }
+        self.embed_missing(texts, &mut |_, _| {})?;
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
         texts
             .iter()

@@ -80,7 +80,21 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let cache = VectorCache::new(Home::from_env().cache_dir());
         let started = std::time::Instant::now();
-        let cached = memo.remember_cached(&prompts, &cache)?;
+        // A large set takes minutes to embed the first time: say how far it is, every 15 s.
+        let mut said = std::time::Duration::ZERO;
+        let cached = memo.remember_cached_with_progress(&prompts, &cache, |done, of| {
+            let spent = started.elapsed();
+            if done < of && spent >= said + std::time::Duration::from_secs(15) {
+                said = spent;
+                let left = spent.as_secs_f64() * (of - done) as f64 / done as f64;
+                eprintln!(
+                    "embedding the prompts: {done} of {of} ({:.0}%) in {:.0} s, about {:.0} s left",
+                    100.0 * done as f64 / of as f64,
+                    spent.as_secs_f64(),
+                    left
+                );
+            }
+        })?;
         eprintln!(
             "{} prompts' vectors {} in {:.1} s",
             prompts.len(),
