@@ -80,21 +80,23 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let cache = VectorCache::new(Home::from_env().cache_dir());
         let started = std::time::Instant::now();
-        // A large set takes minutes to embed the first time: say how far it is, every 15 s.
-        let mut said = std::time::Duration::ZERO;
+        // A large set takes minutes to embed the first time: show how far it is (on a terminal).
+        let mut bar: Option<indicatif::ProgressBar> = None;
         let cached = memo.remember_cached_with_progress(&prompts, &cache, |done, of| {
-            let spent = started.elapsed();
-            if done < of && spent >= said + std::time::Duration::from_secs(15) {
-                said = spent;
-                let left = spent.as_secs_f64() * (of - done) as f64 / done as f64;
-                eprintln!(
-                    "embedding the prompts: {done} of {of} ({:.0}%) in {:.0} s, about {:.0} s left",
-                    100.0 * done as f64 / of as f64,
-                    spent.as_secs_f64(),
-                    left
-                );
-            }
+            let bar = bar.get_or_insert_with(|| {
+                // Made at the first batch's end, so its clock starts with the run's.
+                indicatif::ProgressBar::new(of as u64)
+                    .with_style(
+                        indicatif::ProgressStyle::with_template("embedding the prompts: {bar:30} {pos}/{len}, {elapsed} so far, eta {eta}")
+                            .expect("a valid template"),
+                    )
+                    .with_elapsed(started.elapsed())
+            });
+            bar.set_position(done as u64);
         })?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         eprintln!(
             "{} prompts' vectors {} in {:.1} s",
             prompts.len(),
