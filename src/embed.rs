@@ -175,6 +175,15 @@ impl Memo {
         Ok(())
     }
 
+    /// The remembered vectors of `texts`, in order (an error for a text not remembered).
+    fn recall(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        texts
+            .iter()
+            .map(|t| known.get(*t).map(|v| v.to_vec()).ok_or_else(|| Error::Embedding("a text was not remembered".into())))
+            .collect()
+    }
+
     /// Embeds those of `texts` not yet known, in batches, and remembers them.
     pub fn remember(&self, texts: &[&str]) -> Result<()> {
         self.embed_batch(texts).map(|_| ())
@@ -253,7 +262,7 @@ impl Memo {
             return Ok(true);
         }
         self.embed_missing(texts, &mut progress)?;
-        let vectors = self.embed_batch(texts)?;
+        let vectors = self.recall(texts)?;
         if let Err(e) = cache.store(&model, &key, &vectors) {
             tracing::warn!("{}: vectors not cached: {e}", cache.dir().display());
         }
@@ -359,11 +368,7 @@ impl Embedder for Memo {
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.embed_missing(texts, &mut |_, _| {})?;
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        texts
-            .iter()
-            .map(|t| known.get(*t).map(|v| v.to_vec()).ok_or_else(|| Error::Embedding("a text was not remembered".into())))
-            .collect()
+        self.recall(texts)
     }
 }
 

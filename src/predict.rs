@@ -1177,7 +1177,7 @@ mod tests {
         assert!((t - (100.0 + 200.0 / 65.0)).abs() < 1e-9, "{t}");
         assert!((c - (1.0 + 2.0 / 65.0)).abs() < 1e-9, "{c}");
         // Their standard errors: sqrt(σ² / (n + σ²/τ²)), for the lengths and the costs alike.
-        let p = predict_from(&short, &prices, 0.05, &prior).per_model["a"].clone();
+        let p = predict_from(&short, &prices, 0.05, &prior).per_model["a"];
         let se = (200.0f64 * 200.0 / 9.0 / (8.0 + 1.0 / 8.0)).sqrt();
         assert!((p.output_tokens_se - se).abs() < 1e-9, "{}", p.output_tokens_se);
         assert!((p.cost_se_usd.unwrap() - se / 100.0).abs() < 1e-9, "{:?}", p.cost_se_usd);
