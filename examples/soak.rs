@@ -283,17 +283,18 @@ enum Outcome {
     Cut,
 }
 
-/// One request; returns the outcome kind and, for a complete answer, its request id.
-async fn one(
-    http: &reqwest::Client,
-    url: &str,
-    key: &str,
-    target: &str,
-    prompt: &str,
+/// What one request asks: which model (or `auto`), the prompt, whether streamed, and after how
+/// many events the client cuts a stream off.
+struct Request<'a> {
+    target: &'a str,
+    prompt: &'a str,
     stream: bool,
     cut_after: Option<usize>,
-    tally: &Tally,
-) -> (Outcome, String, Option<String>) {
+}
+
+/// One request; returns the outcome kind and, for a complete answer, its request id.
+async fn one(http: &reqwest::Client, url: &str, key: &str, request: Request<'_>, tally: &Tally) -> (Outcome, String, Option<String>) {
+    let Request { target, prompt, stream, cut_after } = request;
     let mut body = json!({"model": target, "messages": [{"role": "user", "content": prompt}]});
     if stream {
         body["stream"] = true.into();
@@ -355,8 +356,13 @@ async fn one(
         }
     }
     let text = String::from_utf8_lossy(&tail);
-    let last =
-        text.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).last().unwrap_or("").trim().to_string();
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .next_back()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if let Some(what) = broken {
         return (Outcome::Failed, format!("stream: HTTP 200, {what}"), None);
     }
@@ -410,7 +416,7 @@ async fn client(
         let quality: f64 = rng.random_range(0.0..1.0);
         tally.sent.fetch_add(1, Ordering::Relaxed);
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let (outcome, kind, id) = one(&http, &url, &key, &target, &prompt, stream, cut_after, &tally).await;
+        let (outcome, kind, id) = one(&http, &url, &key, Request { target: &target, prompt: &prompt, stream, cut_after }, &tally).await;
         in_flight.fetch_sub(1, Ordering::Relaxed);
         tally.note(&target, &kind);
         match outcome {

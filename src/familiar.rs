@@ -84,7 +84,7 @@ impl Centre {
             }
         }
         let norm2 = dot(&mean, &mean);
-        if !(norm2 > CENTRE_ABOVE) {
+        if norm2.is_nan() || norm2 <= CENTRE_ABOVE {
             return None;
         }
         let exemplars = vectors.iter().map(|v| (dot(v, &mean), dot(v, v))).collect();
@@ -226,8 +226,9 @@ impl Familiarity {
                 let centre = centre.as_ref().map(|c| c.extended(&vectors, from));
                 let mut all = Vec::clone(spread);
                 all.truncate(from);
-                for i in all.len()..exemplars.len().min(vectors.len()) {
-                    all.push(mean_distance(&others(index, exemplars, i, vectors[i], NEIGHBOURS, centre.as_ref())) as f32);
+                let end = exemplars.len().min(vectors.len());
+                for (i, &v) in vectors.iter().enumerate().take(end).skip(all.len()) {
+                    all.push(mean_distance(&others(index, exemplars, i, v, NEIGHBOURS, centre.as_ref())) as f32);
                 }
                 Familiarity::Density { limit: *limit, spread: Arc::new(all), typical: *typical, centre }
             }

@@ -965,10 +965,11 @@ pub fn shrunk_towards(local: f64, spread: f64, n: f64, overall: (f64, f64), stre
 /// assert_eq!(shrunk_with_error(100.0, 40_000.0, 8.0, (300.0, 40_000.0), 0.0), (300.0, 200.0));
 /// ```
 pub fn shrunk_with_error(local: f64, spread: f64, n: f64, (mean, variance): (f64, f64), strength: f64) -> (f64, f64) {
-    if !(n > 0.0) {
+    // NaN counts as no evidence, as zero does.
+    if n.is_nan() || n <= 0.0 {
         return (mean, variance.max(0.0).sqrt());
     }
-    if !(variance > 0.0) {
+    if variance.is_nan() || variance <= 0.0 {
         // Every exemplar alike: only the configured strength applies.
         return ((n * local + strength * mean) / (n + strength), 0.0);
     }
@@ -1019,7 +1020,7 @@ fn copies<'a>(neighbours: &[(&'a Grade, f32)], prices: &'a PriceTable, width: f6
     let mut out: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
     for &(grade, s) in neighbours {
         let kappa = ((f64::from(s).min(1.0) - 1.0) / width).exp();
-        if !(kappa >= MIN_COPY) {
+        if kappa.is_nan() || kappa < MIN_COPY {
             continue;
         }
         for (model, q, _, _) in evidence(grade, prices) {
@@ -1168,7 +1169,7 @@ mod tests {
         let mixed: Vec<(&Grade, f32)> = (0..8).map(|i| (&set.get(i).grade, 0.9)).collect();
         let one = [(&set.get(0).grade, 0.9f32)];
         let predict = |n: &[(&Grade, f32)], prior: &Prior| {
-            let p = predict_from(n, &prices, 0.05, prior).per_model["a"].clone();
+            let p = predict_from(n, &prices, 0.05, prior).per_model["a"];
             (p.output_tokens, p.cost_usd.unwrap())
         };
         // Eight agreeing short neighbours: close to their 100 tokens, not exactly (they are eight

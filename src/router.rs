@@ -1662,6 +1662,8 @@ fn validated(state: &State, items: Vec<Exemplar>, origin: &str) -> Result<Exempl
 }
 
 /// Validates, embeds and indexes one generation of data.
+// The builder's and the reload's parts, passed as they are: two private callers.
+#[allow(clippy::too_many_arguments)]
 fn build_state(
     embedder: &dyn Embedder,
     exemplars: ExemplarSet,
@@ -1853,6 +1855,8 @@ fn caution_for(
 /// chosen (`selected`), the choice is kept as exemplars are added. A fit that fails leaves the
 /// neighbours to predict, with a warning: refusing would make an exemplar or a piece of
 /// feedback, already kept, stop the router from starting.
+// A state's parts, passed as they are: three private callers.
+#[allow(clippy::too_many_arguments)]
 fn quality_model(
     search: &Search,
     exemplars: &ExemplarSet,

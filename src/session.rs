@@ -465,10 +465,10 @@ pub struct CacheView {
 pub(crate) fn raise(task: &mut Predictions, turn: &Predictions) {
     for (model, p) in &turn.per_model {
         match task.per_model.get_mut(model) {
-            Some(q) if p.quality < q.quality => *q = ModelPrediction { output_tokens: q.output_tokens.max(p.output_tokens), ..p.clone() },
+            Some(q) if p.quality < q.quality => *q = ModelPrediction { output_tokens: q.output_tokens.max(p.output_tokens), ..*p },
             Some(q) => q.output_tokens = q.output_tokens.max(p.output_tokens),
             None => {
-                task.per_model.insert(model.clone(), p.clone());
+                task.per_model.insert(model.clone(), *p);
             }
         }
     }

@@ -66,7 +66,7 @@ fn the_fallback_rule_is_derived_for_e5_too() {
     // own limit, and an exemplar's own prompt is as familiar as can be.
     let r = router();
     let limit = r.settings().unfamiliar_limit.expect("derived");
-    assert!(limit >= 1.0 && limit < 3.0, "{limit}");
+    assert!((1.0..3.0).contains(&limit), "{limit}");
     assert_eq!(r.settings().min_similarity, None);
     let known = r.exemplars().get(0).prompt.clone();
     let d = r.route(&known).unwrap();

@@ -5,7 +5,6 @@
 
 mod common;
 #[path = "common/fake_llm.rs"]
-#[allow(dead_code)]
 mod fake_llm;
 
 use std::sync::{Arc, OnceLock};

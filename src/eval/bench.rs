@@ -36,6 +36,9 @@ use crate::router::{Assessment, Router};
 pub use crate::target::Policy;
 use crate::target::{assess_all, folds_of, knobs, operating_point, picks, picks_under, Operating, Pick};
 
+/// One candidate's out-of-fold picks, `[policy][knob][train prompt]`.
+type CandidatePicks = Vec<Vec<Vec<Pick>>>;
+
 /// One way to configure a router's predictions, as a candidate for cross-fitting.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouterConfig {
@@ -482,7 +485,7 @@ const CHOICE_REPLICATES: usize = 200;
 /// varies far less. Where AIQ does tell them apart (large splits), it decides.
 fn choose_candidate(
     scores: &[ConfigScore],
-    oof_picks: &[Vec<Vec<Vec<Pick>>>],
+    oof_picks: &[CandidatePicks],
     policies: usize,
     out: &Outcomes,
     range: (f64, f64),
@@ -750,7 +753,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let train_range = cost_range(&train_single);
     // Out-of-fold picks of every candidate, [config][policy] -> [knob][train prompt], and each
     // candidate's calibration.
-    let mut oof_picks: Vec<Vec<Vec<Vec<Pick>>>> = configs
+    let mut oof_picks: Vec<CandidatePicks> = configs
         .iter()
         .map(|_| settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect())
         .collect();
@@ -1044,7 +1047,8 @@ fn intervals(
     let replicates: Vec<u64> = (0..INTERVAL_REPLICATES as u64).collect();
     // Per replicate: AIQ − hull's, APGR, then per target the share kept and the cost over the
     // cheapest single model's at that target (NaN where no single model reaches it).
-    let per: Vec<(f64, f64, Vec<(f64, f64)>)> = par_map(&replicates, 8, |&r| {
+    type Replicate = (f64, f64, Vec<(f64, f64)>);
+    let per: Vec<Replicate> = par_map(&replicates, 8, |&r| {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ r.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut weights = vec![0u32; n];
         for _ in 0..n {
@@ -1105,7 +1109,7 @@ mod tests {
 
     /// Two models on 40 prompts: the cheap one (0, cost 1) is right on the even prompts only, the
     /// reference (1, cost 10) on all. Each candidate's curve: all cheap, its own mix, all reference.
-    fn case(mixes: &[Vec<Pick>], briers: &[f64]) -> (Vec<ConfigScore>, Vec<Vec<Vec<Vec<Pick>>>>, Outcomes) {
+    fn case(mixes: &[Vec<Pick>], briers: &[f64]) -> (Vec<ConfigScore>, Vec<CandidatePicks>, Outcomes) {
         let n = 40;
         let out = Outcomes {
             q: (0..n).map(|i| vec![f64::from(u8::from(i % 2 == 0)), 1.0]).collect(),

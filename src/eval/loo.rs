@@ -141,7 +141,7 @@ impl LooReport {
                     agree += usize::from(routed == o.label);
                     under += usize::from(routed < o.label);
                 }
-                if under <= max_under && best.as_ref().map_or(true, |(n, f)| agree > *n || (agree == *n && under < f.under)) {
+                if under <= max_under && best.as_ref().is_none_or(|(n, f)| agree > *n || (agree == *n && under < f.under)) {
                     let agreement = agree as f64 / self.outcomes.len().max(1) as f64;
                     best = Some((agree, Frontier { agreement, under, cheap_threshold: a, mid_threshold: b }));
                 }

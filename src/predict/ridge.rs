@@ -161,11 +161,13 @@ pub struct QualityModel {
 /// [`REMEMBERED_QUERIES`](crate::index::REMEMBERED_QUERIES) of them.
 #[derive(Default)]
 struct Remembered {
-    by_item: Mutex<HashMap<(Box<str>, Box<[u32]>), Scores>>,
+    by_item: Mutex<HashMap<ItemKey, Scores>>,
 }
 
 /// Each model's quality and its standard error, where known.
 type Scores = BTreeMap<String, (f64, Option<f64>)>;
+/// A remembered prompt: its text and its vector's bits.
+type ItemKey = (Box<str>, Box<[u32]>);
 
 impl std::fmt::Debug for Remembered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -372,7 +374,7 @@ impl QualityModel {
         let Some(memo) = &self.remembered else {
             return self.score_items(items, with_error);
         };
-        let keys: Vec<(Box<str>, Box<[u32]>)> = items.iter().map(|&(p, v)| (p.into(), v.iter().map(|x| x.to_bits()).collect())).collect();
+        let keys: Vec<ItemKey> = items.iter().map(|&(p, v)| (p.into(), v.iter().map(|x| x.to_bits()).collect())).collect();
         let mut out: Vec<Option<Scores>> = {
             let known = memo.by_item.lock().unwrap_or_else(PoisonError::into_inner);
             keys.iter().map(|k| known.get(k).cloned()).collect()
@@ -421,7 +423,8 @@ impl QualityModel {
             })
             .collect();
         // [fit][item] -> each target's (quality, standard error); `None` for an unusable item.
-        let scores: Vec<Vec<Option<Vec<(f64, Option<f64>)>>>> = self
+        type ItemScores = Option<Vec<(f64, Option<f64>)>>;
+        let scores: Vec<Vec<ItemScores>> = self
             .fits
             .iter()
             .map(|fit| {
@@ -576,7 +579,7 @@ impl QualityModel {
 /// A group's rows and each member's targets, cut to [`KERNEL_RIDGE_MAX_EXEMPLARS`] rows evenly
 /// spread over them (row `i · n / max` for `i` below `max`) when there are more; as they are
 /// otherwise.
-fn thin<'a>(rows: Vec<usize>, members: Vec<(&'a str, Vec<f64>)>) -> (Vec<usize>, Vec<(&'a str, Vec<f64>)>) {
+fn thin(rows: Vec<usize>, members: Vec<(&str, Vec<f64>)>) -> (Vec<usize>, Vec<(&str, Vec<f64>)>) {
     let n = rows.len();
     if n <= KERNEL_RIDGE_MAX_EXEMPLARS {
         return (rows, members);

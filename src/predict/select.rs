@@ -196,7 +196,7 @@ fn stack_weights(pairs: &[([f64; 4], f64)]) -> Option<(StackWeights, f64)> {
                         sse += w[a] * w[b] * qq[a][b];
                     }
                 }
-                if best.as_ref().map_or(true, |(_, b)| sse < *b - 1e-12) {
+                if best.as_ref().is_none_or(|(_, b)| sse < *b - 1e-12) {
                     best = Some((w, sse));
                 }
             }

@@ -510,7 +510,7 @@ fn hostile(model: &str, body: &Value) -> Option<Response> {
         ("trickle", false) => {
             let mut text = whole_head.to_vec();
             let answer = serde_json::to_string(&format!("echo: {}", last_user(body))).unwrap();
-            text.extend_from_slice(answer[1..answer.len() - 1].as_bytes());
+            text.extend_from_slice(&answer.as_bytes()[1..answer.len() - 1]);
             text.extend_from_slice(&whole_tail);
             let pieces: Vec<Bytes> = text.chunks(16).map(Bytes::copy_from_slice).collect();
             Body::from_stream(futures_util::stream::unfold(pieces.into_iter(), |mut it| async move {
