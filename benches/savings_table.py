@@ -26,9 +26,9 @@ def seed42():
             yield name, next((r for r in runs if r["seed"] == 42), runs[0])
 
 
-def at(r, x, of="targets"):
-    """Target x's row among r's `targets` (the curve's candidate) or `keep_targets` (--keep's)."""
-    return next(t for t in r[of] if abs(t["target"] - x) < 1e-9)
+def at(r, x):
+    """Target x's row among r's `targets` (what `semroute route --keep X` on the train split gives)."""
+    return next(t for t in r["targets"] if abs(t["target"] - x) < 1e-9)
 
 
 def met(t):
@@ -78,27 +78,6 @@ for name, r in seed42():
     mae_cell = f"{mae[0]:.1f} / {mae[1]:.1f}" if mae else "no answer lengths"
     picks = " / ".join(f"{t['config']} {t['policy']}" for t in r["targets"])
     print(f"| {name} | {c['brier']:.4f} / {c['baseline_brier']:.4f} | {mae_cell} | {picks} | {r['seconds']:.1f} |")
-
-print()
-print("What a user asking for X gets (`semroute route --keep X`: the default router tuned by its own cross-fitting of the train split, under the bar; test split):")
-print()
-print("| data set | kept at 90% / 95% / 98%: seed 42 \\| mean (seeds ≥ X−1) | cost at 95% over the cheapest single at 95%: seed 42 \\| mean | operating points, seed 42 |")
-print("| --- | --- | --- | --- |")
-for name in SETS:
-    runs = [r for r in (load(name) or []) if r.get("keep_targets")]
-    if not runs:
-        continue
-    r42 = next((r for r in runs if r["seed"] == 42), runs[0])
-    keep = lambda r, x: at(r, x, "keep_targets")
-    def cell(x):
-        ok = sum(met(keep(r, x)) for r in runs)
-        mean = sum(keep(r, x)["kept"] for r in runs) / len(runs)
-        return f"{100 * keep(r42, x)['kept']:.1f}% \\| {100 * mean:.1f}% ({ok} of {len(runs)})"
-    def ratio(r):
-        t = keep(r, 0.95)
-        return t["cost_usd"] / t["cheapest_single"][1] if t["cheapest_single"] else float("nan")
-    points = " / ".join(f"{t['config']}" + (f" {t['knob']:.2f}" if t["knob"] is not None else "") for t in r42["keep_targets"])
-    print(f"| {name} | {' / '.join(cell(x) for x in (0.90, 0.95, 0.98))} | {ratio(r42):.2f}× \\| {sum(map(ratio, runs)) / len(runs):.2f}× | {points} |")
 
 print()
 print("How much of seed 42's test figures is the draw of its test split: 90% intervals over 1,000 bootstrap replicates of the test prompts, the router's picks unchanged (`test_intervals`):")

@@ -15,7 +15,7 @@
 //! ```
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 
 use crate::chat::ChatRequest;
 use crate::decision::{Neighbour, RouteDecision};
-use crate::embed::{Embedder, FastEmbedder, Home};
+use crate::embed::{Embedder, FastEmbedder, Home, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::{Exemplar, ExemplarSet, Grade};
 use crate::familiar::{Familiarity, Judgement, NEIGHBOURS};
@@ -39,7 +39,7 @@ use crate::predict::{
 use crate::pricing::{PriceTable, Tier, TokenCounter};
 use crate::session::{self, CacheView, MemorySessions, SessionInfo, SessionKey, SessionSettings, SessionState, SessionStore};
 use crate::store::ExemplarStore;
-use crate::target::{self, OperatingPoint, QualityTarget, Tuned};
+use crate::target::{self, OperatingPoint, Policy, QualityTarget, RouterConfig, Tuned};
 
 /// Routes prompts. Cheap to clone and share across threads and tokio tasks (`Send + Sync`; the
 /// state is behind an `Arc`).
@@ -1524,57 +1524,112 @@ impl RouterBuilder {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
         };
+        // With a target, the fits and the graph are kept for the router of the configuration
+        // the target chooses.
+        let fits = self.fits.clone().or_else(|| self.target.is_some().then(FitCache::new));
+        let mut min_similarity = self.min_similarity;
         let mut state = build_state(
             embedder.as_ref(),
             exemplars,
             prices,
             fallback.as_deref(),
-            self.min_similarity,
+            min_similarity,
             self.caution,
             &settings,
             cache.as_ref(),
             self.store.as_ref(),
-            self.fits.as_ref(),
+            fits.as_ref(),
         )?;
         let tuned = match (self.target, measured) {
             (Some(target), Some(measured)) => {
                 let Search::Local(index) = &state.search else {
                     return Err(Error::Config("a quality target needs the in-process index".into()));
                 };
+                let own = RouterConfig {
+                    name: "configured".into(),
+                    predictor,
+                    k,
+                    temperature,
+                    prior_strength,
+                    min_similarity: self.min_similarity,
+                };
+                // The router's own prediction settings alone where any was set; else the
+                // candidates the savings benchmark compares, the default router among them.
+                let configured = self.predictor.is_some()
+                    || self.k.is_some()
+                    || self.temperature.is_some()
+                    || self.prior_strength.is_some()
+                    || self.min_similarity.is_some()
+                    || self.caution.is_some();
+                let configs = match target.asked_candidates() {
+                    Some(c) => c.to_vec(),
+                    None if configured => vec![own.clone()],
+                    None => RouterConfig::defaults(embedder.as_ref()),
+                };
+                let policies = match target.asked_policies() {
+                    Some(p) => p.to_vec(),
+                    None if self.usd_per_quality.is_some() => vec![Policy::UsdPerQuality],
+                    None if configured => vec![Policy::QualityBar],
+                    None => vec![Policy::QualityBar, Policy::UsdPerQuality],
+                };
                 let fold_prices: PriceTable = (*state.prices).clone();
                 // The folds' routers fall back to the whole set's safe model, as this one does.
-                let (min_similarity, caution, fallback) = (self.min_similarity, self.caution, state.fallback_model.clone());
-                // Each fold's router: these settings on that fold's exemplars, embedding nothing.
-                let build = move |exemplars: ExemplarSet, embedder: Arc<dyn Embedder>| {
-                    let mut b = Router::builder()
+                let (caution, fallback) = (self.caution, state.fallback_model.clone());
+                // Each fold's router: a configuration and these settings on that fold's
+                // exemplars, embedding nothing.
+                let build = move |config: &RouterConfig, exemplars: ExemplarSet, embedder: Arc<dyn Embedder>, graphs: &Path, fits: &FitCache| {
+                    let mut b = config
+                        .apply(Router::builder())
                         .embedder(embedder)
                         .exemplars(exemplars)
                         .prices(fold_prices.clone())
-                        .k(k)
-                        .temperature(temperature)
-                        .prior_strength(prior_strength)
-                        .predictor(predictor)
                         .unfamiliar_share(unfamiliar_share)
-                        .no_cache();
-                    if let Some(s) = min_similarity {
-                        b = b.min_similarity(s);
-                    }
+                        .cache_dir(graphs)
+                        .fit_cache(fits.clone());
                     if let Some(z) = caution {
                         b = b.caution(z);
                     }
                     b.fallback_model(fallback.clone()).build()
                 };
-                let tuned = target::tune(target::Tuning {
+                let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+                let (tuned, chosen) = target::tune(target::Tuning {
                     target,
                     exemplars: &state.exemplars,
-                    vectors: index.vectors().map(<[f32]>::to_vec).collect(),
+                    vectors: vectors.clone(),
                     measured,
                     embedder: embedder.clone(),
-                    policy: if self.usd_per_quality.is_some() { target::Policy::UsdPerQuality } else { target::Policy::QualityBar },
+                    configs,
+                    policies,
                     build: &build,
                 })?;
+                if !chosen.same_settings(&own) {
+                    // The chosen configuration's router, over the same exemplars (their vectors
+                    // and graph known).
+                    settings.k = chosen.k;
+                    settings.temperature = chosen.temperature;
+                    settings.prior_strength = chosen.prior_strength;
+                    settings.predictor = chosen.predictor;
+                    min_similarity = chosen.min_similarity;
+                    let known = Memo::with_vectors(embedder.clone(), state.exemplars.iter().map(|e| e.prompt.as_str()).zip(&vectors));
+                    let fallback_model = state.fallback_model.clone();
+                    state = build_state(
+                        &known,
+                        state.exemplars.clone(),
+                        (*state.prices).clone(),
+                        Some(&fallback_model),
+                        min_similarity,
+                        self.caution,
+                        &settings,
+                        None,
+                        None,
+                        fits.as_ref(),
+                    )?;
+                }
                 match tuned.point {
-                    OperatingPoint::Knob(Objective::QualityBar(b)) => settings.quality_bar = b,
+                    OperatingPoint::Knob(Objective::QualityBar(b)) => {
+                        settings.quality_bar = b;
+                        settings.usd_per_quality = None;
+                    }
                     OperatingPoint::Knob(Objective::UsdPerQuality(u)) => settings.usd_per_quality = Some(u),
                     OperatingPoint::Model(_) => {}
                 }
@@ -1626,7 +1681,7 @@ impl RouterBuilder {
                 tokens,
                 settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
                 configured_fallback: fallback,
-                configured_min_similarity: self.min_similarity,
+                configured_min_similarity: min_similarity,
                 configured_caution: self.caution,
                 cache,
                 store: self.store,

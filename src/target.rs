@@ -8,20 +8,29 @@
 //! second into the first when the router is built:
 //!
 //! 1. The **reference** is the model with the best mean quality on the exemplars.
-//! 2. The exemplars are cut into folds. On each, a router with the same settings is built on the
-//!    other folds and decides every prompt of the held-out fold under each knob of a grid (the bar
-//!    from 0 to 1, or USD per quality point on a log scale around the exemplars' typical cost).
-//!    Every exemplar is thus decided by a router that never saw its grades.
-//! 3. The **operating point** is the cheapest, out of fold, whose quality exceeds X × the
+//! 2. The exemplars are cut into folds. On each, the router of every **candidate configuration**
+//!    ([`RouterConfig::defaults`]: the default router and nine others, from each model's mean
+//!    alone to the ensemble of three predictors; or the router's own settings alone, where any was
+//!    set) is built on the other folds and decides every prompt of the held-out fold under each
+//!    knob of a grid (the bar from 0 to 1, and USD per quality point on a log scale around the
+//!    exemplars' typical cost). Every exemplar is thus decided by routers that never saw its
+//!    grades.
+//! 3. One candidate (configuration × knob) is chosen by the one-standard-error rule: among those
+//!    whose out-of-fold AIQ (the area under their cost–quality curve) is within one standard
+//!    error of the largest, the one whose quality predictions have the lowest out-of-fold Brier
+//!    score over the models some price makes the best single choice. The choice does not look at
+//!    the target: every target is met on the same candidate.
+//! 4. The **operating point** is the cheapest of its knobs, out of fold, whose quality exceeds X × the
 //!    reference's by `confidence_z` standard errors of the paired difference (one-sided: 1.645
 //!    by default, 95%). Every single model is an operating point too, held to the same test: where
 //!    calling one model meets the target for less than any knob, the router sends every prompt to
 //!    it and says so (on a set where one cheap model is nearly as good as the best, routing costs
 //!    more than it saves).
 //!
-//! The router then routes with that knob (or that model) and [`Router::tuned`](crate::Router::tuned)
-//! reports what was found. The savings benchmark ([`eval`](crate::eval)) chooses its targets'
-//! operating points with this same rule, on its own cross-fitting of the train split.
+//! The router then routes with that configuration and knob (or that model), and
+//! [`Router::tuned`](crate::Router::tuned) reports what was found. The savings benchmark
+//! ([`eval`](crate::eval)) reports its targets through this same code, on the train split: a
+//! router built there with `--keep X` routes the test split as the benchmark reports.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -67,16 +76,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
+use crate::eval::{aiq, par_map};
 use crate::exemplar::{ExemplarSet, Grade};
 use crate::policy::{Constraints, Objective};
+use crate::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, RidgeSettings};
 use crate::pricing::{PriceTable, TokenCounter};
-use crate::router::{Assessment, Router};
+use crate::router::{Assessment, Router, RouterBuilder};
 
 /// "Keep this share of the best model's quality": see the [module documentation](self).
 ///
@@ -88,18 +102,52 @@ use crate::router::{Assessment, Router};
 /// assert!(QualityTarget::keep(1.5).check().is_err());
 /// assert!(QualityTarget::keep(0.9).folds(1).check().is_err());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QualityTarget {
     keep: f64,
     folds: usize,
     confidence_z: f64,
     seed: u64,
+    candidates: Option<Vec<RouterConfig>>,
+    policies: Option<Vec<Policy>>,
 }
 
 impl QualityTarget {
     /// Keep `share` (in (0, 1]) of the reference model's quality; 5 folds, 1.645 standard errors.
     pub fn keep(share: f64) -> Self {
-        QualityTarget { keep: share, folds: 5, confidence_z: 1.645, seed: 1 }
+        QualityTarget { keep: share, folds: 5, confidence_z: 1.645, seed: 1, candidates: None, policies: None }
+    }
+
+    /// The configurations the cross-fitting chooses among (default: [`RouterConfig::defaults`]
+    /// where the router's own prediction settings are its defaults; the router's own settings
+    /// alone where any of them was set).
+    ///
+    /// ```
+    /// use semroute::target::{Policy, QualityTarget, RouterConfig};
+    /// # struct Two;
+    /// # impl semroute::Embedder for Two {
+    /// #     fn model_id(&self) -> &str { "two" }
+    /// #     fn dim(&self) -> usize { 2 }
+    /// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> { Ok(t.iter().map(|_| vec![1.0, 0.0]).collect()) }
+    /// # }
+    /// # let embedder = Two;
+    /// let only_default: Vec<RouterConfig> =
+    ///     RouterConfig::defaults(&embedder).into_iter().filter(|c| c.name == "default").collect();
+    /// let t = QualityTarget::keep(0.95).candidates(only_default).policies([Policy::QualityBar]);
+    /// assert!(t.check().is_ok());
+    /// assert!(QualityTarget::keep(0.95).candidates(Vec::new()).check().is_err());
+    /// ```
+    pub fn candidates(mut self, configs: Vec<RouterConfig>) -> Self {
+        self.candidates = Some(configs);
+        self
+    }
+
+    /// The knobs the cross-fitting turns (default: both, the bar and USD per quality point, where
+    /// the router's own prediction settings are its defaults; else the bar, or USD per quality
+    /// point where [`RouterBuilder::usd_per_quality`] was set).
+    pub fn policies(mut self, policies: impl IntoIterator<Item = Policy>) -> Self {
+        self.policies = Some(policies.into_iter().collect());
+        self
     }
 
     /// Seed of the hash that deals the exemplars into folds (by id; default 1). The savings
@@ -144,7 +192,119 @@ impl QualityTarget {
         if !(self.confidence_z.is_finite() && self.confidence_z >= 0.0) {
             return Err(Error::Config(format!("confidence_z must be a finite, non-negative number, got {}", self.confidence_z)));
         }
+        if self.candidates.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Config("a quality target needs at least one candidate configuration".into()));
+        }
+        if self.policies.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Config("a quality target needs at least one policy".into()));
+        }
         Ok(())
+    }
+
+    /// The candidates asked for, if any.
+    pub(crate) fn asked_candidates(&self) -> Option<&[RouterConfig]> {
+        self.candidates.as_deref()
+    }
+
+    /// The policies asked for, if any.
+    pub(crate) fn asked_policies(&self) -> Option<&[Policy]> {
+        self.policies.as_deref()
+    }
+}
+
+/// One way to configure a router's predictions: a candidate among which a quality target's
+/// cross-fitting (and the savings benchmark's) chooses.
+///
+/// ```
+/// use semroute::target::RouterConfig;
+/// # struct Two;
+/// # impl semroute::Embedder for Two {
+/// #     fn model_id(&self) -> &str { "two" }
+/// #     fn dim(&self) -> usize { 2 }
+/// #     fn embed_batch(&self, t: &[&str]) -> semroute::Result<Vec<Vec<f32>>> { Ok(t.iter().map(|_| vec![1.0, 0.0]).collect()) }
+/// # }
+/// # let embedder = Two;
+/// let names: Vec<String> = RouterConfig::defaults(&embedder).into_iter().map(|c| c.name).collect();
+/// assert_eq!(names[0], "default");
+/// assert!(names.iter().any(|n| n == "ensemble"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouterConfig {
+    /// A short name for reports (`knn-8`, `kernel-ridge`, ...).
+    pub name: String,
+    /// How quality is predicted.
+    #[serde(skip)]
+    pub predictor: Predictor,
+    /// Neighbours consulted.
+    pub k: usize,
+    /// Softmax temperature of neighbour weights.
+    pub temperature: f64,
+    /// Pseudo-neighbours given to each model's overall mean.
+    pub prior_strength: f64,
+    /// The router's fallback threshold; `None` keeps the router's default (the embedder's).
+    pub min_similarity: Option<f32>,
+}
+
+impl RouterConfig {
+    /// The candidates tried by default, for `embedder`: the router exactly as built by default
+    /// (`default`: [`Predictor::Auto`], which cross-validates the predictor on the measured
+    /// exemplars it is given, with its fallback to the reference model for unfamiliar prompts),
+    /// then without the fallback (with measured exemplars an unfamiliar prompt's smoothed
+    /// predictions revert to each model's mean, and the objective decides): each model's mean
+    /// alone (neighbours outweighed by the prior: no per-prompt routing, the candidate that wins
+    /// where nothing about a prompt predicts its outcome), the nearest neighbours (k 8, sharp
+    /// weights), smoothed neighbours (k 32 and 128, flat weights, shrunk towards each model's
+    /// mean), the kernel-ridge model alone, its blend with the neighbours, the low-rank model
+    /// (l2 1e-4), the ensemble of the last three with the neighbours ([`Predictor::Ensemble`]),
+    /// and the feature model ([`Predictor::Features`]: few parameters, for small sets).
+    pub fn defaults(embedder: &dyn Embedder) -> Vec<RouterConfig> {
+        let ridge = RidgeSettings::for_embedder(embedder);
+        let c = |name: &str, predictor, k, temperature, prior_strength| RouterConfig {
+            name: name.into(),
+            predictor,
+            k,
+            temperature,
+            prior_strength,
+            min_similarity: Some(-1.0),
+        };
+        vec![
+            RouterConfig { min_similarity: None, ..c("default", Predictor::Auto, 8, 0.05, 0.0) },
+            c("model-means", Predictor::Neighbours, 8, 0.05, 1e9),
+            c("knn-8", Predictor::Neighbours, 8, 0.05, 0.0),
+            c("knn-32-smoothed", Predictor::Neighbours, 32, 1.0, 4.0),
+            c("knn-128-smoothed", Predictor::Neighbours, 128, 1.0, 8.0),
+            c("kernel-ridge", Predictor::KernelRidge(ridge), 8, 0.05, 0.0),
+            c("blend", Predictor::Blend(ridge), 8, 0.05, 0.0),
+            c("low-rank", Predictor::LowRank(LowRankSettings::for_router()), 8, 0.05, 0.0),
+            c("ensemble", Predictor::Ensemble(ridge, LowRankSettings::for_router()), 8, 0.05, 0.0),
+            c("features", Predictor::Features(FeatureSettings::default()), 8, 0.05, 0.0),
+        ]
+    }
+
+    /// A router that fits nothing: built first on a fold's exemplars, it saves their graph for
+    /// the candidates' routers to read.
+    pub(crate) fn graph_only() -> RouterConfig {
+        RouterConfig {
+            name: "graph".into(),
+            predictor: Predictor::Neighbours,
+            k: 1,
+            temperature: 1.0,
+            prior_strength: 0.0,
+            min_similarity: Some(-1.0),
+        }
+    }
+
+    /// `b` with this configuration's settings.
+    pub(crate) fn apply(&self, mut b: RouterBuilder) -> RouterBuilder {
+        if let Some(s) = self.min_similarity {
+            b = b.min_similarity(s);
+        }
+        b.k(self.k).temperature(self.temperature).prior_strength(self.prior_strength).predictor(self.predictor)
+    }
+
+    /// Whether `other` configures the same router (the name aside).
+    pub(crate) fn same_settings(&self, other: &RouterConfig) -> bool {
+        RouterConfig { name: String::new(), ..self.clone() } == RouterConfig { name: String::new(), ..other.clone() }
     }
 }
 
@@ -169,6 +329,11 @@ pub struct Tuned {
     pub keep: f64,
     /// The knob (or the one model) that meets it.
     pub point: OperatingPoint,
+    /// The name of the configuration chosen ([`RouterConfig::name`]; `configured` for the
+    /// router's own settings) whose knob it is.
+    pub candidate: String,
+    /// Candidates (configuration × policy) the cross-fitting chose among.
+    pub candidates: usize,
     /// The model with the best mean quality on the exemplars.
     pub reference_model: String,
     /// Its mean quality.
@@ -192,17 +357,18 @@ impl fmt::Display for Tuned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kept = if self.reference_quality > 0.0 { self.quality / self.reference_quality } else { 1.0 };
         let how = match &self.point {
-            OperatingPoint::Knob(Objective::QualityBar(b)) => format!("quality bar {b:.2}"),
-            OperatingPoint::Knob(Objective::UsdPerQuality(u)) => format!("${u:.6} per quality point"),
+            OperatingPoint::Knob(Objective::QualityBar(b)) => format!("{} router, quality bar {b:.2}", self.candidate),
+            OperatingPoint::Knob(Objective::UsdPerQuality(u)) => format!("{} router, ${u:.6} per quality point", self.candidate),
             OperatingPoint::Model(m) => format!("{m} for every prompt (cheaper than any knob that meets the target)"),
         };
         write!(
             f,
-            "keep {:.0}% of {}'s quality: {how}; out of fold on {} exemplars ({} folds) it kept {:.1}% for ${:.6} a prompt against ${:.6}",
+            "keep {:.0}% of {}'s quality: {how}; out of fold on {} exemplars ({} folds, {} candidates) it kept {:.1}% for ${:.6} a prompt against ${:.6}",
             100.0 * self.keep,
             self.reference_model,
             self.exemplars,
             self.folds,
+            self.candidates,
             100.0 * kept,
             self.cost_usd,
             self.reference_cost_usd
@@ -465,6 +631,321 @@ pub(crate) fn folds_of<'a>(ids: impl IntoIterator<Item = &'a str>, folds: usize,
     fold_of
 }
 
+/// One candidate's out-of-fold picks, `[policy][knob][item]`.
+pub(crate) type CandidatePicks = Vec<Vec<Vec<Pick>>>;
+
+/// The mean quality and the total cost of the model `pick(i)` chosen for each item `i` (added
+/// item by item, as the savings benchmark's points are).
+pub(crate) fn point_of(quality: &[Vec<f64>], cost: &[Vec<f64>], pick: &dyn Fn(usize) -> usize) -> (f64, f64) {
+    let n = quality.len().max(1) as f64;
+    let (mut q, mut c) = (0.0, 0.0);
+    for i in 0..quality.len() {
+        let m = pick(i);
+        q += 1.0 * quality[i][m] / n;
+        c += 1.0 * cost[i][m];
+    }
+    (q, c)
+}
+
+/// Squared errors of quality predictions against measured qualities, with the baseline's (each
+/// model's mean), and a reliability table.
+#[derive(Debug, Clone)]
+pub(crate) struct CalibrationAcc {
+    sq: f64,
+    base_sq: f64,
+    n: usize,
+    bins: [(f64, f64, usize); 10],
+    /// Per model: squared error, pairs.
+    per_model: Vec<(f64, usize)>,
+}
+
+impl CalibrationAcc {
+    pub(crate) fn new(models: usize) -> Self {
+        CalibrationAcc { sq: 0.0, base_sq: 0.0, n: 0, bins: [(0.0, 0.0, 0); 10], per_model: vec![(0.0, 0); models] }
+    }
+
+    /// The assessment's predicted quality of each of `models` (`None` where it has none).
+    pub(crate) fn predicted(a: &Assessment, models: &[String]) -> Vec<Option<f64>> {
+        models.iter().map(|name| a.predictions().per_model.get(name).map(|p| p.quality)).collect()
+    }
+
+    /// One item: the predicted and the measured quality of each model, and each model's mean.
+    pub(crate) fn add(&mut self, predicted: &[Option<f64>], q: &[f64], means: &[f64]) {
+        for (m, p) in predicted.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let p = p.clamp(0.0, 1.0);
+            self.sq += (p - q[m]).powi(2);
+            self.per_model[m].0 += (p - q[m]).powi(2);
+            self.per_model[m].1 += 1;
+            self.base_sq += (means[m] - q[m]).powi(2);
+            self.n += 1;
+            let b = ((p * 10.0) as usize).min(9);
+            self.bins[b].0 += p;
+            self.bins[b].1 += q[m];
+            self.bins[b].2 += 1;
+        }
+    }
+
+    pub(crate) fn brier(&self) -> f64 {
+        self.sq / self.n.max(1) as f64
+    }
+
+    pub(crate) fn baseline_brier(&self) -> f64 {
+        self.base_sq / self.n.max(1) as f64
+    }
+
+    /// Ten bins of predicted quality: (predicted mean, measured mean, pairs), the empty left out.
+    pub(crate) fn reliability(&self) -> Vec<(f64, f64, usize)> {
+        self.bins.iter().filter(|b| b.2 > 0).map(|&(p, q, n)| (p / n as f64, q / n as f64, n)).collect()
+    }
+
+    /// The Brier score over `models` alone.
+    pub(crate) fn brier_of(&self, models: &[usize]) -> f64 {
+        let (sq, n) = models.iter().filter_map(|&m| self.per_model.get(m)).fold((0.0, 0), |(s, n), p| (s + p.0, n + p.1));
+        sq / n.max(1) as f64
+    }
+}
+
+/// A candidate × policy's out-of-fold figures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OofScore {
+    /// AIQ of its out-of-fold curve over the single models' cost range.
+    pub aiq: f64,
+    /// Brier score of its out-of-fold quality predictions, every model.
+    pub brier: f64,
+    /// The same over the models on the cost–quality frontier only.
+    pub frontier_brier: f64,
+}
+
+/// What [`cross_fit`] needs: the items (exemplars, or a benchmark's train prompts) with every
+/// model's measured quality and cost, their folds, the candidates and how to build their routers.
+pub(crate) struct CrossFit<'a> {
+    pub configs: &'a [RouterConfig],
+    pub policies: &'a [Policy],
+    /// Each item's fold, `0..folds`.
+    pub fold_of: &'a [usize],
+    pub folds: usize,
+    pub models: &'a [String],
+    /// `quality[i][m]`, `cost[i][m]`: item `i`'s measured quality and cost with model `m`.
+    pub quality: &'a [Vec<f64>],
+    pub cost: &'a [Vec<f64>],
+    /// A prompt's median cost over the models: where the USD-per-quality knobs are swept.
+    pub typical_cost: f64,
+    /// Item `i`'s prompt, vector and input tokens.
+    pub item: &'a (dyn Fn(usize) -> Result<(&'a str, Vec<f32>, Option<u64>)> + Sync),
+    /// The router of a configuration over the items `part`, its exemplar graph read from (or
+    /// saved in) the folder `graphs`, its fitted models shared through `fits`.
+    pub router: &'a (dyn Fn(&RouterConfig, &[usize], &Path, &FitCache) -> Result<Router> + Sync),
+    /// Seed of the bootstrap that the choice among candidates draws.
+    pub seed: u64,
+}
+
+/// What [`cross_fit`] found.
+pub(crate) struct CrossFitted {
+    /// Each configuration's out-of-fold picks.
+    pub picks: Vec<CandidatePicks>,
+    /// Each configuration × policy's figures, at `config * policies + policy`.
+    pub scores: Vec<OofScore>,
+    /// The candidate chosen ([`choose_candidate`]), indexed as `scores`.
+    pub chosen: usize,
+}
+
+/// Cross-fits every configuration on the items: on each fold, the configuration's router on the
+/// other folds decides the fold's items under every knob of every policy, so every item is
+/// decided by routers that never saw its grades. Then scores each candidate (configuration ×
+/// policy) and chooses one ([`choose_candidate`]).
+///
+/// The candidates' routers on a fold share their exemplar graph (built once, on every core, by
+/// a router that fits nothing) and the models they fit (the same kernel-ridge model in four of
+/// the default candidates, the same low-rank model in three), and are built and assess side by
+/// side, one per free core; a lone configuration's folds run side by side instead.
+pub(crate) fn cross_fit(x: &CrossFit<'_>) -> Result<CrossFitted> {
+    let n = x.quality.len();
+    let models = x.models.len();
+    let index: HashMap<&str, usize> = x.models.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let single: Vec<(f64, f64)> = (0..models).map(|m| point_of(x.quality, x.cost, &|_| m)).collect();
+    let means: Vec<f64> = single.iter().map(|p| p.0).collect();
+    // The models on the cost–quality frontier: each better than every cheaper one.
+    let frontier: Vec<usize> = {
+        let mut by_cost: Vec<usize> = (0..models).collect();
+        by_cost.sort_by(|&a, &b| single[a].1.total_cmp(&single[b].1).then(means[b].total_cmp(&means[a])));
+        let mut best = f64::NEG_INFINITY;
+        by_cost
+            .into_iter()
+            .filter(|&m| {
+                let better = means[m] > best;
+                best = best.max(means[m]);
+                better
+            })
+            .collect()
+    };
+    let range = (single.iter().map(|p| p.1).fold(f64::INFINITY, f64::min), single.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max));
+    let grids: Vec<Vec<f64>> = x.policies.iter().map(|&p| knobs(p, x.typical_cost)).collect();
+    // Every configuration's router on a fold indexes the same exemplars: the first saves the
+    // graph (and the vectors) in this private folder, the others read it (milliseconds, against
+    // seconds to build one over thousands of exemplars). The router's own cache, not a copy.
+    let graphs = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut picks: Vec<CandidatePicks> = x.configs.iter().map(|_| grids.iter().map(|g| vec![vec![0; n]; g.len()]).collect()).collect();
+    let mut calibrations: Vec<CalibrationAcc> = x.configs.iter().map(|_| CalibrationAcc::new(models)).collect();
+    let part_of = |fold: usize| -> Vec<usize> { (0..n).filter(|&i| x.fold_of[i] != fold).collect() };
+    // One wave per fold, its configurations side by side; a lone configuration's folds in one wave.
+    let waves: Vec<Vec<(usize, usize)>> = if x.configs.len() == 1 {
+        vec![(0..x.folds).map(|f| (f, 0)).collect()]
+    } else {
+        (0..x.folds).map(|f| (0..x.configs.len()).map(|c| (f, c)).collect()).collect()
+    };
+    for wave in waves {
+        let fits: HashMap<usize, FitCache> = wave.iter().map(|&(f, _)| (f, FitCache::new())).collect();
+        if x.configs.len() > 1 {
+            // Builds the fold's exemplar graph once, on every core, and saves it for the
+            // candidates' routers to read (two built side by side would each build it).
+            (x.router)(&RouterConfig::graph_only(), &part_of(wave[0].0), graphs.path(), &FitCache::new())?;
+        }
+        // Each job's figures are merged as its router finishes, so that one job's assessments at
+        // most per core are held at once; a configuration's calibration is then added fold by
+        // fold, in order.
+        let merged = std::sync::Mutex::new((&mut picks, Vec::new()));
+        let job = |&(fold, c): &(usize, usize)| -> Result<()> {
+            let part = part_of(fold);
+            let held: Vec<usize> = (0..n).filter(|&i| x.fold_of[i] == fold).collect();
+            let router = (x.router)(&x.configs[c], &part, graphs.path(), &fits[&fold])?;
+            let assessments = assess_all(&router, &held, x.item)?;
+            drop(router);
+            let predicted: Vec<Vec<Option<f64>>> = assessments.iter().map(|a| CalibrationAcc::predicted(a, x.models)).collect();
+            let fold_picks: Vec<Vec<Vec<Pick>>> =
+                x.policies.iter().zip(&grids).map(|(&policy, grid)| crate::target::picks(&assessments, policy, grid, &index)).collect::<Result<_>>()?;
+            let mut guard = merged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (picks, predictions) = &mut *guard;
+            for (p, policy_picks) in fold_picks.into_iter().enumerate() {
+                for (k, row) in policy_picks.into_iter().enumerate() {
+                    for (j, &i) in held.iter().enumerate() {
+                        picks[c][p][k][i] = row[j];
+                    }
+                }
+            }
+            predictions.push((fold, c, held, predicted));
+            Ok(())
+        };
+        let done: Vec<Result<()>> = {
+            use rayon::prelude::*;
+            wave.par_iter().with_max_len(1).map(job).collect()
+        };
+        done.into_iter().collect::<Result<Vec<()>>>()?;
+        let (_, mut predictions) = merged.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        predictions.sort_by_key(|p| (p.0, p.1));
+        for (_, c, held, predicted) in predictions {
+            for (&i, p) in held.iter().zip(&predicted) {
+                calibrations[c].add(p, &x.quality[i], &means);
+            }
+        }
+    }
+    let mut scores = Vec::with_capacity(x.configs.len() * x.policies.len());
+    for (per_policy, calibration) in picks.iter().zip(&calibrations) {
+        for per_knob in per_policy {
+            let curve: Vec<(f64, f64)> = per_knob
+                .iter()
+                .map(|pick| {
+                    let (q, c) = point_of(x.quality, x.cost, &|i| usize::from(pick[i]));
+                    (c, q)
+                })
+                .collect();
+            scores.push(OofScore { aiq: aiq(&curve, range.0, range.1), brier: calibration.brier(), frontier_brier: calibration.brier_of(&frontier) });
+        }
+    }
+    let chosen = choose_candidate(&scores, &picks, x.policies.len(), x.quality, x.cost, range, x.seed)?;
+    Ok(CrossFitted { picks, scores, chosen })
+}
+
+/// Replicates of the train items drawn by [`choose_candidate`].
+const CHOICE_REPLICATES: usize = 200;
+
+/// The candidate (configuration × policy, as indexed in `scores`) chosen: among those whose
+/// out-of-fold AIQ is within one standard error of the largest (the standard error of the
+/// paired difference, over bootstrap replicates of the items), the one whose predictions have
+/// the lowest out-of-fold Brier score over the models on the cost–quality frontier; the larger
+/// AIQ, then the earlier candidate, on ties. This is the one-standard-error rule of model
+/// selection (Breiman et al., 1984) with the Brier score as the tie-breaker: AIQ is what a curve
+/// is judged by, but it turns on the few prompts near each knob's threshold, so on a small set
+/// it cannot tell candidates apart (on 56 MT-Bench prompts the AIQs of ten configurations lay
+/// within 0.02, and the largest picked a lucky one); the Brier score, a proper score over every
+/// prompt × model, varies far less. Where AIQ does tell them apart (large sets), it decides.
+fn choose_candidate(
+    scores: &[OofScore],
+    picks: &[CandidatePicks],
+    policies: usize,
+    quality: &[Vec<f64>],
+    cost: &[Vec<f64>],
+    range: (f64, f64),
+    seed: u64,
+) -> Result<usize> {
+    let best = (0..scores.len()).fold(0, |b, i| if scores[i].aiq > scores[b].aiq + 1e-12 { i } else { b });
+    let n = quality.len();
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
+    // The replicates' weights drawn one after the other (the same draws as ever), then the
+    // candidates' AIQs on them computed side by side.
+    let replicates: Vec<Vec<u32>> = (0..CHOICE_REPLICATES)
+        .map(|_| {
+            let mut weights = vec![0u32; n];
+            for _ in 0..n {
+                weights[rng.random_range(0..n)] += 1;
+            }
+            weights
+        })
+        .collect();
+    // Each candidate's AIQ on every replicate. Per candidate, each prompt's quality and cost
+    // under every knob's pick are laid out prompt by prompt, so that all the knobs' sums advance
+    // together: each still adds its prompts in order (the same numbers to the bit as one knob
+    // after the other), but the knobs' sums, independent, run side by side (a 14,000-prompt set
+    // spent seconds here, each sum waiting on the one addition before it).
+    let all: Vec<usize> = (0..scores.len()).collect();
+    let aiqs: Vec<Vec<f64>> = par_map(&all, 1, |&s| {
+        let per_knob = &picks[s / policies][s % policies];
+        let k = per_knob.len();
+        if k == 0 {
+            return Ok(vec![aiq(&[], range.0, range.1); replicates.len()]);
+        }
+        let (mut xq, mut xc) = (vec![0.0; n * k], vec![0.0; n * k]);
+        for (j, pick) in per_knob.iter().enumerate() {
+            for (i, &m) in pick.iter().enumerate() {
+                xq[i * k + j] = quality[i][usize::from(m)];
+                xc[i * k + j] = cost[i][usize::from(m)];
+            }
+        }
+        let (mut q, mut c) = (vec![0.0f64; k], vec![0.0f64; k]);
+        Ok(replicates
+            .iter()
+            .map(|weights| {
+                q.fill(0.0);
+                c.fill(0.0);
+                for ((&w, rq), rc) in weights.iter().zip(xq.chunks_exact(k)).zip(xc.chunks_exact(k)) {
+                    let w = f64::from(w);
+                    for (((q, c), &x), &y) in q.iter_mut().zip(c.iter_mut()).zip(rq).zip(rc) {
+                        *q += w * x;
+                        *c += w * y;
+                    }
+                }
+                let curve: Vec<(f64, f64)> = q.iter().zip(&c).map(|(&q, &c)| (c, q / n as f64)).collect();
+                aiq(&curve, range.0, range.1)
+            })
+            .collect())
+    })?;
+    let diffs: Vec<Vec<f64>> = (0..scores.len())
+        .map(|s| (0..replicates.len()).map(|r| if s == best { 0.0 } else { aiqs[best][r] - aiqs[s][r] }).collect())
+        .collect();
+    let se = |d: &[f64]| {
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (d.len() - 1) as f64).sqrt()
+    };
+    Ok((0..scores.len()).filter(|&s| scores[best].aiq - scores[s].aiq <= se(&diffs[s])).fold(best, |b, s| {
+        let (x, y) = (&scores[s], &scores[b]);
+        if x.frontier_brier < y.frontier_brier - 1e-12 || (x.frontier_brier <= y.frontier_brier + 1e-12 && x.aiq > y.aiq + 1e-12) {
+            s
+        } else {
+            b
+        }
+    }))
+}
+
 /// What [`tune`] needs from the router being built.
 pub(crate) struct Tuning<'a> {
     pub target: QualityTarget,
@@ -474,15 +955,17 @@ pub(crate) struct Tuning<'a> {
     /// What the exemplars measure of each model the router compares.
     pub measured: Measured,
     pub embedder: Arc<dyn Embedder>,
-    /// Which knob the router turns.
-    pub policy: Policy,
-    /// A router with the settings of the one being built, on these exemplars and this embedder.
-    pub build: &'a (dyn Fn(ExemplarSet, Arc<dyn Embedder>) -> Result<Router> + Sync),
+    /// The configurations chosen among, and the knobs turned.
+    pub configs: Vec<RouterConfig>,
+    pub policies: Vec<Policy>,
+    /// A router of a configuration, with the other settings of the one being built, on these
+    /// exemplars and this embedder, its graph read from (or saved in) a folder, its fits shared.
+    pub build: &'a (dyn Fn(&RouterConfig, ExemplarSet, Arc<dyn Embedder>, &Path, &FitCache) -> Result<Router> + Sync),
 }
 
-/// Cross-fits the router on its exemplars and finds the operating point of `t.target` (see the
-/// [module documentation](self)).
-pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
+/// Cross-fits the candidate routers on the exemplars, chooses one and finds the operating point
+/// of `t.target` on it (see the [module documentation](self)); with the configuration chosen.
+pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, RouterConfig)> {
     let n = t.exemplars.len();
     let folds = t.target.folds;
     if n < 2 * folds {
@@ -492,69 +975,125 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<Tuned> {
     if m.quality.len() != n || t.vectors.len() != n {
         return Err(Error::Config("a quality target's exemplars, vectors and measurements differ in number".into()));
     }
-    let index: HashMap<&str, usize> = m.models.iter().enumerate().map(|(i, name)| (name.as_str(), i)).collect();
+    if t.configs.is_empty() || t.policies.is_empty() {
+        return Err(Error::Config("a quality target needs at least one candidate configuration and one policy".into()));
+    }
     let typical_cost = {
         let mut per_prompt: Vec<f64> = m.cost.iter().map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
         per_prompt.sort_by(f64::total_cmp);
         per_prompt[per_prompt.len() / 2]
     };
-    let grid = knobs(t.policy, typical_cost);
-
     let fold_of = folds_of(t.exemplars.iter().map(|e| e.id.as_str()), folds, t.target.seed);
     // The fold routers embed nothing: every exemplar's vector is known.
     let memo = Arc::new(Memo::with_vectors(t.embedder.clone(), t.exemplars.iter().map(|e| e.prompt.as_str()).zip(&t.vectors)));
     let embedder: Arc<dyn Embedder> = memo;
-    // The folds side by side: building a router is mostly one core's work (its predictor's
-    // cross-validation, its fits), and each fold's is independent of the others'.
-    let fold_ids: Vec<usize> = (0..folds).collect();
-    let per_fold = crate::eval::par_map(&fold_ids, 1, |&fold| {
-        let part: Vec<_> = (0..n).filter(|&i| fold_of[i] != fold).map(|i| t.exemplars.get(i).clone()).collect();
-        let held: Vec<usize> = (0..n).filter(|&i| fold_of[i] == fold).collect();
-        let router = (t.build)(ExemplarSet::from_exemplars(part)?, embedder.clone())?;
-        let assessed =
-            assess_all(&router, &held, |i| Ok((t.exemplars.get(i).prompt.as_str(), t.vectors[i].clone(), Some(m.input_tokens[i]))))?;
-        Ok((held, picks(&assessed, t.policy, &grid, &index)?))
+    let item = |i: usize| Ok((t.exemplars.get(i).prompt.as_str(), t.vectors[i].clone(), Some(m.input_tokens[i])));
+    let router = |config: &RouterConfig, part: &[usize], graphs: &Path, fits: &FitCache| {
+        let exemplars = ExemplarSet::from_exemplars(part.iter().map(|&i| t.exemplars.get(i).clone()).collect())?;
+        (t.build)(config, exemplars, embedder.clone(), graphs, fits)
+    };
+    let fitted = cross_fit(&CrossFit {
+        configs: &t.configs,
+        policies: &t.policies,
+        fold_of: &fold_of,
+        folds,
+        models: &m.models,
+        quality: &m.quality,
+        cost: &m.cost,
+        typical_cost,
+        item: &item,
+        router: &router,
+        // The savings benchmark folds a train split of seed s with seed s + 1, and draws its
+        // choice's replicates with seed s.
+        seed: t.target.seed.wrapping_sub(1),
     })?;
-    let mut oof: Vec<Vec<Pick>> = vec![vec![0; n]; grid.len()];
-    for (held, rows) in per_fold {
-        for (k, row) in rows.into_iter().enumerate() {
-            for (j, &i) in held.iter().enumerate() {
-                oof[k][i] = row[j];
-            }
-        }
-    }
+    let chosen = fitted.chosen;
+    let (c, p) = (chosen / t.policies.len(), chosen % t.policies.len());
+    let (policy, oof) = (t.policies[p], &fitted.picks[c][p]);
+    let grid = knobs(policy, typical_cost);
     let reference = m.reference;
-    let point = operating_point(&m.quality, &m.cost, reference, t.target.keep, t.target.confidence_z, &[(0, &oof)], 0);
+    let point = operating_point(&m.quality, &m.cost, reference, t.target.keep, t.target.confidence_z, &[(chosen, oof)], chosen);
     let at = |pick: &dyn Fn(usize) -> usize| {
         let q = (0..n).map(|i| m.quality[i][pick(i)]).sum::<f64>() / n as f64;
         let c = (0..n).map(|i| m.cost[i][pick(i)]).sum::<f64>() / n as f64;
         (q, c)
     };
-    let (point, (q, c)) = match point {
-        Some(Operating::Routed(_, k)) => (OperatingPoint::Knob(t.policy.objective(grid[k])), at(&|i| usize::from(oof[k][i]))),
+    let (point, (quality, cost_usd)) = match point {
+        Some(Operating::Routed(_, k)) => (OperatingPoint::Knob(policy.objective(grid[k])), at(&|i| usize::from(oof[k][i]))),
         Some(Operating::Single(s)) => (OperatingPoint::Model(m.models[s].clone()), at(&|_| s)),
         // Nothing clears with the margin asked for (a target of 1, or too few exemplars to be
         // sure): the reference alone is the best the exemplars know.
         None => (OperatingPoint::Model(m.models[reference].clone()), at(&|_| reference)),
     };
     let (reference_quality, reference_cost_usd) = at(&|_| reference);
-    Ok(Tuned {
+    let config = t.configs[c].clone();
+    let tuned = Tuned {
         keep: t.target.keep,
         point,
+        candidate: config.name.clone(),
+        candidates: t.configs.len() * t.policies.len(),
         reference_model: m.models[reference].clone(),
         reference_quality,
         reference_cost_usd,
-        quality: q,
-        cost_usd: c,
+        quality,
+        cost_usd,
         exemplars: n,
         folds,
         models_left_out: m.left_out.clone(),
-    })
+    };
+    Ok((tuned, config))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mix of two models over 40 prompts (0: cost 1, right on the even prompts; 1: cost 10,
+    /// right on all) that sends the cheap one exactly where it is right, except on `wrong` (odd
+    /// prompts sent cheap) and `wasted` (even prompts sent to the reference).
+    fn mix(wrong: &[usize], wasted: &[usize]) -> Vec<Pick> {
+        (0..40).map(|i| Pick::from((i % 2 == 1 && !wrong.contains(&i)) || wasted.contains(&i))).collect()
+    }
+
+    /// Each mix as a candidate whose curve is: all cheap, the mix, all reference; with its Brier.
+    fn candidates(mixes: &[Vec<Pick>], briers: &[f64]) -> (Vec<OofScore>, Vec<CandidatePicks>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+        let n = 40;
+        let quality: Vec<Vec<f64>> = (0..n).map(|i| vec![f64::from(u8::from(i % 2 == 0)), 1.0]).collect();
+        let cost = vec![vec![1.0, 10.0]; n];
+        let (mut scores, mut picks) = (Vec::new(), Vec::new());
+        for (mix, &brier) in mixes.iter().zip(briers) {
+            let curve = vec![vec![0; n], mix.clone(), vec![1; n]];
+            let points: Vec<(f64, f64)> = curve
+                .iter()
+                .map(|p| {
+                    let (q, c) = point_of(&quality, &cost, &|i| usize::from(p[i]));
+                    (c, q)
+                })
+                .collect();
+            scores.push(OofScore { aiq: aiq(&points, 40.0, 400.0), brier, frontier_brier: brier });
+            picks.push(vec![curve]);
+        }
+        (scores, picks, quality, cost)
+    }
+
+    #[test]
+    fn the_choice_goes_to_the_better_brier_score_among_candidates_aiq_cannot_tell_apart() {
+        // c0 and c1 disagree on twelve prompts and differ by one of them: noise. c2 routes half
+        // the prompts the wrong way round: clearly worse, however good its Brier score.
+        let a = mix(&[1, 5, 9, 13, 17], &[0, 4, 8, 12, 16, 20]);
+        let b = mix(&[21, 25, 29, 33, 37, 3], &[24, 28, 32, 36, 2, 6]);
+        let c = (0..40).map(|i| Pick::from(i < 20)).collect();
+        let (scores, picks, q, c) = candidates(&[a, b, c], &[0.20, 0.10, 0.05]);
+        assert!(scores[0].aiq > scores[1].aiq && scores[1].aiq > scores[2].aiq + 0.04, "{scores:?}");
+        let range = (40.0, 400.0);
+        assert_eq!(choose_candidate(&scores, &picks, 1, &q, &c, range, 42).unwrap(), 1);
+        // Where AIQ tells them apart, it decides: the same but c1 now wrong on ten more prompts.
+        let b = mix(&[21, 25, 29, 33, 37, 3, 7, 11, 15, 19, 23, 27, 31, 35, 39, 1], &[24, 28, 32, 36, 2, 6]);
+        let (scores, picks, q, c) = candidates(&[mix(&[1, 5, 9, 13, 17], &[0, 4, 8, 12, 16, 20]), b], &[0.20, 0.10]);
+        assert_eq!(choose_candidate(&scores, &picks, 1, &q, &c, range, 42).unwrap(), 0);
+        // And a candidate alone is chosen.
+        assert_eq!(choose_candidate(&scores[..1], &picks[..1], 1, &q, &c, range, 42).unwrap(), 0);
+    }
 
     #[test]
     fn the_operating_point_is_the_cheapest_that_clears_the_target_with_its_margin() {

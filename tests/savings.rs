@@ -315,7 +315,8 @@ fn savings_example_prints_one_json_object_per_seed_and_a_plot() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "{text}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
+    assert!(v.get("keep_targets").is_none(), "`targets` are what `--keep` gives: one list");
     let t = &v["targets"][1];
     for key in ["target", "knob", "quality", "cost_usd", "reference_model", "reference_quality", "reference_cost_usd"] {
         assert!(t.get(key).is_some(), "targets[1] lacks {key}: {t}");
@@ -627,10 +628,11 @@ fn routers_sharing_fitted_models_predict_as_routers_that_fit_their_own() {
     assert_eq!(a.predictions().per_model["small"].quality.to_bits(), b.predictions().per_model["small"].quality.to_bits());
 }
 
-/// A router a user builds on the train split, asking to keep X% of the best model's quality,
-/// takes the operating point the benchmark reports for X under `keep_targets` (the same rule on
-/// the same cross-fitting: a train split of seed 42 is folded with seed 43), and routing the test
-/// prompts with it gives the quality the benchmark reports. Through `Router` both times.
+/// A router a user builds on the train split, asking to keep X% of the best model's quality
+/// among the same candidates, chooses the candidate and takes the operating point the benchmark
+/// reports for X (the same code on the same cross-fitting: a train split of seed 42 is folded
+/// with seed 43), and routing the test prompts with it gives the quality the benchmark reports.
+/// Through `Router` both times.
 #[test]
 fn a_router_tuned_to_a_quality_target_routes_as_the_benchmark_reports() {
     use semroute::eval::{to_exemplars, Policy, RouterConfig};
@@ -640,34 +642,49 @@ fn a_router_tuned_to_a_quality_target_routes_as_the_benchmark_reports() {
 
     let data = Dataset::load(fixture("crux-small.jsonl")).unwrap();
     let embedder = common::embedder();
-    // The default router and one other candidate (so that the curve's choice and the default
-    // router's own tuning may differ), under the bar.
-    let configs: Vec<RouterConfig> =
-        RouterConfig::defaults(embedder.as_ref()).into_iter().filter(|c| c.name == "default" || c.name == "knn-8").collect();
-    assert_eq!(configs.len(), 2);
-    let settings = BenchSettings { configs: Some(configs), policies: vec![Policy::QualityBar], ..BenchSettings::default() };
+    // The default router and two other candidates, under both policies.
+    let configs: Vec<RouterConfig> = RouterConfig::defaults(embedder.as_ref())
+        .into_iter()
+        .filter(|c| ["default", "knn-8", "knn-32-smoothed"].contains(&c.name.as_str()))
+        .collect();
+    assert_eq!(configs.len(), 3);
+    let policies = vec![Policy::QualityBar, Policy::UsdPerQuality];
+    let settings = BenchSettings { configs: Some(configs.clone()), policies: policies.clone(), ..BenchSettings::default() };
     let report = run(&data, &prices(), embedder.clone() as Arc<dyn Embedder>, &settings).unwrap();
-    assert_eq!(report.keep_targets.len(), 3);
+    assert_eq!(report.targets.len(), 3);
     let (train, test) = data.split(settings.train_fraction, settings.seed);
     let models: Vec<&str> = report.models.iter().map(String::as_str).collect();
     let exemplars = ExemplarSet::from_exemplars(to_exemplars(&train, &models, &TokenCounter::cl100k().unwrap(), 0)).unwrap();
     let mut knobs = 0;
-    for t in &report.keep_targets {
+    for t in &report.targets {
         let router = Router::builder()
             .embedder(embedder.clone())
             .exemplars(exemplars.clone())
             .prices(prices())
-            .quality_target(QualityTarget::keep(t.target).seed(settings.seed + 1))
+            .quality_target(QualityTarget::keep(t.target).seed(settings.seed + 1).candidates(configs.clone()).policies(policies.clone()))
             .build()
             .unwrap();
         let tuned = router.tuned().expect("tuned");
         assert_eq!(tuned.reference_model, report.reference_model);
         assert_eq!(router.settings().fallback_model, report.reference_model, "the safe model is the best measured one");
-        assert_eq!((tuned.exemplars, tuned.folds), (train.len(), 5));
+        assert_eq!((tuned.exemplars, tuned.folds, tuned.candidates), (train.len(), 5, 6));
+        assert_eq!(tuned.candidate, report.chosen.config.name, "{tuned}; the benchmark chose {:?}", report.chosen);
+        let chosen = &report.chosen.config;
+        assert_eq!((router.settings().k, router.settings().prior_strength), (chosen.k, chosen.prior_strength));
         match &tuned.point {
-            OperatingPoint::Knob(Objective::QualityBar(bar)) => {
-                assert_eq!((Some(*bar), t.config.as_str()), (t.knob, "default"), "{tuned}; the benchmark: {t:?}");
-                assert_eq!(router.settings().quality_bar, *bar);
+            OperatingPoint::Knob(objective) => {
+                let (knob, policy) = match objective {
+                    Objective::QualityBar(bar) => {
+                        assert_eq!(router.settings().quality_bar, *bar);
+                        (*bar, Policy::QualityBar)
+                    }
+                    Objective::UsdPerQuality(usd) => {
+                        assert_eq!(router.settings().usd_per_quality, Some(*usd));
+                        (*usd, Policy::UsdPerQuality)
+                    }
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!((Some(knob), policy, t.config.as_str()), (t.knob, t.policy, chosen.name.as_str()), "{tuned}; the benchmark: {t:?}");
                 knobs += 1;
             }
             OperatingPoint::Model(m) => assert_eq!(t.config, format!("single model {m}"), "{tuned}"),

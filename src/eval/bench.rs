@@ -30,110 +30,36 @@ use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
 use crate::exemplar::ExemplarSet;
 use crate::policy::Constraints;
-use crate::predict::{FeatureSettings, FitCache, LowRankSettings, Predictor, RidgeSettings};
+use crate::predict::FitCache;
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::router::{Assessment, Router};
 pub use crate::target::Policy;
-use crate::target::{assess_all, folds_of, knobs, operating_point, picks, picks_under, Operating, Pick};
+use crate::target::{
+    assess_all, cross_fit, folds_of, knobs, operating_point, picks, picks_under, CalibrationAcc, CrossFit, Operating, Pick,
+};
+pub use crate::target::RouterConfig;
 
-/// One candidate's out-of-fold picks, `[policy][knob][train prompt]`.
-type CandidatePicks = Vec<Vec<Vec<Pick>>>;
-
-/// One way to configure a router's predictions, as a candidate for cross-fitting.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RouterConfig {
-    /// A short name for reports (`knn-8`, `kernel-ridge`, ...).
-    pub name: String,
-    /// How quality is predicted.
-    #[serde(skip)]
-    pub predictor: Predictor,
-    /// Neighbours consulted.
-    pub k: usize,
-    /// Softmax temperature of neighbour weights.
-    pub temperature: f64,
-    /// Pseudo-neighbours given to each model's overall mean.
-    pub prior_strength: f64,
-    /// The router's fallback threshold; `None` keeps the router's default (the embedder's).
-    pub min_similarity: Option<f32>,
-}
-
-impl RouterConfig {
-    /// The candidates tried by default, for `embedder`: the router exactly as built by default
-    /// (`default`: [`Predictor::Auto`], which cross-validates the predictor on the measured
-    /// exemplars it is given, with its fallback to the reference model for unfamiliar prompts), then without the fallback (with measured exemplars an unfamiliar prompt's
-    /// smoothed predictions revert to each model's mean, and the objective decides): each
-    /// model's mean alone (neighbours outweighed by the prior: no per-prompt routing, the
-    /// candidate that wins where nothing about a prompt predicts its outcome), the nearest
-    /// neighbours (k 8, sharp weights), smoothed neighbours (k 32 and 128, flat weights, shrunk
-    /// towards each model's mean), the kernel-ridge model alone, its blend with the neighbours,
-    /// the low-rank model (l2 1e-4), the ensemble of the last three with the neighbours
-    /// ([`Predictor::Ensemble`]), and the feature model ([`Predictor::Features`]: few parameters,
-    /// for small train splits).
-    pub fn defaults(embedder: &dyn Embedder) -> Vec<RouterConfig> {
-        let ridge = RidgeSettings::for_embedder(embedder);
-        let c = |name: &str, predictor, k, temperature, prior_strength| RouterConfig {
-            name: name.into(),
-            predictor,
-            k,
-            temperature,
-            prior_strength,
-            min_similarity: Some(-1.0),
-        };
-        vec![
-            RouterConfig { min_similarity: None, ..c("default", Predictor::Auto, 8, 0.05, 0.0) },
-            c("model-means", Predictor::Neighbours, 8, 0.05, 1e9),
-            c("knn-8", Predictor::Neighbours, 8, 0.05, 0.0),
-            c("knn-32-smoothed", Predictor::Neighbours, 32, 1.0, 4.0),
-            c("knn-128-smoothed", Predictor::Neighbours, 128, 1.0, 8.0),
-            c("kernel-ridge", Predictor::KernelRidge(ridge), 8, 0.05, 0.0),
-            c("blend", Predictor::Blend(ridge), 8, 0.05, 0.0),
-            c("low-rank", Predictor::LowRank(LowRankSettings::for_router()), 8, 0.05, 0.0),
-            c("ensemble", Predictor::Ensemble(ridge, LowRankSettings::for_router()), 8, 0.05, 0.0),
-            c("features", Predictor::Features(FeatureSettings::default()), 8, 0.05, 0.0),
-        ]
-    }
-
-    /// A router that fits nothing: built first on a fold's exemplars, it saves their graph for
-    /// the candidates' routers to read.
-    fn graph_only() -> RouterConfig {
-        RouterConfig {
-            name: "graph".into(),
-            predictor: Predictor::Neighbours,
-            k: 1,
-            temperature: 1.0,
-            prior_strength: 0.0,
-            min_similarity: Some(-1.0),
-        }
-    }
-
-    /// A router over `exemplars`, its index read from `graphs` when a router over the same
-    /// exemplars (another configuration, same fold) saved it there, and its fitted models taken
-    /// from `fits` where such a router fitted them.
-    fn router(
-        &self,
-        embedder: &Arc<dyn Embedder>,
-        exemplars: ExemplarSet,
-        prices: &PriceTable,
-        fallback: &str,
-        graphs: &std::path::Path,
-        fits: &FitCache,
-    ) -> Result<Router> {
-        let mut b = Router::builder();
-        if let Some(s) = self.min_similarity {
-            b = b.min_similarity(s);
-        }
-        b.embedder(embedder.clone())
-            .exemplars(exemplars)
-            .prices(prices.clone())
-            .k(self.k)
-            .temperature(self.temperature)
-            .prior_strength(self.prior_strength)
-            .predictor(self.predictor)
-            .fallback_model(fallback)
-            .cache_dir(graphs)
-            .fit_cache(fits.clone())
-            .build()
-    }
+/// `config`'s router over `exemplars`, its index read from `graphs` when a router over the same
+/// exemplars (another configuration, same fold) saved it there, and its fitted models taken
+/// from `fits` where such a router fitted them.
+fn config_router(
+    config: &RouterConfig,
+    embedder: &Arc<dyn Embedder>,
+    exemplars: ExemplarSet,
+    prices: &PriceTable,
+    fallback: &str,
+    graphs: &std::path::Path,
+    fits: &FitCache,
+) -> Result<Router> {
+    config
+        .apply(Router::builder())
+        .embedder(embedder.clone())
+        .exemplars(exemplars)
+        .prices(prices.clone())
+        .fallback_model(fallback)
+        .cache_dir(graphs)
+        .fit_cache(fits.clone())
+        .build()
 }
 
 /// What [`run`] needs besides the data.
@@ -314,11 +240,6 @@ pub struct Report {
     pub cpt80: Option<f64>,
     /// The quality targets, each met by the chosen candidate's knob (or one model).
     pub targets: Vec<TargetResult>,
-    /// The same targets as a user asking for them gets (`semroute route --keep X`,
-    /// [`RouterBuilder::quality_target`](crate::RouterBuilder::quality_target)): the default
-    /// router tuned by its own cross-fitting under the bar. Empty when the candidates do not
-    /// include the default router or the policies the bar.
-    pub keep_targets: Vec<TargetResult>,
     /// Random routing between cheap and reference at the 95% target's reference share.
     pub random_at_95: Option<CurvePointReport>,
     /// The oracle's curve.
@@ -470,147 +391,6 @@ fn cost_range(single: &[CurvePointReport]) -> (f64, f64) {
 
 /// Bootstrap replicates of the train prompts that measure how far the candidates' out-of-fold
 /// AIQs differ by chance ([`choose_candidate`]).
-const CHOICE_REPLICATES: usize = 200;
-
-/// The candidate (configuration × policy, as indexed in `scores`) that draws the report's curve:
-/// among those whose out-of-fold AIQ is within one standard error of the largest (the standard
-/// error of the paired difference, over bootstrap replicates of the train prompts), the one whose
-/// predictions have the lowest out-of-fold Brier score over the models on the train frontier
-/// ([`ConfigScore::oof_frontier_brier`]); the larger AIQ, then the earlier
-/// candidate, on ties. This is the one-standard-error rule of model selection (Breiman et al.,
-/// 1984) with the Brier score as the tie-breaker: AIQ is what the curve is judged by, but it
-/// turns on the few prompts near each knob's threshold, so on a small train split it cannot tell
-/// candidates apart (on 56 MT-Bench prompts the AIQs of ten configurations lay within 0.02, and
-/// the largest picked a lucky one); the Brier score, a proper score over every prompt × model,
-/// varies far less. Where AIQ does tell them apart (large splits), it decides.
-fn choose_candidate(
-    scores: &[ConfigScore],
-    oof_picks: &[CandidatePicks],
-    policies: usize,
-    out: &Outcomes,
-    range: (f64, f64),
-    seed: u64,
-) -> Result<usize> {
-    let best = (0..scores.len()).fold(0, |b, i| if scores[i].oof_aiq > scores[b].oof_aiq + 1e-12 { i } else { b });
-    let n = out.q.len();
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
-    // The replicates' weights drawn one after the other (the same draws as ever), then the
-    // candidates' AIQs on them computed side by side.
-    let replicates: Vec<Vec<u32>> = (0..CHOICE_REPLICATES)
-        .map(|_| {
-            let mut weights = vec![0u32; n];
-            for _ in 0..n {
-                weights[rng.random_range(0..n)] += 1;
-            }
-            weights
-        })
-        .collect();
-    // Each candidate's AIQ on every replicate. Per candidate, each prompt's quality and cost
-    // under every knob's pick are laid out prompt by prompt, so that all the knobs' sums advance
-    // together: each still adds its prompts in order (the same numbers to the bit as one knob
-    // after the other), but the knobs' sums, independent, run side by side (a 14,000-prompt set
-    // spent seconds here, each sum waiting on the one addition before it).
-    let all: Vec<usize> = (0..scores.len()).collect();
-    let aiqs: Vec<Vec<f64>> = par_map(&all, 1, |&s| {
-        let picks = &oof_picks[s / policies][s % policies];
-        let k = picks.len();
-        if k == 0 {
-            return Ok(vec![aiq(&[], range.0, range.1); replicates.len()]);
-        }
-        let (mut xq, mut xc) = (vec![0.0; n * k], vec![0.0; n * k]);
-        for (j, pick) in picks.iter().enumerate() {
-            for (i, &m) in pick.iter().enumerate() {
-                xq[i * k + j] = out.q[i][usize::from(m)];
-                xc[i * k + j] = out.c[i][usize::from(m)];
-            }
-        }
-        let (mut q, mut c) = (vec![0.0f64; k], vec![0.0f64; k]);
-        Ok(replicates
-            .iter()
-            .map(|weights| {
-                q.fill(0.0);
-                c.fill(0.0);
-                for ((&w, rq), rc) in weights.iter().zip(xq.chunks_exact(k)).zip(xc.chunks_exact(k)) {
-                    let w = f64::from(w);
-                    for (((q, c), &x), &y) in q.iter_mut().zip(c.iter_mut()).zip(rq).zip(rc) {
-                        *q += w * x;
-                        *c += w * y;
-                    }
-                }
-                let curve: Vec<(f64, f64)> = q.iter().zip(&c).map(|(&q, &c)| (c, q / n as f64)).collect();
-                aiq(&curve, range.0, range.1)
-            })
-            .collect())
-    })?;
-    let diffs: Vec<Vec<f64>> = (0..scores.len())
-        .map(|s| (0..replicates.len()).map(|r| if s == best { 0.0 } else { aiqs[best][r] - aiqs[s][r] }).collect())
-        .collect();
-    let se = |d: &[f64]| {
-        let mean = d.iter().sum::<f64>() / d.len() as f64;
-        (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (d.len() - 1) as f64).sqrt()
-    };
-    Ok((0..scores.len()).filter(|&s| scores[best].oof_aiq - scores[s].oof_aiq <= se(&diffs[s])).fold(best, |b, s| {
-        let (x, y) = (&scores[s], &scores[b]);
-        if x.oof_frontier_brier < y.oof_frontier_brier - 1e-12
-            || (x.oof_frontier_brier <= y.oof_frontier_brier + 1e-12 && x.oof_aiq > y.oof_aiq + 1e-12)
-        {
-            s
-        } else {
-            b
-        }
-    }))
-}
-
-/// Squared errors of quality predictions against measured qualities, with the baseline's.
-struct CalibrationAcc {
-    sq: f64,
-    base_sq: f64,
-    n: usize,
-    bins: [(f64, f64, usize); 10],
-    /// Per model: squared error, pairs.
-    per_model: Vec<(f64, usize)>,
-}
-
-impl CalibrationAcc {
-    fn new(models: usize) -> Self {
-        CalibrationAcc { sq: 0.0, base_sq: 0.0, n: 0, bins: [(0.0, 0.0, 0); 10], per_model: vec![(0.0, 0); models] }
-    }
-
-    fn add(&mut self, a: &Assessment, q: &[f64], models: &[String], means: &[f64]) {
-        for (m, name) in models.iter().enumerate() {
-            let Some(p) = a.predictions().per_model.get(name) else { continue };
-            let p = p.quality.clamp(0.0, 1.0);
-            self.sq += (p - q[m]).powi(2);
-            self.per_model[m].0 += (p - q[m]).powi(2);
-            self.per_model[m].1 += 1;
-            self.base_sq += (means[m] - q[m]).powi(2);
-            self.n += 1;
-            let b = ((p * 10.0) as usize).min(9);
-            self.bins[b].0 += p;
-            self.bins[b].1 += q[m];
-            self.bins[b].2 += 1;
-        }
-    }
-
-    fn brier(&self) -> f64 {
-        self.sq / self.n.max(1) as f64
-    }
-
-    /// The Brier score over `models` alone.
-    fn brier_of(&self, models: &[usize]) -> f64 {
-        let (sq, n) = models.iter().filter_map(|&m| self.per_model.get(m)).fold((0.0, 0), |(s, n), p| (s + p.0, n + p.1));
-        sq / n.max(1) as f64
-    }
-
-    fn finish(&self) -> Calibration {
-        Calibration {
-            brier: self.brier(),
-            baseline_brier: self.base_sq / self.n.max(1) as f64,
-            reliability: self.bins.iter().filter(|b| b.2 > 0).map(|&(p, q, n)| (p / n as f64, q / n as f64, n)).collect(),
-        }
-    }
-}
-
 /// Runs the benchmark (see the module docs). `embedder` embeds every prompt once.
 ///
 /// ```no_run
@@ -697,22 +477,6 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         .expect("two models");
     let cheap = (0..models.len()).min_by(|&a, &b| train_single[a].cost_usd.total_cmp(&train_single[b].cost_usd)).expect("two models");
     let train_means: Vec<f64> = train_single.iter().map(|p| p.quality).collect();
-    // The models on the train split's cost–quality frontier: each better than every cheaper one.
-    let frontier: Vec<usize> = {
-        let mut by_cost: Vec<usize> = (0..models.len()).collect();
-        by_cost.sort_by(|&a, &b| {
-            train_single[a].cost_usd.total_cmp(&train_single[b].cost_usd).then(train_means[b].total_cmp(&train_means[a]))
-        });
-        let mut best = f64::NEG_INFINITY;
-        by_cost
-            .into_iter()
-            .filter(|&m| {
-                let better = train_means[m] > best;
-                best = best.max(train_means[m]);
-                better
-            })
-            .collect()
-    };
     let typical_cost = {
         let mut per_prompt: Vec<f64> = train_out.c.iter().map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
         per_prompt.sort_by(f64::total_cmp);
@@ -734,10 +498,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     let exemplars_of = |records: &[&Record]| ExemplarSet::from_exemplars(to_exemplars(records, &model_refs(&models), &counter, assumed));
     let vector_of = |r: &Record| memo.embed(&r.prompt);
     // Builds these records' exemplar graph once, on every core, by a router that fits nothing,
-    // and saves it for the candidates' routers to read (two built side by side would each build
-    // it).
+    // and saves it for the routers to read (two built side by side would each build it).
     let warm_graph = |records: &[&Record]| -> Result<()> {
-        RouterConfig::graph_only().router(
+        config_router(
+            &RouterConfig::graph_only(),
             &embedder,
             exemplars_of(records)?,
             &prices,
@@ -748,73 +512,41 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         Ok(())
     };
 
-    // Folds of the train split, by a hash of the seed and the id.
+    // Every candidate cross-fitted on the train split, folded by a hash of the seed and the id,
+    // and one chosen: the code a router tuned to a quality target runs on its exemplars.
     let fold_of = folds_of(train.iter().map(|r| r.id.as_str()), settings.folds, settings.seed.wrapping_add(1));
-    let train_range = cost_range(&train_single);
-    // Out-of-fold picks of every candidate, [config][policy] -> [knob][train prompt], and each
-    // candidate's calibration.
-    let mut oof_picks: Vec<CandidatePicks> = configs
+    let item = |i: usize| Ok((train[i].prompt.as_str(), vector_of(train[i])?, Some(train_out.input_tokens[i])));
+    let fold_router = |config: &RouterConfig, part: &[usize], fold_graphs: &std::path::Path, fits: &FitCache| {
+        let records: Vec<&Record> = part.iter().map(|&i| train[i]).collect();
+        config_router(config, &embedder, exemplars_of(&records)?, &prices, &models[reference], fold_graphs, fits)
+    };
+    let fitted = cross_fit(&CrossFit {
+        configs: &configs,
+        policies: &settings.policies,
+        fold_of: &fold_of,
+        folds: settings.folds,
+        models: &models,
+        quality: &train_out.q,
+        cost: &train_out.c,
+        typical_cost,
+        item: &item,
+        router: &fold_router,
+        seed: settings.seed,
+    })?;
+    let oof_picks = &fitted.picks;
+    let scores: Vec<ConfigScore> = fitted
+        .scores
         .iter()
-        .map(|_| settings.policies.iter().map(|&p| vec![vec![0; train.len()]; knobs(p, typical_cost).len()]).collect())
+        .enumerate()
+        .map(|(s, score)| ConfigScore {
+            config: configs[s / settings.policies.len()].clone(),
+            policy: settings.policies[s % settings.policies.len()],
+            oof_aiq: score.aiq,
+            oof_brier: score.brier,
+            oof_frontier_brier: score.frontier_brier,
+        })
         .collect();
-    let mut calibrations: Vec<CalibrationAcc> = configs.iter().map(|_| CalibrationAcc::new(models.len())).collect();
-    for fold in 0..settings.folds {
-        let part: Vec<&Record> = (0..train.len()).filter(|&i| fold_of[i] != fold).map(|i| train[i]).collect();
-        let held: Vec<usize> = (0..train.len()).filter(|&i| fold_of[i] == fold).collect();
-        warm_graph(&part)?;
-        // The candidates' routers on a fold share the models they fit (the same kernel-ridge
-        // model in four of them, the same low-rank model in three): each is fitted once. The
-        // routers are built and assess side by side, as many at once as there are cores (each
-        // dropped once it has assessed its fold), on rayon's pool, which hands a free core the
-        // next candidate.
-        let fits = FitCache::new();
-        // Each candidate's figures are merged as its router finishes, so that one candidate's
-        // assessments at most per core are held at once.
-        let merged = std::sync::Mutex::new((&mut oof_picks, &mut calibrations));
-        let assess_fold = |(c, config): (usize, &RouterConfig)| -> Result<()> {
-            let router = config.router(&embedder, exemplars_of(&part)?, &prices, &models[reference], graphs.path(), &fits)?;
-            let assessments =
-                assess_all(&router, &held, |i| Ok((train[i].prompt.as_str(), vector_of(train[i])?, Some(train_out.input_tokens[i]))))?;
-            drop(router);
-            let fold_picks: Vec<Vec<Vec<Pick>>> = settings
-                .policies
-                .iter()
-                .map(|&policy| picks(&assessments, policy, &knobs(policy, typical_cost), &index))
-                .collect::<Result<_>>()?;
-            let mut guard = merged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (oof_picks, calibrations) = &mut *guard;
-            for (a, &i) in assessments.iter().zip(&held) {
-                calibrations[c].add(a, &train_out.q[i], &models, &train_means);
-            }
-            for (p, policy_picks) in fold_picks.into_iter().enumerate() {
-                for (k, row) in policy_picks.into_iter().enumerate() {
-                    for (j, &i) in held.iter().enumerate() {
-                        oof_picks[c][p][k][i] = row[j];
-                    }
-                }
-            }
-            Ok(())
-        };
-        let done: Vec<Result<()>> = {
-            use rayon::prelude::*;
-            configs.par_iter().enumerate().with_max_len(1).map(assess_fold).collect()
-        };
-        done.into_iter().collect::<Result<Vec<()>>>()?;
-    }
-    let mut scores = Vec::new();
-    for ((config, per_policy), calibration) in configs.iter().zip(&oof_picks).zip(&calibrations) {
-        for (p, &policy) in settings.policies.iter().enumerate() {
-            let curve: Vec<CurvePointReport> = per_policy[p].iter().map(|pick| train_out.point(pick, reference, None)).collect();
-            scores.push(ConfigScore {
-                config: config.clone(),
-                policy,
-                oof_aiq: aiq(&cq(&curve), train_range.0, train_range.1),
-                oof_brier: calibration.brier(),
-                oof_frontier_brier: calibration.brier_of(&frontier),
-            });
-        }
-    }
-    let best_index = choose_candidate(&scores, &oof_picks, settings.policies.len(), &train_out, train_range, settings.seed)?;
+    let best_index = fitted.chosen;
     let chosen = scores[best_index].clone();
     let ci = best_index / settings.policies.len();
     let policy = chosen.policy;
@@ -835,32 +567,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         .iter()
         .map(|&x| operating_point(&train_out.q, &train_out.c, reference, x, settings.confidence_z, &searched, best_index))
         .collect();
-    // What a user asking for X gets (`semroute route --keep X`): the default router tuned by its
-    // own cross-fitting, which is this one (a router built on the train split with
-    // `QualityTarget::keep(X).seed(seed + 1)` deals these folds), under the bar. Only when the
-    // candidates include the default router and the policies the bar.
-    let default_router = RouterConfig::defaults(embedder.as_ref()).into_iter().next();
-    let default_score = configs
-        .iter()
-        .position(|c| default_router.as_ref() == Some(c))
-        .zip(settings.policies.iter().position(|&p| p == Policy::QualityBar))
-        .map(|(c, p)| c * settings.policies.len() + p);
-    let keep_points: Vec<Option<Operating>> = match default_score {
-        Some(s) => {
-            let own = [knob_picks(s)];
-            settings
-                .targets
-                .iter()
-                .map(|&x| operating_point(&train_out.q, &train_out.c, reference, x, settings.confidence_z, &own, s))
-                .collect()
-        }
-        None => Vec::new(),
-    };
-
     // The routers users would run: a candidate's configuration on the whole train split, each
     // built once and assessing every test prompt once.
     let fits = FitCache::new();
-    let routed_configs = target_points.iter().chain(&keep_points).flatten().filter_map(|o| match o {
+    let routed_configs = target_points.iter().flatten().filter_map(|o| match o {
         Operating::Routed(s, _) => Some(s / settings.policies.len()),
         Operating::Single(_) => None,
     });
@@ -878,7 +588,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     }
     let positions: Vec<usize> = (0..test.len()).collect();
     let tested: HashMap<usize, Vec<Assessment>> = par_map(&wanted, 1, |&c| {
-        let router = configs[c].router(&embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path(), &fits)?;
+        let router = config_router(&configs[c], &embedder, exemplars_of(&train)?, &prices, &models[reference], graphs.path(), &fits)?;
         let assessed =
             assess_all(&router, &positions, |i| Ok((test[i].prompt.as_str(), vector_of(test[i])?, Some(test_out.input_tokens[i]))))?;
         Ok((c, assessed))
@@ -913,7 +623,6 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             .collect::<Result<_>>()
     };
     let target_tests = tests_of(&target_points)?;
-    let keep_tests = tests_of(&keep_points)?;
 
     // Test-split figures. Nothing above read a test score.
     let mut calibration = CalibrationAcc::new(models.len());
@@ -925,7 +634,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         })
         .collect();
     for (i, a) in assessments.iter().enumerate() {
-        calibration.add(a, &test_out.q[i], &models, &train_means);
+        calibration.add(&CalibrationAcc::predicted(a, &models), &test_out.q[i], &train_means);
         for (m, name) in models.iter().enumerate() {
             if let (Some(t), Some(p), Some(base)) = (test_out.out_tokens[i][m], a.predictions().per_model.get(name), train_mean_tokens[m]) {
                 mae.0 += (p.output_tokens - f64::from(t)).abs();
@@ -979,7 +688,6 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
             .collect()
     };
     let targets = results_of(&target_tests);
-    let keep_targets = results_of(&keep_tests);
     let random_at_95 = targets.iter().find(|t| (t.target - 0.95).abs() < 1e-9).map(|t| {
         let s = t.reference_share;
         CurvePointReport {
@@ -1012,14 +720,17 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         cpt80: cpt(&router_curve, qw, qs, 0.8),
         curve,
         targets,
-        keep_targets,
         random_at_95,
         oracle_curve,
         single_models: by_cost
             .iter()
             .map(|&m| SingleModel { model: models[m].clone(), quality: single[m].quality, cost_usd: single[m].cost_usd })
             .collect(),
-        calibration: calibration.finish(),
+        calibration: Calibration {
+            brier: calibration.brier(),
+            baseline_brier: calibration.baseline_brier(),
+            reliability: calibration.reliability(),
+        },
         output_tokens_mae: (mae.2 > 0).then(|| (mae.0 / mae.2 as f64, mae.1 / mae.2 as f64)),
         test_intervals,
         seconds: started.elapsed().as_secs_f64(),
@@ -1108,8 +819,8 @@ mod tests {
     use super::*;
 
     /// Two models on 40 prompts: the cheap one (0, cost 1) is right on the even prompts only, the
-    /// reference (1, cost 10) on all. Each candidate's curve: all cheap, its own mix, all reference.
-    fn case(mixes: &[Vec<Pick>], briers: &[f64]) -> (Vec<ConfigScore>, Vec<CandidatePicks>, Outcomes) {
+    /// reference (1, cost 10) on all. The router's curve: all cheap, `mix`, all reference.
+    fn case(mix: Vec<Pick>) -> (Vec<Vec<Pick>>, Outcomes) {
         let n = 40;
         let out = Outcomes {
             q: (0..n).map(|i| vec![f64::from(u8::from(i % 2 == 0)), 1.0]).collect(),
@@ -1117,36 +828,7 @@ mod tests {
             input_tokens: vec![0; n],
             out_tokens: vec![vec![None, None]; n],
         };
-        let range = (n as f64, 10.0 * n as f64);
-        let mut scores = Vec::new();
-        let mut picks = Vec::new();
-        for (j, (mix, &brier)) in mixes.iter().zip(briers).enumerate() {
-            let curve = vec![vec![0; n], mix.clone(), vec![1; n]];
-            let points: Vec<(f64, f64)> = curve
-                .iter()
-                .map(|p| {
-                    let r = out.point(p, 1, None);
-                    (r.cost_usd, r.quality)
-                })
-                .collect();
-            let config = RouterConfig {
-                name: format!("c{j}"),
-                predictor: Predictor::Neighbours,
-                k: 8,
-                temperature: 0.05,
-                prior_strength: 0.0,
-                min_similarity: None,
-            };
-            scores.push(ConfigScore {
-                config,
-                policy: Policy::QualityBar,
-                oof_aiq: aiq(&points, range.0, range.1),
-                oof_brier: brier,
-                oof_frontier_brier: brier,
-            });
-            picks.push(vec![curve]);
-        }
-        (scores, picks, out)
+        (vec![vec![0; n], mix, vec![1; n]], out)
     }
 
     /// The mix that sends the cheap model exactly where it is right, except on `wrong` (odd
@@ -1156,29 +838,11 @@ mod tests {
     }
 
     #[test]
-    fn the_curve_goes_to_the_better_brier_score_among_candidates_aiq_cannot_tell_apart() {
-        // c0 and c1 disagree on twelve prompts and differ by one of them: noise. c2 routes half
-        // the prompts the wrong way round: clearly worse, however good its Brier score.
-        let a = mix(&[1, 5, 9, 13, 17], &[0, 4, 8, 12, 16, 20]);
-        let b = mix(&[21, 25, 29, 33, 37, 3], &[24, 28, 32, 36, 2, 6]);
-        let c = (0..40).map(|i| Pick::from(i < 20)).collect();
-        let (scores, picks, out) = case(&[a, b, c], &[0.20, 0.10, 0.05]);
-        assert!(scores[0].oof_aiq > scores[1].oof_aiq && scores[1].oof_aiq > scores[2].oof_aiq + 0.04, "{scores:?}");
-        let range = (40.0, 400.0);
-        assert_eq!(choose_candidate(&scores, &picks, 1, &out, range, 42).unwrap(), 1);
-        // Where AIQ tells them apart, it decides: the same but c1 now wrong on ten more prompts.
-        let b = mix(&[21, 25, 29, 33, 37, 3, 7, 11, 15, 19, 23, 27, 31, 35, 39, 1], &[24, 28, 32, 36, 2, 6]);
-        let (scores, picks, out) = case(&[mix(&[1, 5, 9, 13, 17], &[0, 4, 8, 12, 16, 20]), b], &[0.20, 0.10]);
-        assert_eq!(choose_candidate(&scores, &picks, 1, &out, range, 42).unwrap(), 0);
-        // And a candidate alone is chosen.
-        assert_eq!(choose_candidate(&scores[..1], &picks[..1], 1, &out, range, 42).unwrap(), 0);
-    }
-    #[test]
     fn test_intervals_rescore_the_same_picks_on_replicates_of_the_test_split() {
         // The two-model case above; the router's curve: all cheap, the perfect mix (cheap exactly
         // where it is right), all reference.
-        let (_, picks, out) = case(&[mix(&[], &[])], &[0.1]);
-        let curve = &picks[0][0];
+        let (curve, out) = case(mix(&[], &[]));
+        let curve = &curve;
         let (perfect, cheap_only) = (curve[1].as_slice(), curve[0].as_slice());
         let t = intervals(&out, curve, &[Some(perfect), Some(cheap_only), None], &[0.95, 0.95, 0.95], (1, 0), 42).unwrap();
         assert_eq!(t.replicates, INTERVAL_REPLICATES);

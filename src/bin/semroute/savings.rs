@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         if args.json {
             let mut v = serde_json::to_value(&report)?;
             v["dataset"] = args.dataset.display().to_string().into();
-            v["schema_version"] = 1.into();
+            v["schema_version"] = 2.into();
             println!("{v}");
         } else {
             print_report(&args, &report);
@@ -228,20 +228,6 @@ fn print_report(args: &Args, r: &Report) {
             t.oracle_cost_usd.map_or("none".into(), |c| format!("{c:.4}")),
         );
     }
-    if !r.keep_targets.is_empty() {
-        println!("what `semroute route --keep X` gives (the default router tuned by its own cross-fitting):");
-        for t in &r.keep_targets {
-            println!(
-                "  {:<6} {:<34} {:>10} {:>9.4} {:>7.1}% {:>12.4}",
-                format!("{:.0}%", 100.0 * t.target),
-                t.config,
-                t.knob.map_or("-".into(), |k| format!("{k:.4}")),
-                t.quality,
-                100.0 * t.kept,
-                t.cost_usd,
-            );
-        }
-    }
     let ti = &r.test_intervals;
     println!(
         "90% intervals over {} bootstrap replicates of the test prompts (the same picks): AIQ − hull {:+.4} to {:+.4} (at least the hull on {:.0}%), APGR {:.3} to {:.3}",
@@ -289,7 +275,7 @@ fn print_mean(args: &Args, reports: &[Report]) -> Result<(), Box<dyn std::error:
     let n = reports.len() as f64;
     let mean = |f: &dyn Fn(&Report) -> f64| reports.iter().map(f).sum::<f64>() / n;
     // Per target: the mean share kept, the runs meeting X − 1, the mean cost over the cheapest
-    // single model there; for the chosen candidates' targets or for `--keep`'s.
+    // single model there.
     let summary = |of: &dyn Fn(&Report) -> &[TargetResult]| -> Vec<serde_json::Value> {
         (0..of(&reports[0]).len())
             .map(|i| {
@@ -314,7 +300,6 @@ fn print_mean(args: &Args, reports: &[Report]) -> Result<(), Box<dyn std::error:
         "apgr": mean(&|r| r.apgr),
         "above_hull": reports.iter().filter(|r| r.aiq >= r.zero_router_aiq).count(),
         "targets": summary(&|r| &r.targets),
-        "keep_targets": summary(&|r| &r.keep_targets),
         "chosen": reports.iter().map(|r| format!("{} / {:?}", r.chosen.config.name, r.chosen.policy)).collect::<Vec<_>>(),
     });
     if args.json {
