@@ -216,7 +216,7 @@ fn keep_tunes_the_bar_on_measured_exemplars_and_says_so() {
     let out = run(&[&base[..], &["--keep", "90%", "--json", "def f(x): return x * 2\nassert f(3) == ??"]].concat(), b"");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("keep 90% of") && stderr.contains("out of fold on 200 exemplars (5 folds)"), "{stderr}");
+    assert!(stderr.contains("keep 90% of") && stderr.contains("out of fold on 200 exemplars (5 folds, 20 candidates)"), "{stderr}");
     let d = &json_lines(&out)[0];
     assert!(d["reason"].as_str().unwrap().contains("quality target"), "{d}");
 
