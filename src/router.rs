@@ -1378,19 +1378,24 @@ impl RouterBuilder {
     }
 
     /// Keeps a share of the best model's quality, measured, instead of a fixed bar: at build the
-    /// router cross-fits itself on its exemplars (which must be measured) and routes with the
-    /// cheapest knob (or the one model) that kept the share out of fold with the target's margin;
-    /// [`Router::tuned`] reports what was found. The knob is of the router's objective: the bar,
-    /// or the USD per quality point when [`usd_per_quality`](RouterBuilder::usd_per_quality) is
-    /// set (its value is then replaced). Only models every exemplar measures are routed among
+    /// router cross-fits candidate configurations on its exemplars (which must be measured),
+    /// chooses one, and routes with its cheapest knob (or the one model) that kept the share out
+    /// of fold with the target's margin; [`Router::tuned`] reports what was found. The
+    /// candidates are [`RouterConfig::defaults`](crate::target::RouterConfig::defaults) under
+    /// both objectives (the bar and USD per quality point) while the router's prediction
+    /// settings (predictor, k, temperature, prior strength, similarity threshold, caution) are
+    /// its defaults; set any of them otherwise and only this router is tuned, under the bar, or under USD
+    /// per quality point when [`usd_per_quality`](RouterBuilder::usd_per_quality) is set (its
+    /// value is then replaced). [`QualityTarget::candidates`] and [`QualityTarget::policies`]
+    /// choose otherwise. Only models every exemplar measures are routed among
     /// (the others are listed in [`Tuned::models_left_out`], and what some exemplars measure of
     /// them is set aside); unless a
     /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
     /// the best the exemplars measure. Where one model meets the target alone, every request
     /// that names no models of its own goes to it (while the price table in force prices it).
     /// Tuned once, at build: a reload or
-    /// what is learned later keeps the knob. See [`crate::target`] for the rule and an
-    /// example; it is what the savings benchmark's targets use.
+    /// what is learned later keeps the configuration and the knob. See [`crate::target`] for the
+    /// rule and an example; the savings benchmark's targets run the same code.
     ///
     /// ```no_run
     /// use semroute::target::QualityTarget;
@@ -1553,18 +1558,15 @@ impl RouterBuilder {
                     prior_strength,
                     min_similarity: self.min_similarity,
                 };
-                // The router's own prediction settings alone where any was set; else the
-                // candidates the savings benchmark compares, the default router among them.
-                let configured = self.predictor.is_some()
-                    || self.k.is_some()
-                    || self.temperature.is_some()
-                    || self.prior_strength.is_some()
-                    || self.min_similarity.is_some()
-                    || self.caution.is_some();
+                // The router's own prediction settings alone where any differs from its
+                // default; else the candidates the savings benchmark compares, the default
+                // router first.
+                let defaults = RouterConfig::defaults(embedder.as_ref());
+                let configured = !defaults.first().is_some_and(|d| d.same_settings(&own)) || self.caution.is_some();
                 let configs = match target.asked_candidates() {
                     Some(c) => c.to_vec(),
                     None if configured => vec![own.clone()],
-                    None => RouterConfig::defaults(embedder.as_ref()),
+                    None => defaults,
                 };
                 let policies = match target.asked_policies() {
                     Some(p) => p.to_vec(),
@@ -1577,20 +1579,21 @@ impl RouterBuilder {
                 let (caution, fallback) = (self.caution, state.fallback_model.clone());
                 // Each fold's router: a configuration and these settings on that fold's
                 // exemplars, embedding nothing.
-                let build = move |config: &RouterConfig, exemplars: ExemplarSet, embedder: Arc<dyn Embedder>, graphs: &Path, fits: &FitCache| {
-                    let mut b = config
-                        .apply(Router::builder())
-                        .embedder(embedder)
-                        .exemplars(exemplars)
-                        .prices(fold_prices.clone())
-                        .unfamiliar_share(unfamiliar_share)
-                        .cache_dir(graphs)
-                        .fit_cache(fits.clone());
-                    if let Some(z) = caution {
-                        b = b.caution(z);
-                    }
-                    b.fallback_model(fallback.clone()).build()
-                };
+                let build =
+                    move |config: &RouterConfig, exemplars: ExemplarSet, embedder: Arc<dyn Embedder>, graphs: &Path, fits: &FitCache| {
+                        let mut b = config
+                            .apply(Router::builder())
+                            .embedder(embedder)
+                            .exemplars(exemplars)
+                            .prices(fold_prices.clone())
+                            .unfamiliar_share(unfamiliar_share)
+                            .cache_dir(graphs)
+                            .fit_cache(fits.clone());
+                        if let Some(z) = caution {
+                            b = b.caution(z);
+                        }
+                        b.fallback_model(fallback.clone()).build()
+                    };
                 let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
                 let (tuned, chosen) = target::tune(target::Tuning {
                     target,

@@ -120,7 +120,7 @@ impl QualityTarget {
 
     /// The configurations the cross-fitting chooses among (default: [`RouterConfig::defaults`]
     /// where the router's own prediction settings are its defaults; the router's own settings
-    /// alone where any of them was set).
+    /// alone where any of them is set otherwise).
     ///
     /// ```
     /// use semroute::target::{Policy, QualityTarget, RouterConfig};
@@ -717,6 +717,15 @@ pub(crate) struct OofScore {
     pub frontier_brier: f64,
 }
 
+/// Item `i`'s prompt, vector and input tokens.
+pub(crate) type ItemOf<'a> = dyn Fn(usize) -> Result<(&'a str, Vec<f32>, Option<u64>)> + Sync + 'a;
+/// The router of a configuration over the items `part`, its exemplar graph read from (or saved
+/// in) the folder `graphs`, its fitted models shared through `fits`.
+pub(crate) type RouterOf<'a> = dyn Fn(&RouterConfig, &[usize], &Path, &FitCache) -> Result<Router> + Sync + 'a;
+/// A router of a configuration, with the other settings of the one being built, on these
+/// exemplars and this embedder, its graph read from (or saved in) a folder, its fits shared.
+pub(crate) type BuildWith<'a> = dyn Fn(&RouterConfig, ExemplarSet, Arc<dyn Embedder>, &Path, &FitCache) -> Result<Router> + Sync + 'a;
+
 /// What [`cross_fit`] needs: the items (exemplars, or a benchmark's train prompts) with every
 /// model's measured quality and cost, their folds, the candidates and how to build their routers.
 pub(crate) struct CrossFit<'a> {
@@ -731,11 +740,8 @@ pub(crate) struct CrossFit<'a> {
     pub cost: &'a [Vec<f64>],
     /// A prompt's median cost over the models: where the USD-per-quality knobs are swept.
     pub typical_cost: f64,
-    /// Item `i`'s prompt, vector and input tokens.
-    pub item: &'a (dyn Fn(usize) -> Result<(&'a str, Vec<f32>, Option<u64>)> + Sync),
-    /// The router of a configuration over the items `part`, its exemplar graph read from (or
-    /// saved in) the folder `graphs`, its fitted models shared through `fits`.
-    pub router: &'a (dyn Fn(&RouterConfig, &[usize], &Path, &FitCache) -> Result<Router> + Sync),
+    pub item: &'a ItemOf<'a>,
+    pub router: &'a RouterOf<'a>,
     /// Seed of the bootstrap that the choice among candidates draws.
     pub seed: u64,
 }
@@ -812,8 +818,12 @@ pub(crate) fn cross_fit(x: &CrossFit<'_>) -> Result<CrossFitted> {
             let assessments = assess_all(&router, &held, x.item)?;
             drop(router);
             let predicted: Vec<Vec<Option<f64>>> = assessments.iter().map(|a| CalibrationAcc::predicted(a, x.models)).collect();
-            let fold_picks: Vec<Vec<Vec<Pick>>> =
-                x.policies.iter().zip(&grids).map(|(&policy, grid)| crate::target::picks(&assessments, policy, grid, &index)).collect::<Result<_>>()?;
+            let fold_picks: Vec<Vec<Vec<Pick>>> = x
+                .policies
+                .iter()
+                .zip(&grids)
+                .map(|(&policy, grid)| crate::target::picks(&assessments, policy, grid, &index))
+                .collect::<Result<_>>()?;
             let mut guard = merged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let (picks, predictions) = &mut *guard;
             for (p, policy_picks) in fold_picks.into_iter().enumerate() {
@@ -849,7 +859,11 @@ pub(crate) fn cross_fit(x: &CrossFit<'_>) -> Result<CrossFitted> {
                     (c, q)
                 })
                 .collect();
-            scores.push(OofScore { aiq: aiq(&curve, range.0, range.1), brier: calibration.brier(), frontier_brier: calibration.brier_of(&frontier) });
+            scores.push(OofScore {
+                aiq: aiq(&curve, range.0, range.1),
+                brier: calibration.brier(),
+                frontier_brier: calibration.brier_of(&frontier),
+            });
         }
     }
     let chosen = choose_candidate(&scores, &picks, x.policies.len(), x.quality, x.cost, range, x.seed)?;
@@ -958,9 +972,7 @@ pub(crate) struct Tuning<'a> {
     /// The configurations chosen among, and the knobs turned.
     pub configs: Vec<RouterConfig>,
     pub policies: Vec<Policy>,
-    /// A router of a configuration, with the other settings of the one being built, on these
-    /// exemplars and this embedder, its graph read from (or saved in) a folder, its fits shared.
-    pub build: &'a (dyn Fn(&RouterConfig, ExemplarSet, Arc<dyn Embedder>, &Path, &FitCache) -> Result<Router> + Sync),
+    pub build: &'a BuildWith<'a>,
 }
 
 /// Cross-fits the candidate routers on the exemplars, chooses one and finds the operating point
@@ -1056,7 +1068,9 @@ mod tests {
     }
 
     /// Each mix as a candidate whose curve is: all cheap, the mix, all reference; with its Brier.
-    fn candidates(mixes: &[Vec<Pick>], briers: &[f64]) -> (Vec<OofScore>, Vec<CandidatePicks>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    type Case = (Vec<OofScore>, Vec<CandidatePicks>, Vec<Vec<f64>>, Vec<Vec<f64>>);
+
+    fn candidates(mixes: &[Vec<Pick>], briers: &[f64]) -> Case {
         let n = 40;
         let quality: Vec<Vec<f64>> = (0..n).map(|i| vec![f64::from(u8::from(i % 2 == 0)), 1.0]).collect();
         let cost = vec![vec![1.0, 10.0]; n];

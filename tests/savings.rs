@@ -684,7 +684,11 @@ fn a_router_tuned_to_a_quality_target_routes_as_the_benchmark_reports() {
                     }
                     other => panic!("{other:?}"),
                 };
-                assert_eq!((Some(knob), policy, t.config.as_str()), (t.knob, t.policy, chosen.name.as_str()), "{tuned}; the benchmark: {t:?}");
+                assert_eq!(
+                    (Some(knob), policy, t.config.as_str()),
+                    (t.knob, t.policy, chosen.name.as_str()),
+                    "{tuned}; the benchmark: {t:?}"
+                );
                 knobs += 1;
             }
             OperatingPoint::Model(m) => assert_eq!(t.config, format!("single model {m}"), "{tuned}"),
@@ -743,6 +747,8 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     let router = builder().quality_target(QualityTarget::keep(0.9)).build().unwrap();
     let tuned = router.tuned().unwrap();
     assert_eq!(tuned.point, OperatingPoint::Model("twin".into()), "{tuned}");
+    // Its own prediction settings were set: only its bar was tuned.
+    assert_eq!((tuned.candidates, tuned.candidate.as_str()), (1, "configured"), "{tuned}");
     assert_eq!(tuned.reference_model, "big");
     assert!((tuned.cost_usd - 0.05).abs() < 1e-12 && (tuned.quality - 197.0 / 200.0).abs() < 1e-12, "{tuned}");
     for prompt in ["aaa bbb 7", "bbb aaa"] {
@@ -783,6 +789,8 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
         .build()
         .unwrap();
     assert_eq!(router.tuned().unwrap().models_left_out, vec!["twin".to_string()]);
+    // With the default settings, the benchmark's ten configurations under both knobs.
+    assert_eq!(router.tuned().unwrap().candidates, 20);
     assert!(router.prices().get("twin").is_none());
     assert_ne!(router.route("aaa bbb").unwrap().model, "twin");
 

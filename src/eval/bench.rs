@@ -34,10 +34,10 @@ use crate::predict::FitCache;
 use crate::pricing::{PriceTable, TokenCounter};
 use crate::router::{Assessment, Router};
 pub use crate::target::Policy;
+pub use crate::target::RouterConfig;
 use crate::target::{
     assess_all, cross_fit, folds_of, knobs, operating_point, picks, picks_under, CalibrationAcc, CrossFit, Operating, Pick,
 };
-pub use crate::target::RouterConfig;
 
 /// `config`'s router over `exemplars`, its index read from `graphs` when a router over the same
 /// exemplars (another configuration, same fold) saved it there, and its fitted models taken

@@ -36,8 +36,9 @@ pub struct Args {
     /// Predicted quality the chosen model must reach, in [0, 1].
     #[arg(long, value_name = "X")]
     quality_bar: Option<f64>,
-    /// Instead of a bar: keep this share of the best model's measured quality (0.95 or 95%),
-    /// the bar tuned by cross-fitting on the exemplars, which must be measured (--exemplars).
+    /// Instead of a bar: keep this share of the best model's measured quality (0.95 or 95%): the
+    /// router and its knob chosen by cross-fitting on the exemplars, which must be measured
+    /// (--exemplars); with a prediction setting of your own, only its bar is tuned.
     #[arg(long, value_name = "SHARE", value_parser = share)]
     keep: Option<f64>,
     /// Number of nearest exemplars consulted.
