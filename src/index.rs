@@ -885,7 +885,7 @@ impl NeighbourIndex for LiveIndex {
 /// Writes `bytes` to `path` through a temporary file and a rename, so that readers never see half
 /// a file. The temporary name is unique to the process and the call: two routers of one process
 /// saving the same file at once do not write into each other's.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));

@@ -1595,16 +1595,46 @@ impl RouterBuilder {
                         b.fallback_model(fallback.clone()).build()
                     };
                 let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
-                let (tuned, chosen) = target::tune(target::Tuning {
-                    target,
-                    exemplars: &state.exemplars,
-                    vectors: vectors.clone(),
-                    measured,
-                    embedder: embedder.clone(),
-                    configs,
-                    policies,
-                    build: &build,
-                })?;
+                // A tuning found before for the very same inputs is read back, not redone.
+                let kept = cache.as_ref().map(|c| target::TunedCache::new(c.dir()));
+                let key = {
+                    let mut parts: Vec<String> = vec![
+                        format!("semroute {}", env!("CARGO_PKG_VERSION")),
+                        embedder.model_id().to_string(),
+                        format!("{target:?}"),
+                        format!("{configs:?}"),
+                        format!("{policies:?}"),
+                        format!("caution {:?}, unfamiliar share {unfamiliar_share:?}, fallback {}", self.caution, state.fallback_model),
+                    ];
+                    for name in state.prices.names() {
+                        parts.push(name.to_string());
+                        parts.push(state.prices.get(name).map(|p| serde_json::to_string(p).unwrap_or_default()).unwrap_or_default());
+                    }
+                    for e in state.exemplars.iter() {
+                        parts.extend([e.id.clone(), e.prompt.clone(), serde_json::to_string(&e.grade).unwrap_or_default()]);
+                    }
+                    target::TunedCache::key(parts.iter().map(String::as_str))
+                };
+                let found = kept.as_ref().and_then(|k| k.get(&key, configs.len()));
+                let (tuned, chosen) = match found {
+                    Some((i, tuned)) => (tuned, configs[i].clone()),
+                    None => {
+                        let (tuned, i) = target::tune(target::Tuning {
+                            target,
+                            exemplars: &state.exemplars,
+                            vectors: vectors.clone(),
+                            measured,
+                            embedder: embedder.clone(),
+                            configs: configs.clone(),
+                            policies,
+                            build: &build,
+                        })?;
+                        if let Some(k) = &kept {
+                            k.put(&key, i, &tuned);
+                        }
+                        (tuned, configs[i].clone())
+                    }
+                };
                 if !chosen.same_settings(&own) {
                     // The chosen configuration's router, over the same exemplars (their vectors
                     // and graph known).

@@ -81,7 +81,7 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::embed::{Embedder, Memo};
 use crate::error::{Error, Result};
@@ -309,7 +309,7 @@ impl RouterConfig {
 }
 
 /// How a tuned router meets its target.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OperatingPoint {
@@ -322,7 +322,7 @@ pub enum OperatingPoint {
 /// What [`QualityTarget`] tuning found (see [`Router::tuned`](crate::Router::tuned)). Qualities
 /// are means per exemplar; costs are mean USD per exemplar; out of fold where they are the
 /// router's.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Tuned {
     /// The share of the reference's quality asked for.
@@ -351,6 +351,10 @@ pub struct Tuned {
     /// Priced models left out because some exemplar does not measure them (a target compares
     /// every model on every exemplar; the router routes among the others).
     pub models_left_out: Vec<String>,
+    /// Whether this was read back from the cache folder, found by an earlier build on the same
+    /// exemplars, prices and settings, rather than tuned now.
+    #[serde(skip)]
+    pub reused: bool,
 }
 
 impl fmt::Display for Tuned {
@@ -372,7 +376,11 @@ impl fmt::Display for Tuned {
             100.0 * kept,
             self.cost_usd,
             self.reference_cost_usd
-        )
+        )?;
+        if self.reused {
+            write!(f, " (kept from an earlier start on the same exemplars, prices and settings)")?;
+        }
+        Ok(())
     }
 }
 
@@ -629,6 +637,67 @@ pub(crate) fn folds_of<'a>(ids: impl IntoIterator<Item = &'a str>, folds: usize,
         fold_of[i] = rank % folds;
     }
     fold_of
+}
+
+/// A tuning kept between starts ([`TunedCache`]): the key it was found for, the index of the
+/// configuration chosen among the candidates, and what was found.
+#[derive(Serialize, Deserialize)]
+struct KeptTuning {
+    key: String,
+    config: usize,
+    tuned: Tuned,
+}
+
+/// Tunings kept between starts, one file per key in a folder (`<vector cache>/tuned/<key>.json`):
+/// the key hashes everything the tuning reads (semroute's version, the embedding model, every
+/// exemplar with its grade, every price, the target and its candidates, the router's settings),
+/// so a file is only ever read for the very tuning it holds. A file that cannot be read, or holds
+/// another key, is ignored (and replaced once tuned again): a cache never fails a build.
+pub(crate) struct TunedCache {
+    dir: std::path::PathBuf,
+}
+
+impl TunedCache {
+    pub(crate) fn new(dir: &Path) -> Self {
+        TunedCache { dir: dir.join("tuned") }
+    }
+
+    /// The key of a tuning that reads these parts, in order.
+    pub(crate) fn key<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+        crate::embed::texts_hash(parts)
+    }
+
+    fn path(&self, key: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+
+    /// The configuration's index and what was found, kept for `key`, if a readable file holds it.
+    pub(crate) fn get(&self, key: &str, configs: usize) -> Option<(usize, Tuned)> {
+        let path = self.path(key);
+        let text = std::fs::read(&path).ok()?;
+        match serde_json::from_slice::<KeptTuning>(&text) {
+            Ok(k) if k.key == key && k.config < configs => Some((k.config, Tuned { reused: true, ..k.tuned })),
+            Ok(_) => {
+                tracing::warn!("{}: holds another tuning; tuning again", path.display());
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{}: unreadable ({e}); tuning again", path.display());
+                None
+            }
+        }
+    }
+
+    /// Keeps what was found for `key` (a failure to write is a warning: the router is built).
+    pub(crate) fn put(&self, key: &str, config: usize, tuned: &Tuned) {
+        let kept = KeptTuning { key: key.to_string(), config, tuned: tuned.clone() };
+        let written = serde_json::to_vec_pretty(&kept)
+            .map_err(|e| Error::Config(e.to_string()))
+            .and_then(|bytes| crate::index::write_atomically(&self.path(key), &bytes));
+        if let Err(e) = written {
+            tracing::warn!("the tuning was not kept for the next start: {e}");
+        }
+    }
 }
 
 /// One candidate's out-of-fold picks, `[policy][knob][item]`.
@@ -976,8 +1045,9 @@ pub(crate) struct Tuning<'a> {
 }
 
 /// Cross-fits the candidate routers on the exemplars, chooses one and finds the operating point
-/// of `t.target` on it (see the [module documentation](self)); with the configuration chosen.
-pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, RouterConfig)> {
+/// of `t.target` on it (see the [module documentation](self)); with the index of the
+/// configuration chosen.
+pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, usize)> {
     let n = t.exemplars.len();
     let folds = t.target.folds;
     if n < 2 * folds {
@@ -1038,11 +1108,10 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, RouterConfig)> {
         None => (OperatingPoint::Model(m.models[reference].clone()), at(&|_| reference)),
     };
     let (reference_quality, reference_cost_usd) = at(&|_| reference);
-    let config = t.configs[c].clone();
     let tuned = Tuned {
         keep: t.target.keep,
         point,
-        candidate: config.name.clone(),
+        candidate: t.configs[c].name.clone(),
         candidates: t.configs.len() * t.policies.len(),
         reference_model: m.models[reference].clone(),
         reference_quality,
@@ -1052,8 +1121,9 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, RouterConfig)> {
         exemplars: n,
         folds,
         models_left_out: m.left_out.clone(),
+        reused: false,
     };
-    Ok((tuned, config))
+    Ok((tuned, c))
 }
 
 #[cfg(test)]

@@ -703,6 +703,52 @@ fn a_router_tuned_to_a_quality_target_routes_as_the_benchmark_reports() {
     assert!(knobs > 0, "no target was routed: the test compares nothing of the knob");
 }
 
+/// A tuning is kept in the cache folder and read back by the next build on the same exemplars,
+/// prices and settings; other grades are another key (tuned again), and a damaged file is tuned
+/// again and replaced, never an error.
+#[test]
+fn a_quality_target_is_tuned_once_for_the_same_inputs_and_again_when_they_change() {
+    use semroute::exemplar::ExemplarSet;
+    use semroute::target::QualityTarget;
+    use semroute::Router;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = four_letter_lines();
+    let build = |lines: &[String]| {
+        Router::builder()
+            .embedder(Arc::new(FourLetters))
+            .exemplars(ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap())
+            .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+            .cache_dir(dir.path())
+            .quality_target(QualityTarget::keep(0.9))
+            .build()
+            .unwrap()
+    };
+    let first = build(&lines).tuned().unwrap().clone();
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("tuned")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // The next build reads the file: a figure changed in it shows up.
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let mut kept: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(kept["tuned"]["cost_usd"].as_f64(), Some(first.cost_usd));
+    kept["tuned"]["cost_usd"] = 123.0.into();
+    std::fs::write(&files[0], kept.to_string()).unwrap();
+    let again = build(&lines);
+    assert!(!first.reused && again.tuned().unwrap().reused);
+    assert!(again.tuned().unwrap().to_string().ends_with("(kept from an earlier start on the same exemplars, prices and settings)"));
+    assert_eq!(again.tuned().unwrap().cost_usd, 123.0, "the kept tuning was not read");
+    assert_eq!(again.tuned().unwrap().point, first.point);
+    // Another grade is another key: tuned afresh, beside the first file.
+    let mut regraded = lines.clone();
+    regraded[1] = regraded[1].replacen(r#""small":{"quality":1"#, r#""small":{"quality":0"#, 1);
+    assert_ne!(regraded[1], lines[1]);
+    assert_ne!(build(&regraded).tuned().unwrap().cost_usd, 123.0);
+    assert_eq!(std::fs::read_dir(dir.path().join("tuned")).unwrap().count(), 2);
+    // A damaged file is tuned again and replaced.
+    std::fs::write(&files[0], b"{not json").unwrap();
+    assert_eq!(build(&lines).tuned().unwrap(), &first);
+    assert!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&files[0]).unwrap()).is_ok());
+}
+
 /// A target's router routes every prompt to the one model that meets it alone, and says why; a
 /// request naming models of its own is not overruled. A bar and a target together, hand labels
 /// or a target out of range are refused.
