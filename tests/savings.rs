@@ -656,15 +656,19 @@ fn a_router_tuned_to_a_quality_target_routes_as_the_benchmark_reports() {
     let models: Vec<&str> = report.models.iter().map(String::as_str).collect();
     let exemplars = ExemplarSet::from_exemplars(to_exemplars(&train, &models, &TokenCounter::cl100k().unwrap(), 0)).unwrap();
     let mut knobs = 0;
+    // A cache folder of its own: every build tunes (none reads a tuning an earlier run kept).
+    let cache = tempfile::tempdir().unwrap();
     for t in &report.targets {
         let router = Router::builder()
             .embedder(embedder.clone())
             .exemplars(exemplars.clone())
             .prices(prices())
+            .cache_dir(cache.path())
             .quality_target(QualityTarget::keep(t.target).seed(settings.seed + 1).candidates(configs.clone()).policies(policies.clone()))
             .build()
             .unwrap();
         let tuned = router.tuned().expect("tuned");
+        assert!(!tuned.reused);
         assert_eq!(tuned.reference_model, report.reference_model);
         assert_eq!(router.settings().fallback_model, report.reference_model, "the safe model is the best measured one");
         assert_eq!((tuned.exemplars, tuned.folds, tuned.candidates), (train.len(), 5, 6));
