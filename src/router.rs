@@ -1531,25 +1531,11 @@ impl RouterBuilder {
         };
         // With a target, the fits and the graph are kept for the router of the configuration
         // the target chooses.
-        let fits = self.fits.clone().or_else(|| self.target.is_some().then(FitCache::new));
-        let mut min_similarity = self.min_similarity;
-        let mut state = build_state(
-            embedder.as_ref(),
-            exemplars,
-            prices,
-            fallback.as_deref(),
-            min_similarity,
-            self.caution,
-            &settings,
-            cache.as_ref(),
-            self.store.as_ref(),
-            fits.as_ref(),
-        )?;
-        let tuned = match (self.target, measured) {
-            (Some(target), Some(measured)) => {
-                let Search::Local(index) = &state.search else {
-                    return Err(Error::Config("a quality target needs the in-process index".into()));
-                };
+        // A target's candidates: the configurations its cross-fitting chooses among, and the
+        // knobs it turns.
+        let candidates = match &self.target {
+            None => None,
+            Some(target) => {
                 let own = RouterConfig {
                     name: "configured".into(),
                     predictor,
@@ -1574,6 +1560,34 @@ impl RouterBuilder {
                     None if configured => vec![Policy::QualityBar],
                     None => vec![Policy::QualityBar, Policy::UsdPerQuality],
                 };
+                Some((own, configs, policies))
+            }
+        };
+        // Where a target chooses among several, the first state (its exemplars' vectors and
+        // graph, which the cross-fitting reads) fits nothing: the chosen configuration's router
+        // is built after.
+        let placeholder = candidates.as_ref().is_some_and(|(own, configs, _)| !(configs.len() == 1 && configs[0].same_settings(own)));
+        let first_settings = Settings { predictor: Predictor::Neighbours, ..settings.clone() };
+        let fits = self.fits.clone().or_else(|| self.target.is_some().then(FitCache::new));
+        let mut min_similarity = self.min_similarity;
+        let mut state = build_state(
+            embedder.as_ref(),
+            exemplars,
+            prices,
+            fallback.as_deref(),
+            min_similarity,
+            self.caution,
+            if placeholder { &first_settings } else { &settings },
+            cache.as_ref(),
+            self.store.as_ref(),
+            fits.as_ref(),
+        )?;
+        let tuned = match (self.target, measured) {
+            (Some(target), Some(measured)) => {
+                let Search::Local(index) = &state.search else {
+                    return Err(Error::Config("a quality target needs the in-process index".into()));
+                };
+                let (own, configs, policies) = candidates.expect("a target's candidates");
                 let fold_prices: PriceTable = (*state.prices).clone();
                 // The folds' routers fall back to the whole set's safe model, as this one does.
                 let (caution, fallback) = (self.caution, state.fallback_model.clone());
@@ -1635,7 +1649,7 @@ impl RouterBuilder {
                         (tuned, configs[i].clone())
                     }
                 };
-                if !chosen.same_settings(&own) {
+                if placeholder || !chosen.same_settings(&own) {
                     // The chosen configuration's router, over the same exemplars (their vectors
                     // and graph known).
                     settings.k = chosen.k;
