@@ -28,7 +28,9 @@
 //!    more than it saves).
 //!
 //! The router then routes with that configuration and knob (or that model), and
-//! [`Router::tuned`](crate::Router::tuned) reports what was found. The savings benchmark
+//! [`Router::tuned`](crate::Router::tuned) reports what was found. With a cache folder (the
+//! default), what was found is kept there under a hash of everything the tuning reads, and the
+//! next build on the same exemplars, prices and settings reads it back instead of tuning again. The savings benchmark
 //! ([`eval`](crate::eval)) reports its targets through this same code, on the train split: a
 //! router built there with `--keep X` routes the test split as the benchmark reports.
 //!
