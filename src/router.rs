@@ -1633,10 +1633,20 @@ impl RouterBuilder {
                 let (tuned, chosen) = match found {
                     Some((i, tuned)) => (tuned, configs[i].clone()),
                     None => {
+                        // The tuning compares the models on the exemplars that measure them all
+                        // (see target::coverage); the router learns from every exemplar.
+                        let all = measured.compared.len() == state.exemplars.len();
+                        let compared = if all {
+                            state.exemplars.clone()
+                        } else {
+                            ExemplarSet::from_exemplars(measured.compared.iter().map(|&i| state.exemplars.get(i).clone()).collect())?
+                        };
+                        let compared_vectors =
+                            if all { vectors.clone() } else { measured.compared.iter().map(|&i| vectors[i].clone()).collect() };
                         let (tuned, i) = target::tune(target::Tuning {
                             target,
-                            exemplars: &state.exemplars,
-                            vectors: vectors.clone(),
+                            exemplars: &compared,
+                            vectors: compared_vectors,
                             measured,
                             embedder: embedder.clone(),
                             configs: configs.clone(),

@@ -348,6 +348,10 @@ pub struct Tuned {
     pub cost_usd: f64,
     /// Exemplars the target was tuned on.
     pub exemplars: usize,
+    /// Exemplars set aside from the tuning because some model compared has no result on them
+    /// (at most [`MAX_SET_ASIDE`] of them; the router still learns from what they measure).
+    #[serde(default)]
+    pub exemplars_set_aside: usize,
     /// Folds of the cross-fitting.
     pub folds: usize,
     /// Priced models left out because some exemplar does not measure them (a target compares
@@ -379,6 +383,9 @@ impl fmt::Display for Tuned {
             self.cost_usd,
             self.reference_cost_usd
         )?;
+        if self.exemplars_set_aside > 0 {
+            write!(f, " ({} exemplars set aside: some model compared has no result on them)", self.exemplars_set_aside)?;
+        }
         if self.reused {
             write!(f, " (kept from an earlier start on the same exemplars, prices and settings)")?;
         }
@@ -550,14 +557,54 @@ pub(crate) fn without_models(exemplars: &ExemplarSet, models: &[String]) -> Resu
     ExemplarSet::from_exemplars(items)
 }
 
-/// What the exemplars measure of the priced models every one of them measures (the others are
-/// left out): each model's quality and cost on each exemplar (the measured cost where the
-/// exemplar keeps one, else answer tokens × list price), and the reference: the best mean
-/// quality, the cheaper on ties.
+/// The largest share of the prompts (exemplars, or a data set's records) a comparison of models
+/// sets aside because some model compared has no result on them (a failed call in a graded
+/// workload, say): 5%, as a data set keeps a model measured on 95% of its prompts or more.
+///
+/// A quality target, and the savings benchmark, compare every model on the same prompts. Where
+/// the prompts some model lacks are at most this share, those prompts are set aside and every
+/// model is compared; where they are more, the model lacking the most is left out, and so on
+/// (see [`Tuned::exemplars_set_aside`] and [`Tuned::models_left_out`]).
+pub const MAX_SET_ASIDE: f64 = 0.05;
+
+/// Which models a comparison keeps, and which items it sets aside: of `models` models and
+/// `items` items, where `has(i, m)` says whether item `i` has a result for model `m`. A model with
+/// no result at all is left out; then, while the items lacking some kept model's result are more
+/// than [`MAX_SET_ASIDE`] of them, the kept model lacking the most (the later on ties) is left out
+/// too. Returns (kept models, models left out, items set aside), each in order.
+pub(crate) fn coverage(items: usize, models: usize, has: &dyn Fn(usize, usize) -> bool) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let missing: Vec<Vec<usize>> = (0..models).map(|m| (0..items).filter(|&i| !has(i, m)).collect()).collect();
+    let mut kept: Vec<usize> = (0..models).filter(|&m| missing[m].len() < items).collect();
+    let budget = (MAX_SET_ASIDE * items as f64 + 1e-9).floor() as usize;
+    let aside = loop {
+        let mut aside = vec![false; items];
+        for &m in &kept {
+            for &i in &missing[m] {
+                aside[i] = true;
+            }
+        }
+        if aside.iter().filter(|&&a| a).count() <= budget {
+            break aside;
+        }
+        let worst = kept.iter().copied().max_by_key(|&m| (missing[m].len(), m)).expect("a model lacks some item");
+        kept.retain(|&m| m != worst);
+    };
+    let left_out = (0..models).filter(|m| !kept.contains(m)).collect();
+    (kept, left_out, (0..items).filter(|&i| aside[i]).collect())
+}
+
+/// What the exemplars measure of the priced models they measure (see [`coverage`] for those left
+/// out, and the exemplars set aside): each model's quality and cost on each exemplar compared
+/// (the measured cost where the exemplar keeps one, else answer tokens × list price), and the
+/// reference: the best mean quality, the cheaper on ties.
 pub(crate) struct Measured {
     models: Vec<String>,
-    /// Priced models some exemplar does not measure, in the price table's order.
+    /// Priced models left out ([`coverage`]), in the price table's order.
     pub(crate) left_out: Vec<String>,
+    /// The positions of the exemplars compared (those not set aside), in order.
+    pub(crate) compared: Vec<usize>,
+    /// How many were set aside.
+    set_aside: usize,
     quality: Vec<Vec<f64>>,
     cost: Vec<Vec<f64>>,
     input_tokens: Vec<u64>,
@@ -577,15 +624,21 @@ impl Measured {
             };
             results.push((e, r));
         }
-        let (models, left_out): (Vec<String>, Vec<String>) =
-            prices.names().map(str::to_string).partition(|m| results.iter().all(|(_, r)| r.contains_key(m)));
+        let names: Vec<String> = prices.names().map(str::to_string).collect();
+        let (kept, left_out, aside) = coverage(results.len(), names.len(), &|i, m| results[i].1.contains_key(&names[m]));
+        let models: Vec<String> = kept.iter().map(|&m| names[m].clone()).collect();
+        let left_out: Vec<String> = left_out.iter().map(|&m| names[m].clone()).collect();
         if models.len() < 2 || results.is_empty() {
             return Err(Error::Config(format!(
-                "a quality target compares the models on every exemplar, and fewer than two priced models are measured on all {} \
-                 ({models:?})",
+                "a quality target compares the models on the same exemplars, and fewer than two priced models are measured on all \
+                 but {:.0}% of the {} exemplars ({models:?}; left out: {left_out:?})",
+                100.0 * MAX_SET_ASIDE,
                 exemplars.len()
             )));
         }
+        let set_aside = aside.len();
+        let compared: Vec<usize> = (0..results.len()).filter(|i| aside.binary_search(i).is_err()).collect();
+        let results: Vec<_> = compared.iter().map(|&i| results[i]).collect();
         if models.len() > usize::from(Pick::MAX) + 1 {
             return Err(Error::Config(format!(
                 "a quality target compares at most {} models, got {}",
@@ -609,7 +662,7 @@ impl Measured {
             cost.push(c);
             input_tokens.push(input);
         }
-        let measured = Measured { models, left_out, quality, cost, input_tokens, reference: 0 };
+        let measured = Measured { models, left_out, compared, set_aside, quality, cost, input_tokens, reference: 0 };
         let (q, c) = (|m| measured.mean(m, &measured.quality), |m| measured.mean(m, &measured.cost));
         let reference = (0..measured.models.len()).max_by(|&a, &b| q(a).total_cmp(&q(b)).then(c(b).total_cmp(&c(a)))).unwrap_or(0);
         Ok(Measured { reference, ..measured })
@@ -1121,6 +1174,7 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, usize)> {
         quality,
         cost_usd,
         exemplars: n,
+        exemplars_set_aside: m.set_aside,
         folds,
         models_left_out: m.left_out.clone(),
         reused: false,
@@ -1160,6 +1214,24 @@ mod tests {
             picks.push(vec![curve]);
         }
         (scores, picks, quality, cost)
+    }
+
+    #[test]
+    fn prompts_a_model_lacks_are_set_aside_up_to_five_percent_then_the_model_is_left_out() {
+        // 40 items, so at most 2 set aside (5%): model 0 has every item, 1 lacks item 5, 2 lacks
+        // items 5 and 9.
+        let lacks = |gaps: &[&[usize]]| {
+            let gaps: Vec<Vec<usize>> = gaps.iter().map(|g| g.to_vec()).collect();
+            coverage(40, gaps.len(), &|i, m| !gaps[m].contains(&i))
+        };
+        assert_eq!(lacks(&[&[], &[5], &[5, 9]]), (vec![0, 1, 2], vec![], vec![5, 9]));
+        // Three items lacked: the model lacking the most is left out.
+        assert_eq!(lacks(&[&[], &[5, 9], &[12]]), (vec![0, 2], vec![1], vec![12]));
+        // On a tie, the later.
+        assert_eq!(lacks(&[&[1, 2], &[], &[3, 4]]), (vec![0, 1], vec![2], vec![1, 2]));
+        // A model with no result at all is left out first; with nothing lacked, nothing set aside.
+        let none: Vec<usize> = (0..40).collect();
+        assert_eq!(lacks(&[&[], &none, &[]]), (vec![0, 2], vec![1], vec![]));
     }
 
     #[test]

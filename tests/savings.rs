@@ -124,6 +124,28 @@ fn models_the_price_table_does_not_price_are_named_not_dropped_silently() {
     assert_eq!(r.models, kept);
     assert_eq!(r.models_unpriced, ["claude-3-5-sonnet-20240620", "gpt-4o-2024-08-06", "qwen2.5-7b-instruct"]);
     assert!(r.models_left_out.is_empty());
+    assert!(r.prompts_set_aside.is_empty());
+
+    // A model without a score on a few prompts (a failed call) is still routed between: those
+    // prompts are set aside, at most 5% of them; a model lacking more is left out instead.
+    let lacking = |n: usize| {
+        let mut d = data.clone();
+        let step = d.records.len() / n;
+        for r in d.records.iter_mut().step_by(step).take(n) {
+            r.scores.remove("o1-preview-2024-09-12");
+        }
+        run(&d, &three, common::embedder() as Arc<dyn Embedder>, &quick()).unwrap()
+    };
+    assert_eq!(data.records.len(), 200);
+    let r = lacking(2);
+    assert_eq!(r.models, kept);
+    assert_eq!(r.prompts_set_aside, [data.records[0].id.clone(), data.records[100].id.clone()]);
+    assert_eq!(r.train + r.test, 198);
+    let r = lacking(11);
+    assert_eq!(r.models, kept[..2]);
+    assert_eq!(r.models_left_out, ["o1-preview-2024-09-12"]);
+    assert!(r.prompts_set_aside.is_empty());
+    assert_eq!(r.train + r.test, 200);
 }
 
 #[test]
@@ -826,7 +848,9 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     assert!(d.model == "small" || d.model == "big", "{}", d.model);
     assert!(!d.reason.contains("quality target: twin"), "{}", d.reason);
 
-    // A model some exemplars do not measure is left out of a target's routing, and said to be.
+    // An exemplar that does not measure some model (a failed call in a graded workload) is set
+    // aside from the tuning, which compares every model on the rest; the router still learns
+    // from it.
     let mut partly: Vec<String> = lines.clone();
     partly[0] = without_twin[0].clone();
     let partly = ExemplarSet::from_jsonl_str(&partly.join("\n"), "partly.jsonl").unwrap();
@@ -838,9 +862,25 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
         .quality_target(QualityTarget::keep(0.9))
         .build()
         .unwrap();
-    assert_eq!(router.tuned().unwrap().models_left_out, vec!["twin".to_string()]);
+    let tuned = router.tuned().unwrap();
+    assert!(tuned.models_left_out.is_empty(), "{tuned}");
+    assert_eq!((tuned.exemplars, tuned.exemplars_set_aside), (199, 1), "{tuned}");
+    assert!(tuned.to_string().contains("1 exemplars set aside"), "{tuned}");
     // With the default settings, the benchmark's ten configurations under both knobs.
-    assert_eq!(router.tuned().unwrap().candidates, 20);
+    assert_eq!(tuned.candidates, 20);
+    assert!(router.prices().get("twin").is_some());
+    assert_eq!(router.exemplars().len(), 200);
+    // A model more than 5% of the exemplars do not measure is left out of a target's routing
+    // instead, and said to be: 11 of 200.
+    let mut sparse: Vec<String> = lines.clone();
+    for i in (0..200).step_by(19) {
+        sparse[i] = without_twin[i].clone();
+    }
+    let sparse = ExemplarSet::from_jsonl_str(&sparse.join("\n"), "sparse.jsonl").unwrap();
+    let router = builder().exemplars(sparse).quality_target(QualityTarget::keep(0.9)).build().unwrap();
+    let tuned = router.tuned().unwrap();
+    assert_eq!(tuned.models_left_out, vec!["twin".to_string()], "{tuned}");
+    assert_eq!((tuned.exemplars, tuned.exemplars_set_aside), (200, 0), "{tuned}");
     assert!(router.prices().get("twin").is_none());
     assert_ne!(router.route("aaa bbb").unwrap().model, "twin");
 

@@ -36,7 +36,7 @@ use crate::router::{Assessment, Router};
 pub use crate::target::Policy;
 pub use crate::target::RouterConfig;
 use crate::target::{
-    assess_all, cross_fit, folds_of, knobs, operating_point, picks, picks_under, CalibrationAcc, CrossFit, Operating, Pick,
+    self, assess_all, cross_fit, folds_of, knobs, operating_point, picks, picks_under, CalibrationAcc, CrossFit, Operating, Pick,
 };
 
 /// `config`'s router over `exemplars`, its index read from `graphs` when a router over the same
@@ -201,16 +201,21 @@ pub struct Calibration {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Report {
-    /// Prompts in the train and test splits.
+    /// Prompts in the train split.
     pub train: usize,
     /// Prompts in the test split.
     pub test: usize,
     /// Seed of the split.
     pub seed: u64,
-    /// The models routed between (every priced model scored on every prompt).
+    /// The models routed between (the priced models the data set scores, on every prompt compared).
     pub models: Vec<String>,
-    /// Priced models left out for lacking a score on some prompt.
+    /// Priced models left out for lacking scores on more than
+    /// [`MAX_SET_ASIDE`](crate::target::MAX_SET_ASIDE) of the prompts (see
+    /// [`prompts_set_aside`](Report::prompts_set_aside)).
     pub models_left_out: Vec<String>,
+    /// Ids of the prompts set aside (before the split) because a model routed between has no
+    /// score on them: at most [`MAX_SET_ASIDE`](crate::target::MAX_SET_ASIDE) of the data set.
+    pub prompts_set_aside: Vec<String>,
     /// Models the data set scores that the price table does not price (so not routed to).
     pub models_unpriced: Vec<String>,
     /// The assumption made about missing answer lengths, if any was needed.
@@ -420,9 +425,15 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     if settings.policies.is_empty() {
         return Err(Error::Config("no policy to try".into()));
     }
-    let (models, left_out): (Vec<String>, Vec<String>) =
-        prices.names().map(str::to_string).partition(|m| data.records.iter().all(|r| r.scores.contains_key(m)));
-    let left_out: Vec<String> = left_out.into_iter().filter(|m| data.records.iter().any(|r| r.scores.contains_key(m))).collect();
+    // Every model is compared on the same prompts: those some kept model has no score on are
+    // set aside, at most target::MAX_SET_ASIDE of them (else the model lacking the most is left
+    // out), as a quality target's exemplars are.
+    let names: Vec<String> = prices.names().map(str::to_string).collect();
+    let (kept, left_out, aside) = target::coverage(data.records.len(), names.len(), &|i, m| data.records[i].scores.contains_key(&names[m]));
+    let models: Vec<String> = kept.iter().map(|&m| names[m].clone()).collect();
+    let left_out: Vec<String> =
+        left_out.iter().map(|&m| names[m].clone()).filter(|m| data.records.iter().any(|r| r.scores.contains_key(m))).collect();
+    let prompts_set_aside: Vec<String> = aside.iter().map(|&i| data.records[i].id.clone()).collect();
     let unpriced: Vec<String> = data
         .records
         .iter()
@@ -434,10 +445,20 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         .collect();
     if models.len() < 2 {
         return Err(Error::Config(format!(
-            "the price table and the data set share fewer than two models scored on every prompt ({models:?}; priced but not \
-             scored on every prompt: {left_out:?}; scored but not priced: {unpriced:?})"
+            "the price table and the data set share fewer than two models scored on all but {:.0}% of the prompts ({models:?}; \
+             priced but left out: {left_out:?}; scored but not priced: {unpriced:?})",
+            100.0 * target::MAX_SET_ASIDE
         )));
     }
+    let compared;
+    let data = if aside.is_empty() {
+        data
+    } else {
+        compared = Dataset {
+            records: data.records.iter().enumerate().filter(|(i, _)| aside.binary_search(i).is_err()).map(|(_, r)| r.clone()).collect(),
+        };
+        &compared
+    };
     let prices = PriceTable::from_models(models.iter().map(|m| (m.clone(), prices.get(m).expect("listed").clone())))?;
     if models.len() > usize::from(Pick::MAX) + 1 {
         return Err(Error::Config(format!(
@@ -706,6 +727,7 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         seed: settings.seed,
         models: models.clone(),
         models_left_out: left_out,
+        prompts_set_aside,
         models_unpriced: unpriced,
         assumption,
         reference_model: models[reference].clone(),

@@ -192,7 +192,14 @@ fn print_report(args: &Args, r: &Report) {
         println!("assumption: {a}");
     }
     if !r.models_left_out.is_empty() {
-        println!("left out (not scored on every prompt): {}", r.models_left_out.join(", "));
+        println!("left out (not scored on enough of the prompts): {}", r.models_left_out.join(", "));
+    }
+    if !r.prompts_set_aside.is_empty() {
+        println!(
+            "{} prompts set aside (some model routed between has no score on them): {}",
+            r.prompts_set_aside.len(),
+            r.prompts_set_aside.join(", ")
+        );
     }
     if !r.models_unpriced.is_empty() {
         println!("left out (no price in the price table): {}", r.models_unpriced.join(", "));
