@@ -1387,9 +1387,12 @@ impl RouterBuilder {
     /// its defaults; set any of them otherwise and only this router is tuned, under the bar, or under USD
     /// per quality point when [`usd_per_quality`](RouterBuilder::usd_per_quality) is set (its
     /// value is then replaced). [`QualityTarget::candidates`] and [`QualityTarget::policies`]
-    /// choose otherwise. Only models every exemplar measures are routed among
-    /// (the others are listed in [`Tuned::models_left_out`], and what some exemplars measure of
-    /// them is set aside); unless a
+    /// choose otherwise. Every model is compared on the same exemplars: those some model has no
+    /// result on are set aside from the tuning (at most
+    /// [`MAX_SET_ASIDE`](crate::target::MAX_SET_ASIDE) of them,
+    /// [`Tuned::exemplars_set_aside`]; the router still learns from them), and a model lacking
+    /// more is not routed to (listed in [`Tuned::models_left_out`]; what some exemplars measure
+    /// of it is set aside); unless a
     /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
     /// the best the exemplars measure. Where one model meets the target alone, every request
     /// that names no models of its own goes to it (while the price table in force prices it).
