@@ -394,8 +394,6 @@ fn cost_range(single: &[CurvePointReport]) -> (f64, f64) {
     (lo, hi)
 }
 
-/// Bootstrap replicates of the train prompts that measure how far the candidates' out-of-fold
-/// AIQs differ by chance ([`choose_candidate`]).
 /// Runs the benchmark (see the module docs). `embedder` embeds every prompt once.
 ///
 /// ```no_run
