@@ -78,9 +78,10 @@ pub struct Exemplar {
     pub id: String,
     /// The prompt text.
     pub prompt: String,
-    /// The kind of work (`formatting`, `proof`, ...).
+    /// The kind of work (`formatting`, `proof`, ...; `uncategorised` where a line names none).
     pub category: String,
-    /// Language of the prompt (`en`, `zh`, `mixed`, ...).
+    /// Language of the prompt (`en`, `zh`, `mixed`, ...; `und`, undetermined, where a line names
+    /// none).
     pub language: String,
     /// Free-text note on where it came from.
     pub source: Option<String>,
@@ -91,13 +92,27 @@ pub struct Exemplar {
     pub grade: Grade,
 }
 
+/// The category of a line (an exemplar, a grading task) that names none.
+pub(crate) fn uncategorised() -> String {
+    "uncategorised".into()
+}
+
+/// The language of a line that names none: BCP 47's "undetermined".
+pub(crate) fn und() -> String {
+    "und".into()
+}
+
 /// The on-disk shape of one JSONL line.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExemplarLine {
     id: String,
     prompt: String,
+    /// Optional on reading, as in a grading run's tasks (`uncategorised`, and `und`: BCP 47's
+    /// "undetermined"): a workload's own prompts seldom come with either.
+    #[serde(default = "uncategorised")]
     category: String,
+    #[serde(default = "und")]
     language: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source: Option<String>,

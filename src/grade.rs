@@ -40,21 +40,14 @@ pub struct Task {
     /// The prompt sent to every model.
     pub prompt: String,
     /// Kind of work (default `uncategorised`).
-    #[serde(default = "uncategorised")]
+    #[serde(default = "crate::exemplar::uncategorised")]
     pub category: String,
     /// Language (default `und`, undetermined).
-    #[serde(default = "und")]
+    #[serde(default = "crate::exemplar::und")]
     pub language: String,
     /// A known right answer: when present, answers are scored by [`match_reference`], no judge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-}
-
-fn uncategorised() -> String {
-    "uncategorised".into()
-}
-fn und() -> String {
-    "und".into()
 }
 
 /// Reads tasks from a JSONL file or every `*.jsonl` in a folder (sorted). Lines may be full

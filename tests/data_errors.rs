@@ -40,7 +40,10 @@ fn builtin_data_loads_and_is_consistent() {
 
 #[test]
 fn malformed_exemplar_line_names_file_line_and_field() {
-    let text = format!("{GOOD}\n\n{}\n", r#"{"id":"b","category":"formatting","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1}}"#);
+    let text = format!(
+        "{GOOD}\n\n{}\n",
+        r#"{"id":"b","category":"formatting","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1}}"#
+    );
     let err = ExemplarSet::from_jsonl_str(&text, "ex/starter.jsonl").unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("ex/starter.jsonl:3:"), "{msg}");
@@ -55,15 +58,40 @@ fn malformed_exemplar_line_names_file_line_and_field() {
 }
 
 #[test]
+fn a_line_without_category_or_language_reads_as_uncategorised_and_undetermined() {
+    // As a grading run's tasks do: a workload's own prompts seldom come with either.
+    let set =
+        ExemplarSet::from_jsonl_str(r#"{"id":"w1","prompt":"p","results":{"m":{"quality":1,"output_tokens":3}}}"#, "w.jsonl").unwrap();
+    let e = set.get(0);
+    assert_eq!((e.category.as_str(), e.language.as_str()), ("uncategorised", "und"));
+    // Named but empty is still an error.
+    let err = ExemplarSet::from_jsonl_str(
+        r#"{"id":"w1","prompt":"p","language":" ","results":{"m":{"quality":1,"output_tokens":3}}}"#,
+        "w.jsonl",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("`language`") && err.to_string().contains("w.jsonl:1"), "{err}");
+}
+
+#[test]
 fn broken_json_unknown_tier_and_bad_quality_are_errors() {
     let cases = [
         (r#"{"id":"x","prompt":"p""#, "x.jsonl:1"),
         (r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"medium","reason":"r","output_tokens":1}}"#, "medium"),
-        (r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1.5,"output_tokens":3}}}"#, "results.m.quality"),
-        (r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1,"output_tokens":3,"cost_usd":-0.5}}}"#, "results.m.cost_usd"),
+        (
+            r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1.5,"output_tokens":3}}}"#,
+            "results.m.quality",
+        ),
+        (
+            r#"{"id":"x","prompt":"p","category":"c","language":"en","results":{"m":{"quality":1,"output_tokens":3,"cost_usd":-0.5}}}"#,
+            "results.m.cost_usd",
+        ),
         (r#"{"id":"x","prompt":"p","category":"c","language":"en"}"#, "neither"),
         (r#"{"id":"x","prompt":"  ","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1}}"#, "`prompt`"),
-        (r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1},"extra":1}"#, "extra"),
+        (
+            r#"{"id":"x","prompt":"p","category":"c","language":"en","label":{"tier":"cheap","reason":"r","output_tokens":1},"extra":1}"#,
+            "extra",
+        ),
     ];
     for (line, needle) in cases {
         let err = ExemplarSet::from_jsonl_str(line, "x.jsonl").unwrap_err();
@@ -107,7 +135,8 @@ fn exemplar_naming_an_unpriced_model_is_an_error() {
 
 #[test]
 fn bad_price_tables_name_line_model_and_field() {
-    let negative = format!("# header\n{}{}", price("ok", BODY), price("bad", &BODY.replace("output_per_mtok = 2.0", "output_per_mtok = -2.0")));
+    let negative =
+        format!("# header\n{}{}", price("ok", BODY), price("bad", &BODY.replace("output_per_mtok = 2.0", "output_per_mtok = -2.0")));
     let msg = PriceTable::from_toml_str(&negative, "prices.toml").unwrap_err().to_string();
     assert!(msg.contains("prices.toml:11") && msg.contains("`bad`") && msg.contains("output_per_mtok"), "{msg}");
 
