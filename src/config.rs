@@ -68,6 +68,9 @@ pub struct RouterConfig {
     /// router and its knob chosen at start by cross-fitting on the exemplars, which must be measured (see
     /// [`RouterBuilder::quality_target`](crate::RouterBuilder::quality_target)).
     pub keep_quality: Option<f64>,
+    /// With `keep_quality`: the model whose quality to keep a share of (priced and measured by
+    /// the exemplars), instead of the best one ([`QualityTarget::of`](crate::target::QualityTarget::of)).
+    pub keep_quality_of: Option<String>,
     /// Nearest exemplars consulted (1..=1000).
     pub k: Option<usize>,
     /// Standard errors a predicted quality must clear the bar by (0..=10; unset: derived from
@@ -294,6 +297,14 @@ impl Config {
                 return bad("router", "keep_quality", "is a target the bar is tuned to: set it or quality_bar, not both".into());
             }
         }
+        if let Some(m) = &r.keep_quality_of {
+            if r.keep_quality.is_none() {
+                return bad("router", "keep_quality_of", "names the model of a quality target: set keep_quality too".into());
+            }
+            if m.trim().is_empty() {
+                return bad("router", "keep_quality_of", "must name a model".into());
+            }
+        }
         if let Some(k) = r.k.filter(|k| !(1..=1000).contains(k)) {
             return bad("router", "k", format!("must be within 1..=1000, got {k}"));
         }
@@ -384,7 +395,11 @@ impl RouterConfig {
             b = b.quality_bar(x);
         }
         if let Some(x) = self.keep_quality {
-            b = b.quality_target(crate::target::QualityTarget::keep(x));
+            let target = crate::target::QualityTarget::keep(x);
+            b = b.quality_target(match &self.keep_quality_of {
+                Some(m) => target.of(m.clone()),
+                None => target,
+            });
         }
         if let Some(k) = self.k {
             b = b.k(k);
@@ -537,6 +552,7 @@ mod tests {
             "s.toml:2: invalid setting (key `router.keep_quality`): must be more than 0 and at most 1, got 1.5"
         );
         assert!(err("[router]\nquality_bar = 0.8\nkeep_quality = 0.9\n").contains("set it or quality_bar, not both"));
+        assert!(err("[router]\nkeep_quality_of = \"gpt-4o\"\n").contains("set keep_quality too"));
     }
 
     #[test]

@@ -1487,7 +1487,7 @@ impl RouterBuilder {
             None => Arc::new(FastEmbedder::load_default()?),
         };
         let tokens = tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??;
-        // A quality target compares every model on every exemplar: the others are left out.
+        // A quality target compares the models on the same exemplars (target::coverage).
         let (prices, measured) = match &self.target {
             None => (prices, None),
             Some(target) => {
@@ -1500,7 +1500,7 @@ impl RouterBuilder {
                         "a quality target is tuned on the router's own exemplars; it cannot be combined with a shared store".into(),
                     ));
                 }
-                let measured = target::Measured::new(&exemplars, &prices, &tokens)?;
+                let measured = target::Measured::new(&exemplars, &prices, &tokens, target.reference())?;
                 let kept = measured.models().iter().filter_map(|m| prices.get(m).cloned().map(|p| (m.clone(), p)));
                 let prices = PriceTable::from_models(kept)?;
                 // What some exemplars measure of a model left out is not routed on either.
@@ -1510,7 +1510,8 @@ impl RouterBuilder {
                 (prices, Some(measured))
             }
         };
-        // With a target, the safe model is the best one the exemplars measure, unless one is set.
+        // With a target, the safe model is its reference (named, or the best the exemplars
+        // measure), unless one is set.
         let fallback = self.fallback_model.clone().or_else(|| measured.as_ref().map(|m| m.reference_model().to_string()));
         // The fallback model, the similarity threshold and the caution come with the state.
         let mut settings = Settings {

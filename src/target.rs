@@ -7,7 +7,8 @@
 //! labels), [`RouterBuilder::quality_target`](crate::RouterBuilder::quality_target) turns the
 //! second into the first when the router is built:
 //!
-//! 1. The **reference** is the model with the best mean quality on the exemplars.
+//! 1. The **reference** is the model with the best mean quality on the exemplars, or the one the
+//!    target names ([`QualityTarget::of`]: "95% of GPT-4o's quality").
 //! 2. The exemplars are cut into folds. On each, the router of every **candidate configuration**
 //!    ([`RouterConfig::defaults`]: the default router and nine others, from each model's mean
 //!    alone to the ensemble of three predictors; or the router's own settings alone, where any was
@@ -112,12 +113,34 @@ pub struct QualityTarget {
     seed: u64,
     candidates: Option<Vec<RouterConfig>>,
     policies: Option<Vec<Policy>>,
+    reference: Option<String>,
 }
 
 impl QualityTarget {
     /// Keep `share` (in (0, 1]) of the reference model's quality; 5 folds, 1.645 standard errors.
     pub fn keep(share: f64) -> Self {
-        QualityTarget { keep: share, folds: 5, confidence_z: 1.645, seed: 1, candidates: None, policies: None }
+        QualityTarget { keep: share, folds: 5, confidence_z: 1.645, seed: 1, candidates: None, policies: None, reference: None }
+    }
+
+    /// Keep the share of this model's quality ("95% of GPT-4o's") instead of the best model's.
+    /// The model must be priced and measured by the exemplars; it is the router's safe model
+    /// too, unless a [fallback model](crate::RouterBuilder::fallback_model) is set.
+    ///
+    /// ```
+    /// use semroute::target::QualityTarget;
+    ///
+    /// let t = QualityTarget::keep(0.95).of("gpt-4o");
+    /// assert_eq!(t.reference(), Some("gpt-4o"));
+    /// assert!(QualityTarget::keep(0.95).of(" ").check().is_err());
+    /// ```
+    pub fn of(mut self, model: impl Into<String>) -> Self {
+        self.reference = Some(model.into());
+        self
+    }
+
+    /// The model named by [`of`](Self::of), if any (else the best the exemplars measure).
+    pub fn reference(&self) -> Option<&str> {
+        self.reference.as_deref()
     }
 
     /// The configurations the cross-fitting chooses among (default: [`RouterConfig::defaults`]
@@ -199,6 +222,9 @@ impl QualityTarget {
         }
         if self.policies.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::Config("a quality target needs at least one policy".into()));
+        }
+        if self.reference.as_ref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(Error::Config("a quality target's reference model is named by an empty string".into()));
         }
         Ok(())
     }
@@ -336,7 +362,8 @@ pub struct Tuned {
     pub candidate: String,
     /// Candidates (configuration × policy) the cross-fitting chose among.
     pub candidates: usize,
-    /// The model with the best mean quality on the exemplars.
+    /// The reference: the model the target named ([`QualityTarget::of`]), else the one with the
+    /// best mean quality on the exemplars.
     pub reference_model: String,
     /// Its mean quality.
     pub reference_quality: f64,
@@ -612,8 +639,9 @@ pub(crate) struct Measured {
 }
 
 impl Measured {
-    /// An error for a hand-labelled exemplar, or fewer than two models measured on every one.
-    pub(crate) fn new(exemplars: &ExemplarSet, prices: &PriceTable, tokens: &TokenCounter) -> Result<Self> {
+    /// An error for a hand-labelled exemplar, fewer than two models compared, or a `named`
+    /// reference that is not one of them.
+    pub(crate) fn new(exemplars: &ExemplarSet, prices: &PriceTable, tokens: &TokenCounter, named: Option<&str>) -> Result<Self> {
         let mut results = Vec::with_capacity(exemplars.len());
         for e in exemplars.iter() {
             let Grade::Measured { results: r } = &e.grade else {
@@ -664,7 +692,19 @@ impl Measured {
         }
         let measured = Measured { models, left_out, compared, set_aside, quality, cost, input_tokens, reference: 0 };
         let (q, c) = (|m| measured.mean(m, &measured.quality), |m| measured.mean(m, &measured.cost));
-        let reference = (0..measured.models.len()).max_by(|&a, &b| q(a).total_cmp(&q(b)).then(c(b).total_cmp(&c(a)))).unwrap_or(0);
+        let reference = match named {
+            Some(name) => measured.models.iter().position(|m| m == name).ok_or_else(|| {
+                let why = if prices.get(name).is_none() {
+                    "the price table does not price it"
+                } else if measured.left_out.iter().any(|m| m == name) {
+                    "too few exemplars measure it (it is left out)"
+                } else {
+                    "no exemplar measures it"
+                };
+                Error::Config(format!("the quality target's reference model `{name}` cannot be compared: {why}"))
+            })?,
+            None => (0..measured.models.len()).max_by(|&a, &b| q(a).total_cmp(&q(b)).then(c(b).total_cmp(&c(a)))).unwrap_or(0),
+        };
         Ok(Measured { reference, ..measured })
     }
 

@@ -220,6 +220,18 @@ fn keep_tunes_the_bar_on_measured_exemplars_and_says_so() {
     let d = &json_lines(&out)[0];
     assert!(d["reason"].as_str().unwrap().contains("quality target"), "{d}");
 
+    // A share of a named model's quality: 90% of GPT-4o's (0.82 on these prompts, o1-preview's
+    // 0.95), which is also the safe model.
+    let out = run(&[&base[..], &["--keep", "90%", "--of", "gpt-4o-2024-08-06", "--json", "x"]].concat(), b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("keep 90% of gpt-4o-2024-08-06's quality"), "{stderr}");
+    let out = run(&[&base[..], &["--keep", "90%", "--of", "gpt-5", "x"]].concat(), b"");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`gpt-5` cannot be compared"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[&base[..], &["--of", "gpt-4o-2024-08-06", "x"]].concat(), b"");
+    assert_eq!(out.status.code(), Some(2));
+
     let out = run(&[&base[..], &["--keep", "0.9", "--quality-bar", "0.5", "x"]].concat(), b"");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not both"), "{}", String::from_utf8_lossy(&out.stderr));

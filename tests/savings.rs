@@ -884,7 +884,18 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     assert!(router.prices().get("twin").is_none());
     assert_ne!(router.route("aaa bbb").unwrap().model, "twin");
 
+    // 90% of a named model's quality: twin's (197 of 200), for no more than twin costs (big
+    // keeps it only at $0.72); twin is the safe model too.
+    let router = builder().quality_target(QualityTarget::keep(0.9).of("twin")).build().unwrap();
+    let tuned = router.tuned().unwrap();
+    assert_eq!(tuned.reference_model, "twin", "{tuned}");
+    assert!(tuned.quality >= 0.9 * tuned.reference_quality && tuned.cost_usd <= 0.05 + 1e-12, "{tuned}");
+    assert!(tuned.to_string().starts_with("keep 90% of twin's quality"), "{tuned}");
+    assert_eq!(router.settings().fallback_model, "twin");
+
     let err = |b: semroute::RouterBuilder| b.build().unwrap_err().to_string();
+    let msg = err(builder().quality_target(QualityTarget::keep(0.9).of("nope")));
+    assert!(msg.contains("`nope` cannot be compared: the price table does not price it"), "{msg}");
     let msg = err(builder().quality_bar(0.8).quality_target(QualityTarget::keep(0.9)));
     assert!(msg.contains("not both"), "{msg}");
     let msg = err(builder().quality_target(QualityTarget::keep(0.0)));

@@ -41,6 +41,10 @@ pub struct Args {
     /// (--exemplars); with a prediction setting of your own, only its bar is tuned.
     #[arg(long, value_name = "SHARE", value_parser = share)]
     keep: Option<f64>,
+    /// With --keep: keep that share of this model's quality instead of the best model's (it must
+    /// be priced and measured by the exemplars; it is also the safe model).
+    #[arg(long, value_name = "MODEL", requires = "keep")]
+    of: Option<String>,
     /// Number of nearest exemplars consulted.
     #[arg(short = 'k', value_name = "N")]
     k: Option<usize>,
@@ -97,6 +101,7 @@ fn settings(args: &Args) -> Result<RouterConfig, Error> {
     r.prices = a.prices.or(r.prices.take());
     r.quality_bar = a.quality_bar.or(r.quality_bar);
     r.keep_quality = a.keep.or(r.keep_quality);
+    r.keep_quality_of = a.of.or(r.keep_quality_of.take());
     r.k = a.k.or(r.k);
     r.min_similarity = a.min_similarity.or(r.min_similarity);
     r.caution = a.caution.or(r.caution);
