@@ -446,6 +446,9 @@ fn refuses_to_start_without_client_keys_or_provider_keys() {
     assert!(e.contains("keys:3") && e.contains("at least 16"), "{e}");
     let e = run(&["--no-auth"]);
     assert!(e.contains("SEMROUTE_TEST_UNSET_KEY"), "{e}");
+    // A quality target's model without the target is refused before anything starts.
+    let e = run(&["--no-auth", "--of", "fake-cheap"]);
+    assert!(e.contains("--keep"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

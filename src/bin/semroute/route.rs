@@ -77,7 +77,7 @@ pub struct Args {
 }
 
 /// A share given as 0.95 or 95%.
-fn share(s: &str) -> Result<f64, String> {
+pub(crate) fn share(s: &str) -> Result<f64, String> {
     let (number, scale) = match s.trim().strip_suffix('%') {
         Some(p) => (p, 100.0),
         None => (s.trim(), 1.0),

@@ -37,6 +37,13 @@ pub struct Args {
     /// Default quality bar for `auto` (a request's `auto:<bar>` overrides it).
     #[arg(long, value_name = "X")]
     quality_bar: Option<f64>,
+    /// Instead of a bar: keep this share of the best model's measured quality (0.95 or 95%),
+    /// tuned at start on the exemplars, which must be measured (as `semroute route --keep`).
+    #[arg(long, value_name = "SHARE", value_parser = crate::route::share)]
+    keep: Option<f64>,
+    /// With --keep: keep that share of this model's quality instead of the best model's.
+    #[arg(long, value_name = "MODEL", requires = "keep")]
+    of: Option<String>,
     /// A shared exemplar store (`postgresql://...`; the `pgvector` feature): replicas that
     /// name the same store route from, and learn into, the same exemplars.
     #[arg(long, value_name = "URL")]
@@ -96,6 +103,8 @@ fn settings(args: Args) -> Result<Config, Error> {
     r.prices = args.prices.or(r.prices.take());
     r.embedding_model = args.embedding_model.or(r.embedding_model.take());
     r.quality_bar = args.quality_bar.or(r.quality_bar);
+    r.keep_quality = args.keep.or(r.keep_quality);
+    r.keep_quality_of = args.of.or(r.keep_quality_of.take());
     r.learn_log = args.learn_log.or(r.learn_log.take());
     r.store_url = args.store_url.or(r.store_url.take());
     r.store_table = args.store_table.or(r.store_table.take());
