@@ -381,8 +381,9 @@ pub struct Tuned {
     pub exemplars_set_aside: usize,
     /// Folds of the cross-fitting.
     pub folds: usize,
-    /// Priced models left out because some exemplar does not measure them (a target compares
-    /// every model on every exemplar; the router routes among the others).
+    /// Priced models left out because too many exemplars do not measure them (more than
+    /// [`MAX_SET_ASIDE`] would have to be set aside; see [`exemplars_set_aside`](Self::exemplars_set_aside)):
+    /// the router routes among the others.
     pub models_left_out: Vec<String>,
     /// Whether this was read back from the cache folder, found by an earlier build on the same
     /// exemplars, prices and settings, rather than tuned now.

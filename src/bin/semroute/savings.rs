@@ -195,10 +195,13 @@ fn print_report(args: &Args, r: &Report) {
         println!("left out (not scored on enough of the prompts): {}", r.models_left_out.join(", "));
     }
     if !r.prompts_set_aside.is_empty() {
+        // The first ten ids; --json lists them all.
+        let more = r.prompts_set_aside.len().saturating_sub(10);
         println!(
-            "{} prompts set aside (some model routed between has no score on them): {}",
+            "{} prompts set aside (some model routed between has no score on them): {}{}",
             r.prompts_set_aside.len(),
-            r.prompts_set_aside.join(", ")
+            r.prompts_set_aside[..r.prompts_set_aside.len().min(10)].join(", "),
+            if more > 0 { format!(" and {more} more (--json lists them)") } else { String::new() }
         );
     }
     if !r.models_unpriced.is_empty() {
