@@ -1639,17 +1639,20 @@ impl RouterBuilder {
                     None => {
                         // The tuning compares the models on the exemplars that measure them all
                         // (see target::coverage); the router learns from every exemplar.
-                        let all = measured.compared.len() == state.exemplars.len();
-                        let compared = if all {
-                            state.exemplars.clone()
+                        let aside = &measured.set_aside;
+                        let compared_set;
+                        let (compared, compared_vectors) = if aside.is_empty() {
+                            (&state.exemplars, vectors.clone())
                         } else {
-                            ExemplarSet::from_exemplars(measured.compared.iter().map(|&i| state.exemplars.get(i).clone()).collect())?
+                            let kept = |i: &usize| aside.binary_search(i).is_err();
+                            compared_set = ExemplarSet::from_exemplars(
+                                (0..state.exemplars.len()).filter(kept).map(|i| state.exemplars.get(i).clone()).collect(),
+                            )?;
+                            (&compared_set, (0..vectors.len()).filter(kept).map(|i| vectors[i].clone()).collect())
                         };
-                        let compared_vectors =
-                            if all { vectors.clone() } else { measured.compared.iter().map(|&i| vectors[i].clone()).collect() };
                         let (tuned, i) = target::tune(target::Tuning {
                             target,
-                            exemplars: &compared,
+                            exemplars: compared,
                             vectors: compared_vectors,
                             measured,
                             embedder: embedder.clone(),

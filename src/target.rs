@@ -595,14 +595,15 @@ pub(crate) fn without_models(exemplars: &ExemplarSet, models: &[String]) -> Resu
 /// (see [`Tuned::exemplars_set_aside`] and [`Tuned::models_left_out`]).
 pub const MAX_SET_ASIDE: f64 = 0.05;
 
-/// Which models a comparison keeps, and which items it sets aside: of `models` models and
-/// `items` items, where `has(i, m)` says whether item `i` has a result for model `m`. A model with
-/// no result at all is left out; then, while the items lacking some kept model's result are more
-/// than [`MAX_SET_ASIDE`] of them, the kept model lacking the most (the later on ties) is left out
-/// too. Returns (kept models, models left out, items set aside), each in order.
-pub(crate) fn coverage(items: usize, models: usize, has: &dyn Fn(usize, usize) -> bool) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
-    let missing: Vec<Vec<usize>> = (0..models).map(|m| (0..items).filter(|&i| !has(i, m)).collect()).collect();
-    let mut kept: Vec<usize> = (0..models).filter(|&m| missing[m].len() < items).collect();
+/// Which of the `models` a comparison keeps, and which of its `items` items it sets aside, where
+/// `has(i, m)` says whether item `i` has a result for model `m`. A model with no result at all is
+/// left out; then, while the items lacking some kept model's result are more than
+/// [`MAX_SET_ASIDE`] of them, the kept model lacking the most (the later on ties) is left out
+/// too.
+pub(crate) fn coverage(models: &[String], items: usize, has: &dyn Fn(usize, &str) -> bool) -> Coverage {
+    let missing: Vec<Vec<usize>> = models.iter().map(|m| (0..items).filter(|&i| !has(i, m)).collect()).collect();
+    let models_count = models.len();
+    let mut kept: Vec<usize> = (0..models.len()).filter(|&m| missing[m].len() < items).collect();
     let budget = (MAX_SET_ASIDE * items as f64 + 1e-9).floor() as usize;
     let aside = loop {
         let mut aside = vec![false; items];
@@ -617,8 +618,27 @@ pub(crate) fn coverage(items: usize, models: usize, has: &dyn Fn(usize, usize) -
         let worst = kept.iter().copied().max_by_key(|&m| (missing[m].len(), m)).expect("a model lacks some item");
         kept.retain(|&m| m != worst);
     };
-    let left_out = (0..models).filter(|m| !kept.contains(m)).collect();
-    (kept, left_out, (0..items).filter(|&i| aside[i]).collect())
+    Coverage {
+        models: kept.iter().map(|&m| models[m].clone()).collect(),
+        left_out: (0..models_count).filter(|m| !kept.contains(m)).map(|m| models[m].clone()).collect(),
+        set_aside: (0..items).filter(|&i| aside[i]).collect(),
+    }
+}
+
+/// What [`coverage`] keeps: the models compared and those left out (each in the given order),
+/// and the positions of the items set aside (in order).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Coverage {
+    pub(crate) models: Vec<String>,
+    pub(crate) left_out: Vec<String>,
+    pub(crate) set_aside: Vec<usize>,
+}
+
+impl Coverage {
+    /// Whether item `i` is compared (not set aside).
+    pub(crate) fn compares(&self, i: usize) -> bool {
+        self.set_aside.binary_search(&i).is_err()
+    }
 }
 
 /// What the exemplars measure of the priced models they measure (see [`coverage`] for those left
@@ -629,10 +649,8 @@ pub(crate) struct Measured {
     models: Vec<String>,
     /// Priced models left out ([`coverage`]), in the price table's order.
     pub(crate) left_out: Vec<String>,
-    /// The positions of the exemplars compared (those not set aside), in order.
-    pub(crate) compared: Vec<usize>,
-    /// How many were set aside.
-    set_aside: usize,
+    /// The positions of the exemplars set aside ([`coverage`]), in order.
+    pub(crate) set_aside: Vec<usize>,
     quality: Vec<Vec<f64>>,
     cost: Vec<Vec<f64>>,
     input_tokens: Vec<u64>,
@@ -654,9 +672,9 @@ impl Measured {
             results.push((e, r));
         }
         let names: Vec<String> = prices.names().map(str::to_string).collect();
-        let (kept, left_out, aside) = coverage(results.len(), names.len(), &|i, m| results[i].1.contains_key(&names[m]));
-        let models: Vec<String> = kept.iter().map(|&m| names[m].clone()).collect();
-        let left_out: Vec<String> = left_out.iter().map(|&m| names[m].clone()).collect();
+        let cover = coverage(&names, results.len(), &|i, m| results[i].1.contains_key(m));
+        let results: Vec<_> = results.iter().enumerate().filter(|(i, _)| cover.compares(*i)).map(|(_, r)| *r).collect();
+        let Coverage { models, left_out, set_aside } = cover;
         if models.len() < 2 || results.is_empty() {
             return Err(Error::Config(format!(
                 "a quality target compares the models on the same exemplars, and fewer than two priced models are measured on all \
@@ -665,9 +683,6 @@ impl Measured {
                 exemplars.len()
             )));
         }
-        let set_aside = aside.len();
-        let compared: Vec<usize> = (0..results.len()).filter(|i| aside.binary_search(i).is_err()).collect();
-        let results: Vec<_> = compared.iter().map(|&i| results[i]).collect();
         if models.len() > usize::from(Pick::MAX) + 1 {
             return Err(Error::Config(format!(
                 "a quality target compares at most {} models, got {}",
@@ -691,7 +706,7 @@ impl Measured {
             cost.push(c);
             input_tokens.push(input);
         }
-        let measured = Measured { models, left_out, compared, set_aside, quality, cost, input_tokens, reference: 0 };
+        let measured = Measured { models, left_out, set_aside, quality, cost, input_tokens, reference: 0 };
         let (q, c) = (|m| measured.mean(m, &measured.quality), |m| measured.mean(m, &measured.cost));
         let reference = match named {
             Some(name) => measured.models.iter().position(|m| m == name).ok_or_else(|| {
@@ -1215,7 +1230,7 @@ pub(crate) fn tune(t: Tuning<'_>) -> Result<(Tuned, usize)> {
         quality,
         cost_usd,
         exemplars: n,
-        exemplars_set_aside: m.set_aside,
+        exemplars_set_aside: m.set_aside.len(),
         folds,
         models_left_out: m.left_out.clone(),
         reused: false,
@@ -1262,8 +1277,10 @@ mod tests {
         // 40 items, so at most 2 set aside (5%): model 0 has every item, 1 lacks item 5, 2 lacks
         // items 5 and 9.
         let lacks = |gaps: &[&[usize]]| {
-            let gaps: Vec<Vec<usize>> = gaps.iter().map(|g| g.to_vec()).collect();
-            coverage(40, gaps.len(), &|i, m| !gaps[m].contains(&i))
+            let names: Vec<String> = (0..gaps.len()).map(|m| m.to_string()).collect();
+            let c = coverage(&names, 40, &|i, m| !gaps[m.parse::<usize>().unwrap()].contains(&i));
+            let index = |v: Vec<String>| v.iter().map(|m| m.parse::<usize>().unwrap()).collect::<Vec<usize>>();
+            (index(c.models), index(c.left_out), c.set_aside)
         };
         assert_eq!(lacks(&[&[], &[5], &[5, 9]]), (vec![0, 1, 2], vec![], vec![5, 9]));
         // Three items lacked: the model lacking the most is left out.

@@ -427,11 +427,10 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
     // set aside, at most target::MAX_SET_ASIDE of them (else the model lacking the most is left
     // out), as a quality target's exemplars are.
     let names: Vec<String> = prices.names().map(str::to_string).collect();
-    let (kept, left_out, aside) = target::coverage(data.records.len(), names.len(), &|i, m| data.records[i].scores.contains_key(&names[m]));
-    let models: Vec<String> = kept.iter().map(|&m| names[m].clone()).collect();
-    let left_out: Vec<String> =
-        left_out.iter().map(|&m| names[m].clone()).filter(|m| data.records.iter().any(|r| r.scores.contains_key(m))).collect();
-    let prompts_set_aside: Vec<String> = aside.iter().map(|&i| data.records[i].id.clone()).collect();
+    let cover = target::coverage(&names, data.records.len(), &|i, m| data.records[i].scores.contains_key(m));
+    let models = cover.models.clone();
+    let left_out: Vec<String> = cover.left_out.iter().filter(|m| data.records.iter().any(|r| r.scores.contains_key(*m))).cloned().collect();
+    let prompts_set_aside: Vec<String> = cover.set_aside.iter().map(|&i| data.records[i].id.clone()).collect();
     let unpriced: Vec<String> = data
         .records
         .iter()
@@ -449,12 +448,11 @@ pub fn run(data: &Dataset, prices: &PriceTable, embedder: Arc<dyn Embedder>, set
         )));
     }
     let compared;
-    let data = if aside.is_empty() {
+    let data = if cover.set_aside.is_empty() {
         data
     } else {
-        compared = Dataset {
-            records: data.records.iter().enumerate().filter(|(i, _)| aside.binary_search(i).is_err()).map(|(_, r)| r.clone()).collect(),
-        };
+        compared =
+            Dataset { records: data.records.iter().enumerate().filter(|(i, _)| cover.compares(*i)).map(|(_, r)| r.clone()).collect() };
         &compared
     };
     let prices = PriceTable::from_models(models.iter().map(|m| (m.clone(), prices.get(m).expect("listed").clone())))?;
