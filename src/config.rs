@@ -65,7 +65,8 @@ pub struct RouterConfig {
     /// Predicted quality the chosen model must reach, in [0, 1].
     pub quality_bar: Option<f64>,
     /// Instead of a bar: keep this share (in (0, 1]) of the best model's measured quality, the
-    /// router and its knob chosen at start by cross-fitting on the exemplars, which must be measured (see
+    /// router and its knob chosen at start (and at each reload) by cross-fitting on the exemplars,
+    /// which must be measured (see
     /// [`RouterBuilder::quality_target`](crate::RouterBuilder::quality_target)).
     pub keep_quality: Option<f64>,
     /// With `keep_quality`: the model whose quality to keep a share of (priced and measured by

@@ -51,15 +51,9 @@ pub struct Router {
 struct Inner {
     embedder: Arc<dyn Embedder>,
     tokens: TokenCounter,
-    settings: Settings,
-    /// The fallback model the builder was given; `None`: the default of each price table.
-    configured_fallback: Option<String>,
-    /// The similarity threshold the builder was given; `None`: derived from each generation's
-    /// exemplars.
-    configured_min_similarity: Option<f32>,
-    /// The caution the builder was given; `None`: derived from each state's hand labels where
-    /// it can be ([`caution_for`]).
-    configured_caution: Option<f64>,
+    /// What the builder was given, which each generation (the build's, each reload's) is
+    /// built under.
+    configured: Configured,
     cache: Option<VectorCache>,
     /// The shared exemplar store, when neighbours come from one instead of an in-process index.
     store: Option<Arc<dyn ExemplarStore>>,
@@ -71,11 +65,35 @@ struct Inner {
     refitting: AtomicBool,
     /// Agent sessions ([`Router::route_session`]).
     sessions: Arc<dyn SessionStore>,
-    /// What a [quality target](RouterBuilder::quality_target) was tuned to, if one was asked for.
-    tuned: Option<Tuned>,
     /// Whether the sessions are kept in process (not in a shared store).
     sessions_in_process: bool,
     session_settings: SessionSettings,
+}
+
+/// What the builder was given that every generation of data is built under.
+struct Configured {
+    /// The settings before a quality target tunes any (the fallback model is the state's).
+    settings: Settings,
+    /// The fallback model; `None`: the target's reference, else each price table's default.
+    fallback: Option<String>,
+    /// The similarity threshold; `None`: derived from each generation's exemplars.
+    min_similarity: Option<f32>,
+    /// The caution; `None`: derived from each state's hand labels where it can be
+    /// ([`caution_for`]).
+    caution: Option<f64>,
+    /// The quality target, if one was asked for: tuned on each generation's exemplars.
+    target: Option<TargetPlan>,
+}
+
+/// A quality target and what its tuning chooses among.
+struct TargetPlan {
+    target: QualityTarget,
+    /// The router's own prediction settings, as a configuration.
+    own: RouterConfig,
+    /// The configurations the cross-fitting compares.
+    configs: Vec<RouterConfig>,
+    /// The knobs it turns.
+    policies: Vec<Policy>,
 }
 
 /// What writers keep between generations.
@@ -123,6 +141,38 @@ struct State {
     fitted_on: usize,
     /// The caution in force, and whether it was derived from the exemplars ([`caution_for`]).
     caution: (f64, bool),
+    /// The settings in force: the builder's, or those a quality target tuned on these data.
+    settings: Settings,
+    /// What a [quality target](RouterBuilder::quality_target) was tuned to on these data.
+    tuned: Option<Arc<Tuned>>,
+}
+
+impl State {
+    /// The model a [quality target](RouterBuilder::quality_target) found meets it alone on these
+    /// data, if it did and these prices still price it: a request that names no models of its
+    /// own goes to it ([`pinned`]).
+    fn pin(&self) -> Option<&str> {
+        match self.tuned.as_deref() {
+            Some(Tuned { point: OperatingPoint::Model(m), .. }) if self.prices.get(m).is_some() => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The policy's `reason`, with what the quality target set where it set the request's knob
+    /// or model.
+    fn tuned_reason(&self, reason: &str, constraints: &Constraints) -> String {
+        let Some(t) = &self.tuned else { return reason.to_string() };
+        let keep = format!("{:.0}% of {}'s quality", 100.0 * t.keep, t.reference_model);
+        match (&t.point, self.pin()) {
+            (_, Some(m)) if constraints.allow_models.is_empty() => {
+                format!("{reason}; the quality target: {m} alone keeps {keep}, for less than routing")
+            }
+            (OperatingPoint::Knob(_), _) if constraints.quality_bar.is_none() && constraints.usd_per_quality.is_none() => {
+                format!("{reason}; the knob is the quality target's: keep {keep}")
+            }
+            _ => reason.to_string(),
+        }
+    }
 }
 
 /// Numbers each build or reload, so a background refit of older data is never stored.
@@ -325,21 +375,26 @@ impl Router {
             unfamiliar_centred: state.familiarity.centre().is_some(),
             caution: state.caution.0,
             caution_derived: state.caution.1,
-            ..self.inner.settings.clone()
+            ..state.settings.clone()
         }
     }
 
-    /// What the [quality target](RouterBuilder::quality_target) was tuned to at build: the knob
-    /// (or the one model) in force, the reference model, and the quality kept and cost out of
-    /// fold; `None` without a target.
-    pub fn tuned(&self) -> Option<&Tuned> {
-        self.inner.tuned.as_ref()
+    /// What the [quality target](RouterBuilder::quality_target) was tuned to on the data in
+    /// force (at build, or at the last [reload](Router::reload)): the knob (or the one model),
+    /// the reference model, and the quality kept and cost out of fold; `None` without a target.
+    pub fn tuned(&self) -> Option<Tuned> {
+        self.inner.state.load().tuned.as_deref().cloned()
     }
 
     /// Replaces the exemplars and the price table at once, while routing goes on: decisions
     /// already under way finish on the old ones, later ones use the new. Everything is validated,
     /// embedded (or read from the vector cache) and indexed first; on any error the router keeps
     /// what it had and the error says why. Exemplars added or learned since start are kept.
+    /// A router with a [quality target](RouterBuilder::quality_target) is tuned again on the new
+    /// data, as at build (a tuning found before for the same data is read back from the vector
+    /// cache): the models compared, the reference, the configuration and the knob all follow
+    /// the new exemplars and prices, and [`tuned`](Router::tuned) reports them. What was added
+    /// or learned since start is routed on, not tuned on.
     ///
     /// ```no_run
     /// use semroute::{ExemplarSet, PriceTable, Router};
@@ -354,14 +409,12 @@ impl Router {
     pub fn reload(&self, exemplars: ExemplarSet, prices: PriceTable) -> Result<()> {
         let inner = &*self.inner;
         let writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let base = build_state(
-            inner.embedder.as_ref(),
+        let base = generation(
+            &inner.embedder,
+            &inner.tokens,
+            &inner.configured,
             exemplars,
             prices,
-            inner.configured_fallback.as_deref(),
-            inner.configured_min_similarity,
-            inner.configured_caution,
-            &inner.settings,
             inner.cache.as_ref(),
             inner.store.as_ref(),
             None,
@@ -475,10 +528,10 @@ impl Router {
             &snapshot.search,
             &snapshot.exemplars,
             &snapshot.prices,
-            &inner.settings,
+            &snapshot.settings,
             snapshot.selected,
             inner.embedder.as_ref(),
-            inner.configured_caution,
+            inner.configured.caution,
             &snapshot.fallback_model,
             None,
         );
@@ -535,10 +588,10 @@ impl Router {
                     &search,
                     &exemplars,
                     &state.prices,
-                    &inner.settings,
+                    &state.settings,
                     state.selected,
                     inner.embedder.as_ref(),
-                    inner.configured_caution,
+                    inner.configured.caution,
                     &state.fallback_model,
                     None,
                 );
@@ -563,6 +616,8 @@ impl Router {
             fallback_model: state.fallback_model.clone(),
             familiarity,
             caution,
+            settings: state.settings.clone(),
+            tuned: state.tuned.clone(),
         })
     }
 
@@ -618,32 +673,6 @@ impl Router {
             && inner.embedder.is_quick()
             && matches!(inner.state.load().search, Search::Local(_))
             && chat.texts().try_fold(0usize, |n, (_, t)| Some(n + t.len()).filter(|&n| n <= QUICK_BYTES)).is_some()
-    }
-
-    /// The model a [quality target](RouterBuilder::quality_target) found meets it alone, if it
-    /// did and `prices` (the state's: a reload may have dropped it) still price it: a request
-    /// that names no models of its own goes to it ([`pinned`]).
-    fn pin(&self, prices: &PriceTable) -> Option<&str> {
-        match &self.inner.tuned {
-            Some(Tuned { point: OperatingPoint::Model(m), .. }) if prices.get(m).is_some() => Some(m),
-            _ => None,
-        }
-    }
-
-    /// The policy's `reason`, with what the quality target set where it set the request's knob
-    /// or model.
-    fn tuned_reason(&self, reason: &str, constraints: &Constraints, prices: &PriceTable) -> String {
-        let Some(t) = &self.inner.tuned else { return reason.to_string() };
-        let keep = format!("{:.0}% of {}'s quality", 100.0 * t.keep, t.reference_model);
-        match (&t.point, self.pin(prices)) {
-            (_, Some(m)) if constraints.allow_models.is_empty() => {
-                format!("{reason}; the quality target: {m} alone keeps {keep}, for less than routing")
-            }
-            (OperatingPoint::Knob(_), _) if constraints.quality_bar.is_none() && constraints.usd_per_quality.is_none() => {
-                format!("{reason}; the knob is the quality target's: keep {keep}")
-            }
-            _ => reason.to_string(),
-        }
     }
 
     /// `input_tokens`: the prompt's own count when `None`.
@@ -715,9 +744,9 @@ impl Router {
                 ))));
             }
         }
-        let s = &inner.settings;
         // One snapshot for the whole batch, so a reload mid-way cannot mix old and new data.
         let state = inner.state.load_full();
+        let s = &state.settings;
         let (mut found, mut judgements, mut predictions) = (Vec::new(), Vec::new(), Vec::new());
         for &(_, vector, _) in items {
             // (position in the in-process index, if any; exemplar; similarity), most similar first.
@@ -751,7 +780,7 @@ impl Router {
             .zip(predictions)
             .map(|(((&(prompt, _, input_tokens), found), judgement), predictions)| {
                 let input_tokens = input_tokens.unwrap_or_else(|| inner.tokens.count(prompt));
-                Assessment { router: self.clone(), state: state.clone(), found, judgement, predictions, input_tokens, cache: None }
+                Assessment { state: state.clone(), found, judgement, predictions, input_tokens, cache: None }
             })
             .collect())
     }
@@ -827,15 +856,7 @@ impl Router {
         let (mut assessment, task_reused, covered) = match known {
             Some((s, predictions)) => {
                 let judgement = Judgement { unfamiliarity: s.unfamiliarity.map(f64::from), unfamiliar: s.unfamiliar.clone() };
-                let a = Assessment {
-                    router: self.clone(),
-                    state: state.clone(),
-                    found: Vec::new(),
-                    judgement,
-                    predictions,
-                    input_tokens,
-                    cache: None,
-                };
+                let a = Assessment { state: state.clone(), found: Vec::new(), judgement, predictions, input_tokens, cache: None };
                 (a, true, s.user_turns as usize)
             }
             None => {
@@ -952,7 +973,6 @@ fn state_tag(state: &State) -> u64 {
 
 /// One prompt as the router sees it before choosing: see [`Router::assess`].
 pub struct Assessment {
-    router: Router,
     state: Arc<State>,
     found: Vec<(Arc<Exemplar>, f32)>,
     judgement: Judgement,
@@ -987,9 +1007,9 @@ impl Assessment {
     /// first), without the decision's explanation: what [`decide`](Assessment::decide) builds on.
     pub fn choose(&self, constraints: &Constraints) -> Result<Choice> {
         check_constraints(constraints)?;
-        let pinned = self.router.pin(&self.state.prices).map(|m| pinned(constraints, m));
+        let pinned = self.state.pin().map(|m| pinned(constraints, m));
         let constraints = pinned.as_ref().unwrap_or(constraints);
-        let objective = constraints.objective(self.router.inner.settings.objective());
+        let objective = constraints.objective(self.state.settings.objective());
         let choice = choose(self.choice_input(objective), constraints);
         if choice.chosen.is_none() {
             let why: Vec<String> =
@@ -1003,10 +1023,9 @@ impl Assessment {
     /// choices, with the candidates priced once and no reason or failover order written out,
     /// for a benchmark that decides each prompt under many knobs and reads only which model won.
     pub(crate) fn chosen_models(&self, constraints: &[Constraints]) -> Result<Vec<String>> {
-        let default = self.router.inner.settings.objective();
+        let default = self.state.settings.objective();
         // Copied only where a target pins the router to one model.
-        let pinned: Option<Vec<Constraints>> =
-            self.router.pin(&self.state.prices).map(|m| constraints.iter().map(|c| pinned(c, m)).collect());
+        let pinned: Option<Vec<Constraints>> = self.state.pin().map(|m| constraints.iter().map(|c| pinned(c, m)).collect());
         let constraints = pinned.as_deref().unwrap_or(constraints);
         let mut each = Vec::with_capacity(constraints.len());
         for c in constraints {
@@ -1044,8 +1063,8 @@ impl Assessment {
     pub fn decide(&self, constraints: &Constraints) -> Result<RouteDecision> {
         let choice = self.choose(constraints)?;
         let chosen = choice.chosen.expect("choose refuses a choice without a model");
-        let s = &self.router.inner.settings;
         let state = &self.state;
+        let s = &state.settings;
         let c = &choice.candidates[chosen];
         let strongest = state.prices.strongest();
         let strongest_cost = choice.candidates.iter().find(|c| c.model == strongest).map_or(0.0, |c| c.expected_cost_usd);
@@ -1081,7 +1100,7 @@ impl Assessment {
             objective,
             fallback: choice.fallback,
             unfamiliarity: self.judgement.unfamiliarity,
-            reason: self.router.tuned_reason(&choice.reason, constraints, &state.prices),
+            reason: state.tuned_reason(&choice.reason, constraints),
             quality_from: state.predictor.describe(state.quality.is_some()).to_string(),
             neighbours,
             strongest_model: strongest.to_string(),
@@ -1396,9 +1415,10 @@ impl RouterBuilder {
     /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
     /// the best the exemplars measure. Where one model meets the target alone, every request
     /// that names no models of its own goes to it (while the price table in force prices it).
-    /// Tuned once, at build: a reload or
-    /// what is learned later keeps the configuration and the knob. See [`crate::target`] for the
-    /// rule and an example; the savings benchmark's targets run the same code.
+    /// Tuned at build and again at each
+    /// [reload](Router::reload), on its data; what is added or learned between keeps the
+    /// configuration and the knob. See [`crate::target`] for the rule and an example; the
+    /// savings benchmark's targets run the same code.
     ///
     /// ```no_run
     /// use semroute::target::QualityTarget;
@@ -1478,7 +1498,7 @@ impl RouterBuilder {
             Some(p) => p,
             None => PriceTable::builtin()?,
         };
-        let mut exemplars = match self.exemplars {
+        let exemplars = match self.exemplars {
             Some(e) => e,
             None => ExemplarSet::builtin()?,
         };
@@ -1487,34 +1507,19 @@ impl RouterBuilder {
             None => Arc::new(FastEmbedder::load_default()?),
         };
         let tokens = tokens.join().map_err(|_| Error::Config("loading the tokenizer failed".into()))??;
-        // A quality target compares the models on the same exemplars (target::coverage).
-        let (prices, measured) = match &self.target {
-            None => (prices, None),
-            Some(target) => {
-                target.check()?;
-                if self.quality_bar.is_some() {
-                    return Err(Error::Config("a quality target tunes the bar: set a quality bar or a quality target, not both".into()));
-                }
-                if self.store.is_some() {
-                    return Err(Error::Config(
-                        "a quality target is tuned on the router's own exemplars; it cannot be combined with a shared store".into(),
-                    ));
-                }
-                let measured = target::Measured::new(&exemplars, &prices, &tokens, target.reference())?;
-                let kept = measured.models().iter().filter_map(|m| prices.get(m).cloned().map(|p| (m.clone(), p)));
-                let prices = PriceTable::from_models(kept)?;
-                // What some exemplars measure of a model left out is not routed on either.
-                if !measured.left_out.is_empty() {
-                    exemplars = target::without_models(&exemplars, &measured.left_out)?;
-                }
-                (prices, Some(measured))
+        if let Some(target) = &self.target {
+            target.check()?;
+            if self.quality_bar.is_some() {
+                return Err(Error::Config("a quality target tunes the bar: set a quality bar or a quality target, not both".into()));
             }
-        };
-        // With a target, the safe model is its reference (named, or the best the exemplars
-        // measure), unless one is set.
-        let fallback = self.fallback_model.clone().or_else(|| measured.as_ref().map(|m| m.reference_model().to_string()));
+            if self.store.is_some() {
+                return Err(Error::Config(
+                    "a quality target is tuned on the router's own exemplars; it cannot be combined with a shared store".into(),
+                ));
+            }
+        }
         // The fallback model, the similarity threshold and the caution come with the state.
-        let mut settings = Settings {
+        let settings = Settings {
             k,
             quality_bar,
             usd_per_quality: self.usd_per_quality,
@@ -1533,175 +1538,37 @@ impl RouterBuilder {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
         };
-        // With a target, the fits and the graph are kept for the router of the configuration
-        // the target chooses.
         // A target's candidates: the configurations its cross-fitting chooses among, and the
         // knobs it turns.
-        let candidates = match &self.target {
-            None => None,
-            Some(target) => {
-                let own = RouterConfig {
-                    name: "configured".into(),
-                    predictor,
-                    k,
-                    temperature,
-                    prior_strength,
-                    min_similarity: self.min_similarity,
-                };
-                // The router's own prediction settings alone where any differs from its
-                // default; else the candidates the savings benchmark compares, the default
-                // router first.
-                let defaults = RouterConfig::defaults(embedder.as_ref());
-                let configured = !defaults.first().is_some_and(|d| d.same_settings(&own)) || self.caution.is_some();
-                let configs = match target.asked_candidates() {
-                    Some(c) => c.to_vec(),
-                    None if configured => vec![own.clone()],
-                    None => defaults,
-                };
-                let policies = match target.asked_policies() {
-                    Some(p) => p.to_vec(),
-                    None if self.usd_per_quality.is_some() => vec![Policy::UsdPerQuality],
-                    None if configured => vec![Policy::QualityBar],
-                    None => vec![Policy::QualityBar, Policy::UsdPerQuality],
-                };
-                Some((own, configs, policies))
-            }
+        let target = self.target.map(|target| {
+            let own =
+                RouterConfig { name: "configured".into(), predictor, k, temperature, prior_strength, min_similarity: self.min_similarity };
+            // The router's own prediction settings alone where any differs from its default;
+            // else the candidates the savings benchmark compares, the default router first.
+            let defaults = RouterConfig::defaults(embedder.as_ref());
+            let configured = !defaults.first().is_some_and(|d| d.same_settings(&own)) || self.caution.is_some();
+            let configs = match target.asked_candidates() {
+                Some(c) => c.to_vec(),
+                None if configured => vec![own.clone()],
+                None => defaults,
+            };
+            let policies = match target.asked_policies() {
+                Some(p) => p.to_vec(),
+                None if self.usd_per_quality.is_some() => vec![Policy::UsdPerQuality],
+                None if configured => vec![Policy::QualityBar],
+                None => vec![Policy::QualityBar, Policy::UsdPerQuality],
+            };
+            TargetPlan { target, own, configs, policies }
+        });
+        let configured = Configured {
+            settings,
+            fallback: self.fallback_model.clone(),
+            min_similarity: self.min_similarity,
+            caution: self.caution,
+            target,
         };
-        // Where a target chooses among several, the first state (its exemplars' vectors and
-        // graph, which the cross-fitting reads) fits nothing: the chosen configuration's router
-        // is built after.
-        let placeholder = candidates.as_ref().is_some_and(|(own, configs, _)| !(configs.len() == 1 && configs[0].same_settings(own)));
-        let first_settings = Settings { predictor: Predictor::Neighbours, ..settings.clone() };
-        let fits = self.fits.clone().or_else(|| self.target.is_some().then(FitCache::new));
-        let mut min_similarity = self.min_similarity;
-        let mut state = build_state(
-            embedder.as_ref(),
-            exemplars,
-            prices,
-            fallback.as_deref(),
-            min_similarity,
-            self.caution,
-            if placeholder { &first_settings } else { &settings },
-            cache.as_ref(),
-            self.store.as_ref(),
-            fits.as_ref(),
-        )?;
-        let tuned = match (self.target, measured) {
-            (Some(target), Some(measured)) => {
-                let Search::Local(index) = &state.search else {
-                    return Err(Error::Config("a quality target needs the in-process index".into()));
-                };
-                let (own, configs, policies) = candidates.expect("a target's candidates");
-                let fold_prices: PriceTable = (*state.prices).clone();
-                // The folds' routers fall back to the whole set's safe model, as this one does.
-                let (caution, fallback) = (self.caution, state.fallback_model.clone());
-                // Each fold's router: a configuration and these settings on that fold's
-                // exemplars, embedding nothing.
-                let build =
-                    move |config: &RouterConfig, exemplars: ExemplarSet, embedder: Arc<dyn Embedder>, graphs: &Path, fits: &FitCache| {
-                        let mut b = config
-                            .apply(Router::builder())
-                            .embedder(embedder)
-                            .exemplars(exemplars)
-                            .prices(fold_prices.clone())
-                            .unfamiliar_share(unfamiliar_share)
-                            .cache_dir(graphs)
-                            .fit_cache(fits.clone());
-                        if let Some(z) = caution {
-                            b = b.caution(z);
-                        }
-                        b.fallback_model(fallback.clone()).build()
-                    };
-                let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
-                // A tuning found before for the very same inputs is read back, not redone.
-                let kept = cache.as_ref().map(|c| target::TunedCache::new(c.dir()));
-                let key = {
-                    let mut parts: Vec<String> = vec![
-                        format!("semroute {}", env!("CARGO_PKG_VERSION")),
-                        embedder.model_id().to_string(),
-                        format!("{target:?}"),
-                        format!("{configs:?}"),
-                        format!("{policies:?}"),
-                        format!("caution {:?}, unfamiliar share {unfamiliar_share:?}, fallback {}", self.caution, state.fallback_model),
-                    ];
-                    for name in state.prices.names() {
-                        parts.push(name.to_string());
-                        parts.push(state.prices.get(name).map(|p| serde_json::to_string(p).unwrap_or_default()).unwrap_or_default());
-                    }
-                    for e in state.exemplars.iter() {
-                        parts.extend([e.id.clone(), e.prompt.clone(), serde_json::to_string(&e.grade).unwrap_or_default()]);
-                    }
-                    target::TunedCache::key(parts.iter().map(String::as_str))
-                };
-                let found = kept.as_ref().and_then(|k| k.get(&key, configs.len()));
-                let (tuned, chosen) = match found {
-                    Some((i, tuned)) => (tuned, configs[i].clone()),
-                    None => {
-                        // The tuning compares the models on the exemplars that measure them all
-                        // (see target::coverage); the router learns from every exemplar.
-                        let aside = &measured.set_aside;
-                        let compared_set;
-                        let (compared, compared_vectors) = if aside.is_empty() {
-                            (&state.exemplars, vectors.clone())
-                        } else {
-                            let kept = |i: &usize| aside.binary_search(i).is_err();
-                            compared_set = ExemplarSet::from_exemplars(
-                                (0..state.exemplars.len()).filter(kept).map(|i| state.exemplars.get(i).clone()).collect(),
-                            )?;
-                            (&compared_set, (0..vectors.len()).filter(kept).map(|i| vectors[i].clone()).collect())
-                        };
-                        let (tuned, i) = target::tune(target::Tuning {
-                            target,
-                            exemplars: compared,
-                            vectors: compared_vectors,
-                            measured,
-                            embedder: embedder.clone(),
-                            configs: configs.clone(),
-                            policies,
-                            build: &build,
-                        })?;
-                        if let Some(k) = &kept {
-                            k.put(&key, i, &tuned);
-                        }
-                        (tuned, configs[i].clone())
-                    }
-                };
-                if placeholder || !chosen.same_settings(&own) {
-                    // The chosen configuration's router, over the same exemplars (their vectors
-                    // and graph known).
-                    settings.k = chosen.k;
-                    settings.temperature = chosen.temperature;
-                    settings.prior_strength = chosen.prior_strength;
-                    settings.predictor = chosen.predictor;
-                    min_similarity = chosen.min_similarity;
-                    let known = Memo::with_vectors(embedder.clone(), state.exemplars.iter().map(|e| e.prompt.as_str()).zip(&vectors));
-                    let fallback_model = state.fallback_model.clone();
-                    state = build_state(
-                        &known,
-                        state.exemplars.clone(),
-                        (*state.prices).clone(),
-                        Some(&fallback_model),
-                        min_similarity,
-                        self.caution,
-                        &settings,
-                        None,
-                        None,
-                        fits.as_ref(),
-                    )?;
-                }
-                match tuned.point {
-                    OperatingPoint::Knob(Objective::QualityBar(b)) => {
-                        settings.quality_bar = b;
-                        settings.usd_per_quality = None;
-                    }
-                    OperatingPoint::Knob(Objective::UsdPerQuality(u)) => settings.usd_per_quality = Some(u),
-                    OperatingPoint::Model(_) => {}
-                }
-                tracing::info!("{tuned}");
-                Some(tuned)
-            }
-            _ => None,
-        };
+        let mut state =
+            generation(&embedder, &tokens, &configured, exemplars, prices, cache.as_ref(), self.store.as_ref(), self.fits.as_ref())?;
         let mut writer = Writer { added: Vec::new(), added_vectors: Vec::new(), log: None };
         if let Some(path) = &self.feedback_log {
             let (log, found) = Journal::<Feedback>::open(path)?;
@@ -1743,16 +1610,12 @@ impl RouterBuilder {
             inner: Arc::new(Inner {
                 embedder,
                 tokens,
-                settings: Settings { fallback_model: state.fallback_model.clone(), ..settings },
-                configured_fallback: fallback,
-                configured_min_similarity: min_similarity,
-                configured_caution: self.caution,
+                configured,
                 cache,
                 store: self.store,
                 state: ArcSwap::from_pointee(state),
                 writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
                 refitting: AtomicBool::new(false),
-                tuned,
                 sessions_in_process: self.session_store.is_none(),
                 sessions: self.session_store.unwrap_or_else(|| Arc::new(MemorySessions::new(session_settings.max_sessions))),
                 session_settings,
@@ -1778,6 +1641,184 @@ fn validated(state: &State, items: Vec<Exemplar>, origin: &str) -> Result<Exempl
     let exemplars = state.exemplars.with_added(items, origin)?;
     exemplars.check_models_from(start, &state.prices)?;
     Ok(exemplars)
+}
+
+/// One generation of data (the build's, or a reload's) under what the builder was given: as it
+/// is, or, under a quality target, with the models compared on the same exemplars
+/// ([`target::coverage`]), the tuning found (or read back from the vector cache) and the state
+/// of the configuration it chose, its knob in the state's settings.
+// The builder's and the reload's parts, passed as they are: two private callers.
+#[allow(clippy::too_many_arguments)]
+fn generation(
+    embedder: &Arc<dyn Embedder>,
+    tokens: &TokenCounter,
+    configured: &Configured,
+    exemplars: ExemplarSet,
+    prices: PriceTable,
+    cache: Option<&VectorCache>,
+    store: Option<&Arc<dyn ExemplarStore>>,
+    fits: Option<&FitCache>,
+) -> Result<State> {
+    let Some(plan) = &configured.target else {
+        return build_state(
+            embedder.as_ref(),
+            exemplars,
+            prices,
+            configured.fallback.as_deref(),
+            configured.min_similarity,
+            configured.caution,
+            &configured.settings,
+            cache,
+            store,
+            fits,
+        );
+    };
+    let TargetPlan { target, own, configs, policies } = plan;
+    let measured = target::Measured::new(&exemplars, &prices, tokens, target.reference())?;
+    let kept = measured.models().iter().filter_map(|m| prices.get(m).cloned().map(|p| (m.clone(), p)));
+    let prices = PriceTable::from_models(kept)?;
+    // What some exemplars measure of a model left out is not routed on either.
+    let exemplars = if measured.left_out.is_empty() { exemplars } else { target::without_models(&exemplars, &measured.left_out)? };
+    // The safe model is the target's reference (named, or the best the exemplars measure),
+    // unless one is set.
+    let fallback = configured.fallback.clone().unwrap_or_else(|| measured.reference_model().to_string());
+    let mut settings = configured.settings.clone();
+    let (caution, unfamiliar_share) = (configured.caution, settings.unfamiliar_share);
+    // The fits and the graph are kept for the router of the configuration the target chooses.
+    let own_fits;
+    let fits = match fits {
+        Some(f) => f,
+        None => {
+            own_fits = FitCache::new();
+            &own_fits
+        }
+    };
+    // Where a target chooses among several, the first state (its exemplars' vectors and graph,
+    // which the cross-fitting reads) fits nothing: the chosen configuration's router is built
+    // after.
+    let placeholder = !(configs.len() == 1 && configs[0].same_settings(own));
+    let first_settings = Settings { predictor: Predictor::Neighbours, ..settings.clone() };
+    let mut state = build_state(
+        embedder.as_ref(),
+        exemplars,
+        prices,
+        Some(&fallback),
+        configured.min_similarity,
+        caution,
+        if placeholder { &first_settings } else { &settings },
+        cache,
+        None,
+        Some(fits),
+    )?;
+    let Search::Local(index) = &state.search else {
+        return Err(Error::Config("a quality target needs the in-process index".into()));
+    };
+    let fold_prices: PriceTable = (*state.prices).clone();
+    // The folds' routers fall back to the whole set's safe model, as this one does.
+    let fallback = state.fallback_model.clone();
+    // Each fold's router: a configuration and these settings on that fold's exemplars,
+    // embedding nothing.
+    let build = move |config: &RouterConfig, exemplars: ExemplarSet, embedder: Arc<dyn Embedder>, graphs: &Path, fits: &FitCache| {
+        let mut b = config
+            .apply(Router::builder())
+            .embedder(embedder)
+            .exemplars(exemplars)
+            .prices(fold_prices.clone())
+            .unfamiliar_share(unfamiliar_share)
+            .cache_dir(graphs)
+            .fit_cache(fits.clone());
+        if let Some(z) = caution {
+            b = b.caution(z);
+        }
+        b.fallback_model(fallback.clone()).build()
+    };
+    let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
+    // A tuning found before for the very same inputs is read back, not redone.
+    let kept = cache.map(|c| target::TunedCache::new(c.dir()));
+    let key = {
+        let mut parts: Vec<String> = vec![
+            format!("semroute {}", env!("CARGO_PKG_VERSION")),
+            embedder.model_id().to_string(),
+            format!("{target:?}"),
+            format!("{configs:?}"),
+            format!("{policies:?}"),
+            format!("caution {caution:?}, unfamiliar share {unfamiliar_share:?}, fallback {}", state.fallback_model),
+        ];
+        for name in state.prices.names() {
+            parts.push(name.to_string());
+            parts.push(state.prices.get(name).map(|p| serde_json::to_string(p).unwrap_or_default()).unwrap_or_default());
+        }
+        for e in state.exemplars.iter() {
+            parts.extend([e.id.clone(), e.prompt.clone(), serde_json::to_string(&e.grade).unwrap_or_default()]);
+        }
+        target::TunedCache::key(parts.iter().map(String::as_str))
+    };
+    let found = kept.as_ref().and_then(|k| k.get(&key, configs.len()));
+    let (tuned, chosen) = match found {
+        Some((i, tuned)) => (tuned, &configs[i]),
+        None => {
+            // The tuning compares the models on the exemplars that measure them all (see
+            // target::coverage); the router learns from every exemplar.
+            let aside = &measured.set_aside;
+            let compared_set;
+            let (compared, compared_vectors) = if aside.is_empty() {
+                (&state.exemplars, vectors.clone())
+            } else {
+                let kept = |i: &usize| aside.binary_search(i).is_err();
+                compared_set =
+                    ExemplarSet::from_exemplars((0..state.exemplars.len()).filter(kept).map(|i| state.exemplars.get(i).clone()).collect())?;
+                (&compared_set, (0..vectors.len()).filter(kept).map(|i| vectors[i].clone()).collect())
+            };
+            let (tuned, i) = target::tune(target::Tuning {
+                target: target.clone(),
+                exemplars: compared,
+                vectors: compared_vectors,
+                measured,
+                embedder: embedder.clone(),
+                configs: configs.clone(),
+                policies: policies.clone(),
+                build: &build,
+            })?;
+            if let Some(k) = &kept {
+                k.put(&key, i, &tuned);
+            }
+            (tuned, &configs[i])
+        }
+    };
+    if placeholder || !chosen.same_settings(own) {
+        // The chosen configuration's router, over the same exemplars (their vectors and graph
+        // known).
+        settings.k = chosen.k;
+        settings.temperature = chosen.temperature;
+        settings.prior_strength = chosen.prior_strength;
+        settings.predictor = chosen.predictor;
+        let known = Memo::with_vectors(embedder.clone(), state.exemplars.iter().map(|e| e.prompt.as_str()).zip(&vectors));
+        let fallback_model = state.fallback_model.clone();
+        state = build_state(
+            &known,
+            state.exemplars.clone(),
+            (*state.prices).clone(),
+            Some(&fallback_model),
+            chosen.min_similarity,
+            caution,
+            &settings,
+            None,
+            None,
+            Some(fits),
+        )?;
+    }
+    match tuned.point {
+        OperatingPoint::Knob(Objective::QualityBar(b)) => {
+            settings.quality_bar = b;
+            settings.usd_per_quality = None;
+        }
+        OperatingPoint::Knob(Objective::UsdPerQuality(u)) => settings.usd_per_quality = Some(u),
+        OperatingPoint::Model(_) => {}
+    }
+    tracing::info!("{tuned}");
+    state.settings = Settings { fallback_model: state.fallback_model.clone(), ..settings };
+    state.tuned = Some(Arc::new(tuned));
+    Ok(state)
 }
 
 /// Validates, embeds and indexes one generation of data.
@@ -1843,6 +1884,8 @@ fn build_state(
         generation,
         fitted_on,
         caution,
+        settings: settings.clone(),
+        tuned: None,
     })
 }
 

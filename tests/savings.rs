@@ -769,9 +769,18 @@ fn a_quality_target_is_tuned_once_for_the_same_inputs_and_again_when_they_change
     assert_ne!(regraded[1], lines[1]);
     assert_ne!(build(&regraded).tuned().unwrap().cost_usd, 123.0);
     assert_eq!(std::fs::read_dir(dir.path().join("tuned")).unwrap().count(), 2);
+    // A reload tunes again on its data, reading a tuning back the same way: the same data's
+    // (the changed figure), then the regraded data's (found by the build above).
+    let prices = (*again.prices()).clone();
+    again.reload(again.exemplars(), prices.clone()).unwrap();
+    assert!(again.tuned().unwrap().reused && again.tuned().unwrap().cost_usd == 123.0);
+    again.reload(ExemplarSet::from_jsonl_str(&regraded.join("\n"), "toy.jsonl").unwrap(), prices).unwrap();
+    let t = again.tuned().unwrap();
+    assert!(t.reused && t.cost_usd != 123.0, "{t}");
+    assert_eq!(std::fs::read_dir(dir.path().join("tuned")).unwrap().count(), 2);
     // A damaged file is tuned again and replaced.
     std::fs::write(&files[0], b"{not json").unwrap();
-    assert_eq!(build(&lines).tuned().unwrap(), &first);
+    assert_eq!(build(&lines).tuned().unwrap(), first);
     assert!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&files[0]).unwrap()).is_ok());
 }
 
@@ -801,11 +810,9 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
         })
         .collect();
     let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "s.jsonl").unwrap();
-    let prices = PriceTable::from_toml_str(
-        &(TWO_MODELS.to_string() + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n"),
-        "three.toml",
-    )
-    .unwrap();
+    let three = TWO_MODELS.to_string()
+        + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n";
+    let prices = PriceTable::from_toml_str(&three, "three.toml").unwrap();
     let builder = || {
         Router::builder()
             .embedder(Arc::new(Letters))
@@ -847,6 +854,26 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     let d = router.route("aaa bbb").unwrap();
     assert!(d.model == "small" || d.model == "big", "{}", d.model);
     assert!(!d.reason.contains("quality target: twin"), "{}", d.reason);
+    // The reload tuned the target again, on the new data: what it reports and what the
+    // decisions say are the two models'.
+    let retuned = router.tuned().unwrap();
+    assert_eq!((retuned.reference_model.as_str(), retuned.exemplars), ("big", 200), "{retuned}");
+    assert_ne!(retuned.point, OperatingPoint::Model("twin".into()), "{retuned}");
+    assert!(retuned.quality >= 0.9 * retuned.reference_quality, "{retuned}");
+    assert!(d.reason.contains("keep 90% of big's quality") || d.reason.contains("keeps 90% of big's quality"), "{}", d.reason);
+    // Three models again, and a fourth priced that no exemplar measures: tuned as at build
+    // (twin alone), the fourth left out and never routed to.
+    let four = PriceTable::from_toml_str(
+        &(three.clone()
+            + "[models.cheapo]\nprovider = \"c\"\ninput_per_mtok = 0.01\noutput_per_mtok = 0.01\nsource = \"test\"\nas_of = \"2025\"\n"),
+        "four.toml",
+    )
+    .unwrap();
+    router.reload(set.clone(), four).unwrap();
+    let back = router.tuned().unwrap();
+    assert_eq!((&back.point, &back.models_left_out), (&tuned.point, &vec!["cheapo".to_string()]), "{back}");
+    assert!(router.prices().get("cheapo").is_none());
+    assert_eq!(router.route("aaa bbb 7").unwrap().model, "twin");
 
     // An exemplar that does not measure some model (a failed call in a graded workload) is set
     // aside from the tuning, which compares every model on the rest; the router still learns
@@ -892,6 +919,12 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     assert!(tuned.quality >= 0.9 * tuned.reference_quality && tuned.cost_usd <= 0.05 + 1e-12, "{tuned}");
     assert!(tuned.to_string().starts_with("keep 90% of twin's quality"), "{tuned}");
     assert_eq!(router.settings().fallback_model, "twin");
+    // A reload whose data the target cannot be tuned on (its reference gone) is refused, and the
+    // router keeps its data and tuning.
+    let msg = router.reload(two, PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("`twin` cannot be compared: the price table does not price it"), "{msg}");
+    assert_eq!(router.tuned().unwrap(), tuned);
+    assert_eq!((router.prices().len(), router.settings().fallback_model.as_str()), (3, "twin"));
 
     let err = |b: semroute::RouterBuilder| b.build().unwrap_err().to_string();
     let msg = err(builder().quality_target(QualityTarget::keep(0.9).of("nope")));
