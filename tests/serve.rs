@@ -523,6 +523,61 @@ async fn feedback_teaches_the_router_and_reload_swaps_data_without_dropping_requ
     assert_ne!(header(&h5, "x-semroute-model"), "fake-cheap");
 }
 
+/// `serve --keep` tunes its quality target at start and again at each reload, on the new data;
+/// the reload's answer says what it found; a reload the target cannot be tuned on is refused and
+/// the old tuning stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quality_target_is_tuned_again_at_each_reload() {
+    let fake = FakeLlm::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let graded = data.path().join("graded.jsonl");
+    // 60 measured prompts; the cheap model's and the middle one's quality on each given.
+    let write = |cheap: &dyn Fn(usize) -> f64, mid: &dyn Fn(usize) -> f64, strong: bool| {
+        let lines: Vec<String> = (0..60)
+            .map(|i| {
+                let r = |q: f64| format!(r#"{{"quality":{q},"output_tokens":20}}"#);
+                let others = format!(r#""fake-cheap":{},"fake-mid":{},"#, r(cheap(i)), r(mid(i)));
+                format!(
+                    r#"{{"id":"g{i}","prompt":"Reformat item {i} of the list as indented JSON","results":{{{}"fake-strong":{}}}}}"#,
+                    if strong { others } else { String::new() },
+                    r(1.0)
+                )
+            })
+            .collect();
+        std::fs::write(&graded, lines.join("\n")).unwrap();
+    };
+    // The cheap model is as good as any: it meets 90% alone.
+    write(&|_| 1.0, &|_| 1.0, true);
+    let s = serve(&fake, ALL_OK, &["--exemplars", graded.to_str().unwrap(), "--keep", "90%"]);
+    let ask = json!({"model": "auto", "messages": [{"role": "user", "content": "Reformat item 7 of the list as indented JSON"}]});
+    let (status, h, v) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!((status, header(&h, "x-semroute-model")), (200, "fake-cheap"), "{v}");
+
+    // Now the cheap model fails everywhere and the middle one on 2 of 60: a reload tunes again.
+    write(&|_| 0.0, &|i| if i % 30 == 0 { 0.0 } else { 1.0 }, true);
+    let reload = || async { http().post(s.url("/admin/reload")).bearer_auth(CLIENT_KEY).send().await.unwrap() };
+    let r = reload().await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["exemplars"].as_u64(), v["models"].as_u64()), (Some(60), Some(3)), "{v}");
+    assert_eq!(v["tuned"]["figures"]["reference_model"], "fake-strong", "{v}");
+    assert_eq!(v["tuned"]["figures"]["exemplars"], 60, "{v}");
+    let summary = v["tuned"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("keep 90% of fake-strong's quality"), "{summary}");
+    let (status, h, v) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!((status, header(&h, "x-semroute-model")), (200, "fake-mid"), "{v}");
+
+    // Only the strong model measured: nothing to compare, so the reload is refused, and the
+    // tuning found before stays in force.
+    write(&|_| 0.0, &|_| 0.0, false);
+    let r = reload().await;
+    assert_eq!(r.status(), 422);
+    let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("fewer than two priced models are measured") && msg.contains("old exemplars and prices stay"), "{msg}");
+    let (status, h, v) = post(&s, Some(CLIENT_KEY), ask.to_string()).await;
+    assert_eq!((status, header(&h, "x-semroute-model")), (200, "fake-mid"), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_round_trip_through_an_anthropic_model() {
     use async_openai::types::chat::{

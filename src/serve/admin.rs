@@ -58,9 +58,39 @@ pub(crate) async fn feedback(
     }
 }
 
+/// What a reload put in force.
+pub(crate) struct Reloaded {
+    /// Exemplars read.
+    pub exemplars: usize,
+    /// Models routed among now (a quality target routes among those the exemplars measure).
+    pub models: usize,
+    /// What the quality target was tuned to on the new data, if the router has one.
+    pub tuned: Option<crate::target::Tuned>,
+}
+
+impl Reloaded {
+    /// The `POST /admin/reload` answer.
+    fn to_json(&self) -> Value {
+        let mut v = json!({"reloaded": true, "exemplars": self.exemplars, "models": self.models});
+        if let Some(t) = &self.tuned {
+            v["tuned"] = json!({"summary": t.to_string(), "figures": t});
+        }
+        v
+    }
+
+    /// Logs it.
+    pub(crate) fn log(&self, how: &str) {
+        match &self.tuned {
+            Some(t) => info!(exemplars = self.exemplars, models = self.models, tuned = %t, "{how}"),
+            None => info!(exemplars = self.exemplars, models = self.models, "{how}"),
+        }
+    }
+}
+
 /// Re-reads exemplars and prices (the files given, else the built-in ones) and swaps them in
-/// while requests keep being served; on any error the old ones stay.
-pub(crate) fn reload_data(app: &App) -> crate::Result<(usize, usize)> {
+/// while requests keep being served (a quality target is tuned again on them first); on any
+/// error the old ones stay.
+pub(crate) fn reload_data(app: &App) -> crate::Result<Reloaded> {
     let exemplars = match &app.reload_exemplars {
         Some(p) if p.is_file() => ExemplarSet::load_file(p),
         Some(p) => ExemplarSet::load_dir(p),
@@ -73,18 +103,18 @@ pub(crate) fn reload_data(app: &App) -> crate::Result<(usize, usize)> {
     for model in &app.served {
         prices.require(model, "the providers file (a served model)")?;
     }
-    let counts = (exemplars.len(), prices.len());
+    let read = exemplars.len();
     app.router.reload(exemplars, prices)?;
-    Ok(counts)
+    Ok(Reloaded { exemplars: read, models: app.router.prices().len(), tuned: app.router.tuned() })
 }
 
 /// `POST /admin/reload`.
 pub(crate) async fn reload(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let a = app.clone();
     match tokio::task::spawn_blocking(move || reload_data(&a)).await {
-        Ok(Ok((exemplars, models))) => {
-            info!(exemplars, models, "reloaded");
-            Ok(Json(json!({"reloaded": true, "exemplars": exemplars, "models": models})))
+        Ok(Ok(done)) => {
+            done.log("reloaded");
+            Ok(Json(done.to_json()))
         }
         Ok(Err(e)) => {
             warn!("reload refused, the old exemplars and prices stay: {e}");

@@ -20,7 +20,8 @@
 //! - Every answer's real tokens and cost are appended to the usage log as a [`UsageRecord`].
 //! - `POST /v1/feedback {"request_id": ..., "quality": 0..1}` teaches the router how well the
 //!   model that answered did; only the client key that made a request can give feedback on it.
-//!   `POST /admin/reload` or SIGHUP re-reads exemplars and prices without dropping a request.
+//!   `POST /admin/reload` or SIGHUP re-reads exemplars and prices without dropping a request
+//!   (a quality target, `--keep`, is tuned again on them; the answer says what it found).
 //! - A request head must arrive within [`ServeOptions::header_timeout`]; when the `stop` future
 //!   given to [`Server::run`] resolves, the server stops accepting and returns when its requests
 //!   are done or [`ServeOptions::shutdown_deadline`] has passed.
@@ -322,7 +323,7 @@ async fn reload_on_sighup(app: Arc<App>) {
         while signal.recv().await.is_some() {
             let a = app.clone();
             match tokio::task::spawn_blocking(move || admin::reload_data(&a)).await {
-                Ok(Ok((exemplars, models))) => info!(exemplars, models, "reloaded on SIGHUP"),
+                Ok(Ok(done)) => done.log("reloaded on SIGHUP"),
                 Ok(Err(e)) => warn!("reload on SIGHUP refused, the old exemplars and prices stay: {e}"),
                 Err(e) => warn!("reload on SIGHUP failed: {e}"),
             }

@@ -38,7 +38,8 @@ pub struct Args {
     #[arg(long, value_name = "X")]
     quality_bar: Option<f64>,
     /// Instead of a bar: keep this share of the best model's measured quality (0.95 or 95%),
-    /// tuned at start on the exemplars, which must be measured (as `semroute route --keep`).
+    /// tuned at start and at each reload on the exemplars, which must be measured (as
+    /// `semroute route --keep`).
     #[arg(long, value_name = "SHARE", value_parser = crate::route::share)]
     keep: Option<f64>,
     /// With --keep: keep that share of this model's quality instead of the best model's.
