@@ -61,6 +61,9 @@ struct Inner {
     state: ArcSwap<State>,
     /// Serialises writers (reload, add, learn), so that none is lost; routing never takes it.
     writer: Mutex<Writer>,
+    /// Serialises reloads, which build their data (embedding, indexing, a target's tuning)
+    /// before they take `writer`, so that learning and additions go on meanwhile.
+    reloading: Mutex<()>,
     /// Whether a background refit of the quality model is running (see [`Router::learn`]).
     refitting: AtomicBool,
     /// Agent sessions ([`Router::route_session`]).
@@ -389,8 +392,9 @@ impl Router {
     /// Replaces the exemplars and the price table at once, while routing goes on: decisions
     /// already under way finish on the old ones, later ones use the new. Everything is validated,
     /// embedded (or read from the vector cache) and indexed first; on any error the router keeps
-    /// what it had and the error says why. Exemplars added or learned since start are kept.
-    /// A router with a [quality target](RouterBuilder::quality_target) is tuned again on the new
+    /// what it had and the error says why. Exemplars added or learned since start are kept,
+    /// also those added while the reload was under way: learning goes on meanwhile, and reloads
+    /// run one at a time. A router with a [quality target](RouterBuilder::quality_target) is tuned again on the new
     /// data, as at build (a tuning found before for the same data is read back from the vector
     /// cache): the models compared, the reference, the configuration and the knob all follow
     /// the new exemplars and prices, and [`tuned`](Router::tuned) reports them. What was added
@@ -408,7 +412,10 @@ impl Router {
     /// ```
     pub fn reload(&self, exemplars: ExemplarSet, prices: PriceTable) -> Result<()> {
         let inner = &*self.inner;
-        let writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // One reload at a time. The new data are built (embedded, indexed, a target tuned: it
+        // may take a while) while learning and additions go on; what they added is carried over
+        // under the writers' lock.
+        let _reloading = inner.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let base = generation(
             &inner.embedder,
             &inner.tokens,
@@ -421,6 +428,7 @@ impl Router {
         )?;
         // What was added or learned since start stays (feedback whose model the new table lacks
         // cannot be used with it: the reload is refused and says so).
+        let writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.extended(&base, writer.added.clone(), writer.added_vectors.clone(), "<added or learned exemplars>")?;
         inner.state.store(Arc::new(state));
         Ok(())
@@ -1615,6 +1623,7 @@ impl RouterBuilder {
                 store: self.store,
                 state: ArcSwap::from_pointee(state),
                 writer: Mutex::new(Writer { added: Vec::new(), added_vectors: Vec::new(), log: None }),
+                reloading: Mutex::new(()),
                 refitting: AtomicBool::new(false),
                 sessions_in_process: self.session_store.is_none(),
                 sessions: self.session_store.unwrap_or_else(|| Arc::new(MemorySessions::new(session_settings.max_sessions))),

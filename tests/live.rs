@@ -246,3 +246,86 @@ fn many_added_exemplars_are_found_before_and_after_the_graph_is_rebuilt() {
     assert!(e.contains("added-5"), "{e}");
     assert_eq!(router.exemplars().len(), n0 + 300);
 }
+
+/// Counts of four letters: a toy embedder whose calls of more than one text wait at `gate` while
+/// it is shut, saying so on `waiting`.
+struct Gated {
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    waiting: Mutex<std::sync::mpsc::Sender<()>>,
+}
+
+impl semroute::Embedder for Gated {
+    fn model_id(&self) -> &str {
+        "gated-letters-test"
+    }
+    fn dim(&self) -> usize {
+        4
+    }
+    fn embed_batch(&self, texts: &[&str]) -> semroute::Result<Vec<Vec<f32>>> {
+        if texts.len() > 1 {
+            let (shut, opened) = &*self.gate;
+            let mut shut = shut.lock().unwrap();
+            if *shut {
+                let _ = self.waiting.lock().unwrap().send(());
+            }
+            while *shut {
+                shut = opened.wait(shut).unwrap();
+            }
+        }
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let v: Vec<f32> = ['a', 'b', 'c', 'd'].iter().map(|l| 1.0 + t.matches(*l).count() as f32).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / norm).collect()
+            })
+            .collect())
+    }
+}
+
+/// Feedback given while a reload is building its data (embedding them, here held up) is learned
+/// at once, not after the reload, and the reload keeps it.
+#[test]
+fn learning_goes_on_while_a_reload_builds_and_the_reload_keeps_it() {
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let (tx, waiting) = std::sync::mpsc::channel();
+    let embedder = Arc::new(Gated { gate: gate.clone(), waiting: Mutex::new(tx) });
+    let set = |tag: &str| {
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"{tag}{i}","prompt":"{} {tag}","results":{{"small":{{"quality":{},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#,
+                    ["aa", "bb", "cc", "dd"][i % 4].repeat(1 + i % 5),
+                    i % 2
+                )
+            })
+            .collect();
+        ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap()
+    };
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
+    let router = Router::builder().embedder(embedder).exemplars(set("a")).prices(prices.clone()).no_cache().build().unwrap();
+    *gate.0.lock().unwrap() = true;
+    let reloading = {
+        let router = router.clone();
+        std::thread::spawn(move || router.reload(set("b"), prices))
+    };
+    waiting.recv_timeout(Duration::from_secs(30)).expect("the reload reached the embedder");
+    let (done, learned) = std::sync::mpsc::channel();
+    {
+        let router = router.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(router.learn(&Feedback::new("fb-during", "dddd during", "small", 1.0, 9)));
+        });
+    }
+    let result = learned.recv_timeout(Duration::from_secs(30));
+    // Open the gate whatever happened, so that nothing is left waiting.
+    *gate.0.lock().unwrap() = false;
+    gate.1.notify_all();
+    result.expect("learning waited for the reload").unwrap();
+    reloading.join().unwrap().unwrap();
+    let ids: Vec<String> = router.exemplars().iter().map(|e| e.id.clone()).collect();
+    assert!(
+        ids.contains(&"feedback:fb-during".to_string()) && ids.contains(&"b0".to_string()) && !ids.contains(&"a0".to_string()),
+        "{ids:?}"
+    );
+}

@@ -229,23 +229,6 @@ fn letter_counts(texts: &[&str], letters: &[char]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-const TWO_MODELS: &str = r#"
-[models.small]
-provider = "a"
-input_per_mtok = 1.0
-output_per_mtok = 2.0
-tier = "cheap"
-source = "test"
-as_of = "2025"
-[models.big]
-provider = "b"
-input_per_mtok = 10.0
-output_per_mtok = 20.0
-tier = "strong"
-source = "test"
-as_of = "2025"
-"#;
-
 fn toy_dataset(dir: &std::path::Path, extra: impl Fn(usize) -> String) -> Dataset {
     let lines: Vec<String> = (0..40)
         .map(|i| {
@@ -264,7 +247,7 @@ fn toy_dataset(dir: &std::path::Path, extra: impl Fn(usize) -> String) -> Datase
 fn missing_cost_data_is_an_error_or_a_stated_assumption() {
     let dir = tempfile::tempdir().unwrap();
     let data = toy_dataset(dir.path(), |_| String::new());
-    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
     let msg = run(&data, &prices, Arc::new(Letters), &quick()).unwrap_err().to_string();
     assert!(msg.contains("keeps neither the answer, its length nor the cost"), "{msg}");
     let settings = BenchSettings { assume_output_tokens: Some(100), ..quick() };
@@ -280,7 +263,7 @@ fn measured_cost_is_used_where_given() {
     let dir = tempfile::tempdir().unwrap();
     // Every call's real cost is recorded: $0.72 a task for the big model, $0.01 for the small.
     let data = toy_dataset(dir.path(), |_| r#","cost_usd":{"small":0.01,"big":0.72}"#.to_string());
-    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
     let r = run(&data, &prices, Arc::new(Letters), &quick()).unwrap();
     assert_eq!(r.assumption, None);
     let cost = |m: &str| r.single_models.iter().find(|s| s.model == m).unwrap().cost_usd;
@@ -378,7 +361,7 @@ fn auto_cross_validates_the_predictor_on_measured_exemplars() {
     use semroute::predict::{select, Predictor};
     // 80 measured exemplars of two kinds: the small model is right on the a-prompts only.
     let set = two_kinds(80, "r", |i| format!("aaa a {i}"), |i| format!("bbb b {i}"));
-    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
     let router =
         semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
     // What the router chose is what cross-validation on its exemplars finds most accurate.
@@ -410,7 +393,7 @@ fn above_2000_measured_exemplars_auto_chooses_on_2000_evenly_spread() {
         |i| format!("ab {i}"),
         |i| format!("ab {i}: 31 47 52 68 73 89 94 15 26 37 48 59 60 71 82 93 + 4.5 * 6.25 / 17.75 - 3 = ?"),
     );
-    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
     let router =
         semroute::Router::builder().embedder(Arc::new(Letters)).exemplars(set.clone()).prices(prices.clone()).no_cache().build().unwrap();
     // The choice is cross-validation's on exemplars i · n / 2000.
@@ -438,7 +421,7 @@ fn the_feature_model_reads_difficulty_the_embedding_does_not_show() {
         |i| format!("name a colour please {i}"),
         |i| format!("a shop sells {i} pens at 3.25 each and 17 boxes of 12 at 41.50; after a 15% discount and 8% tax, what is paid?"),
     );
-    let prices = PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap();
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
     let router = semroute::Router::builder()
         .embedder(Arc::new(Letters))
         .exemplars(set)
@@ -483,7 +466,7 @@ fn a_target_routing_cannot_meet_on_train_goes_to_the_cheapest_single_model_that_
     std::fs::write(&path, lines.join("\n")).unwrap();
     let data = Dataset::load(&path).unwrap();
     let prices = PriceTable::from_toml_str(
-        &(TWO_MODELS.to_string() + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n"),
+        &(common::TWO_MODELS.to_string() + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n"),
         "three.toml",
     )
     .unwrap();
@@ -556,7 +539,7 @@ fn a_batch_is_assessed_as_each_prompt_alone() {
         let router = Router::builder()
             .embedder(embedder.clone())
             .exemplars(exemplars.clone())
-            .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+            .prices(PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap())
             .predictor(predictor)
             .no_cache()
             .build()
@@ -585,7 +568,7 @@ fn a_batch_is_assessed_as_each_prompt_alone() {
     let router = Router::builder()
         .embedder(embedder.clone())
         .exemplars(exemplars)
-        .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+        .prices(PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap())
         .no_cache()
         .build()
         .unwrap();
@@ -606,7 +589,7 @@ fn routers_sharing_fitted_models_predict_as_routers_that_fit_their_own() {
         let b = Router::builder()
             .embedder(embedder.clone())
             .exemplars(exemplars.clone())
-            .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+            .prices(PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap())
             .predictor(predictor)
             .no_cache();
         match fits {
@@ -743,7 +726,7 @@ fn a_quality_target_is_tuned_once_for_the_same_inputs_and_again_when_they_change
         Router::builder()
             .embedder(Arc::new(FourLetters))
             .exemplars(ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap())
-            .prices(PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap())
+            .prices(PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap())
             .cache_dir(dir.path())
             .quality_target(QualityTarget::keep(0.9))
             .build()
@@ -810,7 +793,7 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
         })
         .collect();
     let set = ExemplarSet::from_jsonl_str(&lines.join("\n"), "s.jsonl").unwrap();
-    let three = TWO_MODELS.to_string()
+    let three = common::TWO_MODELS.to_string()
         + "[models.twin]\nprovider = \"c\"\ninput_per_mtok = 5.0\noutput_per_mtok = 10.0\ntier = \"mid\"\nsource = \"test\"\nas_of = \"2025\"\n";
     let prices = PriceTable::from_toml_str(&three, "three.toml").unwrap();
     let builder = || {
@@ -850,7 +833,7 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
         .collect();
     assert!(without_twin.iter().all(|l| !l.contains("twin")));
     let two = ExemplarSet::from_jsonl_str(&without_twin.join("\n"), "two.jsonl").unwrap();
-    router.reload(two.clone(), PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap()).unwrap();
+    router.reload(two.clone(), PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap()).unwrap();
     let d = router.route("aaa bbb").unwrap();
     assert!(d.model == "small" || d.model == "big", "{}", d.model);
     assert!(!d.reason.contains("quality target: twin"), "{}", d.reason);
@@ -921,7 +904,7 @@ fn a_target_one_model_meets_alone_pins_the_router_to_it_and_bad_targets_are_refu
     assert_eq!(router.settings().fallback_model, "twin");
     // A reload whose data the target cannot be tuned on (its reference gone) is refused, and the
     // router keeps its data and tuning.
-    let msg = router.reload(two, PriceTable::from_toml_str(TWO_MODELS, "two.toml").unwrap()).unwrap_err().to_string();
+    let msg = router.reload(two, PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap()).unwrap_err().to_string();
     assert!(msg.contains("`twin` cannot be compared: the price table does not price it"), "{msg}");
     assert_eq!(router.tuned().unwrap(), tuned);
     assert_eq!((router.prices().len(), router.settings().fallback_model.as_str()), (3, "twin"));

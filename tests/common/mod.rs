@@ -76,3 +76,21 @@ pub fn semroute(subcommand: &str) -> std::process::Command {
     c.args(subcommand.split(' '));
     c
 }
+
+/// Two priced models for toy data: `small` (cheap) and `big` (strong, ten times the price).
+pub const TWO_MODELS: &str = r#"
+[models.small]
+provider = "a"
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+tier = "cheap"
+source = "test"
+as_of = "2025"
+[models.big]
+provider = "b"
+input_per_mtok = 10.0
+output_per_mtok = 20.0
+tier = "strong"
+source = "test"
+as_of = "2025"
+"#;
