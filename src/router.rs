@@ -394,11 +394,11 @@ impl Router {
     /// embedded (or read from the vector cache) and indexed first; on any error the router keeps
     /// what it had and the error says why. Exemplars added or learned since start are kept,
     /// also those added while the reload was under way: learning goes on meanwhile, and reloads
-    /// run one at a time. A router with a [quality target](RouterBuilder::quality_target) is tuned again on the new
-    /// data, as at build (a tuning found before for the same data is read back from the vector
-    /// cache): the models compared, the reference, the configuration and the knob all follow
-    /// the new exemplars and prices, and [`tuned`](Router::tuned) reports them. What was added
-    /// or learned since start is routed on, not tuned on.
+    /// run one at a time. A router with a [quality target](RouterBuilder::quality_target) is
+    /// tuned again on the new data, as at build (a tuning found before for the same data is
+    /// read back from the vector cache): the models compared, the reference, the configuration
+    /// and the knob all follow the new exemplars and prices, and [`tuned`](Router::tuned)
+    /// reports them. What was added or learned since start is routed on, not tuned on.
     ///
     /// ```no_run
     /// use semroute::{ExemplarSet, PriceTable, Router};
@@ -1423,9 +1423,8 @@ impl RouterBuilder {
     /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
     /// the best the exemplars measure. Where one model meets the target alone, every request
     /// that names no models of its own goes to it (while the price table in force prices it).
-    /// Tuned at build and again at each
-    /// [reload](Router::reload), on its data; what is added or learned between keeps the
-    /// configuration and the knob. See [`crate::target`] for the rule and an example; the
+    /// Tuned at build and again at each [reload](Router::reload), on its data; what is added
+    /// or learned between keeps the configuration and the knob. See [`crate::target`] for the rule and an example; the
     /// savings benchmark's targets run the same code.
     ///
     /// ```no_run
@@ -1744,24 +1743,7 @@ fn generation(
     let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
     // A tuning found before for the very same inputs is read back, not redone.
     let kept = cache.map(|c| target::TunedCache::new(c.dir()));
-    let key = {
-        let mut parts: Vec<String> = vec![
-            format!("semroute {}", env!("CARGO_PKG_VERSION")),
-            embedder.model_id().to_string(),
-            format!("{target:?}"),
-            format!("{configs:?}"),
-            format!("{policies:?}"),
-            format!("caution {caution:?}, unfamiliar share {unfamiliar_share:?}, fallback {}", state.fallback_model),
-        ];
-        for name in state.prices.names() {
-            parts.push(name.to_string());
-            parts.push(state.prices.get(name).map(|p| serde_json::to_string(p).unwrap_or_default()).unwrap_or_default());
-        }
-        for e in state.exemplars.iter() {
-            parts.extend([e.id.clone(), e.prompt.clone(), serde_json::to_string(&e.grade).unwrap_or_default()]);
-        }
-        target::TunedCache::key(parts.iter().map(String::as_str))
-    };
+    let key = tuning_key(embedder.model_id(), plan, caution, unfamiliar_share, &state);
     let found = kept.as_ref().and_then(|k| k.get(&key, configs.len()));
     let (tuned, chosen) = match found {
         Some((i, tuned)) => (tuned, &configs[i]),
@@ -1828,6 +1810,29 @@ fn generation(
     state.settings = Settings { fallback_model: state.fallback_model.clone(), ..settings };
     state.tuned = Some(Arc::new(tuned));
     Ok(state)
+}
+
+/// The key a target's tuning is kept under in the cache folder: everything the tuning reads
+/// (semroute's version, the embedding model, the target, its candidates and knobs, the caution,
+/// the unfamiliarity share, the safe model, the prices and the exemplars with their grades).
+fn tuning_key(model_id: &str, plan: &TargetPlan, caution: Option<f64>, unfamiliar_share: f64, state: &State) -> String {
+    let TargetPlan { target, configs, policies, .. } = plan;
+    let mut parts: Vec<String> = vec![
+        format!("semroute {}", env!("CARGO_PKG_VERSION")),
+        model_id.to_string(),
+        format!("{target:?}"),
+        format!("{configs:?}"),
+        format!("{policies:?}"),
+        format!("caution {caution:?}, unfamiliar share {unfamiliar_share:?}, fallback {}", state.fallback_model),
+    ];
+    for name in state.prices.names() {
+        parts.push(name.to_string());
+        parts.push(state.prices.get(name).map(|p| serde_json::to_string(p).unwrap_or_default()).unwrap_or_default());
+    }
+    for e in state.exemplars.iter() {
+        parts.extend([e.id.clone(), e.prompt.clone(), serde_json::to_string(&e.grade).unwrap_or_default()]);
+    }
+    target::TunedCache::key(parts.iter().map(String::as_str))
 }
 
 /// Validates, embeds and indexes one generation of data.
