@@ -144,7 +144,9 @@ struct State {
     fitted_on: usize,
     /// The caution in force, and whether it was derived from the exemplars ([`caution_for`]).
     caution: (f64, bool),
-    /// The settings in force: the builder's, or those a quality target tuned on these data.
+    /// The settings in force: the builder's, or those a quality target tuned on these data (the
+    /// fallback model, similarity rule and caution in force are the fields above:
+    /// [`Router::settings`] puts them together).
     settings: Settings,
     /// What a [quality target](RouterBuilder::quality_target) was tuned to on these data.
     tuned: Option<Arc<Tuned>>,
@@ -152,11 +154,11 @@ struct State {
 
 impl State {
     /// The model a [quality target](RouterBuilder::quality_target) found meets it alone on these
-    /// data, if it did and these prices still price it: a request that names no models of its
-    /// own goes to it ([`pinned`]).
+    /// data (and prices: they are tuned together), if it did: a request that names no models of
+    /// its own goes to it ([`pinned`]).
     fn pin(&self) -> Option<&str> {
         match self.tuned.as_deref() {
-            Some(Tuned { point: OperatingPoint::Model(m), .. }) if self.prices.get(m).is_some() => Some(m),
+            Some(Tuned { point: OperatingPoint::Model(m), .. }) => Some(m),
             _ => None,
         }
     }
@@ -1422,7 +1424,7 @@ impl RouterBuilder {
     /// of it is set aside); unless a
     /// [fallback model](RouterBuilder::fallback_model) is set, the safe model is the reference,
     /// the best the exemplars measure. Where one model meets the target alone, every request
-    /// that names no models of its own goes to it (while the price table in force prices it).
+    /// that names no models of its own goes to it.
     /// Tuned at build and again at each [reload](Router::reload), on its data; what is added
     /// or learned between keeps the configuration and the knob. See [`crate::target`] for the rule and an example; the
     /// savings benchmark's targets run the same code.
@@ -1807,7 +1809,7 @@ fn generation(
         OperatingPoint::Model(_) => {}
     }
     tracing::info!("{tuned}");
-    state.settings = Settings { fallback_model: state.fallback_model.clone(), ..settings };
+    state.settings = settings;
     state.tuned = Some(Arc::new(tuned));
     Ok(state)
 }

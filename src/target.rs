@@ -602,7 +602,6 @@ pub const MAX_SET_ASIDE: f64 = 0.05;
 /// too.
 pub(crate) fn coverage(models: &[String], items: usize, has: &dyn Fn(usize, &str) -> bool) -> Coverage {
     let missing: Vec<Vec<usize>> = models.iter().map(|m| (0..items).filter(|&i| !has(i, m)).collect()).collect();
-    let models_count = models.len();
     let mut kept: Vec<usize> = (0..models.len()).filter(|&m| missing[m].len() < items).collect();
     let budget = (MAX_SET_ASIDE * items as f64 + 1e-9).floor() as usize;
     let aside = loop {
@@ -620,7 +619,7 @@ pub(crate) fn coverage(models: &[String], items: usize, has: &dyn Fn(usize, &str
     };
     Coverage {
         models: kept.iter().map(|&m| models[m].clone()).collect(),
-        left_out: (0..models_count).filter(|m| !kept.contains(m)).map(|m| models[m].clone()).collect(),
+        left_out: (0..models.len()).filter(|m| !kept.contains(m)).map(|m| models[m].clone()).collect(),
         set_aside: (0..items).filter(|&i| aside[i]).collect(),
     }
 }
