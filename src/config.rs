@@ -32,6 +32,9 @@ use crate::pricing::PriceTable;
 use crate::router::RouterBuilder;
 use crate::session::{MAX_IDLE_SECS, MAX_SESSIONS};
 
+/// The largest vector cache budget a settings file may ask for, in MiB (1 TiB).
+const MAX_CACHE_MB: u64 = 1 << 20;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +93,9 @@ pub struct RouterConfig {
     pub learn_log: Option<PathBuf>,
     /// Where exemplar vectors are cached (default: under the semroute home).
     pub cache_dir: Option<PathBuf>,
+    /// Megabytes (MiB) the vector cache may hold (1..=1,048,576; default 1,024): the least
+    /// recently used files go first, never those of the exemplars in hand.
+    pub cache_max_mb: Option<u64>,
     /// A shared exemplar store, `postgresql://...` (needs the `pgvector` feature).
     pub store_url: Option<String>,
     /// The store's table (default `semroute_exemplars`): routers on the same table share
@@ -321,6 +327,9 @@ impl Config {
         if let Some(s) = r.unfamiliar_share.filter(|s| !(*s > 0.0 && *s < 0.5)) {
             return bad("router", "unfamiliar_share", format!("must be more than 0 and less than 0.5, got {s}"));
         }
+        if let Some(mb) = r.cache_max_mb.filter(|mb| !(1..=MAX_CACHE_MB).contains(mb)) {
+            return bad("router", "cache_max_mb", format!("must be within 1..={MAX_CACHE_MB} (1 TiB), got {mb}"));
+        }
         if let Some(n) = r.max_sessions.filter(|n| !(1..=MAX_SESSIONS).contains(n)) {
             return bad("router", "max_sessions", format!("must be within 1..={MAX_SESSIONS}, got {n}"));
         }
@@ -422,6 +431,9 @@ impl RouterConfig {
         }
         if let Some(p) = &self.cache_dir {
             b = b.cache_dir(p);
+        }
+        if let Some(mb) = self.cache_max_mb {
+            b = b.cache_budget(mb << 20);
         }
         if self.max_sessions.is_some() || self.session_idle_secs.is_some() {
             let mut sessions = crate::session::SessionSettings::default();
@@ -554,6 +566,12 @@ mod tests {
         );
         assert!(err("[router]\nquality_bar = 0.8\nkeep_quality = 0.9\n").contains("set it or quality_bar, not both"));
         assert!(err("[router]\nkeep_quality_of = \"gpt-4o\"\n").contains("set keep_quality too"));
+        assert_eq!(
+            err("[router]\ncache_max_mb = 0\n"),
+            "s.toml:2: invalid setting (key `router.cache_max_mb`): must be within 1..=1048576 (1 TiB), got 0"
+        );
+        let c = Config::from_toml_str("[router]\ncache_max_mb = 200\n", "s.toml").unwrap();
+        assert_eq!(c.router.cache_max_mb, Some(200));
     }
 
     #[test]

@@ -907,6 +907,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Exemplar vectors cached on disk, one file per (embedding model, exemplar content) pair, so a
 /// warm start does not re-embed.
 ///
+/// The folder is bounded: after each write, the files least recently used (written or read) are
+/// removed until the cache's own files (vectors, saved graphs, kept tunings; nothing else in the
+/// folder is touched) fit the budget ([`DEFAULT_CACHE_BYTES`] unless set with
+/// [`with_budget`](VectorCache::with_budget)) and number at most [`MAX_CACHE_FILES`]. The files of
+/// the exemplars in hand are never removed, whatever their size: a router that reloads a growing
+/// exemplar set every night keeps the newest set's files and drops the old ones. A file removed
+/// that another process wanted is only embedded again there.
+///
 /// A file is checksummed (CRC-32), and on load every vector must be finite and of unit length
 /// (within 1e-3; embedders return L2-normalised vectors). A file that fails any check (damaged,
 /// truncated, of another dimension or count, of the previous format without a checksum), or
@@ -916,16 +924,51 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct VectorCache {
     dir: PathBuf,
+    budget: u64,
 }
+
+/// Bytes a [`VectorCache`] folder holds at most by default (1 GiB: the vectors and graphs of about
+/// half a million 384-dimensional exemplars).
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+
+/// Files a [`VectorCache`] folder holds at most (its vectors, graphs and kept tunings together).
+pub const MAX_CACHE_FILES: usize = 1_000;
+
+/// The folder of kept tunings inside a cache folder.
+pub(crate) const TUNED_DIR: &str = "tuned";
 
 /// The file format: this magic, the count and dimension (`u64` little-endian), the vectors
 /// (`f32` little-endian), then the CRC-32 of everything before it. (`SRVEC01` had no checksum.)
 const MAGIC: &[u8; 8] = b"SRVEC02\n";
 
 impl VectorCache {
-    /// A cache in `dir` (created on first write).
+    /// A cache in `dir` (created on first write), bounded to [`DEFAULT_CACHE_BYTES`].
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        VectorCache { dir: dir.into() }
+        VectorCache { dir: dir.into(), budget: DEFAULT_CACHE_BYTES }
+    }
+
+    /// The same cache bounded to `bytes` instead (see the type's docs for what is removed first).
+    ///
+    /// ```
+    /// use semroute::index::VectorCache;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let cache = VectorCache::new(dir.path()).with_budget(1);
+    /// let v = vec![vec![1.0f32, 0.0]];
+    /// cache.store("model", "first", &v)?;
+    /// cache.store("model", "second", &v)?; // over the budget: the older file goes
+    /// assert!(cache.load("model", "first", 1, 2).is_none());
+    /// assert_eq!(cache.load("model", "second", 1, 2), Some(v)); // the newest always stays
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_budget(mut self, bytes: u64) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The most bytes the cache's files may hold.
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     fn path(&self, model_id: &str, content_hash: &str) -> PathBuf {
@@ -943,7 +986,11 @@ impl VectorCache {
     pub fn load(&self, model_id: &str, content_hash: &str, count: usize, dim: usize) -> Option<Vec<Vec<f32>>> {
         let path = self.path(model_id, content_hash);
         match read_vectors(&path, count, dim) {
-            Ok(vectors) => vectors,
+            Ok(Some(vectors)) => {
+                touch(&path);
+                Some(vectors)
+            }
+            Ok(None) => None,
             Err(why) => {
                 tracing::warn!("{}: cached exemplar vectors refused, embedding again: {why}", path.display());
                 None
@@ -966,13 +1013,109 @@ impl VectorCache {
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        write_atomically(&path, &out)
+        write_atomically(&path, &out)?;
+        self.trim(&[&path, &self.graph_path(model_id, content_hash)]);
+        Ok(())
+    }
+
+    /// The saved index graph for this key, if the cache holds a sound one (see
+    /// [`HnswIndex::load`]; `Ok(None)` when there is no file).
+    pub(crate) fn load_graph(&self, model_id: &str, content_hash: &str, count: usize, dim: usize) -> Result<Option<HnswIndex>> {
+        let path = self.graph_path(model_id, content_hash);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let graph = HnswIndex::load(&path, model_id, content_hash, count, dim)?;
+        touch(&path);
+        Ok(Some(graph))
+    }
+
+    /// Saves `graph` for this key (see [`HnswIndex::save`]), then keeps the folder to its budget.
+    pub(crate) fn save_graph(&self, graph: &HnswIndex, model_id: &str, content_hash: &str) -> Result<()> {
+        let path = self.graph_path(model_id, content_hash);
+        graph.save(&path, model_id, content_hash)?;
+        self.trim(&[&path, &self.path(model_id, content_hash)]);
+        Ok(())
+    }
+
+    /// Removes the cache's least recently used files until the rest fit the budget and
+    /// [`MAX_CACHE_FILES`], never one of `keep`. Only the cache's own files count and go: vectors
+    /// (`*.vec` beginning with the vector magic), graphs (`*.hnsw` with the graph magic) and kept
+    /// tunings (`tuned/<64 hex digits>.json`). A file that cannot be removed is warned about.
+    pub(crate) fn trim(&self, keep: &[&Path]) {
+        let mut files = self.own_files();
+        let mut total: u64 = files.iter().map(|f| f.2).sum();
+        if total <= self.budget && files.len() <= MAX_CACHE_FILES {
+            return;
+        }
+        // Oldest first; equal times by name, so the order does not depend on the listing's.
+        files.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let mut count = files.len();
+        for (path, _, len) in files {
+            if total <= self.budget && count <= MAX_CACHE_FILES {
+                break;
+            }
+            if keep.iter().any(|k| *k == path) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("{}: not removed from the cache: {e}", path.display());
+                    continue;
+                }
+            }
+            total -= len;
+            count -= 1;
+        }
+    }
+
+    /// The cache's own files: (path, last used, bytes).
+    fn own_files(&self) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+        let mut out = Vec::new();
+        let mut scan = |dir: &Path, own: &dyn Fn(&Path) -> bool| {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                if meta.is_file() && own(&path) {
+                    out.push((path, meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len()));
+                }
+            }
+        };
+        scan(&self.dir, &|p| match p.extension().and_then(|e| e.to_str()) {
+            Some("vec") => starts_with(p, b"SRVEC0"),
+            Some("hnsw") => starts_with(p, GRAPH_MAGIC),
+            _ => false,
+        });
+        scan(&self.dir.join(TUNED_DIR), &|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        out
     }
 
     /// The cache folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Marks a cache file as just used (its modification time), so that trimming removes it last.
+/// A file that cannot be marked is only removed sooner.
+pub(crate) fn touch(path: &Path) {
+    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Whether the file at `path` begins with `magic`.
+fn starts_with(path: &Path, magic: &[u8]) -> bool {
+    let mut head = vec![0u8; magic.len()];
+    let mut read_only = std::fs::OpenOptions::new();
+    read_only.read(true);
+    open_regular(path, read_only).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == magic
 }
 
 /// The vectors of a cache file: `Ok(None)` when there is none, `Err` saying why a file is refused.
@@ -1310,6 +1453,77 @@ mod tests {
         file.set_len(0).unwrap();
         let after: Vec<Vec<Hit>> = vectors.iter().step_by(97).map(|q| loaded.search(q, 8)).collect();
         assert_eq!(before, after);
+    }
+
+    /// The names of the files in `dir` (not below it), sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Sets a file's modification time to `secs` after the epoch.
+    fn age(path: &Path, secs: u64) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).unwrap();
+    }
+
+    #[test]
+    fn the_vector_cache_keeps_to_its_budget_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = unit_vectors(30, 8, 5);
+        let size = 24 + 30 * 8 * 4 + 4;
+        // Room for two sets of vectors, not three.
+        let cache = VectorCache::new(dir.path()).with_budget(2 * size as u64 + 10);
+        cache.store("m", "one", &v).unwrap();
+        cache.store("m", "two", &v).unwrap();
+        let one = cache.graph_path("m", "one").with_extension("vec");
+        let two = cache.graph_path("m", "two").with_extension("vec");
+        age(&one, 1_000);
+        age(&two, 2_000);
+        // "one" is read, so it is the more recently used: "two" goes when "three" comes.
+        assert!(cache.load("m", "one", 30, 8).is_some());
+        // Files that are not the cache's own are never counted or removed, whatever their size.
+        std::fs::write(dir.path().join("notes.txt"), vec![b'x'; 10 * size]).unwrap();
+        std::fs::write(dir.path().join("mine.vec"), vec![b'y'; 10 * size]).unwrap();
+        std::fs::create_dir_all(dir.path().join(TUNED_DIR)).unwrap();
+        std::fs::write(dir.path().join(TUNED_DIR).join("not-a-key.json"), vec![b'z'; 10 * size]).unwrap();
+        cache.store("m", "three", &v).unwrap();
+        let three = cache.graph_path("m", "three").with_extension("vec");
+        assert!(one.exists() && three.exists() && !two.exists(), "{:?}", names_in(dir.path()));
+        assert!(dir.path().join("notes.txt").exists() && dir.path().join("mine.vec").exists());
+        assert!(dir.path().join(TUNED_DIR).join("not-a-key.json").exists());
+        assert!(cache.load("m", "two", 30, 8).is_none());
+        // A saved graph counts too, and the key in hand keeps both its files whatever the budget.
+        let tight = VectorCache::new(dir.path()).with_budget(1);
+        tight.save_graph(&HnswIndex::build(&v).unwrap(), "m", "three").unwrap();
+        assert_eq!(names_in(dir.path()), ["m-three.hnsw", "m-three.vec", "mine.vec", "notes.txt"]);
+        assert!(tight.load_graph("m", "three", 30, 8).unwrap().is_some());
+        assert!(tight.load_graph("m", "one", 30, 8).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_vector_cache_holds_at_most_its_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuned = dir.path().join(TUNED_DIR);
+        std::fs::create_dir_all(&tuned).unwrap();
+        // Kept tunings, each older than the one after it.
+        for i in 0..MAX_CACHE_FILES as u64 {
+            let path = tuned.join(format!("{i:064x}.json"));
+            std::fs::write(&path, b"{}").unwrap();
+            age(&path, 1_000 + i);
+        }
+        let cache = VectorCache::new(dir.path());
+        cache.store("m", "new", &unit_vectors(3, 8, 6)).unwrap();
+        let left = names_in(&tuned);
+        assert_eq!(left.len(), MAX_CACHE_FILES - 1, "one tuning makes room for the vectors");
+        assert_eq!(left[0], format!("{:064x}.json", 1), "the oldest went");
+        assert!(cache.load("m", "new", 3, 8).is_some());
     }
 
     #[test]

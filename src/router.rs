@@ -1190,6 +1190,7 @@ pub struct RouterBuilder {
     prior_strength: Option<f64>,
     predictor: Option<Predictor>,
     cache: Option<Option<PathBuf>>,
+    cache_budget: Option<u64>,
     fits: Option<FitCache>,
     feedback_log: Option<PathBuf>,
     store: Option<Arc<dyn ExemplarStore>>,
@@ -1377,6 +1378,18 @@ impl RouterBuilder {
         self
     }
 
+    /// The most bytes the cache folder's files may hold (default
+    /// [`DEFAULT_CACHE_BYTES`](crate::index::DEFAULT_CACHE_BYTES), 1 GiB); the least recently
+    /// used go first, never those of the exemplars in hand (see [`VectorCache`]).
+    ///
+    /// ```
+    /// let builder = semroute::Router::builder().cache_budget(200 << 20); // 200 MiB
+    /// ```
+    pub fn cache_budget(mut self, bytes: u64) -> Self {
+        self.cache_budget = Some(bytes);
+        self
+    }
+
     /// Keeps a durable feedback log at `path` (JSONL): [`Router::learn`] appends to it, and
     /// `build` replays it, so what was learned survives restarts. A torn last line (one without
     /// its newline: a crash mid-write, never acknowledged) is cut with a warning; a complete line
@@ -1546,7 +1559,11 @@ impl RouterBuilder {
         let cache = match self.cache {
             Some(dir) => dir.map(VectorCache::new),
             None => Some(VectorCache::new(Home::from_env().cache_dir())),
-        };
+        }
+        .map(|c| match self.cache_budget {
+            Some(bytes) => c.with_budget(bytes),
+            None => c,
+        });
         // A target's candidates: the configurations its cross-fitting chooses among, and the
         // knobs it turns.
         let target = self.target.map(|target| {
@@ -1744,7 +1761,7 @@ fn generation(
     };
     let vectors: Vec<Vec<f32>> = index.vectors().map(<[f32]>::to_vec).collect();
     // A tuning found before for the very same inputs is read back, not redone.
-    let kept = cache.map(|c| target::TunedCache::new(c.dir()));
+    let kept = cache.map(target::TunedCache::new);
     let key = tuning_key(embedder.model_id(), plan, caution, unfamiliar_share, &state);
     let found = kept.as_ref().and_then(|k| k.get(&key, configs.len()));
     let (tuned, chosen) = match found {
@@ -2175,18 +2192,18 @@ fn default_fallback(prices: &PriceTable) -> String {
 /// does not match or is damaged is rebuilt, with a warning, never used.
 fn exemplar_graph(embedder: &dyn Embedder, set: &ExemplarSet, cache: Option<&VectorCache>) -> Result<HnswIndex> {
     let hash = set.content_hash();
-    let path = cache.map(|c| c.graph_path(embedder.model_id(), &hash));
-    if let Some(p) = path.as_ref().filter(|p| p.exists()) {
-        match HnswIndex::load(p, embedder.model_id(), &hash, set.len(), embedder.dim()) {
-            Ok(graph) => return Ok(graph),
+    if let Some(c) = cache {
+        match c.load_graph(embedder.model_id(), &hash, set.len(), embedder.dim()) {
+            Ok(Some(graph)) => return Ok(graph),
+            Ok(None) => {}
             Err(e) => tracing::warn!("rebuilding the exemplar index: {e}"),
         }
     }
     let vectors = exemplar_vectors(embedder, set, cache)?;
     let graph = HnswIndex::build(&vectors)?;
-    if let Some(p) = path {
+    if let Some(c) = cache {
         // A graph that cannot be saved only costs the next start its speed.
-        if let Err(e) = graph.save(&p, embedder.model_id(), &hash) {
+        if let Err(e) = c.save_graph(&graph, embedder.model_id(), &hash) {
             tracing::warn!("could not save the exemplar index: {e}");
         }
     }

@@ -762,14 +762,16 @@ struct KeptTuning {
 /// the key hashes everything the tuning reads (semroute's version, the embedding model, every
 /// exemplar with its grade, every price, the target and its candidates, the router's settings),
 /// so a file is only ever read for the very tuning it holds. A file that cannot be read, or holds
-/// another key, is ignored (and replaced once tuned again): a cache never fails a build.
+/// another key, is ignored (and replaced once tuned again): a cache never fails a build. The
+/// files count towards the vector cache's bounds, and go least recently used first.
 pub(crate) struct TunedCache {
+    cache: crate::index::VectorCache,
     dir: std::path::PathBuf,
 }
 
 impl TunedCache {
-    pub(crate) fn new(dir: &Path) -> Self {
-        TunedCache { dir: dir.join("tuned") }
+    pub(crate) fn new(cache: &crate::index::VectorCache) -> Self {
+        TunedCache { cache: cache.clone(), dir: cache.dir().join(crate::index::TUNED_DIR) }
     }
 
     /// The key of a tuning that reads these parts, in order.
@@ -786,7 +788,10 @@ impl TunedCache {
         let path = self.path(key);
         let text = std::fs::read(&path).ok()?;
         match serde_json::from_slice::<KeptTuning>(&text) {
-            Ok(k) if k.key == key && k.config < configs => Some((k.config, Tuned { reused: true, ..k.tuned })),
+            Ok(k) if k.key == key && k.config < configs => {
+                crate::index::touch(&path);
+                Some((k.config, Tuned { reused: true, ..k.tuned }))
+            }
             Ok(_) => {
                 tracing::warn!("{}: holds another tuning; tuning again", path.display());
                 None
@@ -804,8 +809,9 @@ impl TunedCache {
         let written = serde_json::to_vec_pretty(&kept)
             .map_err(|e| Error::Config(e.to_string()))
             .and_then(|bytes| crate::index::write_atomically(&self.path(key), &bytes));
-        if let Err(e) = written {
-            tracing::warn!("the tuning was not kept for the next start: {e}");
+        match written {
+            Ok(()) => self.cache.trim(&[&self.path(key)]),
+            Err(e) => tracing::warn!("the tuning was not kept for the next start: {e}"),
         }
     }
 }

@@ -329,3 +329,59 @@ fn learning_goes_on_while_a_reload_builds_and_the_reload_keeps_it() {
         "{ids:?}"
     );
 }
+
+/// A router that reloads ever new exemplars keeps its vector cache to its budget: the files of
+/// the exemplars it routes on stay, the older sets' go, and files that are not the cache's own
+/// stay whatever the budget.
+#[test]
+fn reloads_keep_the_vector_cache_to_its_budget() {
+    let set = |tag: &str| {
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"{tag}{i}","prompt":"Question {i} about {tag}","results":{{"small":{{"quality":{},"output_tokens":9}},"big":{{"quality":1,"output_tokens":9}}}}}}"#,
+                    i % 2
+                )
+            })
+            .collect();
+        ExemplarSet::from_jsonl_str(&lines.join("\n"), "toy.jsonl").unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("notes.txt"), "mine").unwrap();
+    let own = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".vec") || n.ends_with(".hnsw"))
+            .collect();
+        names.sort();
+        names
+    };
+    let prices = PriceTable::from_toml_str(common::TWO_MODELS, "two.toml").unwrap();
+    let router = Router::builder()
+        .embedder(common::embedder())
+        .exemplars(set("apples"))
+        .prices(prices.clone())
+        .cache_dir(&cache)
+        .cache_budget(1)
+        .build()
+        .unwrap();
+    let first = own();
+    assert!(!first.is_empty(), "the vectors were cached");
+    for tag in ["pears", "plums"] {
+        router.reload(set(tag), prices.clone()).unwrap();
+        let now = own();
+        assert!(!now.is_empty() && now.iter().all(|n| !first.contains(n)), "{first:?} then {now:?}");
+        assert_eq!(now.len(), first.len(), "one set's files at a time: {now:?}");
+    }
+    assert!(cache.join("notes.txt").exists());
+    // With room for them, the sets' files accumulate (the default budget is 1 GiB): plums',
+    // then apples' and pears' again.
+    let roomy =
+        Router::builder().embedder(common::embedder()).exemplars(set("apples")).prices(prices.clone()).cache_dir(&cache).build().unwrap();
+    roomy.reload(set("pears"), prices).unwrap();
+    assert_eq!(own().len(), 3 * first.len(), "{:?}", own());
+}
