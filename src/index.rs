@@ -1026,7 +1026,9 @@ impl VectorCache {
             return Ok(None);
         }
         let graph = HnswIndex::load(&path, model_id, content_hash, count, dim)?;
+        // A warm start reads the graph alone; its vectors' file is as much in use.
         touch(&path);
+        touch(&self.path(model_id, content_hash));
         Ok(Some(graph))
     }
 
@@ -1503,7 +1505,11 @@ mod tests {
         let tight = VectorCache::new(dir.path()).with_budget(1);
         tight.save_graph(&HnswIndex::build(&v).unwrap(), "m", "three").unwrap();
         assert_eq!(names_in(dir.path()), ["m-three.hnsw", "m-three.vec", "mine.vec", "notes.txt"]);
+        // Loading the graph marks its vectors' file as used too (a warm start reads the graph alone).
+        age(&three, 1);
         assert!(tight.load_graph("m", "three", 30, 8).unwrap().is_some());
+        let used = std::fs::metadata(&three).unwrap().modified().unwrap();
+        assert!(used > std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000));
         assert!(tight.load_graph("m", "one", 30, 8).unwrap().is_none());
     }
 
