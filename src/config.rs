@@ -433,7 +433,7 @@ impl RouterConfig {
             b = b.cache_dir(p);
         }
         if let Some(mb) = self.cache_max_mb {
-            b = b.cache_budget(mb << 20);
+            b = b.cache_budget(mb.saturating_mul(1 << 20));
         }
         if self.max_sessions.is_some() || self.session_idle_secs.is_some() {
             let mut sessions = crate::session::SessionSettings::default();

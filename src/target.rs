@@ -766,12 +766,11 @@ struct KeptTuning {
 /// files count towards the vector cache's bounds, and go least recently used first.
 pub(crate) struct TunedCache {
     cache: crate::index::VectorCache,
-    dir: std::path::PathBuf,
 }
 
 impl TunedCache {
     pub(crate) fn new(cache: &crate::index::VectorCache) -> Self {
-        TunedCache { cache: cache.clone(), dir: cache.dir().join(crate::index::TUNED_DIR) }
+        TunedCache { cache: cache.clone() }
     }
 
     /// The key of a tuning that reads these parts, in order.
@@ -780,7 +779,7 @@ impl TunedCache {
     }
 
     fn path(&self, key: &str) -> std::path::PathBuf {
-        self.dir.join(format!("{key}.json"))
+        self.cache.dir().join(crate::index::TUNED_DIR).join(format!("{key}.json"))
     }
 
     /// The configuration's index and what was found, kept for `key`, if a readable file holds it.
