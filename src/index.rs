@@ -1479,8 +1479,8 @@ mod tests {
         let cache = VectorCache::new(dir.path()).with_budget(2 * size as u64 + 10);
         cache.store("m", "one", &v).unwrap();
         cache.store("m", "two", &v).unwrap();
-        let one = cache.graph_path("m", "one").with_extension("vec");
-        let two = cache.graph_path("m", "two").with_extension("vec");
+        let one = cache.path("m", "one");
+        let two = cache.path("m", "two");
         age(&one, 1_000);
         age(&two, 2_000);
         // "one" is read, so it is the more recently used: "two" goes when "three" comes.
@@ -1491,7 +1491,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join(TUNED_DIR)).unwrap();
         std::fs::write(dir.path().join(TUNED_DIR).join("not-a-key.json"), vec![b'z'; 10 * size]).unwrap();
         cache.store("m", "three", &v).unwrap();
-        let three = cache.graph_path("m", "three").with_extension("vec");
+        let three = cache.path("m", "three");
         assert!(one.exists() && three.exists() && !two.exists(), "{:?}", names_in(dir.path()));
         assert!(dir.path().join("notes.txt").exists() && dir.path().join("mine.vec").exists());
         assert!(dir.path().join(TUNED_DIR).join("not-a-key.json").exists());
